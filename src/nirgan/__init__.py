@@ -1,0 +1,2 @@
+"""nirgan: rig renders to realistic, diverse NIR faces."""
+__version__ = "0.1.0"

@@ -1,0 +1,230 @@
+"""The one typed configuration of nirgan, loaded from ``params.yaml``.
+
+``params.yaml`` is grouped by stage; each group is one pydantic model below, and
+:class:`Config` holds them all. Every model forbids unknown keys and is frozen, so a
+typo or an out-of-range value stops the run before any work, with the dotted key in
+the message (see :func:`load_config`).
+
+The class defaults are the thesis's (Table 3.1 for augmentation, Table 3.8 for
+training, configuration ED-LS-LR-2). ``params.yaml`` overrides a few of them so that
+the default pipeline finishes on a 2-core CPU in minutes; the README lists them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(ValueError):
+    """A params value is wrong; the message names the dotted key and the file."""
+
+
+# ----------------------------------------------------------------------------- collect
+class TwinConfig(Section):
+    """The built-in digital twin (see ``nirgan.twin``)."""
+
+    seed: int = 0
+    subjects: int = Field(10, ge=2, description="persistent identities")
+    cameras: int = Field(2, ge=1, description="cameras per subject; each has its own gain and noise")
+    frames: int = Field(30, ge=4, description="frames per recording (one recording per subject and camera)")
+    width: int = Field(256, ge=96, le=2048)
+    height: int = Field(256, ge=96, le=2048)
+    glasses_fraction: float = Field(0.3, ge=0.0, le=1.0, description="share of subjects who wear glasses")
+    disturbance_fraction: float = Field(
+        0.08, ge=0.0, le=0.5, description="share of frames with a planted disturbance (ground truth kept)"
+    )
+
+
+class CollectConfig(Section):
+    source: Literal["twin", "folder", "videos"] = "twin"
+    path: Path | None = Field(None, description="root of a folder or video dataset (thesis layout)")
+    labels: Path | None = Field(None, description="optional labels table (CSV or Parquet) keyed by pair_id")
+    video_frame_step: int = Field(1, ge=1, description="keep every n-th video frame")
+    twin: TwinConfig = TwinConfig()
+
+    @model_validator(mode="after")
+    def _path_for_external_sources(self) -> CollectConfig:
+        if self.source != "twin" and self.path is None:
+            raise ValueError(f"collect.path is required when collect.source is {self.source!r}")
+        return self
+
+
+# ------------------------------------------------------------------------------ detect
+class DetectConfig(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(64, ge=1)
+    min_face_size: int = Field(40, ge=12, description="MTCNN's smallest face in pixels; larger is faster")
+    min_probability: float = Field(0.90, ge=0.0, le=1.0)
+    margin: float = Field(0.25, ge=0.0, le=1.0, description="added to each side, as a fraction of the box side")
+    crop_size: int = Field(160, ge=32, description="side of the saved square crops")
+    multiple_faces: Literal["most_probable", "largest", "reject"] = "most_probable"
+
+
+# ------------------------------------------------------------------------------- clean
+class CleanConfig(Section):
+    iqr_k: float = Field(1.5, gt=0.0, description="thesis 3.1.4: outside [Q1 - k IQR, Q3 + k IQR] is an outlier")
+    min_group_size: int = Field(4, ge=2, description="smaller (subject, camera) groups are kept whole")
+    misalignment: bool = Field(True, description="also flag source/target misalignment (IQR misses it)")
+    misalignment_k: float = Field(1.5, gt=0.0)
+
+
+# ----------------------------------------------------------------------------- augment
+class RandomRange(Section):
+    p: float = Field(ge=0.0, le=1.0)
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RandomRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        return self
+
+
+class AugmentConfig(Section):
+    """Thesis 3.1.5 and Table 3.1. Applied on the fly in training, one draw per pair."""
+
+    image_size: int = Field(128, ge=32)
+    target_mean: float | None = Field(
+        None, gt=0.0, lt=255.0, description="mu_0 of thesis 3.1.5; None = mean over all kept targets"
+    )
+    scale: RandomRange = RandomRange(p=0.7, low=1.0, high=1.2)
+    shift: RandomRange = RandomRange(p=0.7, low=-0.0625, high=0.0625)
+    rotation: RandomRange = RandomRange(p=0.7, low=-math.pi / 4, high=math.pi / 4)
+    gamma: RandomRange = RandomRange(p=0.5, low=98.0, high=102.0)  # per cent
+    hflip_p: float = Field(0.5, ge=0.0, le=1.0)
+
+
+# ------------------------------------------------------------------------------- split
+class SplitConfig(Section):
+    strategy: Literal["subject", "random"] = Field(
+        "subject", description="subject: disjoint subjects (default); random: thesis 3.1.6, 90/10 by pair"
+    )
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------- train
+Distance = Literal["l1", "discriminator", "vgg19", "identity"]
+
+
+class TrainConfig(Section):
+    """Thesis 3.2, 3.4, 3.5 (Table 3.8). Defaults are configuration ED-LS-LR-2."""
+
+    generator: Literal["encoder_decoder", "multinorm"] = "encoder_decoder"
+    adversarial_loss: Literal["original", "least_squares", "hinge"] = "least_squares"
+    perceptual: Literal["none", "discriminator", "vgg19"] = "none"
+    perceptual_layers: tuple[int, ...] = Field(
+        (1, 2, 3, 4), description="discriminator: conv block indices; vgg19: ignored (layers 1,6,11,20,29)"
+    )
+    lambda_p: float = Field(1.0, ge=0.0)
+    lambda_lr: float = Field(2.0, ge=0.0, description="latent reconstruction, eq. 3.1 (needs E)")
+    lambda_sd: float = Field(0.0, ge=0.0, description="style diversity, eq. 3.2")
+    sd_image_distance: Distance = "l1"
+    sd_latent_distance: Literal["const", "l1"] = "l1"
+    lambda_ir: float = Field(0.0, ge=0.0, description="identity reconstruction, eq. 3.3 (needs E)")
+    ir_distance: Distance = "l1"
+    style_mapping: bool = Field(False, description="mapping network L, Table 3.7")
+    latent_dim: int = Field(512, ge=1)
+    width: float = Field(1.0, gt=0.0, le=4.0, description="channel multiplier on Tables 3.3-3.6 (1.0 = thesis)")
+
+    batch_size: int = Field(12, ge=1)
+    epochs_fixed: int = Field(10, ge=0)
+    epochs_decay: int = Field(10, ge=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke runs)")
+    lr_g: float = Field(1.5e-4, gt=0.0)
+    lr_d: float = Field(4.5e-4, gt=0.0)
+    lr_e: float = Field(1.5e-4, gt=0.0)
+    lr_l: float = Field(4.5e-6, gt=0.0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    init: Literal["xavier", "kaiming", "default"] = "xavier"
+
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="0 disables the EMA generator")
+    r1_gamma: float = Field(0.0, ge=0.0)
+    lambda_attr: float = Field(0.0, ge=0.0, description="attribute preservation (thesis 5.2); needs the estimator")
+    condition_on_labels: bool = Field(False, description="pose/gaze labels as extra conditioning (thesis 5.2)")
+    identity_epochs: int = Field(5, ge=1, description="epochs of the NIR identity network when a distance needs it")
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "bf16"
+    compile: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    log_every: int = Field(50, ge=1, description="steps between loss logs (one host sync each)")
+    checkpoint_every: int = Field(500, ge=1)
+    sample_sources: int = Field(6, ge=1, description="fixed test sources in the per-epoch grid")
+    sample_latents: int = Field(6, ge=1)
+
+    @property
+    def epochs(self) -> int:
+        return self.epochs_fixed + self.epochs_decay
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.epochs == 0:
+            raise ValueError("train.epochs_fixed + train.epochs_decay must be at least 1")
+        return self
+
+
+# ---------------------------------------------------------------------------- evaluate
+class EvaluateConfig(Section):
+    seed: int = 0
+    seeds: int = Field(3, ge=1, description="draws for random-dependent metrics (mean and std)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(50, ge=1)
+    fid: bool = Field(True, description="ImageNet Inception-V3 FID (pytorch-fid); needs the cached weights")
+    fid_weights: Path | None = Field(None, description="explicit pt_inception-2015-12-05 file; else TORCH_HOME")
+    lpips: bool = True
+    lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
+    lpips_version: Literal["0.0", "0.1"] = "0.1"
+    diversity_sources: int = Field(20, ge=1, description="N test sources")
+    diversity_latents: int = Field(10, ge=2, description="M latents per source")
+    estimator_epochs: int = Field(15, ge=1, description="head-pose/gaze estimator training")
+    feature_epochs: int = Field(10, ge=1, description="in-pipeline feature network for always-available realism")
+
+
+class Config(Section):
+    collect: CollectConfig = CollectConfig()
+    detect: DetectConfig = DetectConfig()
+    clean: CleanConfig = CleanConfig()
+    augment: AugmentConfig = AugmentConfig()
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "<root>"
+
+
+def parse_config(data: dict[str, Any], origin: str = "params") -> Config:
+    """Validate a params mapping; errors name every bad dotted key."""
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as exc:
+        lines = [f"{origin}: {_dotted(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError("invalid parameters\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such params file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of stage sections")
+    return parse_config(data, origin=str(path))
