@@ -1,0 +1,287 @@
+"""The networks against their thesis tables (3.3-3.7), width scaling, conditioning, build and load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nirgan.config import TrainConfig
+from nirgan.losses import make_image_distance, perceptual_loss
+from nirgan.models import (
+    EncoderDecoderGenerator,
+    IdentityNet,
+    LatentEncoder,
+    MissingWeightsError,
+    MultinormGenerator,
+    PatchDiscriminator,
+    StyleMappingNetwork,
+    VGG19Features,
+    build_networks,
+    init_weights,
+    load_generator,
+    require_vgg19_weights,
+    save_generator,
+    train_identity_net,
+)
+from nirgan.models.vgg19 import vgg19_weights_path
+
+GENERATORS = [EncoderDecoderGenerator, MultinormGenerator]
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    # Tiny CPU convs on a shared 2-core machine: one thread avoids OpenMP oversubscription,
+    # which made these tests ~10x slower under load.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _images(b: int, size: int = 128, channels: int = 3) -> torch.Tensor:
+    return torch.rand(b, channels, size, size) * 2 - 1
+
+
+def _n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# ------------------------------------------------------------------------- thesis table shapes
+def test_patch_discriminator_matches_table_3_3():
+    d = init_weights(PatchDiscriminator(), "xavier")
+    logits, feats = d(_images(1), _images(1, channels=1), return_features=True)
+    assert [tuple(f.shape[1:]) for f in feats] == [
+        (32, 65, 65), (64, 33, 33), (128, 17, 17), (256, 9, 9), (512, 10, 10)
+    ]
+    assert logits.shape == (1, 1, 11, 11)
+    assert d(_images(1), _images(1, channels=1)).shape == (1, 1, 11, 11)
+
+
+def _block_shapes(blocks) -> list[tuple[int, ...]]:
+    shapes: list[tuple[int, ...]] = []
+    for block in blocks:
+        block.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
+    return shapes
+
+
+DECODER_SHAPES = [(256, 8, 8), (128, 16, 16), (64, 32, 32), (32, 64, 64), (16, 128, 128)]
+
+
+def test_encoder_decoder_matches_table_3_4():
+    g = init_weights(EncoderDecoderGenerator(), "xavier")
+    shapes = _block_shapes(list(g.encoder) + list(g.decoder))
+    out = g(_images(2), torch.randn(2, 512))
+    assert g.stem.out_channels == 16
+    assert shapes == [(32, 64, 64), (64, 32, 32), (128, 16, 16), (256, 8, 8), (256, 4, 4)] + DECODER_SHAPES
+    assert out.shape == (2, 1, 128, 128)
+    assert out.min() >= -1 and out.max() <= 1 and out.std() > 0
+
+
+def test_multinorm_matches_table_3_5():
+    g = init_weights(MultinormGenerator(), "xavier")
+    shapes = _block_shapes(g.decoder)
+    out = g(_images(2), torch.randn(2, 512))
+    assert tuple(g.constant.shape) == (1, 256, 4, 4)
+    assert shapes == DECODER_SHAPES
+    assert out.shape == (2, 1, 128, 128)
+    assert out.min() >= -1 and out.max() <= 1 and out.std() > 0
+
+
+def test_latent_encoder_matches_table_3_6():
+    e = init_weights(LatentEncoder(), "xavier")
+    shapes = _block_shapes(e.blocks)
+    z = e(_images(2, channels=1))
+    assert z.shape == (2, 512)
+    assert shapes == [(64, 64, 64), (128, 32, 32), (256, 16, 16), (512, 8, 8), (512, 4, 4), (512, 2, 2)]
+    assert LatentEncoder(latent_dim=64)(_images(1, channels=1)).shape == (1, 64)
+
+
+def test_style_mapping_matches_table_3_7():
+    m = StyleMappingNetwork()
+    linears = [x for x in m.modules() if isinstance(x, nn.Linear)]
+    relus = [x for x in m.modules() if isinstance(x, nn.ReLU)]
+    assert len(linears) == 8 and all(x.out_features == 512 for x in linears)
+    assert len(relus) == 7 and isinstance(list(m.net)[-1], nn.Linear)  # no ReLU after the last layer
+    s = m(torch.randn(3, 512))
+    assert s.shape == (3, 512) and (s < 0).any()
+
+
+# ------------------------------------------------------------------------------ width, labels
+def test_width_scales_every_table_channel_with_a_floor_of_8():
+    d = PatchDiscriminator(width=0.5)
+    _, feats = d(_images(1, 64), _images(1, 64, 1), return_features=True)
+    assert [f.shape[1] for f in feats] == [16, 32, 64, 128, 256]
+    d_thin = PatchDiscriminator(width=0.1)
+    _, feats = d_thin(_images(1, 64), _images(1, 64, 1), return_features=True)
+    assert [f.shape[1] for f in feats] == [8, 8, 13, 26, 51]
+    with torch.device("meta"):  # shapes only: no memory, no init
+        for cls in (EncoderDecoderGenerator, MultinormGenerator, PatchDiscriminator, LatentEncoder):
+            assert _n_params(cls(width=0.5)) < 0.4 * _n_params(cls())
+    assert EncoderDecoderGenerator(width=0.5).decoder[-1].conv2.out_channels == 8
+    assert LatentEncoder(width=0.5)(_images(1, 64, 1)).shape == (1, 512)  # head keeps latent_dim
+
+
+@pytest.mark.parametrize("cls", GENERATORS, ids=["encoder_decoder", "multinorm"])
+def test_label_conditioning(cls):
+    g = cls(latent_dim=32, width=0.125, label_dim=5).eval()
+    src, z = _images(2, 64), torch.randn(2, 32)
+    labels = torch.randn(2, 5)
+    out = g(src, z, labels)
+    assert out.shape == (2, 1, 64, 64)
+    assert not torch.allclose(out, g(src, z, labels + 1.0))  # the labels reach the image
+    with pytest.raises(ValueError, match="5 labels"):
+        g(src, z)
+    d = PatchDiscriminator(width=0.125, label_dim=5)
+    assert d.blocks[0][0].in_channels == 3 + 1 + 5
+    logits = d(src, out, labels)
+    assert logits.shape == (2, 1, 7, 7)
+    assert not torch.allclose(logits, d(src, out, -labels))
+    with pytest.raises(ValueError, match="labels"):
+        d(src, out)
+
+
+@pytest.mark.parametrize("cls", GENERATORS, ids=["encoder_decoder", "multinorm"])
+def test_style_changes_the_image_and_source_too(cls):
+    g = init_weights(cls(latent_dim=32, width=0.125), "xavier").eval()
+    src = _images(1, 64)
+    a, b = g(src, torch.randn(1, 32)), g(src, torch.randn(1, 32))
+    assert (a - b).abs().mean() > 1e-3
+    z = torch.randn(1, 32)
+    assert (g(src, z) - g(_images(1, 64), z)).abs().mean() > 1e-3
+
+
+def test_init_weights_schemes():
+    net = EncoderDecoderGenerator(latent_dim=16, width=0.125)
+    init_weights(net, "xavier")
+    conv = net.encoder[0].conv1
+    fan_in, fan_out = conv.in_channels * 9, conv.out_channels * 9
+    bound = (6 / (fan_in + fan_out)) ** 0.5
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.8 * bound
+    assert torch.count_nonzero(conv.bias) == 0
+    init_weights(net, "kaiming")
+    assert conv.weight.abs().max() > bound  # He's normal is wider than Glorot's uniform here
+    with pytest.raises(ValueError, match="init scheme"):
+        init_weights(net, "orthogonal")
+
+
+# --------------------------------------------------------------------------- build and load
+def test_build_networks_builds_only_what_the_config_uses():
+    small = dict(width=0.125, latent_dim=16)
+    nets = build_networks(TrainConfig(**small))  # ED-LS-LR-2: lambda_lr = 2 -> E, no L
+    assert isinstance(nets.generator, EncoderDecoderGenerator) and isinstance(nets.discriminator, PatchDiscriminator)
+    assert isinstance(nets.encoder, LatentEncoder) and nets.mapping is None and nets.label_dim == 0
+    assert build_networks(TrainConfig(lambda_lr=0, **small)).encoder is None
+    assert build_networks(TrainConfig(lambda_lr=0, lambda_ir=1, **small)).encoder is not None
+    nets = build_networks(TrainConfig(generator="multinorm", style_mapping=True, lambda_lr=0, **small))
+    assert isinstance(nets.generator, MultinormGenerator) and nets.encoder is None
+    assert isinstance(nets.mapping, StyleMappingNetwork) and nets.mapping.style_dim == 16
+    nets = build_networks(TrainConfig(condition_on_labels=True, **small))
+    assert nets.label_dim == 5 and nets.generator.label_dim == 5 and nets.discriminator.label_dim == 5
+
+
+@pytest.mark.parametrize("generator", ["encoder_decoder", "multinorm"])
+def test_load_generator_round_trip(tmp_path, generator):
+    cfg = TrainConfig(generator=generator, width=0.125, latent_dim=16, condition_on_labels=True)
+    nets = build_networks(cfg)
+    g = nets.generator.eval()
+    path = tmp_path / "models" / "generator.pt"
+    save_generator(path, g, cfg, nets.label_dim)
+    loaded = load_generator(path)
+    assert type(loaded) is type(g) and not loaded.training and loaded.train_config == cfg
+    src, z, labels = _images(2, 64), torch.randn(2, 16), torch.randn(2, 5)
+    with torch.no_grad():
+        assert torch.equal(loaded(src, z, labels), g(src, z, labels))
+    # The trainer may write the dict itself; the same plain format must load.
+    torch.save({"state_dict": g.state_dict(), "train_config": cfg.model_dump(mode="json"), "label_dim": 5},
+               tmp_path / "plain.pt")
+    plain = load_generator(tmp_path / "plain.pt").state_dict()
+    assert all(torch.equal(v, plain[k]) for k, v in g.state_dict().items())
+    torch.save({"weights": 1}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_generator(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_generator(tmp_path / "missing.pt")
+
+
+# ------------------------------------------------------------------------------------ VGG-19
+@pytest.fixture(scope="module")
+def vgg_weights(tmp_path_factory):
+    """A TORCH_HOME whose hub cache holds a (randomly initialised) vgg19 file under the real name."""
+    from torchvision.models import vgg19
+
+    home = tmp_path_factory.mktemp("torch_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(home))
+        path = vgg19_weights_path()
+        path.parent.mkdir(parents=True)
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in vgg19().state_dict().items()}
+        # Random conv weights; the never-used classifier as broadcast zeros, which torch.save
+        # stores as one element each (the real file's 500 MB of it would only slow the test).
+        state = {k: torch.randn(s) * 0.05 if k.startswith("features") else torch.zeros(1).expand(s)
+                 for k, s in shapes.items()}
+        torch.save(state, path)
+        yield path, state
+
+
+def test_vgg19_loads_the_cached_file_through_the_standard_path(vgg_weights, monkeypatch):
+    path, state = vgg_weights
+    monkeypatch.setenv("TORCH_HOME", str(path.parents[2]))
+    assert path.name == "vgg19-dcbb9e9d.pth" and require_vgg19_weights() == path
+    vgg = VGG19Features()
+    assert vgg.weights_path == path
+    assert torch.equal(vgg.slices[0][0].weight, state["features.0.weight"])
+    assert torch.equal(vgg.slices[4][-2].weight, state["features.28.weight"])  # conv5_1, before relu5_1
+    assert not any(p.requires_grad for p in vgg.parameters())
+    img = (torch.rand(2, 1, 64, 64) * 2 - 1).requires_grad_(True)
+    feats = vgg(img)
+    assert [tuple(f.shape[1:]) for f in feats] == [(64, 64, 64), (128, 32, 32), (256, 16, 16), (512, 8, 8), (512, 4, 4)]
+    assert all((f >= 0).all() for f in feats)  # each layer is a ReLU output (1, 6, 11, 20, 29)
+    perceptual_loss(feats, [f.detach() * 0.5 for f in feats]).backward()
+    assert img.grad is not None and img.grad.abs().sum() > 0
+    nn.Sequential(vgg).train()
+    assert not vgg.training  # stays a frozen metric network
+    d = make_image_distance("vgg19", vgg=vgg)
+    a, b = img.detach(), torch.rand(2, 1, 64, 64) * 2 - 1
+    assert d(a, a).abs().max() == 0 and (d(a, b) > 0).all() and d(a, b).shape == (2,)
+
+
+def test_vgg19_missing_weights_fail_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    expected = tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    with pytest.raises(MissingWeightsError, match="vgg19-dcbb9e9d.pth") as err:
+        require_vgg19_weights()
+    assert str(expected.parent) in str(err.value)
+    with pytest.raises(MissingWeightsError):
+        VGG19Features()
+    assert not expected.exists()  # nothing was downloaded
+
+
+# ------------------------------------------------------------------------------ identity net
+def test_identity_net_learns_subjects_and_embeds_on_the_unit_sphere():
+    rng = np.random.default_rng(0)
+    size, per = 32, 24
+    yy, xx = np.mgrid[:size, :size]
+    # Two "subjects" that differ in face shape: a wide and a tall bright ellipse.
+    shapes = [((xx - 16) / 11) ** 2 + ((yy - 16) / 6) ** 2 < 1, ((xx - 16) / 6) ** 2 + ((yy - 16) / 11) ** 2 < 1]
+    images = np.stack([np.clip(40 + 150 * shapes[i % 2] + rng.normal(0, 10, (size, size)), 0, 255)
+                       for i in range(2 * per)]).astype(np.uint8)
+    subjects = np.array(["s_a", "s_b"] * per)
+    net = train_identity_net(images, subjects, epochs=8, device="cpu", seed=3, batch_size=16, lr=3e-3)
+    assert isinstance(net, IdentityNet) and not net.training
+    assert not any(p.requires_grad for p in net.parameters())
+    x = torch.as_tensor(images[:8]).unsqueeze(1).float() / 127.5 - 1
+    logits, emb = net(x), net.embed(x)
+    assert logits.shape == (8, 2) and emb.shape == (8, 128)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(8), atol=1e-5)
+    assert (logits.argmax(1).numpy() == np.arange(8) % 2).mean() >= 0.75
+    d = make_image_distance("identity", identity=net)
+    same, other = d(x[0:1], x[2:3]), d(x[0:1], x[1:2])
+    assert d(x, x).max() < 1e-5 and other.item() > same.item()
+    again = train_identity_net(images, subjects, epochs=8, device="cpu", seed=3, batch_size=16, lr=3e-3)
+    assert torch.equal(again.projection.weight, net.projection.weight)  # seeded: reproducible
+    with pytest.raises(ValueError, match="2 subjects"):
+        train_identity_net(images, ["s"] * len(images), epochs=1)
