@@ -1,0 +1,126 @@
+"""Stage split: training and test pairs (thesis 3.1.6), subject-disjoint by default.
+
+Strategies (``split.strategy``):
+
+``subject`` (default)
+    Every subject is wholly in one set. The thesis's random split let a subject appear in both
+    sets, so test figures partly measured memorised faces. Test subjects are chosen in a seeded
+    random order, each one taken when it brings the test share of pairs closer to
+    ``split.test_fraction``; both sets get at least one subject.
+``random``
+    Thesis 3.1.6: a seeded random ``1 - test_fraction`` / ``test_fraction`` split by pair
+    (90/10 with the default); subjects may be in both sets (listed in summary.json).
+
+The test set holds un-augmented originals only: the rows index the prepared arrays
+(``source.npy``, ``target.npy``: resized and mu0/mu-normalised, never augmented), and the random
+augmentation exists only as ``nirgan.stages.augment.paired_augment``, which training applies on
+the fly to training batches. Consumers of the test set use ``to_model_range`` instead.
+
+Outputs (``data/split``, written atomically): ``train.parquet``, ``test.parquet`` (prepared
+manifest rows, ``index`` included) and ``summary.json`` (counts, subjects per set, strategy,
+seed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nirgan.config import Config
+from nirgan.io import atomic_dir, read_table, stage_log, write_json, write_table
+
+
+def choose_test_subjects(
+    pairs_per_subject: pd.Series, test_fraction: float, seed: int, tries: int = 64
+) -> list[str]:
+    """Seeded choice of test subjects whose pair count is close to ``test_fraction``.
+
+    One try visits the subjects in a random order and moves each to the test set when that
+    brings the test count closer to the goal (the last subject is never taken, so both sets
+    are non-empty; if none helps, the one nearest the goal is tested alone). Of ``tries``
+    seeded tries, the first whose count is within 10 % of the goal (or as close as the best
+    try, when none is) wins: the seed decides who is tested, and the share stays close to
+    the goal even when subjects have very different numbers of pairs.
+    """
+    if len(pairs_per_subject) < 2:
+        raise ValueError(
+            f"split.strategy=subject needs at least 2 subjects, the prepared data has "
+            f"{len(pairs_per_subject)} ({list(pairs_per_subject.index)}); use split.strategy=random"
+        )
+    names = sorted(pairs_per_subject.index)
+    sizes = {name: int(pairs_per_subject[name]) for name in names}
+    goal = test_fraction * sum(sizes.values())
+    rng = np.random.default_rng(seed)
+    results: list[tuple[float, list[str]]] = []
+    for _ in range(tries):
+        chosen: list[str] = []
+        count = 0
+        for i in rng.permutation(len(names)):
+            n = sizes[names[i]]
+            if len(chosen) < len(names) - 1 and abs(count + n - goal) < abs(count - goal):
+                chosen.append(names[i])
+                count += n
+        if not chosen:
+            chosen = [min(names, key=lambda name: abs(sizes[name] - goal))]
+            count = sizes[chosen[0]]
+        results.append((abs(count - goal), sorted(chosen)))
+    good_enough = max(min(err for err, _ in results), 0.1 * goal)
+    return next(chosen for err, chosen in results if err <= good_enough)
+
+
+def split_rows(manifest: pd.DataFrame, strategy: str, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the test rows."""
+    n = len(manifest)
+    if n < 2:
+        raise ValueError(f"split needs at least 2 pairs, the prepared data has {n}")
+    if strategy == "subject":
+        test_subjects = choose_test_subjects(manifest.groupby("subject").size(), test_fraction, seed)
+        return manifest["subject"].isin(test_subjects).to_numpy()
+    if strategy == "random":
+        n_test = min(max(int(round(test_fraction * n)), 1), n - 1)
+        mask = np.zeros(n, dtype=bool)
+        mask[np.random.default_rng(seed).permutation(n)[:n_test]] = True
+        return mask
+    raise ValueError(f"split.strategy: unknown strategy {strategy!r}")
+
+
+def run(cfg: Config, prepared_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Split the prepared pairs into train.parquet and test.parquet (+ summary.json)."""
+    prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
+    s = cfg.split
+    manifest = read_table(prepared_dir / "manifest.parquet")
+    missing = sorted({"pair_id", "subject", "index"} - set(manifest.columns))
+    if missing:
+        raise KeyError(f"{prepared_dir / 'manifest.parquet'}: missing columns {missing}")
+
+    with stage_log("split", pairs=len(manifest)) as counts:
+        test = split_rows(manifest, s.strategy, s.test_fraction, s.seed)
+        train_df = manifest[~test].reset_index(drop=True)
+        test_df = manifest[test].reset_index(drop=True)
+        train_subjects = sorted(train_df["subject"].unique())
+        test_subjects = sorted(test_df["subject"].unique())
+        with atomic_dir(out_dir) as tmp:
+            write_table(train_df, tmp / "train.parquet")
+            write_table(test_df, tmp / "test.parquet")
+            write_json(tmp / "summary.json", dict(
+                strategy=s.strategy,
+                seed=s.seed,
+                test_fraction_requested=s.test_fraction,
+                test_fraction=len(test_df) / len(manifest),
+                n_pairs=len(manifest),
+                n_train=len(train_df),
+                n_test=len(test_df),
+                subjects_train=train_subjects,
+                subjects_test=test_subjects,
+                subjects_in_both=sorted(set(train_subjects) & set(test_subjects)),
+                test_set="un-augmented originals: rows index prepared/source.npy and target.npy; "
+                "paired_augment is applied on the fly to training batches only",
+            ))
+        counts.update(
+            train=len(train_df), test=len(test_df),
+            subjects_train=len(train_subjects), subjects_test=len(test_subjects),
+        )
+    return dict(counts)
