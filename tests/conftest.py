@@ -1,0 +1,27 @@
+"""Shared pytest fixtures. Session-scoped data is built once and must not be modified by tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nirgan.config import Config, parse_config
+
+
+@pytest.fixture(scope="session")
+def twin_cfg() -> Config:
+    """A tiny twin: 4 subjects x 2 cameras x 8 frames at 256x256 (64 pairs, 5 disturbed)."""
+    return parse_config(
+        {"collect": {"source": "twin", "twin": {"subjects": 4, "cameras": 2, "frames": 8, "width": 256, "height": 256}}}
+    )
+
+
+@pytest.fixture(scope="session")
+def raw_twin_dir(twin_cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``data/raw`` of ``twin_cfg``, collected once per session (read-only for tests)."""
+    from nirgan.stages import collect
+
+    out = tmp_path_factory.mktemp("twin") / "raw"
+    collect.run(twin_cfg, out)
+    return out
