@@ -75,6 +75,13 @@ class CleanConfig(Section):
     min_group_size: int = Field(4, ge=2, description="smaller (subject, camera) groups are kept whole")
     misalignment: bool = Field(True, description="also flag source/target misalignment (IQR misses it)")
     misalignment_k: float = Field(1.5, gt=0.0)
+    misalignment_floor: float = Field(
+        0.2,
+        ge=0.0,
+        description="alignment errors (in inter-ocular distances) at or below this are never outliers: "
+        "0.2 IOD is about half an eye's width (the rig's eye still lands on the face's eye) and the size "
+        "of MTCNN's eye-landmark error on turned heads",
+    )
 
 
 # ----------------------------------------------------------------------------- augment
@@ -154,6 +161,8 @@ class TrainConfig(Section):
     lambda_attr: float = Field(0.0, ge=0.0, description="attribute preservation (thesis 5.2); needs the estimator")
     condition_on_labels: bool = Field(False, description="pose/gaze labels as extra conditioning (thesis 5.2)")
     identity_epochs: int = Field(5, ge=1, description="epochs of the NIR identity network when a distance needs it")
+    attr_estimator_epochs: int = Field(15, ge=1, description="epochs of the pose/gaze estimator when lambda_attr > 0")
+    log_model: bool = Field(True, description="log the EMA generator to MLflow and register it at the end")
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "bf16"
@@ -188,10 +197,22 @@ class EvaluateConfig(Section):
     lpips: bool = True
     lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
     lpips_version: Literal["0.0", "0.1"] = "0.1"
+    lpips_weights: Path | None = Field(
+        None, description="explicit torchvision backbone file (alexnet-owt-7be5be79.pth for alex); else TORCH_HOME"
+    )
     diversity_sources: int = Field(20, ge=1, description="N test sources")
     diversity_latents: int = Field(10, ge=2, description="M latents per source")
     estimator_epochs: int = Field(15, ge=1, description="head-pose/gaze estimator training")
     feature_epochs: int = Field(10, ge=1, description="in-pipeline feature network for always-available realism")
+
+
+# ------------------------------------------------------------------------- orchestrate
+class OrchestrateConfig(Section):
+    """How the ``train-nir`` Prefect flow (flows/train_nir.py) runs the stages; no stage reads it."""
+
+    retries: int = Field(2, ge=0, description="retries of a failed stage task run (train resumes from its checkpoint)")
+    retry_delay_seconds: float = Field(10.0, ge=0.0)
+    stage_timeout_minutes: float | None = Field(None, gt=0.0, description="kill a stage running longer; None = no limit")
 
 
 class Config(Section):
@@ -202,6 +223,7 @@ class Config(Section):
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    orchestrate: OrchestrateConfig = OrchestrateConfig()
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
