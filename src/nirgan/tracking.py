@@ -1,0 +1,218 @@
+"""MLflow helpers: one tracking store, one run per training, tagged with where it came from.
+
+Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db``
+(the repo root is the directory holding ``params.yaml``/``dvc.yaml`` above the current
+directory, else the current directory). For a local SQLite store, artifacts go next to it in
+``mlartifacts/`` so that runs launched from any directory find them.
+
+Concurrency: a fresh SQLite store is created (its schema migrated) by :func:`ensure_store`
+under a file lock, so parallel processes (DVC experiments, Prefect workers) never race on the
+alembic migration; call it before anything else opens the store.
+
+A run started by :func:`start_run` carries:
+- params: the whole config, flattened to dotted keys (``train.lambda_lr``);
+- tags: ``git_commit`` (``git rev-parse HEAD`` or ``unknown``), ``dvc_exp_name`` /
+  ``dvc_exp_baseline_rev`` (env ``DVC_EXP_NAME`` / ``DVC_EXP_BASELINE_REV``),
+  ``prefect_flow_run_id`` / ``prefect_flow_run_name`` (env ``PREFECT__FLOW_RUN_ID`` /
+  ``NIRGAN_FLOW_RUN_NAME``), ``work_pool`` (env ``NIRGAN_WORK_POOL``);
+- system metrics (CPU, memory, and GPU through nvidia-ml-py when there is one).
+:func:`write_run_info` leaves ``models/mlflow_run.json`` ({run_id, experiment_id,
+tracking_uri}) so that evaluate can log into the same run with :func:`resume_run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from nirgan.io import write_json
+
+log = logging.getLogger("nirgan.tracking")
+
+EXPERIMENT = "nirgan"
+REGISTERED_MODEL = "nirgan-generator"
+_ENV_TAGS = {
+    "dvc_exp_name": "DVC_EXP_NAME",
+    "dvc_exp_baseline_rev": "DVC_EXP_BASELINE_REV",
+    "prefect_flow_run_id": "PREFECT__FLOW_RUN_ID",
+    "prefect_flow_run_name": "NIRGAN_FLOW_RUN_NAME",
+    "work_pool": "NIRGAN_WORK_POOL",
+}
+_ensured: set[str] = set()
+
+
+def repo_root(start: Path | None = None) -> Path:
+    start = (start or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if (d / "params.yaml").exists() or (d / "dvc.yaml").exists():
+            return d
+    return start
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def ensure_store(uri: str | None = None) -> str:
+    """Create or upgrade the tracking store once, under a file lock; returns the URI.
+
+    For SQLite, the first process to take ``<db>.lock`` creates the tables (or runs the
+    alembic upgrade of an older MLflow's schema); the others wait and then find it ready.
+    Other stores (a tracking server) manage themselves and are returned unchanged.
+    """
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is None or uri in _ensured:
+        return uri
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _create_or_upgrade(uri)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _ensured.add(uri)
+    return uri
+
+
+def _create_or_upgrade(uri: str) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    artifacts = str(_sqlite_path(uri).parent / "mlartifacts")  # type: ignore[union-attr]
+    try:
+        SqlAlchemyStore(uri, artifacts)
+    except MlflowException as exc:
+        if "out-of-date" not in str(exc) and "outdated" not in str(exc).lower():
+            raise
+        log.info("upgrading the MLflow schema of %s", uri)
+        _upgrade_db(create_sqlalchemy_engine_with_retry(uri))
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a.b.c": value}; tuples and lists become their repr."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or repo_root(), capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else "unknown"
+
+
+def run_tags() -> dict[str, str]:
+    commit = git_commit()
+    tags = {"git_commit": commit, "mlflow.source.git.commit": commit}
+    for tag, env in _ENV_TAGS.items():
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def _experiment_id(client: Any, uri: str) -> str:
+    name = experiment_name()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    db = _sqlite_path(uri)
+    location = (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another process created it in between
+        return client.get_experiment_by_name(name).experiment_id
+
+
+@contextlib.contextmanager
+def start_run(
+    config: Mapping[str, Any],
+    run_name: str | None = None,
+    run_id: str | None = None,
+    system_metrics: bool = True,
+) -> Iterator[Any]:
+    """Start (or, with ``run_id``, continue) a run with params and tags; yields the active run.
+
+    Continuing a run after a resume does not log params again (MLflow refuses to change a
+    param), so a resumed run keeps the params it started with.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = ensure_store()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - a checkpoint from another store: start afresh
+            log.warning("MLflow run %s is not in %s; starting a new run", run_id, uri)
+            run_id = None
+    exp_id = _experiment_id(client, uri)
+    with mlflow.start_run(
+        run_id=run_id, experiment_id=exp_id, run_name=run_name, log_system_metrics=system_metrics
+    ) as run:
+        if run_id is None:
+            params = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else repr(v))
+                      for k, v in flatten(config).items()}
+            mlflow.log_params(params)
+        mlflow.set_tags(run_tags())
+        yield run
+
+
+def write_run_info(path: Path, run: Any) -> None:
+    write_json(path, {
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        "tracking_uri": ensure_store(),
+    })
+
+
+def read_run_info(path: Path) -> dict[str, str] | None:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@contextlib.contextmanager
+def resume_run(info_path: Path) -> Iterator[Any]:
+    """Log into the run that wrote ``info_path`` (models/mlflow_run.json), e.g. from evaluate."""
+    import mlflow
+
+    info = read_run_info(info_path)
+    if info is None:
+        raise FileNotFoundError(f"{info_path}: no MLflow run recorded (did train run?)")
+    mlflow.set_tracking_uri(ensure_store(info["tracking_uri"]))
+    with mlflow.start_run(run_id=info["run_id"]) as run:
+        yield run

@@ -1,0 +1,126 @@
+"""The whole training state on disk: atomic files, a ``latest`` pointer, weights_only loading.
+
+Layout under ``<out_dir>/checkpoints/``::
+
+    step_00000500.pt   torch.save of a dict of tensors, numbers, strings, lists and dicts only
+    latest             text: the file name of the newest complete checkpoint
+
+A checkpoint is written to a hidden temporary file, fsynced and renamed; only then is
+``latest`` replaced (also atomically). A process killed at any point therefore leaves either
+the previous state or the new one, never a torn file that ``latest`` names. Everything is
+loadable with ``torch.load(weights_only=True)``: RNG states are stored as tensors and plain
+lists, never as numpy objects or pickled classes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+POINTER = "latest"
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """Every random source the run draws from, in weights_only-safe form."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
+        "generators": {name: g.get_state() for name, g in generators.items()},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_s = state["numpy"]
+    np.random.set_state(
+        ("MT19937", np_s["key"].numpy().astype(np.uint32), np_s["pos"], np_s["has_gauss"], np_s["cached_gaussian"])
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    for name, g in generators.items():
+        g.set_state(state["generators"][name])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpoint:
+    """Save and load whole training states in one directory, keeping the newest ``keep``."""
+
+    def __init__(self, directory: Path, keep: int = 2):
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        pointer = self.directory / POINTER
+        if not pointer.exists():
+            return None
+        path = self.directory / pointer.read_text().strip()
+        if not path.exists():
+            raise FileNotFoundError(f"{pointer} names {path.name}, which is missing: the checkpoint directory "
+                                    "was edited by hand; remove it to start afresh")
+        return path
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"step_{step:08d}.pt"
+        final = self.directory / name
+        tmp = self.directory / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            self._write_pointer(name)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        self._prune(keep_name=name)
+        return final
+
+    def load(self, path: Path | None = None, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        path = path or self.latest()
+        if path is None:
+            return None
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+    def clear(self) -> None:
+        for p in self.directory.glob("*"):
+            p.unlink()
+
+    def _write_pointer(self, name: str) -> None:
+        tmp = self.directory / f".{POINTER}.tmp-{os.getpid()}"
+        tmp.write_text(name + "\n")
+        with open(tmp) as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.directory / POINTER)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _prune(self, keep_name: str) -> None:
+        files = sorted(self.directory.glob("step_*.pt"))
+        for stale in self.directory.glob(".step_*.tmp-*"):
+            stale.unlink(missing_ok=True)
+        for old in files[: max(0, len(files) - self.keep)]:
+            if old.name != keep_name:
+                old.unlink(missing_ok=True)

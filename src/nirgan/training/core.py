@@ -1,0 +1,178 @@
+"""One training iteration's losses (thesis Algorithm 2, Eq. 3.5), as pure functions.
+
+In the spirit of StarGAN v2's ``core/solver.py``: :func:`compute_d_loss` and
+:func:`compute_g_loss` take the networks, one batch and the latent draws, and return the
+scalar to minimise plus a dict of its detached parts. They never step an optimiser, never
+move data to the host, and never read global state, so the trainer, the speed benchmark and
+the tests all run the very same step.
+
+The networks come as a :class:`StepNets` view. The trainer builds two: for the
+discriminator step the discriminator is the DDP-wrapped one and the generator is the plain
+module (run under no_grad); for the generator step it is the other way round, so that only
+the networks being updated synchronise gradients across processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nirgan.config import TrainConfig
+from nirgan.losses import (
+    attribute_preservation_loss,
+    discriminator_adversarial_loss,
+    generator_adversarial_loss,
+    identity_reconstruction_loss,
+    latent_reconstruction_loss,
+    make_image_distance,
+    perceptual_loss,
+    r1_penalty,
+    select_features,
+    style_diversity_loss,
+)
+
+
+@dataclass(frozen=True)
+class StepNets:
+    generator: nn.Module
+    discriminator: nn.Module
+    encoder: nn.Module | None = None
+    mapping: nn.Module | None = None
+    vgg: nn.Module | None = None
+    identity: nn.Module | None = None
+    estimator: nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Images in [-1, 1]; ``labels`` are the conditioning input (None unless conditioned),
+    ``attributes`` the pose/gaze targets of the attribute-preservation loss (None unless used)."""
+
+    source: torch.Tensor
+    target: torch.Tensor
+    labels: torch.Tensor | None = None
+    attributes: torch.Tensor | None = None
+
+
+def style_of(nets: StepNets, z: torch.Tensor) -> torch.Tensor:
+    """Algorithm 2's note: with the mapping network L, z is replaced by s = L(z)."""
+    return nets.mapping(z) if nets.mapping is not None else z
+
+
+def compute_d_loss(
+    nets: StepNets, batch: Batch, z: torch.Tensor, cfg: TrainConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Discriminator half of Algorithm 2: L_D(target) + L_D(fake), plus gamma/2 * R1 if enabled."""
+    with torch.no_grad():
+        fake = nets.generator(batch.source, style_of(nets, z), batch.labels)
+    target = batch.target
+    if cfg.r1_gamma > 0:
+        target = target.detach().requires_grad_(True)
+    # One discriminator call on real and fake together: half the kernel launches, and the
+    # instance norms see each image on its own, so stacking changes nothing numerically.
+    n = target.shape[0]
+    labels2 = None if batch.labels is None else torch.cat([batch.labels, batch.labels])
+    logits = nets.discriminator(
+        torch.cat([batch.source, batch.source]), torch.cat([target, fake.to(target.dtype)]), labels2
+    )
+    real_logits, fake_logits = logits[:n], logits[n:]
+    adv = discriminator_adversarial_loss(real_logits, fake_logits, cfg.adversarial_loss)
+    parts = {"d_adv": adv.detach()}
+    loss = adv
+    if cfg.r1_gamma > 0:
+        r1 = r1_penalty(real_logits, target)
+        loss = loss + 0.5 * cfg.r1_gamma * r1
+        parts["d_r1"] = r1.detach()
+    parts["d_total"] = loss.detach()
+    return loss, parts
+
+
+def compute_g_loss(
+    nets: StepNets,
+    batch: Batch,
+    z1: torch.Tensor,
+    z2: torch.Tensor | None,
+    cfg: TrainConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Generator half of Algorithm 2 and the full loss Eq. 3.5.
+
+    L = L_adv + lambda_p L_p + lambda_lr L_lr + lambda_ir L_ir + lambda_sd L_sd (+ lambda_attr
+    L_attr, thesis 5.2). ``z2`` is the extra draw z* for style diversity (None when unused).
+    The discriminator, VGG, identity and estimator networks are read-only here: the trainer
+    freezes them so no gradient is computed for their weights.
+    """
+    source, target, labels = batch.source, batch.target, batch.labels
+    s1 = style_of(nets, z1)
+    fake = nets.generator(source, s1, labels)
+
+    use_d_features = cfg.perceptual == "discriminator"
+    out = nets.discriminator(source, fake, labels, return_features=use_d_features)
+    fake_logits, fake_feats = out if use_d_features else (out, None)
+    adv = generator_adversarial_loss(fake_logits, cfg.adversarial_loss)
+    parts = {"g_adv": adv.detach()}
+    loss = adv
+
+    if cfg.perceptual != "none" and cfg.lambda_p > 0:
+        # Paired data: the generated image is compared with the real target of its source.
+        if use_d_features:
+            with torch.no_grad():
+                _, real_feats = nets.discriminator(source, target, labels, return_features=True)
+            layers = cfg.perceptual_layers
+            lp = perceptual_loss(select_features(fake_feats, layers), select_features(real_feats, layers))
+        else:
+            with torch.no_grad():
+                real_feats = nets.vgg(target)
+            lp = perceptual_loss(nets.vgg(fake), real_feats)
+        loss = loss + cfg.lambda_p * lp
+        parts["g_p"] = lp.detach()
+
+    if cfg.lambda_lr > 0:
+        lr = latent_reconstruction_loss(s1, nets.encoder(fake))
+        loss = loss + cfg.lambda_lr * lr
+        parts["g_lr"] = lr.detach()
+
+    if cfg.lambda_sd > 0 or cfg.lambda_ir > 0:
+        def distance(kind: str):
+            return make_image_distance(
+                kind, discriminator=nets.discriminator, vgg=nets.vgg, identity=nets.identity,
+                source=source, labels=labels, layers=cfg.perceptual_layers,
+            )
+
+    if cfg.lambda_sd > 0:
+        fake2 = nets.generator(source, style_of(nets, z2), labels)
+        sd = style_diversity_loss(fake, fake2, z1, z2, distance(cfg.sd_image_distance), cfg.sd_latent_distance)
+        loss = loss + cfg.lambda_sd * sd
+        parts["g_sd"] = sd.detach()
+
+    if cfg.lambda_ir > 0:
+        rec = nets.generator(source, nets.encoder(target), labels)
+        ir = identity_reconstruction_loss(target, rec, distance(cfg.ir_distance))
+        loss = loss + cfg.lambda_ir * ir
+        parts["g_ir"] = ir.detach()
+
+    if cfg.lambda_attr > 0:
+        attr = attribute_preservation_loss(nets.estimator(fake), batch.attributes)
+        loss = loss + cfg.lambda_attr * attr
+        parts["g_attr"] = attr.detach()
+
+    parts["g_total"] = loss.detach()
+    return loss, parts
+
+
+def needs_encoder(cfg: TrainConfig) -> bool:
+    return cfg.lambda_lr > 0 or cfg.lambda_ir > 0
+
+
+def needs_second_latent(cfg: TrainConfig) -> bool:
+    return cfg.lambda_sd > 0
+
+
+def distances_in_use(cfg: TrainConfig) -> set[str]:
+    used = set()
+    if cfg.lambda_sd > 0:
+        used.add(cfg.sd_image_distance)
+    if cfg.lambda_ir > 0:
+        used.add(cfg.ir_distance)
+    return used

@@ -1,0 +1,175 @@
+"""The train stage as a whole: MLflow record, resume after kill -9, non-finite stop.
+
+All on a tiny prepared dataset (tests/train_helpers.py) on CPU, one intra-op thread, with a
+temporary SQLite MLflow store shared by the module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from train_helpers import make_dataset, small_config, state_tensors, write_params
+
+from nirgan.stages import train as train_stage
+from nirgan.training.checkpoint import Checkpoint
+from nirgan.training.trainer import NonFiniteLossError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A fresh SQLite tracking store for this module (created once: the schema migration is slow)."""
+    from nirgan.tracking import ensure_store
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    ensure_store(uri)
+    yield uri
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("train_data"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(cfg, dataset, root: Path) -> dict:
+    prepared, split = dataset
+    return train_stage.run(cfg, prepared, split, root / "models", root / "metrics" / "train.json")
+
+
+def test_mlflow_run_has_params_metrics_grid_and_registered_model(store, dataset, tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from nirgan.models import load_generator
+
+    cfg = small_config(log_model=True, max_steps=3, log_every=2)
+    result = _run(cfg, dataset, tmp_path)
+    assert result["steps"] == 3
+
+    info = json.loads((tmp_path / "models" / "mlflow_run.json").read_text())
+    assert info["tracking_uri"] == store
+    client = MlflowClient(store)
+    run = client.get_run(info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lambda_lr"] == "2.0"
+    assert run.data.params["augment.image_size"] == "64"
+    assert run.data.tags["git_commit"]
+    for key in ("d_adv", "g_adv", "g_lr", "g_total", "lr_generator", "lr_discriminator", "pairs_per_s"):
+        assert key in run.data.metrics, key
+    # Losses every log_every steps (2) and at the end (3): two points, not one per step.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "g_total")] == [2, 3]
+
+    samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert samples and samples[0].endswith(".png")
+    versions = client.search_model_versions("name='nirgan-generator'")
+    assert any(v.run_id == run.info.run_id for v in versions)
+    metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert metrics["mlflow_run_id"] == run.info.run_id and metrics["steps"] == 3
+    assert metrics["model_format"] in ("pt2", "pickle")
+    assert math.isfinite(metrics["final_g_total"])
+    assert len(pd.read_csv(tmp_path / "metrics" / "train_losses.csv")) == 2
+
+    # The logged model serves (source, z) -> image, and generator.pt loads weights_only.
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/generator") if metrics["model_format"] == "pickle" \
+        else mlflow.pytorch.load_model(versions[0].source)
+    src = torch.zeros(2, 3, 64, 64)
+    out = model(src, torch.randn(2, 16))
+    assert tuple(out.shape) == (2, 1, 64, 64)
+    generator = load_generator(tmp_path / "models" / "generator.pt")
+    assert tuple(generator(src, torch.randn(2, 16)).shape) == (2, 1, 64, 64)
+
+
+def test_kill9_then_resume_equals_uninterrupted(store, dataset, tmp_path):
+    """'N steps, kill -9, resume, rest' gives bit-identical weights, EMA and Adam state."""
+    steps = 6
+    cfg = small_config(deterministic=True, max_steps=steps, checkpoint_every=1, ema_decay=0.5)
+    _run(cfg, dataset, tmp_path / "reference")
+    reference = Checkpoint(tmp_path / "reference" / "models" / "checkpoints").load()
+    assert reference["step"] == steps
+
+    # The interrupted run: a real process, killed with SIGKILL once it has checkpointed step >= 2.
+    work = tmp_path / "interrupted"
+    (work / "data").mkdir(parents=True)
+    for name, src in zip(("prepared", "split"), dataset):
+        (work / "data" / name).symlink_to(src)
+    long_cfg = small_config(deterministic=True, max_steps=1000, checkpoint_every=1, ema_decay=0.5)
+    write_params(work / "params.yaml", long_cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store}
+    proc = subprocess.Popen([sys.executable, "-m", "nirgan.cli", "stage", "train"], cwd=work, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = Checkpoint(work / "models" / "checkpoints")
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            latest = ckpt.latest() if (ckpt.directory / "latest").exists() else None
+            if latest is not None and int(latest.stem.split("_")[1]) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"training process ended early: {proc.stderr.read()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = ckpt.load()["step"]
+    assert 2 <= killed_at < steps, killed_at
+    assert not (work / "models" / "generator.pt").exists()
+
+    result = _run(cfg, dataset, work)  # same out_dir: resumes from checkpoints/latest
+    assert result["steps"] == steps and result["steps_this_session"] == steps - killed_at
+    resumed = ckpt.load()
+    want, got = state_tensors(reference), state_tensors(resumed)
+    assert want.keys() == got.keys()
+    different = [k for k in want if not torch.equal(want[k], got[k])]
+    assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:5]}"
+    assert torch.equal(reference["data_order"], resumed["data_order"])
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(store, dataset, tmp_path):
+    # Adam moves each weight by about lr per step: after one step G overflows, and the next
+    # step's losses (computed from its output) are NaN.
+    cfg = small_config(lr_g=1e30, lr_e=1e30, max_steps=6, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss: \w+ became NaN/inf at step (\d+)") as err:
+        _run(cfg, dataset, tmp_path)
+    bad_step = int(err.value.args[0].split(" at step ")[1].split()[0])
+    ckpt = Checkpoint(tmp_path / "models" / "checkpoints")
+    last = ckpt.load()
+    assert 1 <= last["step"] < bad_step
+    assert str(ckpt.latest()) in str(err.value)
+    assert all(torch.isfinite(t).all() for t in state_tensors(last).values())
+    assert not (tmp_path / "models" / "generator.pt").exists()
+
+
+def test_changed_config_starts_afresh_instead_of_resuming(store, dataset, tmp_path):
+    _run(small_config(max_steps=2), dataset, tmp_path)
+    # Same run, longer: resumes. Different loss weight: the old checkpoint does not apply.
+    assert _run(small_config(max_steps=3), dataset, tmp_path)["steps_this_session"] == 1
+    changed = _run(small_config(max_steps=3, lambda_lr=1.0), dataset, tmp_path)
+    assert changed["steps_this_session"] == 3
+    assert Checkpoint(tmp_path / "models" / "checkpoints").load()["config"]["lambda_lr"] == 1.0
