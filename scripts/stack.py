@@ -1,0 +1,515 @@
+"""The local stack for one machine: Prefect server, MLflow server and GPU workers on 127.0.0.1.
+
+    python scripts/stack.py up      # what `make stack` runs
+    python scripts/stack.py down    # what `make stack-down` runs: workers first, then servers
+    python scripts/stack.py status
+
+Everything lives under a git-ignored state folder (``.stack/`` by default): PREFECT_HOME with
+the Prefect server's SQLite database, the MLflow SQLite store and artifact directory, one log
+and one PID file per process. Every process gets its own session, so ``down`` stops each one
+with its children (uvicorn workers) by PID; for a worker it also stops the flow runs it started
+(they run in sessions of their own) and marks them Crashed.
+
+Settings (environment, with defaults): NIRGAN_STACK_DIR=.stack, NIRGAN_PREFECT_PORT=4200,
+NIRGAN_MLFLOW_PORT=5000, NIRGAN_GPUS (comma-separated GPU ids, one worker pinned to each with
+CUDA_VISIBLE_DEVICES; default: every GPU nvidia-smi lists, or one unpinned worker without GPUs),
+NIRGAN_POOL_LIMIT (the work pool's concurrency limit; default: the number of workers),
+NIRGAN_HEARTBEAT_SECONDS=30 (flow run heartbeats; a run silent for 3 beats is marked Crashed).
+
+The tests (tests/test_orchestration.py) start the same stack through :func:`up` on free ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+POOL = "gpu"
+DEPLOYMENT = "train-nir/gpu"
+ZOMBIE_AUTOMATION = "nirgan: crash flow runs without heartbeats"
+
+
+@dataclass
+class Stack:
+    root: Path = REPO
+    state: Path = REPO / ".stack"
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    gpus: list[str | None] = field(default_factory=lambda: [None])
+    pool_limit: int | None = None
+    heartbeat_seconds: int = 30
+    worker_poll_seconds: float = 5.0
+    ui: bool = True
+
+    @property
+    def prefect_api(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}/api"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment of every stack process and of the prefect/mlflow CLI calls."""
+        env = dict(os.environ)
+        env.update(
+            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            PREFECT_HOME=str(self.state / "prefect"),
+            PREFECT_API_URL=self.prefect_api,
+            PREFECT_SERVER_API_HOST="127.0.0.1",
+            PREFECT_SERVER_API_PORT=str(self.prefect_port),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_UI_ENABLED="true" if self.ui else "false",
+            PREFECT_CLI_PROMPT="false",
+            MLFLOW_TRACKING_URI=self.mlflow_uri,
+            DVC_NO_ANALYTICS="1",
+        )
+        env.update(extra)
+        return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def detect_gpus() -> list[str | None]:
+    listed = os.environ.get("NIRGAN_GPUS")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip()] or [None]
+    if shutil.which("nvidia-smi"):
+        proc = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True
+        )
+        ids = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+        if proc.returncode == 0 and ids:
+            return ids
+    return [None]
+
+
+def _pid_file(stack: Stack, name: str) -> Path:
+    return stack.state / "pids" / f"{name}.pid"
+
+
+def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
+    (stack.state / "logs").mkdir(parents=True, exist_ok=True)
+    (stack.state / "pids").mkdir(parents=True, exist_ok=True)
+    log = open(stack.state / "logs" / f"{name}.log", "ab")
+    proc = subprocess.Popen(
+        cmd, cwd=cwd or stack.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    log.close()
+    _pid_file(stack, name).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A child we spawned and nobody reaped is a zombie: gone for our purposes.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _wait_healthy(stack: Stack, name: str, url: str, expect: str, timeout: float = 120.0) -> float:
+    pid = int(_pid_file(stack, name).read_text())
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if not _alive(pid):
+            log = (stack.state / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{name} exited during start-up; end of its log:\n{log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if expect in resp.read().decode(errors="replace"):
+                    return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{name} not healthy at {url} after {timeout:.0f} s (log: {stack.state / 'logs'})")
+
+
+def _run(cmd: list[str], env: dict[str, str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _check_free(port: int, what: str) -> None:
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(f"port {port} for {what} is taken; is a stack already up? (set the port env var)")
+
+
+def start_prefect(stack: Stack) -> int:
+    return _spawn(
+        stack,
+        "prefect-server",
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(stack.prefect_port)],
+        stack.env(),
+    )
+
+
+def start_mlflow(stack: Stack) -> int:
+    """MLflow server on a SQLite store with proxied artifacts (clients upload through it, so
+    workers on other machines need no shared disk)."""
+    env = stack.env()
+    mlflow_dir = stack.state / "mlflow"
+    (mlflow_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+    store = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+    # Several processes opening a new SQLite store race in its migration: create it once, here.
+    _run([str(BIN / "mlflow"), "db", "upgrade", store], env, stack.root)
+    return _spawn(
+        stack,
+        "mlflow-server",
+        [
+            str(BIN / "mlflow"), "server",
+            "--backend-store-uri", store,
+            "--artifacts-destination", str(mlflow_dir / "artifacts"),
+            "--serve-artifacts",
+            "--host", "127.0.0.1", "--port", str(stack.mlflow_port),
+            "--workers", "1",
+        ],
+        env,
+    )
+
+
+def wait_mlflow(stack: Stack) -> float:
+    return _wait_healthy(stack, "mlflow-server", f"{stack.mlflow_uri}/health", "OK")
+
+
+def _capture(fn, stack: Stack, out: list) -> None:
+    try:
+        out.append(fn(stack))
+    except BaseException as exc:  # noqa: BLE001 -- re-raised by the caller
+        out.append(exc)
+
+
+def start_worker(stack: Stack, index: int, gpu: str | None) -> int:
+    """A process worker taking one flow run at a time, pinned to ``gpu`` when given."""
+    worker_env = stack.env(
+        NIRGAN_CHECKOUT=str(stack.root),
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(stack.heartbeat_seconds),
+        PREFECT_WORKER_QUERY_SECONDS=str(stack.worker_poll_seconds),
+    )
+    if gpu is not None:
+        worker_env["CUDA_VISIBLE_DEVICES"] = gpu
+    name = f"{socket.gethostname()}-{'gpu' + gpu if gpu is not None else f'cpu{index}'}"
+    cmd = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--limit", "1",
+           "--name", name]
+    return _spawn(stack, f"worker-{index}", cmd, worker_env)
+
+
+def up(stack: Stack) -> dict[str, float]:
+    """Start servers, pool, automation, deployment and workers; returns seconds per step."""
+    timings: dict[str, float] = {}
+    stack.state.mkdir(parents=True, exist_ok=True)
+    _check_free(stack.prefect_port, "Prefect")
+    _check_free(stack.mlflow_port, "MLflow")
+    env = stack.env()
+    t0 = time.monotonic()
+
+    start_prefect(stack)
+    # The MLflow store migration takes seconds of CPU: overlap it with Prefect's start.
+    mlflow_started: list[BaseException | int] = []
+    mlflow_thread = threading.Thread(target=_capture, args=(start_mlflow, stack, mlflow_started))
+    mlflow_thread.start()
+    timings["prefect_healthy_s"] = _wait_healthy(stack, "prefect-server", f"{stack.prefect_api}/health", "true")
+
+    t = time.monotonic()
+    limit = stack.pool_limit or len(stack.gpus)
+    # One interpreter for pool, limit and automation: each prefect CLI call costs seconds.
+    _run([sys.executable, __file__, "setup-pool", "--limit", str(limit), "--within", str(3 * stack.heartbeat_seconds)],
+         env, stack.root)
+    deploy = subprocess.Popen([str(BIN / "prefect"), "deploy", "--all", "--no-prompt"], cwd=stack.root, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for i, gpu in enumerate(stack.gpus):
+        start_worker(stack, i, gpu)
+
+    mlflow_thread.join()
+    if mlflow_started and isinstance(mlflow_started[0], BaseException):
+        raise mlflow_started[0]
+    wait_mlflow(stack)
+    timings["mlflow_healthy_s"] = time.monotonic() - t0
+    deploy_out, _ = deploy.communicate(timeout=300)
+    if deploy.returncode != 0:
+        raise RuntimeError(f"prefect deploy --all failed:\n{deploy_out[-3000:]}")
+    timings["pool_and_deploy_s"] = time.monotonic() - t
+    _wait_workers(stack, env, len(stack.gpus))
+    timings["total_s"] = time.monotonic() - t0
+    (stack.state / "stack.json").write_text(
+        json.dumps(
+            {"prefect_api": stack.prefect_api, "mlflow": stack.mlflow_uri, "root": str(stack.root),
+             "workers": len(stack.gpus), "pool_limit": limit, "timings": timings},
+            indent=2,
+        )
+    )
+    return timings
+
+
+def _wait_workers(stack: Stack, env: dict[str, str], count: int, timeout: float = 90.0) -> None:
+    """Until ``count`` workers of the pool report ONLINE (their first heartbeat)."""
+    start = time.monotonic()
+    url = f"{stack.prefect_api}/work_pools/{POOL}/workers/filter"
+    while time.monotonic() - start < timeout:
+        for i in range(count):
+            pid = int(_pid_file(stack, f"worker-{i}").read_text())
+            if not _alive(pid):
+                log = (stack.state / "logs" / f"worker-{i}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"worker-{i} exited during start-up:\n{log}")
+        req = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                workers = json.loads(resp.read())
+            if sum(w.get("status") == "ONLINE" for w in workers) >= count:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{count} worker(s) not online after {timeout:.0f} s (logs in {stack.state / 'logs'})")
+
+
+def down(state: Path, grace: float = 20.0) -> list[str]:
+    """Stop workers first (so no new run starts), then the servers; by PID and process group.
+
+    A process worker starts each flow run in a session of its own, and the flow starts each
+    stage in another, so a worker's whole process tree is collected before it is stopped, and
+    flow runs interrupted this way are marked Crashed while the server is still up.
+    """
+    pids = state / "pids"
+    if not pids.is_dir():
+        return []
+    stopped = []
+    for pid_file in sorted(pids.glob("worker-*.pid")):
+        pid = int(pid_file.read_text())
+        tree = [pid, *_descendants(pid)]
+        interrupted = _flow_run_ids(tree)
+        groups = []
+        for member in tree:
+            try:
+                groups.append(os.getpgid(member))
+            except ProcessLookupError:
+                pass
+        _stop_groups([g for g in dict.fromkeys(groups) if g != os.getpgrp()], grace)
+        _mark_crashed(state, interrupted)
+        pid_file.unlink()
+        stopped.append(pid_file.stem)
+    for name in ("prefect-server", "mlflow-server"):
+        pid_file = pids / f"{name}.pid"
+        if pid_file.exists():
+            _stop_groups([int(pid_file.read_text())], grace)
+            pid_file.unlink()
+            stopped.append(name)
+    return stopped
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _flow_run_ids(pids: list[int]) -> list[str]:
+    ids = []
+    for pid in pids:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in env:
+            if item.startswith(b"PREFECT__FLOW_RUN_ID="):
+                ids.append(item.split(b"=", 1)[1].decode())
+    return sorted(set(ids))
+
+
+def _mark_crashed(state: Path, flow_run_ids: list[str]) -> None:
+    info = state / "stack.json"
+    if not flow_run_ids or not info.exists():
+        return
+    api = json.loads(info.read_text())["prefect_api"]
+    body = json.dumps({"state": {"type": "CRASHED", "message": "stopped by make stack-down"}, "force": True})
+    for run_id in flow_run_ids:
+        req = urllib.request.Request(f"{api}/flow_runs/{run_id}/set_state", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(req, timeout=10).close()
+        except OSError:
+            pass
+
+
+def _stop_groups(groups: list[int], grace: float) -> None:
+    """SIGTERM every process group, wait up to ``grace`` seconds for all, SIGKILL the rest."""
+
+    def signal_all(targets: list[int], sig: int) -> list[int]:
+        alive = []
+        for group in targets:
+            _alive(group)  # reaps our own child so its group can disappear
+            try:
+                os.killpg(group, sig)
+                alive.append(group)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return alive
+
+    remaining = signal_all(groups, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.2)
+        remaining = signal_all(remaining, 0)
+    for group in signal_all(remaining, signal.SIGKILL):
+        _alive(group)
+
+
+def setup_pool(limit: int, within_seconds: int) -> None:
+    """The process work pool with its concurrency limit, and the zombie automation."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(POOL)
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=POOL, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
+                )
+            )
+        client.update_work_pool(POOL, WorkPoolUpdate(concurrency_limit=limit))
+    create_zombie_automation(within_seconds)
+
+
+def create_zombie_automation(within_seconds: int) -> str:
+    """Mark a flow run Crashed when its heartbeats stop (dead worker or machine), which frees its
+    work pool slot. From Prefect's "detect zombie flows" guide; runs inside the stack's env."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        Automation.read(name=ZOMBIE_AUTOMATION)
+        return "exists"
+    except ValueError:
+        pass
+    Automation(
+        name=ZOMBIE_AUTOMATION,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.*"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=within_seconds),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message="no heartbeat: worker or machine died")],
+    ).create()
+    return "created"
+
+
+def _from_env() -> Stack:
+    root = REPO
+    return Stack(
+        root=root,
+        state=Path(os.environ.get("NIRGAN_STACK_DIR", root / ".stack")).resolve(),
+        prefect_port=int(os.environ.get("NIRGAN_PREFECT_PORT", 4200)),
+        mlflow_port=int(os.environ.get("NIRGAN_MLFLOW_PORT", 5000)),
+        gpus=detect_gpus(),
+        pool_limit=int(os.environ["NIRGAN_POOL_LIMIT"]) if os.environ.get("NIRGAN_POOL_LIMIT") else None,
+        heartbeat_seconds=int(os.environ.get("NIRGAN_HEARTBEAT_SECONDS", 30)),
+    )
+
+
+NEXT_STEPS = """\
+nirgan stack is up (state, logs and PIDs in {state}):
+  Prefect UI  {prefect_ui}
+  MLflow UI   {mlflow}
+  workers     {workers} on pool '{pool}' (limit {limit})
+
+1. environment for your shell:
+     source .venv/bin/activate; export PREFECT_API_URL={api} MLFLOW_TRACKING_URI={mlflow}
+2. run train-nir with an override (twice, to have two runs to compare):
+     prefect deployment run {deployment} --param overrides='{{"train.max_steps": 20}}' --watch
+     prefect deployment run {deployment} --param overrides='{{"train.max_steps": 40}}' \\
+         --param experiment=steps-40 --watch
+   then `dvc exp show` lists both experiments.
+3. open {mlflow}, experiment 'nirgan': tick both runs, Compare.
+Stop everything with `make stack-down`.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up")
+    sub.add_parser("down")
+    sub.add_parser("status")
+    pool = sub.add_parser("setup-pool", help=argparse.SUPPRESS)
+    pool.add_argument("--limit", type=int, required=True)
+    pool.add_argument("--within", type=int, default=90)
+    args = parser.parse_args(argv)
+
+    if args.command == "setup-pool":
+        setup_pool(args.limit, args.within)
+        return 0
+    stack = _from_env()
+    if args.command == "up":
+        try:
+            timings = up(stack)
+        except Exception:
+            down(stack.state)
+            raise
+        info = json.loads((stack.state / "stack.json").read_text())
+        print(
+            NEXT_STEPS.format(
+                state=stack.state, prefect_ui=stack.prefect_api.removesuffix("/api"), api=stack.prefect_api,
+                mlflow=stack.mlflow_uri, workers=info["workers"], pool=POOL, limit=info["pool_limit"],
+                deployment=DEPLOYMENT,
+            )
+        )
+        print("start-up seconds:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    elif args.command == "down":
+        print("stopped:", ", ".join(down(stack.state)) or "nothing")
+    else:
+        for pid_file in sorted((stack.state / "pids").glob("*.pid")):
+            pid = int(pid_file.read_text())
+            print(f"{pid_file.stem:16s} pid {pid:7d} {'running' if _alive(pid) else 'dead'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""`prefect deployment run train-nir/gpu` against real servers, end to end.
+
+One stack for the module (scripts/stack.py, as `make stack` starts it): a Prefect server, an
+MLflow server and two process workers on a work pool limited to ONE slot, all on free loopback
+ports with their state in a temp dir, over a throwaway git copy of this project with micro
+params. Everything is stopped by PID in the fixture's teardown. (The browser check of the
+MLflow UI is tests/test_mlflow_ui.py.)
+
+Every train-nir run trains and evaluates for real (about a minute each on 2 cores), so the
+three tests share one batch of three runs submitted at once: the first is checked end to
+end, all three for taking the single slot in turn, the third (whose train stage is made to
+fail once) for the retry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipeline_project import make_project, project_env, run
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import stack as stack_mod  # noqa: E402
+
+STAGES = ["collect", "detect", "clean", "augment", "split", "train", "evaluate"]
+DEPLOYMENT = "train-nir/gpu"
+FLOW_TIMEOUT_S = 420
+
+pytestmark = pytest.mark.e2e
+
+
+class Orchestra:
+    """The running stack plus helpers to submit and inspect flow runs."""
+
+    def __init__(self, root: Path, stack: stack_mod.Stack):
+        self.root, self.stack = root, stack
+        self.env = stack.env()
+        self.api = httpx.Client(base_url=stack.prefect_api, timeout=30)
+
+    def submit(self, overrides: dict, experiment: str, env: dict | None = None) -> subprocess.Popen:
+        cmd = [
+            str(stack_mod.BIN / "prefect"), "deployment", "run", DEPLOYMENT,
+            "--param", f"overrides={json.dumps(overrides)}",
+            "--param", f"experiment={json.dumps(experiment)}",
+        ]
+        if env:
+            cmd += ["--job-variable", f"env={json.dumps(env)}"]
+        return subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    @staticmethod
+    def flow_run_id(proc: subprocess.Popen) -> str:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        match = re.search(r"flow-run/([0-9a-f-]{36})", out)
+        assert match, out
+        return match.group(1)
+
+    def flow_run(self, run_id: str) -> dict:
+        resp = self.api.get(f"/flow_runs/{run_id}")
+        resp.raise_for_status()
+        return resp.json()
+
+    def wait(self, run_ids: list[str], timeout: float = FLOW_TIMEOUT_S) -> dict[str, dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = {rid: self.flow_run(rid) for rid in run_ids}
+            if all(r["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} for r in runs.values()):
+                return runs
+            if time.monotonic() > deadline:
+                states = {rid: r["state"]["name"] for rid, r in runs.items()}
+                pytest.fail(f"flow runs not finished after {timeout:.0f} s: {states}\n{self.worker_logs()}")
+            time.sleep(1.0)
+
+    def task_runs(self, run_id: str) -> list[dict]:
+        resp = self.api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}})
+        resp.raise_for_status()
+        return resp.json()
+
+    def worker_logs(self) -> str:
+        logs = sorted((self.stack.state / "logs").glob("worker-*.log"))
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in logs)
+
+    def dvc(self, *args: str) -> str:
+        return run(["dvc", *args], cwd=self.root, env=project_env(self.root)).stdout
+
+    def exp_ref(self, experiment: str) -> str:
+        refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=self.root).stdout.split()
+        named = [r for r in refs if r.endswith(f"/{experiment}")]
+        assert len(named) == 1, f"experiment {experiment} not in the checkout's refs: {refs}"
+        return named[0]
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def timing(flow_run: dict) -> dict[str, float]:
+    created, start, end = (_ts(flow_run[k]) for k in ("created", "start_time", "end_time"))
+    return {"to_running_s": (start - created).total_seconds(), "to_completed_s": (end - created).total_seconds()}
+
+
+@pytest.fixture(scope="module")
+def orchestra(tmp_path_factory):
+    base = tmp_path_factory.mktemp("orchestration")
+    root = make_project(base / "project")
+    stack = stack_mod.Stack(
+        root=root,
+        state=base / "stack",
+        prefect_port=stack_mod.free_port(),
+        mlflow_port=stack_mod.free_port(),
+        gpus=[None, None],  # two workers competing for the pool's single slot
+        pool_limit=1,
+        worker_poll_seconds=1.0,
+        ui=False,
+    )
+    try:
+        timings = stack_mod.up(stack)
+        print(f"\nstack up: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+        yield Orchestra(root, stack)
+    finally:
+        stopped = stack_mod.down(stack.state)
+        print(f"stopped by PID: {stopped}")
+
+
+@pytest.fixture(scope="module")
+def batch(orchestra, tmp_path_factory):
+    """Three runs submitted at once to the one-slot pool. The third one's train stage is killed
+    (whole process tree, SIGKILL) as soon as its first checkpoint exists: the retry must resume."""
+    marker = tmp_path_factory.mktemp("fail-once") / "train-failed-once"
+    names = ["e2e-micro", "seed-12", "retry-train"]
+    procs = [
+        orchestra.submit({"train.max_steps": 2}, names[0]),
+        orchestra.submit({"train.max_steps": 2, "train.seed": 12}, names[1]),
+        orchestra.submit({"train.max_steps": 3, "train.checkpoint_every": 2, "train.seed": 13,
+                          "orchestrate.retry_delay_seconds": 1}, names[2],
+                         env={"NIRGAN_FAIL_ONCE": f"train:{marker}:models/checkpoints/latest"}),
+    ]
+    ids = [orchestra.flow_run_id(p) for p in procs]
+    runs = orchestra.wait(ids, timeout=3 * FLOW_TIMEOUT_S)
+    print("\nthree runs, one slot (seconds from submission):",
+          json.dumps({n: {k: round(v, 1) for k, v in timing(runs[i]).items()} for n, i in zip(names, ids)}))
+    return {"names": names, "ids": ids, "runs": runs, "marker": marker}
+
+
+def test_train_nir_end_to_end(orchestra, batch):
+    experiment, rid = batch["names"][0], batch["ids"][0]
+    fr = batch["runs"][rid]
+    assert fr["state"]["type"] == "COMPLETED", f"{fr['state']}\n{orchestra.worker_logs()}"
+    print(f"\ntrain-nir micro run {experiment}: {json.dumps({k: round(v, 1) for k, v in timing(fr).items()})}")
+
+    tasks = {t["name"]: t for t in orchestra.task_runs(rid)}
+    assert [s for s in STAGES if s in tasks] == STAGES, sorted(tasks)
+    assert all(tasks[s]["state"]["type"] == "COMPLETED" for s in STAGES)
+    assert all(tasks[s]["total_run_time"] > 0 for s in STAGES)
+
+    # The DVC experiment, in the worker's checkout, with its evaluation metrics.
+    ref = orchestra.exp_ref(experiment)
+    metrics = json.loads(run(["git", "show", f"{ref}:metrics/eval.json"], cwd=orchestra.root).stdout)
+    assert metrics
+    shown = orchestra.dvc("exp", "show", "--json")
+    assert experiment in shown
+    params = run(["git", "show", f"{ref}:params.yaml"], cwd=orchestra.root).stdout
+    assert re.search(r"max_steps: 2\b", params)
+
+    # The MLflow run on the server: metrics, a sample image and the provenance tags.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(orchestra.stack.mlflow_uri)
+    exp = client.get_experiment_by_name("nirgan")
+    found = client.search_runs([exp.experiment_id], filter_string=f"tags.prefect_flow_run_id = '{rid}'")
+    assert len(found) == 1, [r.info.run_id for r in found]
+    mlrun = found[0]
+    assert mlrun.data.metrics
+    tags = mlrun.data.tags
+    baseline = run(["git", "rev-parse", "HEAD"], cwd=orchestra.root).stdout.strip()
+    assert tags["git_commit"] == baseline
+    assert tags["dvc_exp_name"] == experiment
+    assert tags["dvc_exp_baseline_rev"] == baseline
+    assert tags["prefect_flow_run_name"] == fr["name"]
+    assert tags["work_pool"] == "gpu"
+    assert any(p.endswith(".png") for p in _artifact_paths(client, mlrun.info.run_id)), "no sample image"
+
+    # The flow run's markdown artifact: the metrics table and the MLflow link.
+    arts = orchestra.api.post(
+        "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [rid]}, "type": {"any_": ["markdown"]}}}
+    ).json()
+    assert len(arts) == 1
+    md = arts[0]["data"]
+    assert "| metric | value |" in md and mlrun.info.run_id in md
+    assert f"{orchestra.stack.mlflow_uri}/#/experiments/{exp.experiment_id}/runs/{mlrun.info.run_id}" in md
+
+
+def _artifact_paths(client, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += _artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_three_runs_share_one_slot_in_turn(orchestra, batch):
+    runs, ids = batch["runs"], batch["ids"]
+    pool = orchestra.api.get("/work_pools/gpu").json()
+    assert pool["concurrency_limit"] == 1 and pool["type"] == "process"
+    assert [runs[i]["state"]["type"] for i in ids] == ["COMPLETED"] * 3, orchestra.worker_logs()
+    spans = sorted((_ts(r["start_time"]), _ts(r["end_time"])) for r in runs.values())
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, f"two runs held the single slot at once: {spans}"
+    for name in batch["names"]:
+        orchestra.exp_ref(name)
+
+
+def test_killed_train_is_retried_resumes_and_run_completes(orchestra, batch):
+    rid = batch["ids"][2]
+    assert batch["marker"].exists(), "the injected failure never fired"
+    assert batch["runs"][rid]["state"]["type"] == "COMPLETED", orchestra.worker_logs()
+    train = next(t for t in orchestra.task_runs(rid) if t["name"] == "train")
+    assert train["run_count"] == 2 and train["state"]["type"] == "COMPLETED"
+    logs = orchestra.api.post("/logs/filter", json={"logs": {"task_run_id": {"any_": [train["id"]]}},
+                                                    "limit": 200}).json()
+    text = "\n".join(entry["message"] for entry in logs)
+    assert "injected failure" in text and "resuming from" in text, text[-3000:]
+    orchestra.exp_ref("retry-train")
+
+    # The resumed training continued the same MLflow run instead of starting a second one.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(orchestra.stack.mlflow_uri)
+    exp = client.get_experiment_by_name("nirgan")
+    found = client.search_runs([exp.experiment_id], filter_string=f"tags.prefect_flow_run_id = '{rid}'")
+    assert len(found) == 1, [r.info.run_id for r in found]
