@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import stack as stack_mod  # noqa: E402
+sys.path.insert(0, str(REPO))
+from flows import stack as stack_mod  # noqa: E402
 
 CHROMIUM_FLAGS = [
     "--headless=new",

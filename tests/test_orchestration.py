@@ -1,6 +1,6 @@
 """`prefect deployment run train-nir/gpu` against real servers, end to end.
 
-One stack for the module (scripts/stack.py, as `make stack` starts it): a Prefect server, an
+One stack for the module (flows/stack.py, as `make stack` starts it): a Prefect server, an
 MLflow server and two process workers on a work pool limited to ONE slot, all on free loopback
 ports with their state in a temp dir, over a throwaway git copy of this project with micro
 params. Everything is stopped by PID in the fixture's teardown. (The browser check of the
@@ -28,8 +28,8 @@ import pytest
 from pipeline_project import make_project, project_env, run
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import stack as stack_mod  # noqa: E402
+sys.path.insert(0, str(REPO))
+from flows import stack as stack_mod  # noqa: E402
 
 STAGES = ["collect", "detect", "clean", "augment", "split", "train", "evaluate"]
 DEPLOYMENT = "train-nir/gpu"

@@ -1,8 +1,8 @@
 """The local stack for one machine: Prefect server, MLflow server and GPU workers on 127.0.0.1.
 
-    python scripts/stack.py up      # what `make stack` runs
-    python scripts/stack.py down    # what `make stack-down` runs: workers first, then servers
-    python scripts/stack.py status
+    python flows/stack.py up      # what `make stack` runs
+    python flows/stack.py down    # what `make stack-down` runs: workers first, then servers
+    python flows/stack.py status
 
 Everything lives under a git-ignored state folder (``.stack/`` by default): PREFECT_HOME with
 the Prefect server's SQLite database, the MLflow SQLite store and artifact directory, one log
