@@ -202,8 +202,16 @@ class EvaluateConfig(Section):
     )
     diversity_sources: int = Field(20, ge=1, description="N test sources")
     diversity_latents: int = Field(10, ge=2, description="M latents per source")
-    estimator_epochs: int = Field(15, ge=1, description="head-pose/gaze estimator training")
-    feature_epochs: int = Field(10, ge=1, description="in-pipeline feature network for always-available realism")
+    estimator_epochs: int = Field(
+        15, ge=1, description="head-pose/gaze estimator (also the feature net of the *_nirfeat realism figures)"
+    )
+    estimator_resolution: int = Field(
+        64, ge=32, multiple_of=32,
+        description="working size of the estimator (images are area-resized); 64 keeps it within a CPU minute",
+    )
+    feature_epochs: int = Field(
+        10, ge=1, description="NIR identity network trained by evaluate when the run saved none (identity figures)"
+    )
 
 
 # ------------------------------------------------------------------------- orchestrate

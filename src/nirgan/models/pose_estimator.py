@@ -10,9 +10,9 @@ network as future work; no thesis table defines one, so this is a small plain CN
     -> Linear -> 5 angles in degrees [head_yaw, head_pitch, head_roll, gaze_yaw, gaze_pitch]
     -> Linear -> subject logits (auxiliary, training only)
 
-The subject head is there so that the penultimate ``features`` carry the face's appearance as
-well as its geometry: evaluate uses them as the in-pipeline feature space for FID/KID
-(``realism_fid_nirfeat``), where a pure pose regressor would be blind to texture. Angles are
+The optional subject head (``subject_weight``) pushes the penultimate ``features`` towards
+identity; evaluate trains without it (see ``nirgan.stages.evaluate.SUBJECT_WEIGHT``) and uses the
+``features`` as the in-pipeline feature space for FID/KID (``realism_fid_nirfeat``). Angles are
 predicted in units of the training labels' standard deviation (buffers ``label_mean`` /
 ``label_std``) so all five outputs weigh alike in the loss.
 
@@ -62,6 +62,9 @@ class PoseEstimator(nn.Module):
                     n_subjects=self.n_subjects)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.image_size:
+            # inputs of any size are area-resized to the working resolution (see ``resolution``)
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="area")
         return F.relu(self.to_features(self.trunk(x).flatten(1)))
 
     def forward_normalised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,21 +108,27 @@ def train_pose_estimator(
     width: int = 24,
     feature_dim: int = 128,
     device: torch.device | str = "cpu",
+    resolution: int | None = None,
 ) -> PoseEstimator:
     """Fit on real pairs: ``targets`` uint8 (N, S, S), ``sources`` uint8 (N, S, S, 3) (only
     used to call the one paired transform), ``labels`` (N, 5) degrees, ``subjects`` (N,) int codes.
 
-    Loss: smooth-L1 on standardised angles + ``subject_weight`` x cross-entropy on subjects.
+    Loss: smooth-L1 on standardised angles (+ ``subject_weight`` x cross-entropy on subjects).
     AdamW with a one-cycle learning rate; seeded, so the same inputs give the same network.
+    ``resolution`` (divisible by 32, default: the data's size) is the working size: augmentation
+    runs at full size, the network sees area-downsampled images, at any size they come in.
     """
     from nirgan.stages.augment import paired_augment
 
     device = torch.device(device)
+    labels = labels.detach().float().cpu()
+    subjects = subjects.detach().long().cpu() if subjects is not None else None
     torch.manual_seed(settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)  # batch order
+    aug_gen = torch.Generator(device=device).manual_seed(settings.seed)  # augmentation draws
     n, size = targets.shape[0], targets.shape[-1]
     n_subjects = int(subjects.max()) + 1 if subjects is not None else 0
-    model = PoseEstimator(size, width, feature_dim, n_subjects).to(device)
+    model = PoseEstimator(resolution or size, width, feature_dim, n_subjects).to(device)
     # Flips mirror the labels, so the standardisation is taken over both signs.
     # Unknown angles (NaN) are left out of the loss; with none known only the subject head
     # learns, which still gives the realism features something to see.
@@ -146,10 +155,10 @@ def train_pose_estimator(
             idx = order[start : start + settings.batch_size]
             if len(idx) < 2:
                 continue
-            src = sources[idx].permute(0, 3, 1, 2).float().div(255.0)
-            tgt = targets[idx][:, None].float().div(255.0)
-            _, x, y = paired_augment(src, tgt, labels[idx], aug_cfg, gen)
-            x, y, mask = x.to(device), ((y - mean) / std).to(device), known[idx].to(device)
+            src = sources[idx.to(sources.device)].to(device).permute(0, 3, 1, 2).float().div(255.0)
+            tgt = targets[idx.to(targets.device)].to(device)[:, None].float().div(255.0)
+            _, x, y = paired_augment(src, tgt, labels[idx].to(device), aug_cfg, aug_gen)
+            y, mask = (y - mean.to(device)) / std.to(device), known[idx].to(device)
             pred, logits = model.forward_normalised(x)
             loss = (F.smooth_l1_loss(pred, y, beta=0.5, reduction="none") * mask).sum() / mask.sum().clamp_min(1)
             if subjects is not None and settings.subject_weight > 0:

@@ -1,0 +1,75 @@
+"""Evaluation measures and the keys of ``metrics/eval.json``.
+
+Convention for figures that depend on random draws (z, picked sources, SWD projections):
+``<key>`` is the MEAN over ``evaluate.seeds`` draws and ``<key>_std`` their standard deviation
+(population std, 0 for one draw), StarGAN v2's protocol; draw k uses seed ``evaluate.seed + k``.
+Figures that do not depend on the draws have no ``_std``. A figure that cannot be computed
+is the string ``"unavailable"`` and a ``<name>_reason`` key says why; it never holds a number.
+A figure that is mathematically undefined on this data (the precision of a rule that flagged
+nothing) is ``null``.
+
+Keys (images on [-1, 1] unless said; "test" = the subject-disjoint test split):
+
+Realism, ImageNet (thesis 3.3.1.1; pytorch-fid, see :mod:`nirgan.metrics.fid`)
+  fid, fid_std                 test targets vs G(y_i, z_i), one z per test source
+  fid_untrained[_std]          same, for an untrained generator (same architecture and init seed)
+  fid_real_baseline[_std]      train targets (other subjects, as many as test) vs test targets
+  fid_weights, fid_weights_sha256, fid_weights_verified   the file used, its hash, and whether
+                               the hash matches the one its standard name promises
+  fid_reason                   only when fid is "unavailable"
+Diversity, ImageNet (thesis 3.3.1.2, eq. 3.8; lpips package, see :mod:`nirgan.metrics.lpips_diversity`)
+  lpips, lpips_std             N test sources x M latents, mean pairwise LPIPS, averaged; higher =
+                               more diverse; lpips_net, lpips_weights*, lpips_reason as for FID
+Realism and diversity, always available (no downloaded weights; :mod:`nirgan.metrics.features`)
+  realism_fid_nirfeat[_std|_untrained|_real_baseline]  Frechet distance on the penultimate
+                               features of the pose/gaze estimator trained here on real train
+                               targets (not comparable with ImageNet FID): no ImageNet net is
+                               available offline, and this one is trained on exactly the domain
+  realism_kid_nirfeat[...]     unbiased KID on the same features
+  realism_swd_laplacian[...]   ProGAN's sliced Wasserstein distance on Laplacian pyramids (x1e3)
+  The _real_baseline figures compare real train targets (other subjects) with the test targets:
+  what "as real as the data" scores at this N. For *_nirfeat it is biased low, since the feature
+  net was trained on those very train images.
+  diversity_msssim[_std]       mean pairwise MS-SSIM over the M latents of each of the N sources;
+                               lower = more diverse (AC-GAN)
+Attribute preservation, degrees (:mod:`nirgan.metrics.pose`)
+  pose_real_<label>_mean / _p90    the estimator's own absolute error on the real test targets
+  pose_real_head_mean, pose_real_gaze_mean   mean over head yaw/pitch/roll, over gaze yaw/pitch
+  pose_gen_<label>_mean / _p90[_std], pose_gen_head_mean, pose_gen_gaze_mean   the estimator on
+                               G(y_i, z_i) against the SOURCE labels
+Identity reconstruction, unseen test subjects (:mod:`nirgan.metrics.identity`)
+  identity_l1, identity_l1_random_z   mean |G(y, E(x)) - x| (and with a random z instead of E(x)),
+                               pixels on [0, 1]
+  identity_cosine, identity_cosine_random_z   identity-embedding cosine of x with the above
+  identity_cosine_same_subject_real, identity_cosine_different_subject_real   calibration on
+                               real images: same test subject, and test vs other subjects
+  identity_net                 which identity network embedded the faces
+Cleaning quality on the twin (:mod:`nirgan.metrics.cleaning`): clean_precision, clean_recall,
+  clean_iqr_*, clean_misalignment_*, clean_rules_*, clean_recall_<type>, counts.
+Bookkeeping: eval_test_pairs, eval_train_pairs, eval_seeds.
+
+Plot files (``plots/``, for ``dvc plots``): realism_diversity.json [{metric, value, std}],
+pose_error.json [{series, attribute, images, mean_deg, p90_deg}], sweep_<attr>.csv
+(pair_id, true_deg, estimated_real_deg, estimated_generated_deg) for head_yaw, head_pitch,
+gaze_yaw, and the PNGs samples, sweep_<attr>, interpolation, arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nirgan.metrics import features, figures
+from nirgan.metrics.cleaning import evaluate_cleaning
+
+
+def aggregate_draws(draws: dict[str, list[float]]) -> dict[str, float]:
+    """{key: [value per draw]} -> {key: mean, key_std: std} (see the module docstring)."""
+    out: dict[str, float] = {}
+    for key, values in draws.items():
+        arr = np.asarray(values, dtype=np.float64)
+        out[key] = float(arr.mean())
+        out[f"{key}_std"] = float(arr.std())
+    return out
+
+
+__all__ = ["aggregate_draws", "evaluate_cleaning", "features", "figures"]

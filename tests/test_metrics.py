@@ -1,0 +1,234 @@
+"""The evaluation measures: weight loading (with weight files the tests write), the
+always-available distances, MS-SSIM, the pose estimator, and cleaning precision/recall."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nirgan.config import Config, EvaluateConfig
+from nirgan.labels import LABELS
+from nirgan.metrics import features
+from nirgan.metrics.cleaning import cleaning_quality, evaluate_cleaning
+from nirgan.metrics.fid import FID_WEIGHTS_NAME, inception_features, load_fid_inception, resolve_fid
+from nirgan.metrics.lpips_diversity import BACKBONE_FILES, load_lpips, lpips_pairwise_mean, resolve_lpips
+from nirgan.metrics.pose import angle_errors
+from nirgan.models.pose_estimator import EstimatorTraining, predict, train_pose_estimator
+from nirgan.stages.evaluate import _imagenet_metrics
+
+
+# ------------------------------------------------------------------ weight files, written here
+def _write_fid_weights(path) -> None:
+    """A random-init state dict with exactly the keys and shapes of pytorch-fid's FID Inception."""
+    from pytorch_fid import inception as pfi
+
+    net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = pfi.FIDInceptionE_1(1280)
+    net.Mixed_7c = pfi.FIDInceptionE_2(2048)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+
+
+def _write_alexnet_weights(path) -> dict[str, torch.Tensor]:
+    import torchvision
+
+    torch.manual_seed(1)
+    sd = torchvision.models.alexnet(weights=None).state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, path)
+    return sd
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+def _faces(n: int, seed: int, size: int = 64) -> torch.Tensor:
+    """Smooth random grey images in [-1, 1], (n, 1, size, size)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 1, size // 8, size // 8, generator=g)
+    return torch.nn.functional.interpolate(low, size=size, mode="bilinear", align_corners=False) * 2 - 1
+
+
+def test_fid_loads_the_cached_file_through_pytorch_fid(torch_home):
+    _write_fid_weights(torch_home / "hub" / "checkpoints" / FID_WEIGHTS_NAME)
+    weights, why = resolve_fid()
+    assert weights is not None and why == ""
+    # the test's random file is not the reference file, and the record says so
+    assert not weights.verified and weights.describe("fid")["fid_weights"].endswith(FID_WEIGHTS_NAME)
+    model = load_fid_inception(weights, torch.device("cpu"))
+    on_disk = torch.load(weights.path, weights_only=True)
+    assert torch.equal(model.blocks[0][0].conv.weight, on_disk["Conv2d_1a_3x3.conv.weight"])
+    a = inception_features(model, _faces(2, 0), batch_size=2)
+    assert a.shape == (2, 2048) and np.isfinite(a).all()
+
+
+def test_fid_explicit_weights_file_elsewhere(torch_home, tmp_path):
+    explicit = tmp_path / "my_weights" / "inception.pth"
+    _write_fid_weights(explicit)
+    weights, _ = resolve_fid(explicit)
+    model = load_fid_inception(weights, torch.device("cpu"))
+    assert torch.equal(model.blocks[0][0].conv.weight,
+                       torch.load(explicit, weights_only=True)["Conv2d_1a_3x3.conv.weight"])
+    assert not (torch_home / "hub" / "checkpoints" / FID_WEIGHTS_NAME).exists()
+
+
+def test_lpips_backbone_comes_from_the_cached_torchvision_file(torch_home):
+    sd = _write_alexnet_weights(torch_home / "hub" / "checkpoints" / BACKBONE_FILES["alex"])
+    weights, why = resolve_lpips("alex")
+    assert weights is not None and why == ""
+    model = load_lpips("alex", "0.1", weights, torch.device("cpu"))
+    assert torch.equal(model.net.slice1[0].weight, sd["features.0.weight"])
+    assert torch.equal(getattr(model.net.slice5, "10").weight, sd["features.10.weight"])
+    # the linear heads are the package's calibrated ones, not random
+    import lpips
+
+    packaged = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)
+    assert torch.equal(model.lin0.model[1].weight, packaged.lin0.model[1].weight)
+    same = _faces(3, 0)
+    assert lpips_pairwise_mean(model, torch.cat([same[:1]] * 3)) == pytest.approx(0.0, abs=1e-6)
+    assert lpips_pairwise_mean(model, same) > 0
+
+
+def test_missing_weights_are_unavailable_with_reason(torch_home):
+    cfg = Config(evaluate=EvaluateConfig())
+    inception, lp, info = _imagenet_metrics(cfg, torch.device("cpu"))
+    assert inception is None and lp is None
+    assert info["fid"] == "unavailable" and FID_WEIGHTS_NAME in info["fid_reason"]
+    assert info["lpips"] == "unavailable" and "alexnet-owt-7be5be79.pth" in info["lpips_reason"]
+    cfg = Config(evaluate=EvaluateConfig(fid_weights=torch_home / "nope.pth", lpips=False))
+    _, _, info = _imagenet_metrics(cfg, torch.device("cpu"))
+    assert "nope.pth" in info["fid_reason"] and "disabled" in info["lpips_reason"]
+
+
+# ------------------------------------------------------------------ always-available measures
+def test_distances_are_zero_for_identical_sets_and_grow_with_difference():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 8))
+    b = rng.normal(size=(200, 8))
+    shifted = b + 1.5
+    assert features.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert features.frechet_distance(a, b) < features.frechet_distance(a, shifted)
+    assert abs(features.kernel_inception_distance(a, b)) < 0.05
+    assert features.kernel_inception_distance(a, shifted) > 10 * abs(features.kernel_inception_distance(a, b))
+
+    x = _faces(8, 1)
+    y = _faces(8, 2)
+    noisy = (x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))).clamp(-1, 1)
+    same = features.sliced_wasserstein_laplacian(x, x, seed=0)
+    other = features.sliced_wasserstein_laplacian(x, y, seed=0)
+    far = features.sliced_wasserstein_laplacian(x, noisy, seed=0)
+    assert same["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert set(same) == {"64", "32", "16", "mean"}
+    assert other["mean"] < far["mean"]
+
+
+def test_msssim_identity_and_scales():
+    x = (_faces(4, 5, size=128) + 1) / 2
+    assert features.msssim_scales(128) == 4 and features.msssim_scales(256) == 5
+    assert torch.allclose(features.ms_ssim(x, x), torch.ones(4), atol=1e-5)
+    y = (_faces(4, 6, size=128) + 1) / 2
+    assert (features.ms_ssim(x, y) < 0.9).all()
+    assert features.pairwise_msssim(torch.cat([x[:1]] * 3)) == pytest.approx(1.0, abs=1e-5)
+    assert features.pairwise_msssim(torch.cat([x, y])) < 0.9
+
+
+# ------------------------------------------------------------------------- pose estimator
+def _blob_images(labels: np.ndarray, size: int = 64) -> np.ndarray:
+    """A bright disc whose position encodes yaw (x) and pitch (y); mirror-consistent with FLIP_SIGN
+    (roll 0, gaze_yaw = yaw / 2 and gaze_pitch = pitch / 2 share the disc's displacement)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = np.zeros((len(labels), size, size), np.uint8)
+    for i, (yaw, pitch, *_rest) in enumerate(labels):
+        cx = size / 2 + yaw * size / 80
+        cy = size / 2 - pitch * size / 80
+        out[i] = np.where((xx - cx) ** 2 + (yy - cy) ** 2 < (size / 8) ** 2, 220, 30)
+    return out
+
+
+def test_pose_estimator_calibrates_on_a_synthetic_set():
+    rng = np.random.default_rng(0)
+    n = 180
+    yaw = rng.uniform(-20, 20, n)
+    pitch = rng.uniform(-15, 15, n)
+    labels = np.stack([yaw, pitch, np.zeros(n), yaw / 2, pitch / 2], axis=1).astype(np.float32)
+    imgs = _blob_images(labels)
+    sources = np.repeat(imgs[..., None], 3, axis=-1)
+    subjects = torch.as_tensor(rng.integers(0, 3, n))
+    train, test = slice(0, 150), slice(150, n)
+    model = train_pose_estimator(
+        torch.from_numpy(imgs[train]), torch.from_numpy(sources[train]), torch.from_numpy(labels[train]),
+        subjects[train], EstimatorTraining(epochs=10, batch_size=32, lr=3e-3), width=8, feature_dim=32,
+    )
+    x = torch.from_numpy(imgs[test])[:, None].float() / 127.5 - 1
+    errors = angle_errors(predict(model, x), labels[test], "t")
+    spread = np.abs(labels[test] - labels[train].mean(0)).mean(0)  # error of predicting the mean
+    for j, name in enumerate(LABELS):
+        if name == "head_roll":
+            assert errors[f"t_{name}_mean"] < 1.0
+        else:
+            assert errors[f"t_{name}_mean"] < 0.35 * spread[j], name
+    assert set(errors) >= {f"t_{n}_p90" for n in LABELS} | {"t_head_mean", "t_gaze_mean"}
+
+
+def test_pose_estimator_is_seeded():
+    labels = np.zeros((40, 5), np.float32)
+    labels[:, 0] = np.linspace(-10, 10, 40)
+    imgs = torch.from_numpy(_blob_images(labels))
+    src = imgs[..., None].repeat(1, 1, 1, 3)
+    kw = dict(settings=EstimatorTraining(epochs=1, batch_size=16), width=8, feature_dim=16)
+    a = train_pose_estimator(imgs, src, torch.from_numpy(labels), None, **kw)
+    b = train_pose_estimator(imgs, src, torch.from_numpy(labels), None, **kw)
+    x = imgs[:, None].float() / 127.5 - 1
+    assert np.array_equal(predict(a, x), predict(b, x))
+
+
+# ------------------------------------------------------------------------------ cleaning
+def test_cleaning_precision_recall_on_a_constructed_case():
+    kinds = ["none"] * 10 + ["occlusion", "blur", "overexposure", "misaligned", "misaligned", "underexposure"]
+    ids = [f"s_c/{i:05d}" for i in range(len(kinds))]
+    truth = pd.DataFrame({"pair_id": ids, "disturbance": kinds})
+    # detect rejected the occlusion (10) and one clean pair (0); the rest reached clean
+    crops = pd.DataFrame({"pair_id": [p for i, p in enumerate(ids) if i not in (0, 10)]})
+    outliers = pd.DataFrame({
+        "pair_id": [ids[11], ids[12], ids[1], ids[13], ids[12]],
+        "rule": ["iqr_target", "iqr_source", "iqr_target", "misalignment", "misalignment"],
+    })
+    removed = {ids[0], ids[10], ids[11], ids[12], ids[1], ids[13]}
+    kept = pd.DataFrame({"pair_id": [p for p in ids if p not in removed]})
+    q = cleaning_quality(truth, crops, kept, outliers)
+    # pipeline level: removed 6, of which 4 planted (10, 11, 12, 13); 6 planted in all
+    assert q["clean_precision"] == pytest.approx(4 / 6)
+    assert q["clean_recall"] == pytest.approx(4 / 6)
+    assert q["clean_removed_before_clean"] == 2
+    assert q["clean_recall_occlusion"] == 1.0 and q["clean_recall_misaligned"] == 0.5
+    assert q["clean_recall_underexposure"] == 0.0
+    # IQR hits {11, 12, 1}: 2 planted; its targets that reached clean: {11, 12, 15}
+    assert q["clean_iqr_precision"] == pytest.approx(2 / 3)
+    assert q["clean_iqr_recall"] == pytest.approx(2 / 3)
+    assert q["clean_iqr_recall_all"] == pytest.approx(2 / 5)
+    # misalignment hits {13, 12}: both planted; misaligned that reached clean: {13, 14}
+    assert q["clean_misalignment_precision"] == 1.0
+    assert q["clean_misalignment_recall"] == 0.5
+    assert q["clean_rules_precision"] == pytest.approx(3 / 4)
+    assert q["clean_rules_recall"] == pytest.approx(3 / 5)
+
+
+def test_cleaning_without_ground_truth_is_unavailable(tmp_path):
+    q = evaluate_cleaning(tmp_path / "raw", tmp_path / "crops", tmp_path / "clean")
+    assert q["clean_precision"] == "unavailable" and "disturbances.parquet" in q["clean_reason"]
+    assert not any(isinstance(v, float) and math.isnan(v) for v in q.values())
