@@ -508,8 +508,11 @@ class TrainSession:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
+        # Warm-up as in TF's ExponentialMovingAverage(num_updates): with a fixed 0.999 a run of a
+        # few hundred steps would sample from a generator that is still mostly its random init.
+        decay = min(self.tc.ema_decay, (1 + self.step) / (10 + self.step))
         for ema_p, src_p, ema_b, src_b in self._ema_pairs:
-            torch._foreach_lerp_(ema_p, src_p, 1.0 - self.tc.ema_decay)
+            torch._foreach_lerp_(ema_p, src_p, 1.0 - decay)
             if ema_b:
                 torch._foreach_copy_(ema_b, src_b)
 
