@@ -90,7 +90,7 @@ from torch.nn import functional as F
 from torchvision.ops import nms
 from tqdm import tqdm
 
-from nirgan import io
+from nirgan import devices, io
 from nirgan.config import Config, DetectConfig
 
 log = logging.getLogger("nirgan.detect")
@@ -380,12 +380,8 @@ def _min_nms(packed: np.ndarray, threshold: float) -> Faces:
     )
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("detect.device is 'cuda' but no CUDA device is available")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+def resolve_device(choice: str) -> torch.device:
+    return devices.resolve_device(choice, "detect.device")
 
 
 # ------------------------------------------------------------------------------ policy

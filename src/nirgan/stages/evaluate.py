@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 from nirgan.config import Config
+from nirgan.devices import resolve_device
 from nirgan.io import atomic_dir, read_table, stage_log, write_image, write_json
 from nirgan.labels import LABELS
 from nirgan.metrics import (
@@ -203,14 +204,6 @@ def _generators(model_dir: Path, cfg: Config, device: torch.device) -> tuple[Gen
     )
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("evaluate.device is cuda but no CUDA device is available")
-    return torch.device(name)
-
-
 # ---------------------------------------------------------------------- weight-bound nets
 def _imagenet_metrics(cfg: Config, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
     """(FID Inception or None, LPIPS or None, keys describing what was used or why not)."""
@@ -289,7 +282,7 @@ def run(
                          f"got {len(train)} and {len(test)}")
 
     with stage_log("evaluate", train_pairs=len(train), test_pairs=len(test), seeds=e.seeds) as counts:
-        device = _device(e.device)
+        device = resolve_device(e.device, "evaluate.device")
         g, g0, encoder, gen_info = _generators(model_dir, cfg, device)
         inception, lp, metrics = _imagenet_metrics(cfg, device)
         metrics.update(eval_test_pairs=len(test), eval_train_pairs=len(train), eval_seeds=e.seeds)

@@ -47,6 +47,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from nirgan import devices
 from nirgan.config import Config, TrainConfig
 from nirgan.io import atomic_file, read_table, write_image, write_json
 from nirgan.labels import LABELS
@@ -155,11 +156,7 @@ def lr_factor(step: int, steps_per_epoch: int, tc: TrainConfig) -> float:
 
 
 def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
+    return devices.resolve_device(choice, "train.device")
 
 
 def thesis_name(tc: TrainConfig) -> str:
