@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,12 +49,7 @@ def dataset(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("train_data"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(cfg, dataset, root: Path) -> dict:
@@ -173,3 +169,12 @@ def test_changed_config_starts_afresh_instead_of_resuming(store, dataset, tmp_pa
     changed = _run(small_config(max_steps=3, lambda_lr=1.0), dataset, tmp_path)
     assert changed["steps_this_session"] == 3
     assert Checkpoint(tmp_path / "models" / "checkpoints").load()["config"]["lambda_lr"] == 1.0
+
+
+def test_rerun_of_a_finished_run_restores_its_sample_grid(store, dataset, tmp_path):
+    # `dvc repro -f train` deletes the stage's non-persistent outputs but keeps the checkpoints.
+    _run(small_config(max_steps=2), dataset, tmp_path)
+    samples = tmp_path / "models" / "samples"
+    shutil.rmtree(samples)
+    assert _run(small_config(max_steps=2), dataset, tmp_path)["steps_this_session"] == 0
+    assert sorted(p.name for p in samples.iterdir()) == ["epoch_001_step_00000002.png"]

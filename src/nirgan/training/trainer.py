@@ -781,6 +781,10 @@ def _loop(session: TrainSession, ckpt: Checkpoint, fp: dict[str, Any], history: 
         if info.is_main and (session.step % session.steps_per_epoch == 0 or at_end):
             _log_grid(session, out_dir)
     bar.close()
+    if info.is_main and session.step == start_step:
+        # Resumed a finished run (e.g. `dvc repro -f train`): DVC removed the sample grids, so the
+        # stage would lack its declared output; draw the final grid again.
+        _log_grid(session, out_dir)
     wall = time.perf_counter() - t0
     steps_run = session.step - start_step
     return {
