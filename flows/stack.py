@@ -330,11 +330,11 @@ def _descendants(pid: int) -> list[int]:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
+    out, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
             out.append(child)
-            todo.append(child)
+            pending.append(child)
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from nirgan.config import Config, parse_config
 
@@ -25,3 +26,13 @@ def raw_twin_dir(twin_cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("twin") / "raw"
     collect.run(twin_cfg, out)
     return out
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny CPU convs on a shared 2-core machine: one intra-op thread avoids OpenMP
+    oversubscription, which made these tests several times slower under load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

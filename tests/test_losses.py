@@ -30,12 +30,8 @@ def _softplus(x: float) -> float:
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs on a shared 2-core machine: avoid OpenMP oversubscription
+def _seed_and_one_thread(one_torch_thread):
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------ adversarial

@@ -31,14 +31,8 @@ GENERATORS = [EncoderDecoderGenerator, MultinormGenerator]
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tiny CPU convs on a shared 2-core machine: one thread avoids OpenMP oversubscription,
-    # which made these tests ~10x slower under load.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seed_and_one_thread(one_torch_thread):
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _images(b: int, size: int = 128, channels: int = 3) -> torch.Tensor:

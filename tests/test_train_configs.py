@@ -46,13 +46,7 @@ def data(tmp_path_factory):
     return load_data(prepared, split, torch.device("cpu"), sample_count=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared by many processes: one intra-op thread is several times faster here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train_a_few(cfg, data, tmp_path: Path, steps: int = 3) -> tuple[TrainSession, list[dict[str, float]]]:
