@@ -100,6 +100,11 @@ def _per_sample_feature_l1(features_a: Sequence[torch.Tensor], features_b: Seque
     return sum((fa.float() - fb.float()).abs().flatten(1).mean(1) for fa, fb in zip(features_a, features_b))
 
 
+def _stacked_feature_l1(features: Sequence[torch.Tensor], n: int) -> torch.Tensor:
+    """Per-sample feature L1 between the first ``n`` rows (a) and the rest (b) of one batched pass."""
+    return _per_sample_feature_l1([f[:n] for f in features], [f[n:] for f in features])
+
+
 def perceptual_loss(features_a: Sequence[torch.Tensor], features_b: Sequence[torch.Tensor]) -> torch.Tensor:
     """Perceptual loss L_p (Eq. 3.4 as implemented in 3.2.4.2.1): sum over layers of the mean L1.
 
@@ -193,8 +198,7 @@ def make_image_distance(
             n = a.shape[0]
             lab = None if labels is None else labels.repeat(2, 1)
             _, feats = discriminator(source.repeat(2, 1, 1, 1), torch.cat([a, b]), lab, return_features=True)
-            feats = select_features(feats, layers)
-            return _per_sample_feature_l1([f[:n] for f in feats], [f[n:] for f in feats])
+            return _stacked_feature_l1(select_features(feats, layers), n)
 
         return d_discriminator
 
@@ -203,9 +207,7 @@ def make_image_distance(
             raise ValueError("the vgg19 distance needs a VGG19Features network")
 
         def d_vgg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            n = a.shape[0]
-            feats = vgg(torch.cat([a, b]))
-            return _per_sample_feature_l1([f[:n] for f in feats], [f[n:] for f in feats])
+            return _stacked_feature_l1(vgg(torch.cat([a, b])), a.shape[0])
 
         return d_vgg
 
