@@ -17,7 +17,14 @@ from nirgan.metrics.cleaning import cleaning_quality, evaluate_cleaning
 from nirgan.metrics.fid import FID_WEIGHTS_NAME, inception_features, load_fid_inception, resolve_fid
 from nirgan.metrics.lpips_diversity import BACKBONE_FILES, load_lpips, lpips_pairwise_mean, resolve_lpips
 from nirgan.metrics.pose import angle_errors
-from nirgan.models.pose_estimator import EstimatorTraining, predict, train_pose_estimator
+from nirgan.models.pose_estimator import (
+    PATCH,
+    EstimatorTraining,
+    extract_patches,
+    eye_keypoints,
+    predict,
+    train_pose_estimator,
+)
 from nirgan.stages.evaluate import _imagenet_metrics
 
 
@@ -183,6 +190,78 @@ def test_pose_estimator_calibrates_on_a_synthetic_set():
         else:
             assert errors[f"t_{name}_mean"] < 0.35 * spread[j], name
     assert set(errors) >= {f"t_{n}_p90" for n in LABELS} | {"t_head_mean", "t_gaze_mean"}
+
+
+def _eye_faces(labels: np.ndarray, size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Colour-coded sources and NIR-like targets of a two-eyed face: head yaw/pitch move the face,
+    gaze moves each iris inside its lid opening (by at most ~3 px, as on the twin at 128)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    src = np.zeros((len(labels), size, size, 3), np.uint8)
+    tgt = np.zeros((len(labels), size, size), np.float32)
+    for i, (yaw, pitch, _roll, gyaw, gpitch) in enumerate(labels):
+        cx, cy = size / 2 + yaw * 0.8, size / 2 - pitch * 0.8
+        face = ((xx - cx) / 40) ** 2 + ((yy - cy - 6) / 52) ** 2 < 1
+        src[i][face] = (255, 0, 0)
+        tgt[i] = np.where(face, 150.0, 30.0)
+        for side in (-1, 1):
+            ex, ey = cx + side * 22, cy - 8
+            opening = ((xx - ex) / 8) ** 2 + ((yy - ey) / 4) ** 2 < 1
+            iris = opening & ((xx - ex - gyaw * 0.15) ** 2 + (yy - ey + gpitch * 0.15) ** 2 < 3.5**2)
+            src[i][opening] = (0, 255, 0)
+            src[i][iris] = (0, 0, 255)
+            tgt[i][opening] = 225.0
+            tgt[i][iris] = 40.0
+    tgt += rng.normal(0, 4, tgt.shape)
+    return src, np.clip(tgt, 0, 255).astype(np.uint8)
+
+
+def test_eye_keypoints_are_the_colour_code_centroids():
+    src = np.zeros((1, 3, 20, 30), np.float32) - 1  # black, in [-1, 1]
+    src[0, 1, 5:9, 2:10] = 1  # left opening: green, rows 5-8, cols 2-9
+    src[0, 2, 6:8, 3:5], src[0, 1, 6:8, 3:5] = 1, -1  # left iris: blue, rows 6-7, cols 3-4
+    src[0, 1, 10:12, 20:26] = 1  # right opening, no iris visible
+    kp, valid = eye_keypoints(torch.from_numpy(src))
+    np.testing.assert_allclose(kp[0, 0].numpy(), [3.5, 6.5])
+    np.testing.assert_allclose(kp[0, 1].numpy(), [5.5, 6.5])
+    np.testing.assert_allclose(kp[0, 3].numpy(), [22.5, 10.5])
+    assert valid[0].tolist() == [True, True, False, True]
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_eye_patches_cover_the_same_face_area_and_mirror_the_right_eye(size):
+    ramp = torch.arange(size, dtype=torch.float32).expand(1, 1, size, size).contiguous()
+    centres = torch.tensor([[[40.0, 50.0], [90.0, 50.0]]]) * size / 128
+    patches = extract_patches(ramp, centres)
+    rows, cols = PATCH
+    step = size / 128
+    expect = 40 * step + (torch.arange(cols) - (cols - 1) / 2) * step
+    torch.testing.assert_close(patches[0, 0, rows // 2], expect)
+    torch.testing.assert_close(patches[1, 0, rows // 2], 90 * step - (torch.arange(cols) - (cols - 1) / 2) * step)
+
+
+def test_pose_estimator_reads_gaze_from_the_eye_patches():
+    rng = np.random.default_rng(1)
+    n = 200
+    labels = np.stack([rng.uniform(-15, 15, n), rng.uniform(-10, 10, n), np.zeros(n),
+                       rng.uniform(-20, 20, n), rng.uniform(-15, 15, n)], axis=1).astype(np.float32)
+    src, tgt = _eye_faces(labels)
+    train, test = slice(0, 170), slice(170, n)
+    model = train_pose_estimator(
+        torch.from_numpy(tgt[train]), torch.from_numpy(src[train]), torch.from_numpy(labels[train]), None,
+        EstimatorTraining(epochs=12, batch_size=32, lr=3e-3), width=8, feature_dim=32, resolution=64,
+    )
+    assert model.eyes  # the sources carry the eye code
+    x = torch.from_numpy(tgt[test])[:, None].float() / 127.5 - 1
+    errors = angle_errors(predict(model, x), labels[test], "t")
+    spread = np.abs(labels[test] - labels[train].mean(0)).mean(0)
+    # a 20-degree gaze is 3 px here; the 64-pixel trunk alone cannot resolve it this well
+    assert errors["t_gaze_yaw_mean"] < 0.3 * spread[3]
+    assert errors["t_gaze_pitch_mean"] < 0.3 * spread[4]
+    with torch.no_grad():
+        found = model.outputs(x)["keypoints"]
+    true, valid = eye_keypoints(torch.from_numpy(src[test]).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    assert ((found - true).norm(dim=-1)[valid]).mean() < 1.0
 
 
 def test_pose_estimator_is_seeded():

@@ -35,6 +35,7 @@ Realism and diversity, always available (no downloaded weights; :mod:`nirgan.met
 Attribute preservation, degrees (:mod:`nirgan.metrics.pose`)
   pose_real_<label>_mean / _p90    the estimator's own absolute error on the real test targets
   pose_real_head_mean, pose_real_gaze_mean   mean over head yaw/pitch/roll, over gaze yaw/pitch
+  pose_gaze_from                   where the estimator reads gaze: its eye patches, or the face trunk
   pose_gen_<label>_mean / _p90[_std], pose_gen_head_mean, pose_gen_gaze_mean   the estimator on
                                G(y_i, z_i) against the SOURCE labels
 Identity reconstruction, unseen test subjects (:mod:`nirgan.metrics.identity`)

@@ -294,6 +294,8 @@ def run(
         # 1. the estimator: instrument for attribute preservation and feature net for realism
         estimator = _estimator(cfg, train, device)
         _lap("pose estimator trained")
+        metrics["pose_gaze_from"] = ("eye patches (keypoints from the sources' eye colour code)" if estimator.eyes
+                                     else "face trunk only (the sources carry no eye colour code)")
         est_pred_real = predict(estimator, real_test)
         if labelled:
             metrics.update(angle_errors(est_pred_real, test.labels, "pose_real"))
