@@ -4,7 +4,7 @@ In one process on one device, for each batch size: pairs/s and achieved TFLOP/s 
 
   trainer   nirgan.training.TrainSession.train_step: data resident on the device as uint8,
             augmentation on the device, bf16 autocast + channels_last + fused Adam on CUDA,
-            optional torch.compile (--compile), no host sync inside the step;
+            optional torch.compile (--compile default|reduce-overhead), no host sync inside the step;
   plain     the same Algorithm 2 step written the obvious way: fp32, contiguous tensors,
             default Adam, separate discriminator calls for real and fake, a Python loop for
             the EMA and ``loss.item()`` every step for logging.
@@ -43,7 +43,7 @@ def synthetic_data(pairs: int, size: int, device: torch.device) -> TrainData:
                      tgt[:2, None].float() / 127.5 - 1, labels[:2])
 
 
-def make_config(args: argparse.Namespace, batch: int, fast: bool, compile_: bool = False):
+def make_config(args: argparse.Namespace, batch: int, fast: bool, compile_: str = "none"):
     return parse_config({
         "augment": {"image_size": args.size},
         "train": {"batch_size": batch, "width": args.width, "device": args.device,
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = thesis)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile the trainer's networks")
+    parser.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead"],
+                        help="torch.compile mode of the trainer's networks (train.compile)")
     parser.add_argument("--skip-plain", action="store_true")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
@@ -145,8 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
         # FLOPs of the same step run eagerly (the counter does not see inside compiled graphs).
         eager = TrainSession(make_config(args, batch, fast=True), data, device)
         flops = count_flops(eager.train_step)
-        session = TrainSession(make_config(args, batch, fast=True, compile_=True), data, device) \
-            if args.compile else eager
+        session = TrainSession(make_config(args, batch, fast=True, compile_=args.compile), data, device) \
+            if args.compile != "none" else eager
         sec = timed(session.train_step, args.steps, args.warmup, device)
         rows.append(dict(batch=batch, impl="trainer", pairs_per_s=batch / sec, gflop_per_pair=flops / batch / 1e9,
                          tflops=flops / sec / 1e12))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nirgan.config import TrainConfig
@@ -279,3 +280,19 @@ def test_identity_net_learns_subjects_and_embeds_on_the_unit_sphere():
     assert torch.equal(again.projection.weight, net.projection.weight)  # seeded: reproducible
     with pytest.raises(ValueError, match="2 subjects"):
         train_identity_net(images, ["s"] * len(images), epochs=1)
+
+
+# --------------------------------------------------------------------------- resampling
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (1, 5, 8, 6), (3, 2, 1, 7)])
+def test_resampling_rewrites_compute_the_torch_functions(shape):
+    """The CUDA paths of upsample2x / downsample2x are other implementations of the same
+    functions; they are checked here on the CPU, in both memory layouts."""
+    from nirgan.models.layers import downsample2x_reshape, upsample2x_blend
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    for t in (x, x.to(memory_format=torch.channels_last)):
+        up = F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(upsample2x_blend(t), up)
+    if shape[-1] % 2 == 0 and shape[-2] % 2 == 0:
+        torch.testing.assert_close(downsample2x_reshape(x), F.avg_pool2d(x, 2))
+        torch.testing.assert_close(downsample2x_reshape(x.to(memory_format=torch.channels_last)), F.avg_pool2d(x, 2))

@@ -166,7 +166,9 @@ class TrainConfig(Section):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "bf16"
-    compile: bool = False
+    compile: Literal["none", "default", "reduce-overhead"] = Field(
+        "none", description="torch.compile mode for the trained networks; reduce-overhead adds CUDA graphs"
+    )
     deterministic: bool = False
     seed: int = 0
     num_workers: int = Field(0, ge=0)

@@ -20,6 +20,46 @@ LEAK = 0.2
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """``F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)``.
+
+    On CUDA, for input that is not channels_last (AdaIN's instance norm returns contiguous NCHW
+    even from channels_last input), interpolate's bf16 kernel took 9-25 ms forward + backward at
+    batch 256 on an H100, 1.1-20x the time of the same function written as two blends with the
+    edge-clamped neighbours (:func:`upsample2x_blend`), and 46% of an eager training step. On
+    channels_last input and on the CPU the kernel is the faster one (benchmarks/resample_speed.py).
+    """
+    if x.is_cuda and not x.is_contiguous(memory_format=torch.channels_last):
+        return upsample2x_blend(x)
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def upsample2x_blend(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear 2x upsampling (align_corners=False): each output pixel is 3/4 of its source pixel
+    plus 1/4 of the neighbour on its side, edges clamped; first along W, then along H."""
+
+    def along(t: torch.Tensor, dim: int) -> torch.Tensor:
+        n = t.shape[dim]
+        before = torch.cat([t.narrow(dim, 0, 1), t.narrow(dim, 0, n - 1)], dim)
+        after = torch.cat([t.narrow(dim, 1, n - 1), t.narrow(dim, n - 1, 1)], dim)
+        pair = torch.stack([0.75 * t + 0.25 * before, 0.75 * t + 0.25 * after], dim + 1)
+        return pair.flatten(dim, dim + 1)
+
+    return along(along(x, 3), 2)
+
+
+def downsample2x(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 2)``. On CUDA (even sizes) as a mean over 2 x 2 blocks of a reshaped
+    view, whose backward is a broadcast: 1.4-1.7x faster forward + backward than avg_pool2d's
+    bf16 kernels on the encoders' large maps at batch 256 on an H100; on the CPU the kernel."""
+    return downsample2x_reshape(x) if x.is_cuda and not (x.shape[-1] % 2 or x.shape[-2] % 2) else F.avg_pool2d(x, 2)
+
+
+def downsample2x_reshape(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // 2, 2, w // 2, 2).mean((3, 5))
+
+
 def scaled(channels: int, width: float) -> int:
     """A thesis table's channel count times ``width``, never below 8 (thin nets stay trainable)."""
     return max(8, int(round(channels * width)))
@@ -85,12 +125,12 @@ class ResBlock(nn.Module):
     def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
         if self.skip is not None:
             x = self.skip(x)
-        return F.avg_pool2d(x, 2) if self.downsample else x
+        return downsample2x(x) if self.downsample else x
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(F.leaky_relu(self.norm1(x), LEAK))
         if self.downsample:
-            x = F.avg_pool2d(x, 2)
+            x = downsample2x(x)
         return self.conv2(F.leaky_relu(self.norm2(x), LEAK))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +150,7 @@ class AdaINResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1, bias=False) if in_ch != out_ch else None
 
     def _up(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False) if self.upsample else x
+        return upsample2x(x) if self.upsample else x
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         shortcut = self._up(x)
@@ -141,7 +181,7 @@ class MultinormResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1, bias=False) if in_ch != out_ch else None
 
     def _up(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False) if self.upsample else x
+        return upsample2x(x) if self.upsample else x
 
     def forward(self, x: torch.Tensor, source: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         shortcut = self._up(x)

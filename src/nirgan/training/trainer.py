@@ -409,9 +409,12 @@ class TrainSession:
             ids = [self.device.index] if self.cuda else None
             trained = {name: DDP(m, device_ids=ids, broadcast_buffers=False) for name, m in self.raw.items()}
         plain = dict(self.raw)
-        if tc.compile:
-            trained = {k: torch.compile(m) for k, m in trained.items()}
-            plain = trained if not self.info.enabled else {k: torch.compile(m) for k, m in plain.items()}
+        if tc.compile != "none":
+            def compiled(nets: dict) -> dict:
+                return {k: torch.compile(m, mode=tc.compile) for k, m in nets.items()}
+
+            trained = compiled(trained)
+            plain = trained if not self.info.enabled else compiled(plain)
         aux = dict(vgg=self.vgg, identity=self.identity, estimator=self.estimator)
         self.d_view = StepNets(generator=plain["generator"], discriminator=trained["discriminator"],
                                mapping=plain.get("mapping"), **aux)
