@@ -15,34 +15,25 @@ and avg_pool2d's backward at 9% of the step's GPU time.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
 
 from nirgan.devices import resolve_device
 from nirgan.models.layers import downsample2x_reshape, upsample2x_blend
+from train_speed import timed  # this folder is on sys.path when a benchmark runs as a script
 
 # (channels, side) at thesis width: the decoder's inputs to upsampling, the encoder's to pooling
 SHAPES = {"upsample": [(256, 4), (256, 8), (128, 16), (64, 32), (32, 64)],
           "avgpool": [(16, 128), (32, 64), (64, 32), (128, 16), (256, 8)]}
 
 
-def timed(fn, x: torch.Tensor, reps: int, device: torch.device) -> float:
+def ms_per_call(fn, x: torch.Tensor, reps: int, device: torch.device) -> float:
     def once() -> None:
         x.grad = None
         fn(x).float().square().mean().backward()
 
-    for _ in range(3):
-        once()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        once()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) / reps * 1e3
+    return timed(once, reps, 3, device) * 1e3
 
 
 def main() -> None:
@@ -67,7 +58,7 @@ def main() -> None:
                 x = torch.randn(args.batch, c, side, side, device=device, dtype=dtype).to(memory_format=fmt)
                 x.requires_grad_(True)
                 diff = (ref(x).float() - ours(x).float()).abs().max().item()
-                t_ref, t_ours = timed(ref, x, args.reps, device), timed(ours, x, args.reps, device)
+                t_ref, t_ours = ms_per_call(ref, x, args.reps, device), ms_per_call(ours, x, args.reps, device)
                 print(f"{name:>9} {layout:>14} {f'{c}x{side}x{side}':>12} {t_ref:>9.3f} {t_ours:>10.3f} "
                       f"{t_ref / t_ours:>8.2f}x {diff:>11.2e}")
 

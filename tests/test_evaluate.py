@@ -108,6 +108,7 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     numbers = {k: v for k, v in m.items() if k in expected}
     assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers.values()), numbers
     assert 0 < m["diversity_msssim"] <= 1
+    assert m["pose_gaze_from"].startswith("face trunk only")  # the fixture's red discs carry no eye code
     # fixture: 3 removed, 2 of them planted; 2 planted in all
     assert m["clean_precision"] == pytest.approx(2 / 3) and m["clean_recall"] == 1.0
     assert m["realism_swd_laplacian_real_baseline"] < m["realism_swd_laplacian_untrained"]
