@@ -169,14 +169,18 @@ def set_dotted(params: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _dvc_config(key: str, repo: Path) -> str:
+    """A DVC config value as DVC reads it (project, local, global and system levels merged;
+    paths made absolute), "" when unset. Not `git config -f`: DVC writes quoted section names
+    (``['remote "shared"']``) that git rejects as bad config lines."""
+    proc = subprocess.run(["dvc", "config", key], cwd=repo, env=_tool_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StageError(f"dvc config {key} failed in {repo}: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
 def _dvc_remote_configured(ws: Path) -> bool:
-    """A default DVC remote in the project or local config (git reads DVC's INI files, fast)."""
-    for name in ("config", "config.local"):
-        path = ws / ".dvc" / name
-        proc = subprocess.run(["git", "config", "-f", str(path), "--get", "core.remote"], capture_output=True, text=True)
-        if path.exists() and proc.returncode == 0 and proc.stdout.strip():
-            return True
-    return False
+    return bool(_dvc_config("core.remote", ws))
 
 
 @task(name="prepare-workspace", cache_policy=NO_CACHE)
@@ -212,13 +216,8 @@ def prepare_workspace(
     local = checkout / ".dvc" / "config.local"
     if local.exists():
         shutil.copy2(local, ws / ".dvc" / "config.local")
-    cache = ""
-    for name in ("config.local", "config"):
-        cache = cache or subprocess.run(
-            ["git", "config", "-f", str(checkout / ".dvc" / name), "--get", "cache.dir"], capture_output=True, text=True
-        ).stdout.strip()
-    cache = str((checkout / ".dvc" / cache).resolve()) if cache else str(checkout / ".dvc" / "cache")
-    _git(["config", "-f", str(ws / ".dvc" / "config.local"), "cache.dir", cache], ws)
+    cache = _dvc_config("cache.dir", checkout) or str(checkout / ".dvc" / "cache")
+    _stream(["dvc", "config", "--local", "cache.dir", cache], ws, env)
 
     params_path = ws / "params.yaml"
     params = yaml.safe_load(params_path.read_text()) or {}
