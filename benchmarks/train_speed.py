@@ -56,7 +56,7 @@ class PlainStep:
 
     def __init__(self, cfg, data: TrainData, device: torch.device):
         from nirgan.models import build_networks
-        from nirgan.stages.augment import paired_augment
+        from nirgan.augmentation import paired_augment
 
         self.tc, self.data, self.device, self.augment = cfg.train, data, device, paired_augment
         self.aug_cfg = cfg.augment

@@ -18,7 +18,7 @@ from nirgan.config import AugmentConfig, Config, RandomRange
 from nirgan.io import read_table, write_image, write_table
 from nirgan.labels import FLIP_SIGN
 from nirgan.stages import augment
-from nirgan.stages.augment import apply_params, draw_params, paired_augment, to_model_range
+from nirgan.augmentation import apply_params, draw_params, paired_augment, to_model_range
 
 S = 64
 EYES = ((23, 27), (43, 31))  # (x, y); asymmetric, so a wrong flip or rotation shows

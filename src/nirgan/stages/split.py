@@ -13,7 +13,7 @@ Strategies (``split.strategy``):
 
 The test set holds un-augmented originals only: the rows index the prepared arrays
 (``source.npy``, ``target.npy``: resized and mu0/mu-normalised, never augmented), and the random
-augmentation exists only as ``nirgan.stages.augment.paired_augment``, which training applies on
+augmentation exists only as ``nirgan.augmentation.paired_augment``, which training applies on
 the fly to training batches. Consumers of the test set use ``to_model_range`` instead.
 
 Outputs (``data/split``, written atomically): ``train.parquet``, ``test.parquet`` (prepared
