@@ -7,7 +7,7 @@ timed):
   plain/image    ``MTCNN(...).detect(frame)`` one frame at a time (facenet's defaults,
                  min_face_size 20: what issue 2's 70-75 frames/s baseline measured)
   plain/batch    ``MTCNN(...).detect(stack)``, facenet's own batched path
-  ours/core      ``nirgan.stages.detect.FastMTCNN`` on uint8 frame batches (decoded frames
+  ours/core      ``nirgan.detection.mtcnn.FastMTCNN`` on uint8 frame batches (decoded frames
                  in memory, host->device copy included)
   ours/stage     the whole stage, ``detect.run``: PNG decoding, detection, cropping, PNG
                  encoding of both crops, Parquet (a raw dir made by ``collect.run``)
@@ -46,6 +46,7 @@ import torch
 
 from nirgan import io
 from nirgan.config import Config, parse_config
+from nirgan.detection.mtcnn import FastMTCNN
 from nirgan.stages import collect, detect
 
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rendered {n} twin frames {grey.shape[2]}x{grey.shape[1]} in {took:.1f} s", flush=True)
 
         plain = MTCNN(min_face_size=args.plain_min_face_size, select_largest=False, device=device)
-        fast = detect.FastMTCNN(device, min_face_size=dcfg.min_face_size)
+        fast = FastMTCNN(device, min_face_size=dcfg.min_face_size)
         frames_cpu = torch.from_numpy(grey)
         if device.type == "cuda":
             frames_cpu = frames_cpu.pin_memory()

@@ -13,6 +13,7 @@ import torch
 
 from nirgan import io, twin
 from nirgan.config import Config, TwinConfig, parse_config
+from nirgan.detection import mtcnn
 from nirgan.stages import detect
 
 
@@ -27,7 +28,7 @@ def test_fast_mtcnn_matches_facenet_and_finds_clean_faces(clean_frames):
     from facenet_pytorch import MTCNN
 
     cfg = Config().detect
-    fast = detect.FastMTCNN("cpu", min_face_size=cfg.min_face_size)
+    fast = mtcnn.FastMTCNN("cpu", min_face_size=cfg.min_face_size)
     faces = fast(torch.from_numpy(clean_frames))
     choices = detect.choose_faces(faces, len(clean_frames), cfg)
     found = np.array([c.reason is None for c in choices])
@@ -53,18 +54,18 @@ def test_min_nms_keeps_the_best_of_overlapping_boxes_per_frame():
         [0, 100, 100, 140, 140, 0.80] + [0] * 10,
         [1, 10, 10, 50, 50, 0.90] + [0] * 10,  # another frame: untouched
     ]
-    faces = detect._min_nms(np.array(rows, dtype=np.float64), 0.7)
+    faces = mtcnn._min_nms(np.array(rows, dtype=np.float64), 0.7)
     assert faces.frame.tolist() == [0, 0, 1]
     np.testing.assert_allclose(faces.probability, [0.99, 0.80, 0.90], rtol=1e-6)
 
 
 def test_gpu_summed_area_tables_equal_opencv_ones():
     frames = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8)
-    assert torch.equal(detect._integral_torch(frames), detect._integral(frames))
+    assert torch.equal(mtcnn._integral_torch(frames), mtcnn._integral(frames))
 
 
 def test_frames_without_candidates_give_no_faces():
-    fast = detect.FastMTCNN("cpu", min_face_size=40)
+    fast = mtcnn.FastMTCNN("cpu", min_face_size=40)
     for frames in (torch.zeros(3, 256, 256, dtype=torch.uint8), torch.zeros(1, 30, 30, dtype=torch.uint8)):
         faces = fast(frames)
         assert len(faces.frame) == 0 and faces.landmarks.shape == (0, 5, 2)

@@ -1,0 +1,1 @@
+"""Face detection models (no pipeline policy: that is the detect stage's)."""
