@@ -30,7 +30,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nirgan.config import parse_config
 from nirgan.losses import discriminator_adversarial_loss, generator_adversarial_loss, latent_reconstruction_loss
-from nirgan.training.trainer import TrainData, TrainSession, resolve_device
+from nirgan.training.data import TrainData
+from nirgan.training.session import TrainSession
+from nirgan.training.trainer import resolve_device
 
 
 def synthetic_data(pairs: int, size: int, device: torch.device) -> TrainData:

@@ -14,6 +14,7 @@ import torch
 from nirgan.config import Config, EvaluateConfig, TrainConfig
 from nirgan.labels import LABELS
 from nirgan.models import build_networks, save_generator
+from nirgan.models.artifacts import save_encoder
 from nirgan.stages import evaluate
 
 SIZE = 64
@@ -59,14 +60,9 @@ def _fixture(root, with_mlflow: bool) -> dict:
     tcfg = TrainConfig(width=0.125, latent_dim=16, style_mapping=True)
     torch.manual_seed(0)
     nets = build_networks(tcfg)
-    # the trainer's layout: L inside generator.pt, E in the latest whole-state checkpoint
-    save_generator(dirs["models"] / "generator.pt", nets.generator, tcfg, 0)
-    payload = torch.load(dirs["models"] / "generator.pt", weights_only=True)
-    payload["mapping_state_dict"] = nets.mapping.state_dict()
-    torch.save(payload, dirs["models"] / "generator.pt")
-    from nirgan.training.checkpoint import Checkpoint
-
-    Checkpoint(dirs["models"] / "checkpoints").save({"step": 1, "nets": {"encoder": nets.encoder.state_dict()}}, 1)
+    # the trainer's layout: L inside generator.pt, E in encoder.pt
+    save_generator(dirs["models"] / "generator.pt", nets.generator, tcfg, 0, mapping=nets.mapping)
+    save_encoder(dirs["models"] / "encoder.pt", nets.encoder)
     if with_mlflow:
         from nirgan.tracking import start_run, write_run_info
 

@@ -17,15 +17,9 @@ from nirgan.metrics.cleaning import cleaning_quality, evaluate_cleaning
 from nirgan.metrics.fid import FID_WEIGHTS_NAME, inception_features, load_fid_inception, resolve_fid
 from nirgan.metrics.lpips_diversity import BACKBONE_FILES, load_lpips, lpips_pairwise_mean, resolve_lpips
 from nirgan.metrics.pose import angle_errors
-from nirgan.models.pose_estimator import (
-    PATCH,
-    EstimatorTraining,
-    extract_patches,
-    eye_keypoints,
-    predict,
-    train_pose_estimator,
-)
-from nirgan.stages.evaluate import _imagenet_metrics
+from nirgan.metrics.realism import imagenet_networks
+from nirgan.models.pose_estimator import PATCH, extract_patches, eye_keypoints, predict
+from nirgan.training.auxiliary import EstimatorTraining, train_pose_estimator
 
 
 # ------------------------------------------------------------------ weight files, written here
@@ -113,12 +107,12 @@ def test_lpips_backbone_comes_from_the_cached_torchvision_file(torch_home):
 
 def test_missing_weights_are_unavailable_with_reason(torch_home):
     cfg = Config(evaluate=EvaluateConfig())
-    inception, lp, info = _imagenet_metrics(cfg, torch.device("cpu"))
+    inception, lp, info = imagenet_networks(cfg, torch.device("cpu"))
     assert inception is None and lp is None
     assert info["fid"] == "unavailable" and FID_WEIGHTS_NAME in info["fid_reason"]
     assert info["lpips"] == "unavailable" and "alexnet-owt-7be5be79.pth" in info["lpips_reason"]
     cfg = Config(evaluate=EvaluateConfig(fid_weights=torch_home / "nope.pth", lpips=False))
-    _, _, info = _imagenet_metrics(cfg, torch.device("cpu"))
+    _, _, info = imagenet_networks(cfg, torch.device("cpu"))
     assert "nope.pth" in info["fid_reason"] and "disabled" in info["lpips_reason"]
 
 

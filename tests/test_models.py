@@ -24,9 +24,9 @@ from nirgan.models import (
     load_generator,
     require_vgg19_weights,
     save_generator,
-    train_identity_net,
 )
 from nirgan.models.vgg19 import vgg19_weights_path
+from nirgan.training.auxiliary import train_identity_net
 
 GENERATORS = [EncoderDecoderGenerator, MultinormGenerator]
 

@@ -16,7 +16,9 @@ import torch
 from train_helpers import make_dataset, small_config
 
 from nirgan.models.vgg19 import MissingWeightsError
-from nirgan.training.trainer import TrainSession, check_config, load_data
+from nirgan.training.data import load_data
+from nirgan.training.resume import check_config
+from nirgan.training.session import TrainSession
 
 G, D, E, L = "generator", "discriminator", "encoder", "mapping"
 
@@ -49,20 +51,25 @@ def data(tmp_path_factory):
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _train_a_few(cfg, data, tmp_path: Path, steps: int = 3) -> tuple[TrainSession, list[dict[str, float]]]:
+def _weights(session: TrainSession) -> dict[str, list[torch.Tensor]]:
+    return {name: [p.detach().clone() for p in m.parameters()] for name, m in session.raw.items()}
+
+
+def _train_a_few(cfg, data, tmp_path: Path, steps: int = 3) -> tuple[TrainSession, list[dict[str, float]], dict]:
     check_config(cfg, world_size=1)
     session = TrainSession(cfg, data, torch.device("cpu"), aux_dir=tmp_path)
+    before = _weights(session)
     history = []
     for _ in range(steps):
         parts = session.train_step()
         history.append({k: float(v) for k, v in parts.items()})
-    return session, history
+    return session, history, before
 
 
 @pytest.mark.parametrize("case_id,params,nets,g_parts", CASES, ids=[c[0] for c in CASES])
 def test_thesis_configuration_trains(case_id, params, nets, g_parts, data, tmp_path):
     cfg = small_config(**params)
-    session, history = _train_a_few(cfg, data, tmp_path)
+    session, history, before = _train_a_few(cfg, data, tmp_path)
     assert set(session.raw) == nets
     for parts in history:
         assert all(math.isfinite(v) for v in parts.values()), parts
@@ -71,11 +78,15 @@ def test_thesis_configuration_trains(case_id, params, nets, g_parts, data, tmp_p
         assert "d_r1" in history[-1]
     if "identity" in (cfg.train.ir_distance if cfg.train.lambda_ir else "", cfg.train.sd_image_distance
                       if cfg.train.lambda_sd else ""):
-        assert (tmp_path / "identity_net.pt").exists() and session.identity is not None
+        assert (tmp_path / "identity_net.pt").exists() and session.aux.identity is not None
     if cfg.train.lambda_attr:
         assert (tmp_path / "pose_estimator.pt").exists()
     # The weights moved: a real optimisation step happened for every trained network.
     assert session.step == 3
+    after = _weights(session)
+    for name, initial in before.items():
+        changed = [not torch.equal(a, b) for a, b in zip(initial, after[name], strict=True)]
+        assert any(changed), f"{case_id}: no weight of the {name} changed in 3 steps"
     grid = session.sample_grid()
     assert grid.shape == (2 * 64, (2 + 2) * 64, 3)
 
@@ -111,8 +122,8 @@ def test_vgg19_perceptual_with_cached_weights(data, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     _write_fake_vgg19_weights(tmp_path / "torch_home")
     cfg = small_config(lambda_lr=0, perceptual="vgg19", lambda_sd=1, sd_image_distance="vgg19")
-    session, history = _train_a_few(cfg, data, tmp_path, steps=2)
-    assert set(session.raw) == {G, D} and session.vgg is not None
+    session, history, _ = _train_a_few(cfg, data, tmp_path, steps=2)
+    assert set(session.raw) == {G, D} and session.aux.vgg is not None
     assert all(math.isfinite(v) for v in history[-1].values())
     assert {"g_p", "g_sd"} <= set(history[-1])
 

@@ -216,3 +216,77 @@ def resume_run(info_path: Path) -> Iterator[Any]:
     mlflow.set_tracking_uri(ensure_store(info["tracking_uri"]))
     with mlflow.start_run(run_id=info["run_id"]) as run:
         yield run
+
+
+# ------------------------------------------------------------------- logging into the run
+# Every MLflow call of the pipeline goes through this module: the trainer and evaluate
+# import these functions, never mlflow itself.
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics(dict(metrics), step=step)
+
+
+def log_artifact(path: Path, artifact_path: str) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def set_tag(key: str, value: str) -> None:
+    import mlflow
+
+    mlflow.set_tag(key, value)
+
+
+def log_generator_model(sampler: Any, inputs: Mapping[str, Any], image_size: int) -> str:
+    """Log the sampler (G with L folded in) and register it as ``REGISTERED_MODEL``; returns the format.
+
+    ``inputs`` maps the forward's argument names to float32 example arrays (batch first).
+    Preferred format is MLflow 3's default ``pt2`` (torch.export; loadable without pickle),
+    traced from the input example; if export fails on some op, the pickle format is used and
+    the fallback is logged and tagged (``model_format``).
+    """
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    specs = [TensorSpec(np.dtype(np.float32), (-1, *a.shape[1:]), name) for name, a in inputs.items()]
+    signature = ModelSignature(inputs=Schema(specs), outputs=Schema(
+        [TensorSpec(np.dtype(np.float32), (-1, 1, image_size, image_size), "image")]))
+    pip = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"]
+    common = dict(name="generator", signature=signature, registered_model_name=REGISTERED_MODEL,
+                  pip_requirements=pip)
+    try:
+        mlflow.pytorch.log_model(sampler, input_example=tuple(inputs.values()), serialization_format="pt2", **common)
+        fmt = "pt2"
+    except Exception as exc:  # noqa: BLE001 - any export failure falls back to pickle, loudly
+        log.warning("pt2 export of the generator failed (%s: %s); logging it in the pickle format instead",
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        mlflow.pytorch.log_model(sampler, serialization_format="pickle", **common)
+        fmt = "pickle"
+    mlflow.set_tag("model_format", fmt)
+    return fmt
+
+
+def log_evaluation(info_path: Path, metrics: Mapping[str, Any], plots_dir: Path, metrics_path: Path) -> str | None:
+    """Log evaluate's figures into the training run named by ``info_path`` (models/mlflow_run.json):
+    numbers as ``eval.<key>`` metrics, strings and booleans as tags, plots and the metrics file
+    as artifacts. None (and a warning) when train logged no run."""
+    import math
+
+    import mlflow
+
+    if not Path(info_path).exists():
+        log.warning("evaluate: %s is missing; metrics are not logged to MLflow", info_path)
+        return None
+    with resume_run(info_path) as run:
+        numbers = {f"eval.{k}": float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        mlflow.log_metrics(numbers)
+        mlflow.set_tags({f"eval.{k}": str(v)[:5000] for k, v in metrics.items() if isinstance(v, (str, bool))})
+        mlflow.log_artifacts(str(plots_dir), artifact_path="evaluate")
+        mlflow.log_artifact(str(metrics_path), artifact_path="evaluate")
+        return run.info.run_id

@@ -8,8 +8,15 @@ a test subject's frame with another subject's frame (what "different identity" l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
+from torch import nn
+
+from nirgan.metrics.data import Split
+from nirgan.metrics.realism import latents
+from nirgan.models.artifacts import Sampler
 
 
 def paired_cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
@@ -27,3 +34,37 @@ def same_and_different(emb: torch.Tensor, subjects: np.ndarray, other: torch.Ten
     diff_pairs = np.concatenate([sim[~same & upper], (emb @ other.T).double().numpy().ravel()])
     return (float(same_pairs.mean()) if same_pairs.size else float("nan"),
             float(diff_pairs.mean()) if diff_pairs.size else float("nan"))
+
+
+def reconstructions(sampler: Sampler, encoder: nn.Module, test: Split, batch_size: int,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, G(y, E(x)), G(y, z)) for the test pairs (x target, y source), CPU, [-1, 1]."""
+    x, y = test.targets(), test.sources()
+    labels = test.labels if sampler.label_dim else None
+    device = next(encoder.parameters()).device
+    with torch.no_grad():
+        styles = torch.cat([encoder(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    rec = sampler.generate(y, styles, labels, batch_size, style=True)
+    rand = sampler.generate(y, latents(len(x), sampler.latent_dim, 20_000 + seed), labels, batch_size)
+    return x, rec, rand
+
+
+def reconstruction_l1(x: torch.Tensor, rec: torch.Tensor, rand: torch.Tensor) -> dict[str, float]:
+    # mean absolute pixel difference with images on [0, 1]
+    return {"identity_l1": float((rec - x).abs().mean() / 2),
+            "identity_l1_random_z": float((rand - x).abs().mean() / 2)}
+
+
+def reconstruction_cosines(embed: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rec: torch.Tensor,
+                           rand: torch.Tensor, test: Split, train: Split, seed: int) -> dict[str, float]:
+    """Identity-embedding cosines of x with its reconstruction and with a random-z face, and the
+    real-image calibration (see the module docstring)."""
+    ex, erec, erand = embed(x), embed(rec), embed(rand)
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: max(len(test), 2)]
+    same, different = same_and_different(ex, test.subjects, embed(train.targets(pick)))
+    return {
+        "identity_cosine": float(paired_cosine(ex, erec).mean()),
+        "identity_cosine_random_z": float(paired_cosine(ex, erand).mean()),
+        "identity_cosine_same_subject_real": same,
+        "identity_cosine_different_subject_real": different,
+    }

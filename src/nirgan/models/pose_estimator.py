@@ -34,8 +34,8 @@ estimator reaches 1.8 (iris-in-opening offsets within 0.3 px), for +11 s of CPU 
 Angles are predicted in units of the training labels' standard deviation (buffers
 ``label_mean`` / ``label_std``) so all five outputs weigh alike in the loss.
 
-:func:`train_pose_estimator` trains it on real targets with horizontal flips through
-:func:`nirgan.stages.augment.paired_augment` (which mirrors the labels with ``FLIP_SIGN`` and the
+:func:`nirgan.training.auxiliary.train_pose_estimator` trains it on real targets with horizontal
+flips through :func:`nirgan.augmentation.paired_augment` (which mirrors the labels with ``FLIP_SIGN`` and the
 source with the target, so keypoints follow) plus small scale/shift and gamma draws; rotation is
 left out because the thesis's augmentation keeps the roll label unchanged under rotation, which
 would teach the estimator wrong rolls. The trainer may reuse a saved estimator (frozen) for the
@@ -44,16 +44,13 @@ attribute-preservation loss: ``forward`` is differentiable with respect to its i
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from nirgan.labels import FLIP_SIGN, LABELS
+from nirgan.labels import LABELS
 
 EYE_KEYPOINTS = ("left_iris", "left_opening", "right_iris", "right_opening")  # image-left eye first
 GAZE = slice(3, 5)  # gaze_yaw, gaze_pitch in LABELS
@@ -199,126 +196,6 @@ class PoseEstimator(nn.Module):
         return self.forward_normalised(x)[0] * self.label_std + self.label_mean
 
 
-# ------------------------------------------------------------------------------- training
-@dataclass(frozen=True)
-class EstimatorTraining:
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    subject_weight: float = 0.1
-    gaze_weight: float = 2.0  # the eye patches' gaze, on top of the trunk's five angles
-    keypoint_weight: float = 1.0  # opening centres and patch keypoints (pixels of a 128 crop)
-    jitter: float = 2.0  # pixels: how far training moves the patches off the true opening centres
-    seed: int = 0
-
-
-def _flip_only_augment(image_size: int):
-    from nirgan.config import AugmentConfig, RandomRange
-
-    return AugmentConfig(
-        image_size=image_size,
-        scale=RandomRange(p=0.5, low=1.0, high=1.06),
-        shift=RandomRange(p=0.5, low=-0.02, high=0.02),
-        rotation=RandomRange(p=0.0, low=0.0, high=0.0),
-        gamma=RandomRange(p=0.5, low=90.0, high=110.0),
-        hflip_p=0.5,
-    )
-
-
-def _masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
-    loss = F.smooth_l1_loss(pred, target, beta=beta, reduction="none")
-    mask = mask.expand_as(loss).float()
-    return (loss * mask).sum() / mask.sum().clamp_min(1)
-
-
-def train_pose_estimator(
-    targets: torch.Tensor,
-    sources: torch.Tensor,
-    labels: torch.Tensor,
-    subjects: torch.Tensor | None,
-    settings: EstimatorTraining = EstimatorTraining(),
-    width: int = 24,
-    feature_dim: int = 128,
-    device: torch.device | str = "cpu",
-    resolution: int | None = None,
-) -> PoseEstimator:
-    """Fit on real pairs: ``targets`` uint8 (N, S, S), ``sources`` uint8 (N, S, S, 3) colour-coded
-    renders (augmented with their targets; their eye codes supervise the eye patches),
-    ``labels`` (N, 5) degrees, ``subjects`` (N,) int codes.
-
-    Loss: smooth-L1 on standardised angles; with eye codes in the sources + ``keypoint_weight``
-    x smooth-L1 on the opening centres and patch keypoints + ``gaze_weight`` x the patches' gaze;
-    + ``subject_weight`` x cross-entropy on subjects. AdamW with a one-cycle learning rate;
-    seeded, so the same inputs give the same network. ``resolution`` (divisible by 32, default:
-    the data's size) is the trunk's working size: augmentation runs at full size, the trunk sees
-    area-downsampled images and the eye patches are read at full size.
-    """
-    from nirgan.stages.augment import paired_augment
-
-    device = torch.device(device)
-    labels = labels.detach().float().cpu()
-    subjects = subjects.detach().long().cpu() if subjects is not None else None
-    torch.manual_seed(settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)  # batch order
-    aug_gen = torch.Generator(device=device).manual_seed(settings.seed)  # augmentation and jitter draws
-    n, size = targets.shape[0], targets.shape[-1]
-    n_subjects = int(subjects.max()) + 1 if subjects is not None else 0
-    model = PoseEstimator(resolution or size, width, feature_dim, n_subjects, eyes=has_eye_code(sources)).to(device)
-    # Flips mirror the labels, so the standardisation is taken over both signs.
-    # Unknown angles (NaN) are left out of the loss; with none known only the subject head
-    # learns, which still gives the realism features something to see.
-    known = torch.isfinite(labels)
-    labels = torch.where(known, labels, torch.zeros_like(labels)).float()
-    both = torch.cat([labels, labels * torch.tensor(FLIP_SIGN)])
-    both_known = torch.cat([known, known]).float()
-    count = both_known.sum(0).clamp_min(1.0)
-    mean = (both * both_known).sum(0) / count
-    std = (((both - mean) ** 2 * both_known).sum(0) / count).sqrt().clamp_min(1e-3)
-    std = torch.where(both_known.sum(0) > 1, std, torch.ones_like(std))
-    model.label_mean.copy_(mean.to(device))
-    model.label_std.copy_(std.to(device))
-    aug_cfg = _flip_only_augment(size)
-    steps_per_epoch = math.ceil(n / settings.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.2
-    )
-    model.train()
-    for _ in tqdm(range(settings.epochs), desc="pose estimator", disable=None):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, settings.batch_size):
-            idx = order[start : start + settings.batch_size]
-            if len(idx) < 2:
-                continue
-            src = sources[idx.to(sources.device)].to(device).permute(0, 3, 1, 2).float().div(255.0)
-            tgt = targets[idx.to(targets.device)].to(device)[:, None].float().div(255.0)
-            src, x, y = paired_augment(src, tgt, labels[idx].to(device), aug_cfg, aug_gen)
-            y, mask = (y - mean.to(device)) / std.to(device), known[idx].to(device)
-            if not model.eyes:
-                out = model.outputs(x)
-                loss = _masked_smooth_l1(out["trunk_angles"], y, mask, 0.5)
-            else:
-                kp, kp_valid = eye_keypoints(src)
-                kp = (kp + 0.5) * 128 / size - 0.5  # pixels of a 128 crop
-                true_openings = kp[:, 1::2]
-                jitter = (torch.rand(true_openings.shape, generator=aug_gen, device=device) * 2 - 1) * settings.jitter
-                out = model.outputs(x, openings=true_openings + jitter)
-                loss = _masked_smooth_l1(out["trunk_angles"], y, mask, 0.5)
-                loss = loss + settings.keypoint_weight * (
-                    _masked_smooth_l1(out["openings"] / 4, true_openings / 4, kp_valid[:, 1::2, None], 1.0)
-                    + _masked_smooth_l1(out["keypoints"], kp, kp_valid[..., None], 1.0))
-                loss = loss + settings.gaze_weight * _masked_smooth_l1(out["angles"][:, GAZE], y[:, GAZE],
-                                                                       mask[:, GAZE], 0.5)
-            if subjects is not None and settings.subject_weight > 0:
-                loss = loss + settings.subject_weight * F.cross_entropy(out["subject"], subjects[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
-
-
 @torch.no_grad()
 def predict(model: PoseEstimator, images: torch.Tensor, batch_size: int = 128) -> np.ndarray:
     """(N, 5) degrees for images in [-1, 1], (N, 1, S, S)."""
@@ -332,17 +209,3 @@ def features(model: PoseEstimator, images: torch.Tensor, batch_size: int = 128) 
     device = next(model.parameters()).device
     out = [model.features(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(out).double().numpy()
-
-
-def save_pose_estimator(model: PoseEstimator, path) -> None:
-    from nirgan.io import atomic_file
-
-    with atomic_file(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "config": model.config()}, tmp)
-
-
-def load_pose_estimator(path, map_location: str | torch.device = "cpu") -> PoseEstimator:
-    blob = torch.load(path, map_location=map_location, weights_only=True)
-    model = PoseEstimator(**blob["config"])
-    model.load_state_dict(blob["state_dict"])
-    return model.eval()

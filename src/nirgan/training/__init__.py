@@ -1,12 +1,15 @@
-"""Training of the thesis's CGAN framework (3.2, Algorithm 2): losses per step, loop, checkpoints.
+"""Training of the thesis's CGAN framework (3.2, Algorithm 2), one module per job:
 
+    trainer.py      train(): the run top-down, and the loop
+    session.py      TrainSession: networks, optimisers, RNGs, one iteration, the whole state
     core.py         compute_d_loss / compute_g_loss: one iteration's losses, pure functions
-    trainer.py      TrainSession (networks, optimisers, RNGs, one step) and train() (the run)
+    data.py         the training split on the device
+    resume.py       configuration checks and the fingerprint a checkpoint must match
+    auxiliary.py    the pose estimator's and identity net's training loops
+    export.py       model files, metrics and the MLflow model at the end of a run
     checkpoint.py   the whole state on disk, atomic, with a ``latest`` pointer
-    distributed.py  torchrun / DDP setup and synchronised batch norm (also on CPU)
+    distributed.py  torchrun / DDP setup, synchronised batch norm, the step's DDP/compile views
+
+The package imports nothing itself, so that a module importing one job (evaluate imports
+``auxiliary``) does not pull in the others.
 """
-
-from nirgan.training.core import Batch, StepNets, compute_d_loss, compute_g_loss
-from nirgan.training.trainer import NonFiniteLossError, TrainSession, train
-
-__all__ = ["Batch", "NonFiniteLossError", "StepNets", "TrainSession", "compute_d_loss", "compute_g_loss", "train"]

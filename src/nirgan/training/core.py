@@ -62,13 +62,13 @@ def style_of(nets: StepNets, z: torch.Tensor) -> torch.Tensor:
 
 
 def compute_d_loss(
-    nets: StepNets, batch: Batch, z: torch.Tensor, cfg: TrainConfig
+    nets: StepNets, batch: Batch, z: torch.Tensor, train_cfg: TrainConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Discriminator half of Algorithm 2: L_D(target) + L_D(fake), plus gamma/2 * R1 if enabled."""
     with torch.no_grad():
         fake = nets.generator(batch.source, style_of(nets, z), batch.labels)
     target = batch.target
-    if cfg.r1_gamma > 0:
+    if train_cfg.r1_gamma > 0:
         target = target.detach().requires_grad_(True)
     # One discriminator call on real and fake together: half the kernel launches, and the
     # instance norms see each image on its own, so stacking changes nothing numerically.
@@ -78,12 +78,12 @@ def compute_d_loss(
         torch.cat([batch.source, batch.source]), torch.cat([target, fake.to(target.dtype)]), labels2
     )
     real_logits, fake_logits = logits[:n], logits[n:]
-    adv = discriminator_adversarial_loss(real_logits, fake_logits, cfg.adversarial_loss)
+    adv = discriminator_adversarial_loss(real_logits, fake_logits, train_cfg.adversarial_loss)
     parts = {"d_adv": adv.detach()}
     loss = adv
-    if cfg.r1_gamma > 0:
+    if train_cfg.r1_gamma > 0:
         r1 = r1_penalty(real_logits, target)
-        loss = loss + 0.5 * cfg.r1_gamma * r1
+        loss = loss + 0.5 * train_cfg.r1_gamma * r1
         parts["d_r1"] = r1.detach()
     parts["d_total"] = loss.detach()
     return loss, parts
@@ -94,7 +94,7 @@ def compute_g_loss(
     batch: Batch,
     z1: torch.Tensor,
     z2: torch.Tensor | None,
-    cfg: TrainConfig,
+    train_cfg: TrainConfig,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Generator half of Algorithm 2 and the full loss Eq. 3.5.
 
@@ -107,72 +107,65 @@ def compute_g_loss(
     s1 = style_of(nets, z1)
     fake = nets.generator(source, s1, labels)
 
-    use_d_features = cfg.perceptual == "discriminator"
+    use_d_features = train_cfg.perceptual == "discriminator"
     out = nets.discriminator(source, fake, labels, return_features=use_d_features)
     fake_logits, fake_feats = out if use_d_features else (out, None)
-    adv = generator_adversarial_loss(fake_logits, cfg.adversarial_loss)
+    adv = generator_adversarial_loss(fake_logits, train_cfg.adversarial_loss)
     parts = {"g_adv": adv.detach()}
     loss = adv
 
-    if cfg.perceptual != "none" and cfg.lambda_p > 0:
+    if train_cfg.perceptual != "none" and train_cfg.lambda_p > 0:
         # Paired data: the generated image is compared with the real target of its source.
         if use_d_features:
             with torch.no_grad():
                 _, real_feats = nets.discriminator(source, target, labels, return_features=True)
-            layers = cfg.perceptual_layers
+            layers = train_cfg.perceptual_layers
             lp = perceptual_loss(select_features(fake_feats, layers), select_features(real_feats, layers))
         else:
             with torch.no_grad():
                 real_feats = nets.vgg(target)
             lp = perceptual_loss(nets.vgg(fake), real_feats)
-        loss = loss + cfg.lambda_p * lp
+        loss = loss + train_cfg.lambda_p * lp
         parts["g_p"] = lp.detach()
 
-    if cfg.lambda_lr > 0:
+    if train_cfg.lambda_lr > 0:
         lr = latent_reconstruction_loss(s1, nets.encoder(fake))
-        loss = loss + cfg.lambda_lr * lr
+        loss = loss + train_cfg.lambda_lr * lr
         parts["g_lr"] = lr.detach()
 
-    if cfg.lambda_sd > 0 or cfg.lambda_ir > 0:
+    if train_cfg.lambda_sd > 0 or train_cfg.lambda_ir > 0:
         def distance(kind: str):
             return make_image_distance(
                 kind, discriminator=nets.discriminator, vgg=nets.vgg, identity=nets.identity,
-                source=source, labels=labels, layers=cfg.perceptual_layers,
+                source=source, labels=labels, layers=train_cfg.perceptual_layers,
             )
 
-    if cfg.lambda_sd > 0:
+    if train_cfg.lambda_sd > 0:
         fake2 = nets.generator(source, style_of(nets, z2), labels)
-        sd = style_diversity_loss(fake, fake2, z1, z2, distance(cfg.sd_image_distance), cfg.sd_latent_distance)
-        loss = loss + cfg.lambda_sd * sd
+        sd = style_diversity_loss(fake, fake2, z1, z2, distance(train_cfg.sd_image_distance),
+                                  train_cfg.sd_latent_distance)
+        loss = loss + train_cfg.lambda_sd * sd
         parts["g_sd"] = sd.detach()
 
-    if cfg.lambda_ir > 0:
+    if train_cfg.lambda_ir > 0:
         rec = nets.generator(source, nets.encoder(target), labels)
-        ir = identity_reconstruction_loss(target, rec, distance(cfg.ir_distance))
-        loss = loss + cfg.lambda_ir * ir
+        ir = identity_reconstruction_loss(target, rec, distance(train_cfg.ir_distance))
+        loss = loss + train_cfg.lambda_ir * ir
         parts["g_ir"] = ir.detach()
 
-    if cfg.lambda_attr > 0:
+    if train_cfg.lambda_attr > 0:
         attr = attribute_preservation_loss(nets.estimator(fake), batch.attributes)
-        loss = loss + cfg.lambda_attr * attr
+        loss = loss + train_cfg.lambda_attr * attr
         parts["g_attr"] = attr.detach()
 
     parts["g_total"] = loss.detach()
     return loss, parts
 
 
-def needs_encoder(cfg: TrainConfig) -> bool:
-    return cfg.lambda_lr > 0 or cfg.lambda_ir > 0
-
-
-def needs_second_latent(cfg: TrainConfig) -> bool:
-    return cfg.lambda_sd > 0
-
-
-def distances_in_use(cfg: TrainConfig) -> set[str]:
+def distances_in_use(train_cfg: TrainConfig) -> set[str]:
     used = set()
-    if cfg.lambda_sd > 0:
-        used.add(cfg.sd_image_distance)
-    if cfg.lambda_ir > 0:
-        used.add(cfg.ir_distance)
+    if train_cfg.lambda_sd > 0:
+        used.add(train_cfg.sd_image_distance)
+    if train_cfg.lambda_ir > 0:
+        used.add(train_cfg.ir_distance)
     return used

@@ -1,0 +1,217 @@
+"""The model files of a run, and the one sampler that turns them into images.
+
+This module is the only owner of their formats; train writes them, evaluate (and any later
+generate stage) reads them, and nothing outside training ever opens a training checkpoint.
+
+    generator.pt       {"state_dict", "train_config", "label_dim", "label_scale"} of G, plus
+                       "mapping_state_dict" of the style mapping network L when the run has one
+    encoder.pt         {"state_dict", "latent_dim", "width"} of the latent encoder E, or
+                       {"absent": reason} for a run without E (the file always exists, so DVC
+                       can declare it)
+    pose_estimator.pt  {"state_dict", "config"} of a :class:`PoseEstimator`
+    identity_net.pt    {"state_dict", "num_subjects", "embed_dim"} of an :class:`IdentityNet`
+
+Only tensors and plain JSON types go in, so every file loads with ``weights_only=True``.
+
+Labels: a label-conditioned network reads pose/gaze angles divided by ``LABEL_SCALE`` (order-1
+values). That scaling is part of the generator file and is applied by :class:`Sampler`, whose
+callers always pass degrees, so training and evaluation cannot disagree about it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from nirgan.config import TrainConfig
+from nirgan.io import atomic_file
+from nirgan.models.identity_net import IdentityNet
+from nirgan.models.latent_encoder import LatentEncoder
+from nirgan.models.networks import ImageGenerator, build_generator, build_networks
+from nirgan.models.pose_estimator import PoseEstimator
+from nirgan.models.style_mapping import StyleMappingNetwork
+
+# Degrees -> the order-1 values the networks read when conditioned on pose/gaze labels.
+LABEL_SCALE = 90.0
+NO_ENCODER_REASON = "the run has no latent encoder E (train.lambda_lr and train.lambda_ir are 0)"
+
+
+def _cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def _load(path: Path, what: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no {what} file (run the train stage first)") from None
+
+
+# ------------------------------------------------------------------------------- sampler
+class Sampler(nn.Module):
+    """G with L folded in and the label scaling inside: (source, z[, labels in degrees]) -> image.
+
+    ``forward`` is what MLflow serves and the training grid draws; :meth:`generate` is the
+    batched, no-grad form evaluation uses (CPU in and out, any device inside).
+    """
+
+    def __init__(self, generator: nn.Module, mapping: nn.Module | None = None, label_scale: float = LABEL_SCALE):
+        super().__init__()
+        self.generator, self.mapping, self.label_scale = generator, mapping, float(label_scale)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.generator.latent_dim)
+
+    @property
+    def label_dim(self) -> int:
+        return int(self.generator.label_dim)
+
+    def style(self, z: torch.Tensor) -> torch.Tensor:
+        """Algorithm 2's note: with L, z is replaced by s = L(z)."""
+        return self.mapping(z) if self.mapping is not None else z
+
+    def from_style(self, source: torch.Tensor, style: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        scaled = labels / self.label_scale if self.label_dim and labels is not None else None
+        return self.generator(source, style, scaled)
+
+    def forward(self, source: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.from_style(source, self.style(z), labels)
+
+    @torch.no_grad()
+    def generate(self, sources: torch.Tensor, z: torch.Tensor, labels: np.ndarray | torch.Tensor | None = None,
+                 batch_size: int = 50, style: bool = False) -> torch.Tensor:
+        """Images (n, 1, S, S) in [-1, 1] on the CPU; ``style=True`` means z is already a style."""
+        device = next(self.generator.parameters()).device
+        out = []
+        for i in range(0, len(sources), batch_size):
+            zb = z[i : i + batch_size].to(device)
+            s = zb if style else self.style(zb)
+            lab = None
+            if self.label_dim:
+                lab = torch.as_tensor(labels[i : i + batch_size], dtype=torch.float32, device=device)
+            out.append(self.from_style(sources[i : i + batch_size].to(device), s, lab).float().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def style_of(self, z: torch.Tensor) -> torch.Tensor:
+        """Batched :meth:`style` on the CPU."""
+        if self.mapping is None:
+            return z
+        device = next(self.mapping.parameters()).device
+        return self.mapping(z.to(device)).cpu()
+
+
+def untrained_sampler(train_cfg: TrainConfig, label_dim: int) -> Sampler:
+    """The run's architecture at its initialisation (``train.seed``), without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train_cfg.seed)
+        fresh = build_networks(train_cfg, label_dim)
+    return Sampler(fresh.generator, fresh.mapping).eval()
+
+
+# ----------------------------------------------------------------------------- generator
+def save_generator(path: str | Path, generator: nn.Module, train_cfg: TrainConfig, label_dim: int,
+                   mapping: nn.Module | None = None, label_scale: float = LABEL_SCALE) -> None:
+    """Write generator.pt (see the module docstring), atomically."""
+    payload = {
+        "state_dict": _cpu(generator),
+        "train_config": train_cfg.model_dump(mode="json"),
+        "label_dim": int(label_dim),
+        "label_scale": float(label_scale),
+    }
+    if mapping is not None:
+        payload["mapping_state_dict"] = _cpu(mapping)
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _generator_payload(path: Path) -> dict:
+    payload = _load(path, "generator")
+    missing = {"state_dict", "train_config", "label_dim"} - set(payload) if isinstance(payload, dict) else {"all keys"}
+    if missing:
+        raise ValueError(f"{path}: not a nirgan generator file, missing {sorted(missing)}")
+    return payload
+
+
+def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> ImageGenerator:
+    """G alone from generator.pt, in eval mode; its training config is ``.train_config``."""
+    path = Path(path)
+    payload = _generator_payload(path)
+    train_cfg = TrainConfig.model_validate(payload["train_config"])
+    generator = build_generator(train_cfg, int(payload["label_dim"]))
+    generator.load_state_dict(payload["state_dict"])
+    generator.train_config = train_cfg
+    return generator.to(map_location).eval()
+
+
+def load_sampler(path: str | Path, map_location: str | torch.device = "cpu") -> Sampler:
+    """The sampler of generator.pt (G, L if the run has one, the label scaling), in eval mode.
+
+    ``.train_config`` is the run's TrainConfig.
+    """
+    path = Path(path)
+    payload = _generator_payload(path)
+    generator = load_generator(path, map_location)
+    train_cfg = generator.train_config
+    mapping = None
+    if train_cfg.style_mapping:
+        if "mapping_state_dict" not in payload:
+            raise KeyError(f"{path}: the run uses a style mapping network (train.style_mapping) but the file "
+                           "has no mapping_state_dict")
+        mapping = StyleMappingNetwork(train_cfg.latent_dim, train_cfg.latent_dim)
+        mapping.load_state_dict(payload["mapping_state_dict"])
+        mapping = mapping.to(map_location)
+    sampler = Sampler(generator, mapping, payload.get("label_scale", LABEL_SCALE)).eval()
+    sampler.train_config = train_cfg
+    return sampler
+
+
+# ------------------------------------------------------------------------------- encoder
+def save_encoder(path: str | Path, encoder: LatentEncoder | None, absent_reason: str = NO_ENCODER_REASON) -> None:
+    payload = ({"absent": absent_reason} if encoder is None else
+               {"state_dict": _cpu(encoder), "latent_dim": int(encoder.latent_dim), "width": float(encoder.width)})
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[LatentEncoder | None, str]:
+    """(E in eval mode, or None, and where it came from or why there is none)."""
+    path = Path(path)
+    if not path.exists():
+        return None, f"{path} is missing (run the train stage)"
+    payload = _load(path, "latent encoder")
+    if "absent" in payload:
+        return None, str(payload["absent"])
+    encoder = LatentEncoder(int(payload["latent_dim"]), float(payload["width"]))
+    encoder.load_state_dict(payload["state_dict"])
+    return encoder.to(map_location).eval(), str(path)
+
+
+# ------------------------------------------------------------------- auxiliary networks
+def save_pose_estimator(model: PoseEstimator, path: str | Path) -> None:
+    with atomic_file(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": model.config()}, tmp)
+
+
+def load_pose_estimator(path: str | Path, map_location: str | torch.device = "cpu") -> PoseEstimator:
+    blob = torch.load(path, map_location=map_location, weights_only=True)
+    model = PoseEstimator(**blob["config"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()
+
+
+def save_identity_net(net: IdentityNet, path: str | Path) -> None:
+    with atomic_file(path) as tmp:
+        torch.save({"state_dict": net.state_dict(), "num_subjects": net.num_subjects, "embed_dim": net.embed_dim}, tmp)
+
+
+def load_identity_net(path: str | Path, map_location: str | torch.device = "cpu") -> IdentityNet:
+    """Frozen (eval mode, no grad), as a distance or an instrument wants it."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    net = IdentityNet(blob["num_subjects"], blob["embed_dim"])
+    net.load_state_dict(blob["state_dict"])
+    return net.to(map_location).eval().requires_grad_(False)
