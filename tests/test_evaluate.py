@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nirgan.config import Config, EvaluateConfig, TrainConfig
+from nirgan.config import Config, EvaluateConfig, RandomRange, TrainConfig
 from nirgan.labels import LABELS
 from nirgan.models import build_networks, save_generator
 from nirgan.models.artifacts import save_encoder
@@ -136,3 +136,71 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     # same inputs, same seeds: same figures
     _, again = _run(tmp_path, dirs)
     assert again == m
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_label_conditioned_generation_train_to_evaluate(tmp_path, monkeypatch):
+    """train.condition_on_labels end to end: the train stage writes generator.pt, evaluate reads it
+    through the same sampler, and both feed the network the same labels. The trainer's last sample
+    grid (drawn inside training from degrees in the split) must come out of the file evaluate loads,
+    pixel for pixel; a sampler that fed evaluate's degrees unscaled would draw other faces."""
+    from train_helpers import small_config
+
+    from nirgan.augmentation import to_model_range
+    from nirgan.io import read_image
+    from nirgan.models.artifacts import load_sampler
+    from nirgan.stages import train as train_stage
+    from nirgan.training.data import load_data
+    from nirgan.training.session import TrainSession
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    dirs = _fixture(tmp_path, with_mlflow=False)
+    trained = small_config(condition_on_labels=True, width=0.125, max_steps=3)
+    cfg = trained.model_copy(update={"evaluate": EvaluateConfig(
+        seeds=1, batch_size=16, diversity_sources=2, diversity_latents=2, estimator_epochs=1, feature_epochs=1)})
+    train_stage.run(cfg, dirs["prepared"], dirs["split"], dirs["models"], tmp_path / "metrics" / "train.json")
+    out = evaluate.run(cfg, dirs["raw"], dirs["crops"], dirs["clean"], dirs["prepared"], dirs["split"],
+                       dirs["models"], tmp_path / "metrics" / "eval.json", tmp_path / "plots")
+    m = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    assert out["mlflow_run"] != "none"
+    assert math.isfinite(m["pose_gen_head_mean"]) and math.isfinite(m["identity_l1"])
+    assert (tmp_path / "plots" / "sweep_head_yaw.png").stat().st_size > 0
+
+    sampler = load_sampler(dirs["models"] / "generator.pt")
+    assert sampler.label_dim == len(LABELS)
+    # What the network read in a training step (augmentation off, so the labels are the split's)
+    # and what it reads from evaluate's side for the same pairs: the same numbers.
+    still = cfg.augment.model_copy(update={k: RandomRange(p=0.0, low=0.0, high=0.0) for k in
+                                           ("scale", "shift", "rotation", "gamma")} | {"hflip_p": 0.0})
+    data = load_data(dirs["prepared"], dirs["split"], torch.device("cpu"), cfg.train.sample_sources)
+    session = TrainSession(cfg.model_copy(update={"augment": still}), data, torch.device("cpu"))
+    in_training, in_evaluate = [], []
+    hook = session.raw["generator"].register_forward_pre_hook(lambda _, args: in_training.append(args[2]))
+    session.train_step()
+    hook.remove()
+    pairs = session.perm[: cfg.train.batch_size]
+    sampler.generator.register_forward_pre_hook(lambda _, args: in_evaluate.append(args[2]))
+    sampler.generate(to_model_range(data.source[pairs].permute(0, 3, 1, 2)),
+                     torch.zeros(len(pairs), cfg.train.latent_dim), data.labels[pairs].numpy())
+    assert torch.equal(in_training[0], in_evaluate[0]), (in_training[0][0], in_evaluate[0][0])
+
+    grid = read_image(sorted((dirs["models"] / "samples").glob("*.png"))[-1], channels=3)
+    z = session.sample_z
+    assert torch.isfinite(data.sample_labels).all() and data.sample_labels.abs().max() > 1
+
+    def to_uint8(x: torch.Tensor) -> np.ndarray:
+        return x.add(1).mul(127.5).clamp(0, 255).round().byte()[:, 0].numpy()
+
+    m_z, size = len(z), SIZE
+    with torch.no_grad():
+        for i in range(len(data.sample_source)):
+            src = data.sample_source[i : i + 1].expand(m_z, -1, -1, -1)
+            degrees = data.sample_labels[i : i + 1].expand(m_z, -1)
+            drawn = grid[i * size : (i + 1) * size, 2 * size :, 0]
+            tiles = np.concatenate(list(to_uint8(sampler(src, z, degrees))), axis=1)
+            assert np.abs(tiles.astype(int) - drawn.astype(int)).max() <= 1, f"row {i}: evaluate's generator differs"
+            # the labels matter: the network fed unscaled degrees draws other faces
+            unscaled = np.concatenate(list(to_uint8(sampler.generator(src, sampler.style(z), degrees))), axis=1)
+            assert np.abs(unscaled.astype(int) - drawn.astype(int)).mean() > 1
