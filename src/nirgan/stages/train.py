@@ -4,9 +4,9 @@ Inputs: data/prepared (source.npy, target.npy, manifest.parquet) and data/split
 (train.parquet, test.parquet with ``index`` into the arrays).
 Outputs, in ``out_dir`` (models/), written in place because a run must survive being killed:
     checkpoints/step_*.pt + latest   whole training state, atomic (a rerun resumes from it)
-    generator.pt                     {"state_dict", "train_config", "label_dim"} of the EMA
-                                     generator (+ "mapping_state_dict" with train.style_mapping),
-                                     written atomically at the end
+    generator.pt, encoder.pt         the EMA generator (with L and the label scaling) and the
+                                     latent encoder E, written atomically at the end in the
+                                     formats of ``nirgan.models.artifacts``
     identity_net.pt / pose_estimator.pt   auxiliary nets when a distance / lambda_attr needs them
     samples/*.png                    the per-epoch fixed grid (also in MLflow)
     mlflow_run.json                  {run_id, experiment_id, tracking_uri} for evaluate

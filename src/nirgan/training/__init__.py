@@ -6,6 +6,7 @@
     data.py         the training split on the device
     resume.py       configuration checks and the fingerprint a checkpoint must match
     auxiliary.py    the pose estimator's and identity net's training loops
+    frozen_networks.py  the frozen networks the losses read (trained or reloaded for the run)
     export.py       model files, metrics and the MLflow model at the end of a run
     checkpoint.py   the whole state on disk, atomic, with a ``latest`` pointer
     distributed.py  torchrun / DDP setup, synchronised batch norm, the step's DDP/compile views

@@ -6,8 +6,8 @@ identity``); evaluate trains fresh ones as its instruments (with seeds of their 
 instrument is never the network the generator learned to satisfy). The networks themselves
 are pure modules in :mod:`nirgan.models`; their files are :mod:`nirgan.models.artifacts`'.
 
-:func:`auxiliary_networks` is the trainer's side: it trains what the configuration needs on
-rank 0 (or reloads it when resuming) and shares it with the other ranks through the file.
+:mod:`nirgan.training.frozen_networks` is the trainer's side: it trains what the configuration
+needs on rank 0 (or reloads it when resuming) and shares it with the other ranks through the file.
 """
 
 from __future__ import annotations
@@ -17,24 +17,18 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from nirgan.augmentation import paired_augment
-from nirgan.config import AugmentConfig, RandomRange, TrainConfig
+from nirgan.config import AugmentConfig, RandomRange
 from nirgan.labels import FLIP_SIGN
-from nirgan.models.artifacts import load_identity_net, load_pose_estimator, save_identity_net, save_pose_estimator
 from nirgan.models.identity_net import IdentityNet
 from nirgan.models.layers import init_weights
 from nirgan.models.pose_estimator import GAZE, PoseEstimator, eye_keypoints, has_eye_code
-from nirgan.training.core import distances_in_use
-from nirgan.training.distributed import DistInfo, barrier
 
 log = logging.getLogger("nirgan.train")
 
@@ -225,81 +219,3 @@ def train_identity_net(
     log.info("identity net: %d subjects, %d images, %d epochs, paired augmentation, last batch loss %.3f acc %.2f",
              num_subjects, len(targets), epochs, float(loss.detach()), float(accuracy))
     return net.eval().requires_grad_(False)
-
-
-# ------------------------------------------------------------------- the trainer's side
-@dataclass
-class AuxiliaryNetworks:
-    """The frozen networks the generator's losses read; None where the configuration uses none."""
-
-    vgg: nn.Module | None = None
-    identity: nn.Module | None = None
-    estimator: nn.Module | None = None  # standardised angles, see :class:`StandardisedEstimator`
-    attr_mean: torch.Tensor | None = None
-    attr_std: torch.Tensor | None = None
-
-
-class StandardisedEstimator(nn.Module):
-    """A frozen pose/gaze estimator giving angles in its label-std units (all five weigh alike)."""
-
-    def __init__(self, estimator: nn.Module):
-        super().__init__()
-        self.estimator = estimator
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.estimator.forward_normalised(x)[0]
-
-
-def auxiliary_networks(train_cfg: TrainConfig, target: torch.Tensor, source: torch.Tensor, labels: torch.Tensor,
-                       subjects: np.ndarray, device: torch.device, info: DistInfo, aux_dir: Path | None,
-                       memory_format: torch.memory_format) -> AuxiliaryNetworks:
-    """Build (train, or reload when resuming) every auxiliary network ``train_cfg`` needs.
-
-    ``aux_dir`` (the stage's out_dir) is where the identity network and pose estimator are
-    saved and, on a resumed run, reloaded from.
-    """
-    aux = AuxiliaryNetworks()
-    used = distances_in_use(train_cfg)
-    if train_cfg.perceptual == "vgg19" or "vgg19" in used:
-        from nirgan.models.vgg19 import VGG19Features
-
-        aux.vgg = VGG19Features().to(device, memory_format=memory_format)
-        log.info("VGG-19 perceptual network: ImageNet weights from %s", aux.vgg.weights_path)
-    if "identity" in used:
-        def train_identity() -> IdentityNet:
-            return train_identity_net(target, subjects, epochs=train_cfg.identity_epochs, device=device,
-                                      seed=train_cfg.seed)
-
-        aux.identity = _shared(aux_dir, "identity_net.pt", info, train_identity, save_identity_net,
-                               lambda p: load_identity_net(p, device))
-    if train_cfg.lambda_attr > 0:
-        def train_estimator() -> PoseEstimator:
-            known = torch.isfinite(labels).all(1)
-            if int(known.sum()) < 2:
-                raise ValueError("train.lambda_attr > 0 needs pose/gaze labels on the training pairs; none are known")
-            keep = known.nonzero().squeeze(1)
-            codes = torch.as_tensor(pd.factorize(subjects)[0], device=device)
-            return train_pose_estimator(target[keep], source[keep], labels[keep], codes[keep],
-                                        EstimatorTraining(epochs=train_cfg.attr_estimator_epochs, seed=train_cfg.seed),
-                                        device=device)
-
-        est = _shared(aux_dir, "pose_estimator.pt", info, train_estimator, save_pose_estimator,
-                      lambda p: load_pose_estimator(p, map_location=device))
-        aux.estimator = StandardisedEstimator(est).eval().requires_grad_(False).to(device)
-        aux.attr_mean, aux.attr_std = est.label_mean.float(), est.label_std.float()
-    return aux
-
-
-def _shared(aux_dir: Path | None, name: str, info: DistInfo, train_fn, save_fn, load_fn) -> nn.Module:
-    """Train an auxiliary network on rank 0 (or reload it when resuming), share via the file."""
-    path = aux_dir / name if aux_dir is not None else None
-    if path is not None and path.exists() and (aux_dir / "checkpoints" / "latest").exists():
-        return load_fn(path)
-    if info.is_main or path is None:
-        net = train_fn()
-        if path is not None:
-            save_fn(net, path)
-    barrier(info)
-    if not info.is_main and path is not None:
-        net = load_fn(path)
-    return net

@@ -24,7 +24,7 @@ from nirgan.config import Config, TrainConfig
 from nirgan.labels import LABELS
 from nirgan.models.artifacts import LABEL_SCALE, Sampler
 from nirgan.models.networks import build_networks
-from nirgan.training.auxiliary import auxiliary_networks
+from nirgan.training.frozen_networks import auxiliary_networks
 from nirgan.training.checkpoint import rng_state, set_rng_state
 from nirgan.training.core import Batch, compute_d_loss, compute_g_loss
 from nirgan.training.data import TrainData
@@ -50,7 +50,7 @@ class TrainSession:
     """All networks, optimisers and random sources of one run, and :meth:`train_step` = one iteration.
 
     ``aux_dir`` (the stage's out_dir) is where the identity network and pose estimator are
-    saved and, on a resumed run, reloaded from (:func:`~nirgan.training.auxiliary.auxiliary_networks`).
+    saved and, on a resumed run, reloaded from (:func:`~nirgan.training.frozen_networks.auxiliary_networks`).
     """
 
     def __init__(self, cfg: Config, data: TrainData, device: torch.device, info: DistInfo = DistInfo(),

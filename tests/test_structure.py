@@ -1,0 +1,174 @@
+"""The code's structure, checked statically (ast, no imports run):
+
+- dvc.yaml's deps cover each stage's import closure inside src/, so a change to any module a
+  stage runs makes ``dvc repro`` rerun that stage (and declared code deps all matter);
+- imports run only downward through the layers of the design, and none is hidden from this
+  check (importlib / __import__), except the CLI's dispatch to the stages.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+PACKAGE = "nirgan"
+
+# Lower number = lower layer; a module may import its own layer's base modules and anything
+# below, its own package, and nothing above or beside it (training and metrics are peers).
+LAYERS: dict[str, int] = {
+    "nirgan": 0, "nirgan.config": 0, "nirgan.io": 0, "nirgan.labels": 0, "nirgan.losses": 0,
+    "nirgan.devices": 0, "nirgan.tracking": 0,
+    "nirgan.models": 1, "nirgan.augmentation": 1, "nirgan.detection": 1, "nirgan.twin": 1,
+    "nirgan.training": 2, "nirgan.metrics": 2, "nirgan.generation": 2,
+    "nirgan.stages": 3,
+    "nirgan.cli": 4,
+}
+
+
+# ---------------------------------------------------------------------------- import graph
+def module_file(name: str) -> Path | None:
+    base = SRC / name.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every ``nirgan`` module the file imports, at module level or inside functions."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            # ``from pkg import sub`` imports the submodule when there is one
+            found.update(f"{base}.{a.name}" for a in node.names if module_file(f"{base}.{a.name}"))
+    return {m for m in found if m.split(".")[0] == PACKAGE and module_file(m)}
+
+
+def with_parents(name: str) -> list[str]:
+    """Importing a.b.c runs a/__init__, a/b/__init__ and a/b/c."""
+    parts = name.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def import_closure(start: str) -> set[Path]:
+    seen: set[str] = set()
+    todo = with_parents(start)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for imported in imported_modules(module_file(name)):
+            todo.extend(with_parents(imported))
+    return {module_file(n) for n in seen}
+
+
+def stage_modules() -> dict[str, str]:
+    """``nirgan stage <name>`` -> the module cli.py dispatches it to (``_stage("<module>")``)."""
+    tree = ast.parse((SRC / PACKAGE / "cli.py").read_text())
+    table = next(n.value for n in ast.walk(tree)
+                 if isinstance(n, (ast.Assign, ast.AnnAssign)) and isinstance(n.value, ast.Dict)
+                 and any(isinstance(t, ast.Name) and t.id == "STAGES"
+                         for t in (n.targets if isinstance(n, ast.Assign) else [n.target])))
+    out = {}
+    for key, value in zip(table.keys, table.values, strict=True):
+        calls = [c for c in ast.walk(value) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
+                 and c.func.id == "_stage"]
+        assert len(calls) == 1, f"cli.STAGES[{key.value!r}]: expected one _stage(...) call"
+        out[key.value] = f"{PACKAGE}.stages.{calls[0].args[0].value}"
+    return out
+
+
+def dvc_deps() -> dict[str, list[str]]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: [str(d).rstrip("/") for d in stage.get("deps", [])] for name, stage in stages.items()}
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in deps)
+
+
+# ----------------------------------------------------------------------------------- tests
+def test_every_dvc_stage_is_a_cli_stage():
+    assert set(dvc_deps()) == set(stage_modules())
+
+
+@pytest.mark.parametrize("stage", sorted(stage_modules()))
+def test_dvc_deps_cover_the_stages_import_closure(stage):
+    deps = dvc_deps()[stage]
+    files = sorted(str(p.relative_to(ROOT)) for p in import_closure(stage_modules()[stage]))
+    missing = [f for f in files if not covered(f, deps)]
+    assert not missing, (f"dvc.yaml stage {stage!r} runs code it does not declare as deps (a change there "
+                         f"would leave stale outputs that `dvc repro` calls up to date): {missing}")
+
+
+@pytest.mark.parametrize("stage", sorted(stage_modules()))
+def test_dvc_code_deps_all_run(stage):
+    """A declared src/ dep the stage never imports reruns the stage for nothing (or no longer exists)."""
+    files = {str(p.relative_to(ROOT)) for p in import_closure(stage_modules()[stage])}
+    stale = [d for d in dvc_deps()[stage] if d.startswith("src/") and not any(covered(f, [d]) for f in files)]
+    assert not stale, f"dvc.yaml stage {stage!r} declares code it does not run: {stale}"
+
+
+def _layer(name: str) -> tuple[int, str]:
+    for prefix in sorted(LAYERS, key=len, reverse=True):
+        if name == prefix or name.startswith(prefix + "."):
+            return LAYERS[prefix], prefix
+    raise AssertionError(f"{name}: not in the layer map of tests/test_structure.py")
+
+
+def test_imports_run_only_downward():
+    upward = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        name = module_name(path)
+        layer, group = _layer(name)
+        for imported in imported_modules(path):
+            their_layer, their_group = _layer(imported)
+            if their_group == group or their_layer < layer or (their_layer == 0 and layer == 0):
+                continue
+            upward.append(f"{path.relative_to(ROOT)} (layer {layer}) imports {imported} (layer {their_layer})")
+    assert not upward, "\n".join(upward)
+
+
+def test_no_hidden_imports():
+    """importlib / __import__ hide a dependency from the import graph (and from dvc.yaml's deps)."""
+    hidden = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        if path == SRC / PACKAGE / "cli.py":  # dispatches `nirgan stage <name>`; its targets are checked above
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            if "importlib" in names or (isinstance(node, ast.ImportFrom) and node.module == "importlib") or \
+                    (isinstance(node, ast.Name) and node.id == "__import__"):
+                hidden.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not hidden, hidden
+
+
+def test_the_closure_follows_lazy_and_package_imports():
+    """The checker itself: a function-level import and the parent packages are in the closure."""
+    evaluate = {str(p.relative_to(ROOT)) for p in import_closure("nirgan.stages.evaluate")}
+    assert {"src/nirgan/__init__.py", "src/nirgan/stages/__init__.py", "src/nirgan/models/artifacts.py",
+            "src/nirgan/augmentation.py", "src/nirgan/training/auxiliary.py"} <= evaluate
+    assert "src/nirgan/training/trainer.py" not in evaluate
+    # check_config imports the VGG module inside a function
+    assert "src/nirgan/models/vgg19.py" in {str(p.relative_to(ROOT)) for p in import_closure("nirgan.training.resume")}
