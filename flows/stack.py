@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script (python flows/stack.py): make `flows` importable
+    sys.path.insert(0, str(REPO))
+from flows.processes import alive as _alive  # noqa: E402
+from flows.processes import stop_groups as _stop_groups  # noqa: E402
+
 BIN = Path(sys.executable).parent
 POOL = "gpu"
 DEPLOYMENT = "train-nir/gpu"
@@ -115,19 +119,6 @@ def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str], cwd: Pa
     log.close()
     _pid_file(stack, name).write_text(f"{proc.pid}\n")
     return proc.pid
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A child we spawned and nobody reaped is a zombie: gone for our purposes.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
 
 
 def _wait_healthy(stack: Stack, name: str, url: str, expect: str, timeout: float = 120.0) -> float:
@@ -364,29 +355,6 @@ def _mark_crashed(state: Path, flow_run_ids: list[str]) -> None:
             urllib.request.urlopen(req, timeout=10).close()
         except OSError:
             pass
-
-
-def _stop_groups(groups: list[int], grace: float) -> None:
-    """SIGTERM every process group, wait up to ``grace`` seconds for all, SIGKILL the rest."""
-
-    def signal_all(targets: list[int], sig: int) -> list[int]:
-        alive = []
-        for group in targets:
-            _alive(group)  # reaps our own child so its group can disappear
-            try:
-                os.killpg(group, sig)
-                alive.append(group)
-            except (ProcessLookupError, PermissionError):
-                pass
-        return alive
-
-    remaining = signal_all(groups, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while remaining and time.monotonic() < deadline:
-        time.sleep(0.2)
-        remaining = signal_all(remaining, 0)
-    for group in signal_all(remaining, signal.SIGKILL):
-        _alive(group)
 
 
 def setup_pool(limit: int, within_seconds: int) -> None:

@@ -1,0 +1,95 @@
+"""The flows' child processes: run a command with its output streamed line by line, and stop
+whole process groups (SIGTERM, a grace period, SIGKILL). Shared by ``train_nir`` (stage
+commands) and ``stack`` (servers and workers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+class CommandError(RuntimeError):
+    pass
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A child we spawned and nobody reaped is a zombie: gone for our purposes.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def stop_groups(groups: list[int], grace: float) -> None:
+    """SIGTERM every process group, wait up to ``grace`` seconds for all, SIGKILL the rest."""
+
+    def signal_all(targets: list[int], sig: int) -> list[int]:
+        remaining = []
+        for group in targets:
+            alive(group)  # reaps our own child so its group can disappear
+            try:
+                os.killpg(group, sig)
+                remaining.append(group)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return remaining
+
+    remaining = signal_all(groups, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.2)
+        remaining = signal_all(remaining, 0)
+    for group in signal_all(remaining, signal.SIGKILL):
+        alive(group)
+
+
+def stream(cmd: list[str], cwd: Path, env: dict[str, str], log: Callable[[str], None],
+           timeout_s: float | None = None, grace: float = 2.0) -> str:
+    """Run ``cmd``, passing each non-empty output line to ``log``; returns the output.
+
+    The command gets its own process group so that a timeout or an interruption (a cancelled
+    task) stops the whole tree (dvc and the stage it started), not only its leader. Raises
+    :class:`CommandError` on a timeout or a non-zero exit, with the last lines.
+    """
+    log(f"$ {' '.join(cmd)}")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    timed_out = threading.Event()
+
+    def stop_on_timeout() -> None:
+        timed_out.set()
+        stop_groups([proc.pid], grace)
+
+    timer = threading.Timer(timeout_s, stop_on_timeout) if timeout_s else None
+    if timer:
+        timer.start()
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            lines.append(line)
+            if line.strip():
+                log(line)
+        code = proc.wait()
+    except BaseException:
+        stop_groups([proc.pid], grace)
+        raise
+    finally:
+        if timer:
+            timer.cancel()
+    if timed_out.is_set():
+        raise CommandError(f"{' '.join(cmd)} killed after {timeout_s:.0f} s (orchestrate.stage_timeout_minutes)")
+    if code != 0:
+        raise CommandError(f"{' '.join(cmd)} exited with {code}; last lines:\n" + "\n".join(lines[-15:]))
+    return "\n".join(lines)
