@@ -29,13 +29,13 @@ def to_model_range(x: torch.Tensor) -> torch.Tensor:
     return _as_unit(x).mul(2.0).sub(1.0)
 
 
-def _draw(cfg: RandomRange, u_apply: torch.Tensor, u_value: torch.Tensor, identity: float) -> torch.Tensor:
-    value = cfg.low + (cfg.high - cfg.low) * u_value
-    return torch.where(u_apply < cfg.p, value, torch.full_like(value, identity))
+def _draw(spec: RandomRange, u_apply: torch.Tensor, u_value: torch.Tensor, identity: float) -> torch.Tensor:
+    value = spec.low + (spec.high - spec.low) * u_value
+    return torch.where(u_apply < spec.p, value, torch.full_like(value, identity))
 
 
 def draw_params(
-    batch: int, cfg: AugmentConfig, generator: torch.Generator | None, device: torch.device
+    batch: int, aug_cfg: AugmentConfig, generator: torch.Generator | None, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """One draw of Table 3.1 per pair, identity where a transform is not applied.
 
@@ -46,12 +46,12 @@ def draw_params(
     gen_device = generator.device if generator is not None else device
     u = torch.rand(batch, 10, generator=generator, device=gen_device).to(device, non_blocking=True)
     return dict(
-        scale=_draw(cfg.scale, u[:, 0], u[:, 5], 1.0),
-        shift_x=_draw(cfg.shift, u[:, 1], u[:, 6], 0.0),
-        shift_y=_draw(cfg.shift, u[:, 1], u[:, 7], 0.0),
-        rotation=_draw(cfg.rotation, u[:, 2], u[:, 8], 0.0),
-        gamma=_draw(cfg.gamma, u[:, 3], u[:, 9], 100.0),
-        flip=u[:, 4] < cfg.hflip_p,
+        scale=_draw(aug_cfg.scale, u[:, 0], u[:, 5], 1.0),
+        shift_x=_draw(aug_cfg.shift, u[:, 1], u[:, 6], 0.0),
+        shift_y=_draw(aug_cfg.shift, u[:, 1], u[:, 7], 0.0),
+        rotation=_draw(aug_cfg.rotation, u[:, 2], u[:, 8], 0.0),
+        gamma=_draw(aug_cfg.gamma, u[:, 3], u[:, 9], 100.0),
+        flip=u[:, 4] < aug_cfg.hflip_p,
     )
 
 
@@ -117,7 +117,7 @@ def paired_augment(
     source: torch.Tensor,
     target: torch.Tensor,
     labels: torch.Tensor | None,
-    cfg: AugmentConfig,
+    aug_cfg: AugmentConfig,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Thesis Table 3.1, one random draw per pair, the same geometry for both of its images.
@@ -138,5 +138,5 @@ def paired_augment(
     """
     if source.shape[0] != target.shape[0]:
         raise ValueError(f"paired_augment: {source.shape[0]} sources but {target.shape[0]} targets")
-    params = draw_params(source.shape[0], cfg, generator, source.device)
+    params = draw_params(source.shape[0], aug_cfg, generator, source.device)
     return apply_params(source, target, labels, params)

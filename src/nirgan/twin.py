@@ -6,9 +6,9 @@ determined by ``TwinConfig`` (the seed included).
 
 API
 ---
-``render_dataset(cfg: TwinConfig) -> Iterator[TwinPair]``
+``render_dataset(twin_cfg: TwinConfig) -> Iterator[TwinPair]``
     every pair of every recording (one recording per subject and camera), in order
-    subject, camera, frame. ``count_pairs(cfg)`` says how many there will be.
+    subject, camera, frame. ``count_pairs(twin_cfg)`` says how many there will be.
 ``TwinPair``
     ``source`` (H, W, 3) uint8 RGB rig render; ``target`` (H, W) uint8 NIR-like face;
     ``subject``, ``camera``, ``frame``; ``labels`` {name: degrees} for ``LABELS``;
@@ -166,13 +166,13 @@ def _texture(rng: np.random.Generator, shape: tuple[int, int], out: int = 96) ->
     return cv2.resize(rng.random(shape).astype(np.float32), (out, out), interpolation=cv2.INTER_CUBIC)
 
 
-def make_subjects(cfg: TwinConfig) -> list[Subject]:
+def make_subjects(twin_cfg: TwinConfig) -> list[Subject]:
     subjects = []
-    n_glasses = round(cfg.glasses_fraction * cfg.subjects)
-    wears = np.zeros(cfg.subjects, bool)
-    wears[np.random.default_rng([cfg.seed, 7]).permutation(cfg.subjects)[:n_glasses]] = True
-    for i in range(cfg.subjects):
-        rng = np.random.default_rng([cfg.seed, 1, i])
+    n_glasses = round(twin_cfg.glasses_fraction * twin_cfg.subjects)
+    wears = np.zeros(twin_cfg.subjects, bool)
+    wears[np.random.default_rng([twin_cfg.seed, 7]).permutation(twin_cfg.subjects)[:n_glasses]] = True
+    for i in range(twin_cfg.subjects):
+        rng = np.random.default_rng([twin_cfg.seed, 1, i])
         bald = rng.random() < 0.1
         subjects.append(
             Subject(
@@ -195,10 +195,10 @@ def make_subjects(cfg: TwinConfig) -> list[Subject]:
     return subjects
 
 
-def make_cameras(cfg: TwinConfig) -> list[Camera]:
+def make_cameras(twin_cfg: TwinConfig) -> list[Camera]:
     cams = []
-    for j in range(cfg.cameras):
-        rng = np.random.default_rng([cfg.seed, 2, j])
+    for j in range(twin_cfg.cameras):
+        rng = np.random.default_rng([twin_cfg.seed, 2, j])
         light = np.array([rng.uniform(-0.15, 0.15), rng.uniform(-0.25, 0.05), 1.0], np.float32)
         cams.append(
             Camera(
@@ -583,12 +583,12 @@ def _camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, gain: float 
 
 
 # --------------------------------------------------------------------------- disturbances
-def _plan_disturbances(cfg: TwinConfig) -> dict[tuple[int, int], dict[int, str]]:
+def _plan_disturbances(twin_cfg: TwinConfig) -> dict[tuple[int, int], dict[int, str]]:
     """Which frame of which recording gets which disturbance (the hidden ground truth)."""
-    rng = np.random.default_rng([cfg.seed, 3])
-    recordings = [(i, j) for i in range(cfg.subjects) for j in range(cfg.cameras)]
-    total = round(cfg.disturbance_fraction * len(recordings) * cfg.frames)
-    capacity = (cfg.frames + 1) // 2  # at most every other frame
+    rng = np.random.default_rng([twin_cfg.seed, 3])
+    recordings = [(i, j) for i in range(twin_cfg.subjects) for j in range(twin_cfg.cameras)]
+    total = round(twin_cfg.disturbance_fraction * len(recordings) * twin_cfg.frames)
+    capacity = (twin_cfg.frames + 1) // 2  # at most every other frame
     counts = dict.fromkeys(recordings, 0)
     order = rng.permutation(len(recordings))
     k = 0
@@ -604,7 +604,7 @@ def _plan_disturbances(cfg: TwinConfig) -> dict[tuple[int, int], dict[int, str]]
     for rec in recordings:
         n = counts[rec]
         # n non-adjacent frames: choose n of frames-n+1 slots, then spread them apart.
-        slots = np.sort(rng.choice(cfg.frames - n + 1, size=n, replace=False)) + np.arange(n)
+        slots = np.sort(rng.choice(twin_cfg.frames - n + 1, size=n, replace=False)) + np.arange(n)
         plan[rec] = {int(f): kinds.pop() for f in slots}
     return plan
 
@@ -652,35 +652,35 @@ def _misalign(pose: Pose, rng: np.random.Generator, width: int, height: int) -> 
 
 
 # ------------------------------------------------------------------------------ dataset
-def count_pairs(cfg: TwinConfig) -> int:
-    return cfg.subjects * cfg.cameras * cfg.frames
+def count_pairs(twin_cfg: TwinConfig) -> int:
+    return twin_cfg.subjects * twin_cfg.cameras * twin_cfg.frames
 
 
-def render_dataset(cfg: TwinConfig) -> Iterator[TwinPair]:
-    """Every pair of the twin, recording by recording (deterministic in ``cfg``)."""
-    subjects = make_subjects(cfg)
-    cameras = make_cameras(cfg)
-    plan = _plan_disturbances(cfg)
+def render_dataset(twin_cfg: TwinConfig) -> Iterator[TwinPair]:
+    """Every pair of the twin, recording by recording (deterministic in ``twin_cfg``)."""
+    subjects = make_subjects(twin_cfg)
+    cameras = make_cameras(twin_cfg)
+    plan = _plan_disturbances(twin_cfg)
     gains = {"overexposure": 2.6, "underexposure": 0.3}
     for i, subj in enumerate(subjects):
         for j, cam in enumerate(cameras):
-            rng = np.random.default_rng([cfg.seed, 4, i, j])
-            poses = make_trajectory(rng, cfg.frames, cfg.width, cfg.height)
+            rng = np.random.default_rng([twin_cfg.seed, 4, i, j])
+            poses = make_trajectory(rng, twin_cfg.frames, twin_cfg.width, twin_cfg.height)
             # The camera's auto-exposure drifts slowly around its gain during a recording.
-            t = np.linspace(0, 1, cfg.frames)
+            t = np.linspace(0, 1, twin_cfg.frames)
             exposure = 1 + 0.12 * np.sin(2 * np.pi * rng.uniform(1.0, 2.0) * t + rng.uniform(0, 2 * np.pi))
             for f, pose in enumerate(poses):
                 kind = plan[(i, j)].get(f, "none")
-                view = _View(pose, cfg.width, cfg.height)
-                clean = render_target(view, subj, cam, cfg.width, cfg.height)
+                view = _View(pose, twin_cfg.width, twin_cfg.height)
+                clean = render_target(view, subj, cam, twin_cfg.width, twin_cfg.height)
                 if kind == "occlusion":
                     clean = _occlude(clean, pose, rng)
                 elif kind == "blur":
                     clean = _blur(clean, pose, rng)
                 target = _camera(clean, cam, rng, exposure[f] * gains.get(kind, 1.0))
                 if kind == "misaligned":
-                    view = _View(_misalign(pose, rng, cfg.width, cfg.height), cfg.width, cfg.height)
-                source = render_source(view, subj.glasses, cfg.width, cfg.height)
+                    view = _View(_misalign(pose, rng, twin_cfg.width, twin_cfg.height), twin_cfg.width, twin_cfg.height)
+                source = render_source(view, subj.glasses, twin_cfg.width, twin_cfg.height)
                 labels = dict(zip(LABELS, (pose.yaw, pose.pitch, pose.roll, pose.gaze_yaw, pose.gaze_pitch)))
                 yield TwinPair(
                     subject=subj.name,

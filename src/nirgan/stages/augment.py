@@ -61,7 +61,7 @@ def _load_pair(crops_dir: Path, row: Any, size: int) -> tuple[np.ndarray, np.nda
     )
 
 
-def preview(source: np.ndarray, target: np.ndarray, cfg: AugmentConfig, seed: int = PREVIEW_SEED) -> np.ndarray:
+def preview(source: np.ndarray, target: np.ndarray, aug_cfg: AugmentConfig, seed: int = PREVIEW_SEED) -> np.ndarray:
     """RGB grid: one row per pair, per draw three tiles: source | target | overlay.
 
     The overlay tints the target with the source's mask, so a misaligned pair shows at once.
@@ -74,7 +74,7 @@ def preview(source: np.ndarray, target: np.ndarray, cfg: AugmentConfig, seed: in
         if draw == 0:
             s, t = to_model_range(src), to_model_range(tgt)  # the original first
         else:
-            s, t, _ = paired_augment(src, tgt, None, cfg, generator)
+            s, t, _ = paired_augment(src, tgt, None, aug_cfg, generator)
         s = (s + 1.0) * 127.5
         t = ((t + 1.0) * 127.5).expand(-1, 3, -1, -1)
         overlay = 0.6 * t + 0.4 * s

@@ -94,14 +94,14 @@ class Choice:
     landmarks: np.ndarray | None = None
 
 
-def choose_faces(faces: Faces, n_frames: int, cfg: DetectConfig) -> list[Choice]:
+def choose_faces(faces: Faces, n_frames: int, detect_cfg: DetectConfig) -> list[Choice]:
     """Apply the min_probability and multiple_faces policy to every frame of a batch."""
     choices = []
     bounds = np.searchsorted(faces.frame, np.arange(n_frames + 1))
     for i in range(n_frames):
         at = slice(bounds[i], bounds[i + 1])
         prob, boxes, lms = faces.probability[at], faces.boxes[at], faces.landmarks[at]
-        confident = np.flatnonzero(prob >= cfg.min_probability)
+        confident = np.flatnonzero(prob >= detect_cfg.min_probability)
         n = len(confident)
         if len(prob) == 0:
             choices.append(Choice("no_face", 0))
@@ -109,10 +109,10 @@ def choose_faces(faces: Faces, n_frames: int, cfg: DetectConfig) -> list[Choice]
         if n == 0:
             choices.append(Choice("low_probability", 0, probability=float(prob.max())))
             continue
-        if n > 1 and cfg.multiple_faces == "reject":
+        if n > 1 and detect_cfg.multiple_faces == "reject":
             choices.append(Choice("multiple_faces", n, probability=float(prob[confident].max())))
             continue
-        if cfg.multiple_faces == "largest":
+        if detect_cfg.multiple_faces == "largest":
             sides = np.maximum(boxes[confident, 2] - boxes[confident, 0], boxes[confident, 3] - boxes[confident, 1])
             j = confident[int(np.argmax(sides))]
         else:

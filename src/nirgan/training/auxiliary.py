@@ -154,11 +154,11 @@ def train_pose_estimator(
 def _identity_augmenter(device: torch.device, seed: int):
     """The pipeline's paired augmentation, applied to targets alone."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    cfg = AugmentConfig()
+    aug_cfg = AugmentConfig()
 
     def apply(x01: torch.Tensor) -> torch.Tensor:
         # The source is irrelevant here; the target's own copy keeps the draw well defined.
-        _, target, _ = paired_augment(x01.expand(-1, 3, -1, -1).contiguous(), x01, None, cfg, generator)
+        _, target, _ = paired_augment(x01.expand(-1, 3, -1, -1).contiguous(), x01, None, aug_cfg, generator)
         return target
 
     return apply
