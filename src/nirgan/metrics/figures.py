@@ -131,7 +131,8 @@ def draw_figures(out: Path, test: Split, train: Split, sampler: Sampler, encoder
         rows.append(list(sampler.generate(src, styles, lab, style=True)))
         titles.append(f"generated: s(z_a) -> s(z_b), source {test.pair_ids[i]}")
     if encoder is not None:
-        i, j = 0, int(np.flatnonzero(train.subjects != test.subjects[0])[0]) if (train.subjects != test.subjects[0]).any() else 0
+        others = np.flatnonzero(train.subjects != test.subjects[0])
+        i, j = 0, int(others[0]) if len(others) else 0
         with torch.no_grad():
             device = next(encoder.parameters()).device
             a = encoder(test.targets([i]).to(device)).cpu()
