@@ -125,10 +125,14 @@ def test_links_out_of_the_root_are_rejected_without_being_opened(tmp_path: Path)
     (root / "target/s01_cam0/00001.png").unlink()
     (root / "target/s01_cam0/00001.png").symlink_to(root / "spare/t.png")
 
+    # a FIFO inside the root: a row of its own, and never opened either
+    os.mkfifo(root / "source/s01_cam0/00009.png")
+
     out = tmp_path / "work" / "raw"
     out.parent.mkdir()
     _run_collect_subprocess(root, out)
     reasons = _reasons(out)
+    assert reasons.pop("source/s01_cam0/00009.png") == "special_file"
     assert {p: r for p, r in reasons.items() if p.startswith("target/")} == {
         "target/s00_cam0/00000.png": "outside_root",
         "target/s00_cam0/00001.png": "outside_root",
@@ -208,3 +212,9 @@ def test_labels_errors_are_one_line_with_exit_code_2(tmp_path: Path, case: str, 
     proc = _cli(tmp_path, "stage", "collect")
     _assert_one_line_error(proc, *fragments)
     assert not (tmp_path / "data" / "raw").exists()
+
+
+def test_a_stage_without_its_input_is_one_line_with_exit_code_2(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    proc = _cli(tmp_path, "stage", "detect")  # data/raw was never collected
+    _assert_one_line_error(proc, "data/raw/manifest.parquet")

@@ -4,9 +4,9 @@ dvc.yaml calls these commands; the paths here are the ones declared there as dep
 outs. ``nirgan check-params`` validates params.yaml (and that the data paths it names
 exist) without running anything.
 
-A params error (:class:`ConfigError`) or a data error (:class:`DataError`) ends the command
-with one line on stderr, naming the file, row and key, and exit code 2; no traceback,
-which is kept for real bugs.
+A params error (:class:`ConfigError`), a data error (:class:`DataError`) or a missing input
+file ends the command with one line on stderr, naming the file, row and key, and exit code 2;
+no traceback, which is kept for real bugs.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.params}: ok")
             return 0
         STAGES[args.name](cfg)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, FileNotFoundError) as exc:  # a missing input names its file
         print(f"nirgan: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     return 0
