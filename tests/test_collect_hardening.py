@@ -218,3 +218,28 @@ def test_a_stage_without_its_input_is_one_line_with_exit_code_2(tmp_path: Path):
     (tmp_path / "params.yaml").write_text("{}\n")
     proc = _cli(tmp_path, "stage", "detect")  # data/raw was never collected
     _assert_one_line_error(proc, "data/raw/manifest.parquet")
+
+
+def test_large_jpegs_are_decoded_reduced(tmp_path: Path):
+    """JPEGs over max_side are decoded at 1/2..1/8 by libjpeg itself, then fitted: grey stays grey."""
+    import cv2
+
+    root = tmp_path / "in"
+    pair = _pairs_folder(tmp_path / "png", subjects=2, frames=1)[0]
+    big_t = cv2.resize(pair.target, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    big_s = cv2.resize(pair.source, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    (root / "target/s00_cam0").mkdir(parents=True)
+    (root / "source/s00_cam0").mkdir(parents=True)
+    cv2.imwrite(str(root / "target/s00_cam0/00000.jpg"), big_t, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cv2.imwrite(str(root / "source/s00_cam0/00000.jpg"), cv2.cvtColor(big_s, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 95])
+    out = tmp_path / "raw"
+    counts = collect.run(_folder_cfg(root, max_side=200), out)
+    assert counts["pairs"] == 1 and counts["downscaled"] == 1
+    manifest = read_table(out / "manifest.parquet")
+    target = read_image(out / manifest.iloc[0]["target_path"], 1)
+    source = read_image(out / manifest.iloc[0]["source_path"], 3)
+    assert target.shape == (200, 200) and source.shape == (200, 200, 3)
+    small = cv2.resize(pair.target, (200, 200), interpolation=cv2.INTER_AREA)
+    assert np.abs(target.astype(float) - small).mean() < 4
+    assert source[..., 0].mean() > 2 * source[..., 2].mean()  # still RGB order (a red rig render)
