@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands in dvc.yaml call `nirgan`; put the venv first on PATH for them.
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: venv repro test check-params clean-venv
+.PHONY: venv repro test check-params clean-venv browser
 .DEFAULT_GOAL := repro
 
 $(STAMP): pyproject.toml
@@ -24,8 +24,21 @@ check-params: venv
 repro: check-params
 	$(RUN) dvc repro
 
-test: venv
+test: venv browser
 	$(RUN) python -m pytest -q
+
+# The MLflow UI browser test (tests/test_mlflow_ui.py) needs Debian's Chromium: installed here
+# when missing and we are root with apt-get (CI, containers), else one line says how.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: installing Debian's chromium for the MLflow UI browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	    || echo "make: apt-get could not install chromium; the MLflow UI browser test will fail" >&2; \
+	else \
+	  echo "make: chromium is missing and cannot be installed here (needs root and apt-get):" \
+	    "run 'sudo apt-get install -y chromium', else the MLflow UI browser test fails" >&2; \
+	fi
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,11 +6,27 @@
 
 Everything lives under a git-ignored state folder (``.stack/`` by default): PREFECT_HOME with
 the Prefect server's SQLite database, the MLflow SQLite store and artifact directory, one log
-and one PID file per process. Every process gets its own session, so ``down`` stops each one
+and one PID file per process, and ``prefect-auth`` (mode 0600), the stack's API auth string.
+
+``up`` on a running stack is safe: a process whose PID file names a live process of the right
+kind (and, for a server, a healthy one) is kept; only what is missing or dead is started, so
+one dead server or worker is restarted alone. If anything fails, ``up`` stops only what it
+started in that call; a port held by another program is an error that stops nothing.
+
+Loopback is not a security boundary against the user's own browser: any web page can send
+requests to 127.0.0.1. So the Prefect API (whose process work pool runs commands) requires
+the per-stack auth string (``PREFECT_SERVER_API_AUTH_STRING``; workers and the CLI get it as
+``PREFECT_API_AUTH_STRING`` from :meth:`Stack.env`, the UI asks for it once), and answers CORS
+only for the UI's own origin. Prefect 3.8 has no Host-header allow-list, so a DNS-rebinding
+page that reaches the API by a foreign Host is stopped by the auth string, not by a Host check.
+The MLflow server allows only its own Host (``--allowed-hosts``) and refuses state-changing
+requests from other origins (``--cors-allowed-origins``), except that MLflow 3.17 always admits
+``localhost``/``127.0.0.1`` origins on any port (other local web apps); it runs no commands. Every process gets its own session, so ``down`` stops each one
 with its children (uvicorn workers) by PID; for a worker it also stops the flow runs it started
 (they run in sessions of their own) and marks them Crashed.
 
-Settings (environment, with defaults): NIRGAN_STACK_DIR=.stack, NIRGAN_PREFECT_PORT=4200,
+Settings (environment, with defaults): NIRGAN_STACK_DIR=.stack, NIRGAN_STACK_ROOT (the project
+checkout the workers run; default: this repository), NIRGAN_PREFECT_PORT=4200,
 NIRGAN_MLFLOW_PORT=5000, NIRGAN_GPUS (comma-separated GPU ids, one worker pinned to each with
 CUDA_VISIBLE_DEVICES; default: every GPU nvidia-smi lists, or one unpinned worker without GPUs),
 NIRGAN_POOL_LIMIT (the work pool's concurrency limit; default: the number of workers),
@@ -22,8 +38,10 @@ The tests (tests/test_orchestration.py) start the same stack through :func:`up` 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -33,6 +51,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script (python flows/stack.py): make `flows` importable
@@ -44,6 +63,7 @@ BIN = Path(sys.executable).parent
 POOL = "gpu"
 DEPLOYMENT = "train-nir/gpu"
 ZOMBIE_AUTOMATION = "nirgan: crash flow runs without heartbeats"
+AUTH_FILE = "prefect-auth"
 
 
 @dataclass
@@ -66,6 +86,25 @@ class Stack:
     def mlflow_uri(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
+    def auth_string(self) -> str:
+        """The Prefect API's ``user:password``, made once per stack state folder (mode 0600)."""
+        path = self.state / AUTH_FILE
+        if not path.exists():
+            self.state.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(f"nirgan:{secrets.token_urlsafe(24)}\n")
+        return path.read_text().strip()
+
+    @property
+    def api_auth(self) -> tuple[str, str]:
+        user, _, password = self.auth_string().partition(":")
+        return user, password
+
     def env(self, **extra: str) -> dict[str, str]:
         """Environment of every stack process and of the prefect/mlflow CLI calls."""
         env = dict(os.environ)
@@ -75,6 +114,10 @@ class Stack:
             PREFECT_API_URL=self.prefect_api,
             PREFECT_SERVER_API_HOST="127.0.0.1",
             PREFECT_SERVER_API_PORT=str(self.prefect_port),
+            # the UI is served from the API's own origin: no other page may call it cross-origin
+            PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS=_origins(self.prefect_port),
+            PREFECT_SERVER_API_AUTH_STRING=self.auth_string(),
+            PREFECT_API_AUTH_STRING=self.auth_string(),
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_UI_ENABLED="true" if self.ui else "false",
             PREFECT_CLI_PROMPT="false",
@@ -83,6 +126,10 @@ class Stack:
         )
         env.update(extra)
         return env
+
+
+def _origins(port: int) -> str:
+    return f"http://127.0.0.1:{port},http://localhost:{port}"
 
 
 def free_port() -> int:
@@ -179,6 +226,9 @@ def start_mlflow(stack: Stack) -> int:
             "--serve-artifacts",
             "--host", "127.0.0.1", "--port", str(stack.mlflow_port),
             "--workers", "1",
+            # its own Host and origin only (MLflow's default also allows other local ports)
+            "--allowed-hosts", f"127.0.0.1:{stack.mlflow_port},localhost:{stack.mlflow_port}",
+            "--cors-allowed-origins", _origins(stack.mlflow_port),
         ],
         env,
     )
@@ -210,67 +260,144 @@ def start_worker(stack: Stack, index: int, gpu: str | None) -> int:
     return _spawn(stack, f"worker-{index}", cmd, worker_env)
 
 
+# What a live process of each kind runs (guards against a PID file naming a reused PID).
+_KINDS = {"prefect-server": (b"prefect", b"server"), "mlflow-server": (b"mlflow", b"server"), "worker": (b"worker",)}
+
+
+def _running(stack: Stack, name: str) -> bool:
+    """Whether the PID file of ``name`` names a live process of its kind (not whether it is healthy)."""
+    pid_file = _pid_file(stack, name)
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text())
+    if not _alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return all(marker in cmdline for marker in _KINDS[name.split("-")[0] if name.startswith("worker") else name])
+
+
+def _server_urls(stack: Stack) -> dict[str, tuple[str, str]]:
+    return {
+        "prefect-server": (f"{stack.prefect_api}/health", "true"),
+        "mlflow-server": (f"{stack.mlflow_uri}/health", "OK"),
+    }
+
+
 def up(stack: Stack) -> dict[str, float]:
-    """Start servers, pool, automation, deployment and workers; returns seconds per step."""
+    """Start what of the stack is not running: servers, pool, automation, deployment, workers.
+
+    Returns seconds per step; ``stack.json`` in the state folder lists what this call
+    ``started`` (empty when the whole stack was already up and healthy). On failure, stops
+    only what this call started.
+    """
     timings: dict[str, float] = {}
     stack.state.mkdir(parents=True, exist_ok=True)
-    _check_free(stack.prefect_port, "Prefect")
-    _check_free(stack.mlflow_port, "MLflow")
     env = stack.env()
     t0 = time.monotonic()
-
-    start_prefect(stack)
-    # The MLflow store migration takes seconds of CPU: overlap it with Prefect's start.
-    mlflow_started: list[BaseException | int] = []
-    mlflow_thread = threading.Thread(target=_capture, args=(start_mlflow, stack, mlflow_started))
-    mlflow_thread.start()
-    timings["prefect_healthy_s"] = _wait_healthy(stack, "prefect-server", f"{stack.prefect_api}/health", "true")
-
-    t = time.monotonic()
+    workers = [f"worker-{i}" for i in range(len(stack.gpus))]
+    missing = [n for n in ("prefect-server", "mlflow-server", *workers) if not _running(stack, n)]
+    for name, (url, expect) in _server_urls(stack).items():
+        if name not in missing:  # ours and alive: it must answer (it may still be starting)
+            _wait_healthy(stack, name, url, expect, timeout=60.0)
+    if "prefect-server" in missing:
+        _check_free(stack.prefect_port, "Prefect")
+    if "mlflow-server" in missing:
+        _check_free(stack.mlflow_port, "MLflow")
     limit = stack.pool_limit or len(stack.gpus)
-    # One interpreter for pool, limit and automation: each prefect CLI call costs seconds.
-    _run([sys.executable, __file__, "setup-pool", "--limit", str(limit), "--within", str(3 * stack.heartbeat_seconds)],
-         env, stack.root)
-    deploy = subprocess.Popen([str(BIN / "prefect"), "deploy", "--all", "--no-prompt"], cwd=stack.root, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for i, gpu in enumerate(stack.gpus):
-        start_worker(stack, i, gpu)
-
-    mlflow_thread.join()
-    if mlflow_started and isinstance(mlflow_started[0], BaseException):
-        raise mlflow_started[0]
-    wait_mlflow(stack)
-    timings["mlflow_healthy_s"] = time.monotonic() - t0
-    deploy_out, _ = deploy.communicate(timeout=300)
-    if deploy.returncode != 0:
-        raise RuntimeError(f"prefect deploy --all failed:\n{deploy_out[-3000:]}")
-    timings["pool_and_deploy_s"] = time.monotonic() - t
-    _wait_workers(stack, env, len(stack.gpus))
+    started: list[str] = []
+    try:
+        if missing:
+            _start_missing(stack, env, missing, started, limit, timings)
+    except BaseException:
+        _stop_started(stack, started)
+        raise
     timings["total_s"] = time.monotonic() - t0
     (stack.state / "stack.json").write_text(
         json.dumps(
             {"prefect_api": stack.prefect_api, "mlflow": stack.mlflow_uri, "root": str(stack.root),
-             "workers": len(stack.gpus), "pool_limit": limit, "timings": timings},
+             "workers": len(stack.gpus), "pool_limit": limit, "started": started, "timings": timings},
             indent=2,
         )
     )
     return timings
 
 
+def _start_missing(
+    stack: Stack, env: dict[str, str], missing: list[str], started: list[str], limit: int, timings: dict[str, float]
+) -> None:
+    t0 = time.monotonic()
+    mlflow_thread = None
+    mlflow_started: list[BaseException | int] = []
+    if "prefect-server" in missing:
+        start_prefect(stack)
+        started.append("prefect-server")
+    if "mlflow-server" in missing:
+        started.append("mlflow-server")
+        # The MLflow store migration takes seconds of CPU: overlap it with Prefect's start.
+        mlflow_thread = threading.Thread(target=_capture, args=(start_mlflow, stack, mlflow_started))
+        mlflow_thread.start()
+    timings["prefect_healthy_s"] = _wait_healthy(stack, "prefect-server", f"{stack.prefect_api}/health", "true")
+
+    t = time.monotonic()
+    deploy = None
+    if "prefect-server" in missing:  # a new (or restarted) server: pool, automation, deployment
+        # One interpreter for pool, limit and automation: each prefect CLI call costs seconds.
+        _run([sys.executable, __file__, "setup-pool", "--limit", str(limit),
+              "--within", str(3 * stack.heartbeat_seconds)], env, stack.root)
+        deploy = subprocess.Popen([str(BIN / "prefect"), "deploy", "--all", "--no-prompt"], cwd=stack.root, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for i, gpu in enumerate(stack.gpus):
+        if f"worker-{i}" in missing:
+            start_worker(stack, i, gpu)
+            started.append(f"worker-{i}")
+
+    if mlflow_thread is not None:
+        mlflow_thread.join()
+        if mlflow_started and isinstance(mlflow_started[0], BaseException):
+            raise mlflow_started[0]
+    wait_mlflow(stack)
+    timings["mlflow_healthy_s"] = time.monotonic() - t0
+    if deploy is not None:
+        deploy_out, _ = deploy.communicate(timeout=300)
+        if deploy.returncode != 0:
+            raise RuntimeError(f"prefect deploy --all failed:\n{deploy_out[-3000:]}")
+    timings["pool_and_deploy_s"] = time.monotonic() - t
+    _wait_workers(stack, env, len(stack.gpus))
+
+
+def _stop_started(stack: Stack, started: list[str]) -> None:
+    """Stop what one ``up`` call started (workers first), nothing else."""
+    for name in sorted(started, key=lambda n: not n.startswith("worker")):
+        pid_file = _pid_file(stack, name)
+        if pid_file.exists():
+            _stop_groups([int(pid_file.read_text())], 20.0)
+            pid_file.unlink()
+
+
+def _api_post(api: str, path: str, body: dict[str, Any], auth: str | None, timeout: float) -> bytes:
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    req = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read()
+
+
 def _wait_workers(stack: Stack, env: dict[str, str], count: int, timeout: float = 90.0) -> None:
     """Until ``count`` workers of the pool report ONLINE (their first heartbeat)."""
     start = time.monotonic()
-    url = f"{stack.prefect_api}/work_pools/{POOL}/workers/filter"
     while time.monotonic() - start < timeout:
         for i in range(count):
             pid = int(_pid_file(stack, f"worker-{i}").read_text())
             if not _alive(pid):
                 log = (stack.state / "logs" / f"worker-{i}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"worker-{i} exited during start-up:\n{log}")
-        req = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                workers = json.loads(resp.read())
+            workers = json.loads(_api_post(stack.prefect_api, f"/work_pools/{POOL}/workers/filter", {},
+                                           stack.auth_string(), 5))
             if sum(w.get("status") == "ONLINE" for w in workers) >= count:
                 return
         except OSError:
@@ -347,12 +474,11 @@ def _mark_crashed(state: Path, flow_run_ids: list[str]) -> None:
     if not flow_run_ids or not info.exists():
         return
     api = json.loads(info.read_text())["prefect_api"]
-    body = json.dumps({"state": {"type": "CRASHED", "message": "stopped by make stack-down"}, "force": True})
+    auth = (state / AUTH_FILE).read_text().strip() if (state / AUTH_FILE).exists() else None
+    body = {"state": {"type": "CRASHED", "message": "stopped by make stack-down"}, "force": True}
     for run_id in flow_run_ids:
-        req = urllib.request.Request(f"{api}/flow_runs/{run_id}/set_state", data=body.encode(),
-                                     headers={"Content-Type": "application/json"})
         try:
-            urllib.request.urlopen(req, timeout=10).close()
+            _api_post(api, f"/flow_runs/{run_id}/set_state", body, auth, 10)
         except OSError:
             pass
 
@@ -410,7 +536,7 @@ def create_zombie_automation(within_seconds: int) -> str:
 
 
 def _from_env() -> Stack:
-    root = REPO
+    root = Path(os.environ.get("NIRGAN_STACK_ROOT") or REPO).resolve()
     return Stack(
         root=root,
         state=Path(os.environ.get("NIRGAN_STACK_DIR", root / ".stack")).resolve(),
@@ -428,8 +554,9 @@ nirgan stack is up (state, logs and PIDs in {state}):
   MLflow UI   {mlflow}
   workers     {workers} on pool '{pool}' (limit {limit})
 
-1. environment for your shell:
+1. environment for your shell (the Prefect API wants the stack's auth string; the UI asks for it):
      source .venv/bin/activate; export PREFECT_API_URL={api} MLFLOW_TRACKING_URI={mlflow}
+     export PREFECT_API_AUTH_STRING="$(cat {state}/prefect-auth)"
 2. run train-nir with an override (twice, to have two runs to compare):
      prefect deployment run {deployment} --param overrides='{{"train.max_steps": 20}}' --watch
      prefect deployment run {deployment} --param overrides='{{"train.max_steps": 40}}' \\
@@ -457,11 +584,15 @@ def main(argv: list[str] | None = None) -> int:
     stack = _from_env()
     if args.command == "up":
         try:
-            timings = up(stack)
-        except Exception:
-            down(stack.state)
-            raise
+            timings = up(stack)  # on failure it has stopped what it started, and only that
+        except RuntimeError as exc:
+            print(f"stack: {exc}", file=sys.stderr)
+            return 1
         info = json.loads((stack.state / "stack.json").read_text())
+        if not info["started"]:
+            print(f"nirgan stack already running and healthy (state in {stack.state}); nothing started.")
+        else:
+            print("started:", ", ".join(info["started"]))
         print(
             NEXT_STEPS.format(
                 state=stack.state, prefect_ui=stack.prefect_api.removesuffix("/api"), api=stack.prefect_api,

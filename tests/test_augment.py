@@ -223,12 +223,12 @@ def write_clean(root: Path) -> pd.DataFrame:
 @pytest.mark.parametrize("target_mean", [None, 100.0])
 def test_stage_normalises_target_means(tmp_path, target_mean):
     clean = write_clean(tmp_path)
-    cfg = Config.model_validate({"augment": {"image_size": 32, "target_mean": target_mean}})
+    cfg = Config.model_validate({"augment": {"image_size": 64, "target_mean": target_mean}})
     counts = augment.run(cfg, crops_dir=tmp_path / "crops", clean_dir=tmp_path / "clean", out_dir=tmp_path / "prep")
     prep = tmp_path / "prep"
     manifest = read_table(prep / "manifest.parquet")
     source, target = np.load(prep / "source.npy"), np.load(prep / "target.npy")
-    assert source.shape == (10, 32, 32, 3) and target.shape == (10, 32, 32)
+    assert source.shape == (10, 64, 64, 3) and target.shape == (10, 64, 64)
     assert source.dtype == target.dtype == np.uint8
     assert manifest["index"].tolist() == list(range(10))
     assert manifest["pair_id"].tolist() == clean["pair_id"].tolist()
@@ -245,11 +245,11 @@ def test_stage_normalises_target_means(tmp_path, target_mean):
     assert manifest.loc[manifest["camera"] == "c1", "target_gain"].max() < 0.85
     # the gain is what was applied: raw resized target * gain == stored target (to rounding)
     raw = cv2.resize(cv2.imread(str(tmp_path / "crops" / clean["target_path"][0]), cv2.IMREAD_GRAYSCALE),
-                     (32, 32), interpolation=cv2.INTER_AREA)
+                     (64, 64), interpolation=cv2.INTER_AREA)
     expect = np.clip(np.rint(raw * manifest["target_gain"][0]), 0, 255)
     assert np.abs(expect - target[0]).max() <= 1
     preview = cv2.imread(str(prep / "preview.png"))
-    assert preview.shape == (4 * 32, augment.PREVIEW_DRAWS * 3 * 32, 3)
+    assert preview.shape == (4 * 64, augment.PREVIEW_DRAWS * 3 * 64, 3)
     assert counts["prepared"] == 10
 
 

@@ -1,5 +1,8 @@
 """The typed config: params.yaml loads, and every kind of bad value names its key."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,64 @@ def test_unreadable_params_file(tmp_path):
     (tmp_path / "p.yaml").write_text("train: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "p.yaml")
+
+
+# ------------------------------------------------------------- issue 12, item 4: fail at config time
+@pytest.mark.parametrize(
+    "params, key",
+    [
+        ({"augment": {"image_size": 100}}, "augment.image_size"),  # the generator needs a multiple of 32
+        ({"augment": {"image_size": 32}}, "augment.image_size"),
+        ({"clean": {"iqr_k": "2.0"}}, "clean.iqr_k"),  # strict: a string is no number
+        ({"train": {"batch_size": 12.0}}, "train.batch_size"),
+        ({"train": {"log_model": "yes"}}, "train.log_model"),
+        ({"collect": {"max_pixels": 10**12}}, "collect.max_pixels"),
+    ],
+)
+def test_values_that_used_to_fail_late_are_rejected_now(params, key):
+    with pytest.raises(ConfigError) as err:
+        parse_config(params)
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_strict_types_still_take_what_yaml_writes():
+    cfg = load_config_text("clean:\n  iqr_k: 2\ncollect:\n  source: folder\n  path: some/dir\n  labels: l.csv\n"
+                           "train:\n  perceptual_layers: [1, 2]\naugment:\n  image_size: 96\n")
+    assert cfg.clean.iqr_k == 2.0 and isinstance(cfg.clean.iqr_k, float)
+    assert cfg.collect.path == Path("some/dir") and cfg.collect.labels == Path("l.csv")
+    assert cfg.train.perceptual_layers == (1, 2) and cfg.augment.image_size == 96
+
+
+def load_config_text(text: str) -> Config:
+    return parse_config(yaml.safe_load(text))
+
+
+def _check_params(tmp_path: Path, params: dict) -> subprocess.CompletedProcess:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run([sys.executable, "-m", "nirgan.cli", "check-params"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["missing", "a_file", "no_source_dir", "iqr_text", "size_100"])
+def test_check_params_catches_what_collect_and_train_would_fail_on(tmp_path: Path, case: str):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "half" / "target").mkdir(parents=True)
+    params, key = {
+        "missing": ({"collect": {"source": "folder", "path": "nowhere"}}, "collect.path"),
+        "a_file": ({"collect": {"source": "videos", "path": "afile"}}, "collect.path"),
+        "no_source_dir": ({"collect": {"source": "folder", "path": "half"}}, "source/"),
+        "iqr_text": ({"clean": {"iqr_k": "2.0"}}, "clean.iqr_k"),
+        "size_100": ({"augment": {"image_size": 100}}, "augment.image_size"),
+    }[case]
+    proc = _check_params(tmp_path, params)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "params.yaml" in lines[0], proc.stderr
+
+
+def test_check_params_accepts_an_existing_folder(tmp_path: Path):
+    for domain in ("target", "source"):
+        (tmp_path / "data_in" / domain).mkdir(parents=True)
+    proc = _check_params(tmp_path, {"collect": {"source": "folder", "path": "data_in"}})
+    assert proc.returncode == 0, proc.stderr

@@ -46,7 +46,7 @@ class Orchestra:
     def __init__(self, root: Path, stack: stack_mod.Stack):
         self.root, self.stack = root, stack
         self.env = stack.env()
-        self.api = httpx.Client(base_url=stack.prefect_api, timeout=30)
+        self.api = httpx.Client(base_url=stack.prefect_api, timeout=30, auth=httpx.BasicAuth(*stack.api_auth))
 
     def submit(self, overrides: dict, experiment: str, env: dict | None = None) -> subprocess.Popen:
         cmd = [

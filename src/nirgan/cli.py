@@ -1,7 +1,12 @@
 """Command line: ``nirgan stage <name>`` runs one pipeline stage on the default paths.
 
 dvc.yaml calls these commands; the paths here are the ones declared there as deps and
-outs. ``nirgan check-params`` validates params.yaml without running anything.
+outs. ``nirgan check-params`` validates params.yaml (and that the data paths it names
+exist) without running anything.
+
+A params error (:class:`ConfigError`), a data error (:class:`DataError`) or a missing input
+file ends the command with one line on stderr, naming the file, row and key, and exit code 2;
+no traceback, which is kept for real bugs.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nirgan.config import Config, ConfigError, load_config
+from nirgan.config import Config, ConfigError, DataError, check_data_paths, load_config
 
 RAW = Path("data/raw")
 CROPS = Path("data/crops")
@@ -63,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.params)
-    except ConfigError as exc:
-        print(f"nirgan: {exc}", file=sys.stderr)
+        if args.command == "check-params":
+            check_data_paths(cfg, origin=args.params)
+            print(f"{args.params}: ok")
+            return 0
+        STAGES[args.name](cfg)
+    except (ConfigError, DataError, FileNotFoundError) as exc:  # a missing input names its file
+        print(f"nirgan: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    if args.command == "check-params":
-        print(f"{args.params}: ok")
-        return 0
-    STAGES[args.name](cfg)
     return 0
 
 

@@ -21,11 +21,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a YAML string never becomes a number or a bool ("2.0" for a float is an error);
+    # an int still fills a float field, and Path/tuple fields opt out (YAML has no such types).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ConfigError(ValueError):
-    """A params value is wrong; the message names the dotted key and the file."""
+    """A params value is wrong; the one-line message names the dotted key and the file."""
+
+
+class DataError(ValueError):
+    """Input data is wrong (a labels table, a data folder); the one-line message names the
+    file and, where there is one, the row and the key. The CLI prints it and exits with 2."""
 
 
 # ----------------------------------------------------------------------------- collect
@@ -46,9 +53,27 @@ class TwinConfig(Section):
 
 class CollectConfig(Section):
     source: Literal["twin", "folder", "videos"] = "twin"
-    path: Path | None = Field(None, description="root of a folder or video dataset (thesis layout)")
-    labels: Path | None = Field(None, description="optional labels table (CSV or Parquet) keyed by pair_id")
+    path: Path | None = Field(None, strict=False, description="root of a folder or video dataset (thesis layout)")
+    labels: Path | None = Field(
+        None, strict=False, description="optional labels table (CSV or Parquet) keyed by pair_id"
+    )
     video_frame_step: int = Field(1, ge=1, description="keep every n-th video frame")
+    max_pixels: int = Field(
+        64_000_000,
+        ge=1,
+        le=170_000_000,
+        description="larger images (width x height, read from the header, never decoded) are rejected as "
+        "too_large. Collect decodes one pair at a time at full size, at most about 12 bytes per pixel "
+        "(16-bit RGB source, its 8-bit copy, the grey target), so 64 Mpx (8000 x 8000) peaks near 0.8 GB; "
+        "a 1.5 MB PNG can claim 1.6 Gpx (19 GB). At most 170 Mpx, below Pillow's own bomb guard",
+    )
+    max_side: int = Field(
+        2048,
+        ge=96,
+        description="longer side of the images collect writes: larger inputs are area-downscaled at read "
+        "(JPEG decoded at 1/2, 1/4 or 1/8 by libjpeg), so detect and later stages work on at most "
+        "2048 x 2048 (4 Mpx) whatever the camera; MTCNN still sees faces of 40 px or more in such frames",
+    )
     twin: TwinConfig = TwinConfig()
 
     @model_validator(mode="after")
@@ -100,7 +125,9 @@ class RandomRange(Section):
 class AugmentConfig(Section):
     """Thesis 3.1.5 and Table 3.1. Applied on the fly in training, one draw per pair."""
 
-    image_size: int = Field(128, ge=32)
+    image_size: int = Field(
+        128, ge=64, multiple_of=32, description="the generators halve the size five times (Table 3.4): any multiple of 32 from 64"
+    )
     target_mean: float | None = Field(
         None, gt=0.0, lt=255.0, description="mu_0 of thesis 3.1.5; None = mean over all kept targets"
     )
@@ -131,7 +158,7 @@ class TrainConfig(Section):
     adversarial_loss: Literal["original", "least_squares", "hinge"] = "least_squares"
     perceptual: Literal["none", "discriminator", "vgg19"] = "none"
     perceptual_layers: tuple[int, ...] = Field(
-        (1, 2, 3, 4), description="discriminator: conv block indices; vgg19: ignored (layers 1,6,11,20,29)"
+        (1, 2, 3, 4), strict=False, description="discriminator: conv block indices; vgg19: ignored (layers 1,6,11,20,29)"
     )
     lambda_p: float = Field(1.0, ge=0.0)
     lambda_lr: float = Field(2.0, ge=0.0, description="latent reconstruction, eq. 3.1 (needs E)")
@@ -195,12 +222,12 @@ class EvaluateConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(50, ge=1)
     fid: bool = Field(True, description="ImageNet Inception-V3 FID (pytorch-fid); needs the cached weights")
-    fid_weights: Path | None = Field(None, description="explicit pt_inception-2015-12-05 file; else TORCH_HOME")
+    fid_weights: Path | None = Field(None, strict=False, description="explicit pt_inception-2015-12-05 file; else TORCH_HOME")
     lpips: bool = True
     lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
     lpips_version: Literal["0.0", "0.1"] = "0.1"
     lpips_weights: Path | None = Field(
-        None, description="explicit torchvision backbone file (alexnet-owt-7be5be79.pth for alex); else TORCH_HOME"
+        None, strict=False, description="explicit torchvision backbone file (alexnet-owt-7be5be79.pth for alex); else TORCH_HOME"
     )
     diversity_sources: int = Field(20, ge=1, description="N test sources")
     diversity_latents: int = Field(10, ge=2, description="M latents per source")
@@ -245,8 +272,8 @@ def parse_config(data: dict[str, Any], origin: str = "params") -> Config:
     try:
         return Config.model_validate(data or {})
     except ValidationError as exc:
-        lines = [f"{origin}: {_dotted(err['loc'])}: {err['msg']}" for err in exc.errors()]
-        raise ConfigError("invalid parameters\n  " + "\n  ".join(lines)) from None
+        problems = "; ".join(f"{_dotted(err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"{origin}: invalid parameters: {problems}") from None
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
@@ -260,3 +287,23 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of stage sections")
     return parse_config(data, origin=str(path))
+
+
+def check_data_paths(cfg: Config, origin: str = "params") -> None:
+    """The files params point at exist: run by ``nirgan check-params`` (so ``make repro`` fails
+    before any stage) and by collect. Not part of :func:`load_config`: later stages load the
+    same params where the raw folder may be absent (DVC restored collect's output)."""
+    c = cfg.collect
+    if c.source == "twin" or c.path is None:
+        return
+    if not c.path.exists():
+        raise ConfigError(f"{origin}: collect.path: {c.path} does not exist")
+    if not c.path.is_dir():
+        raise ConfigError(f"{origin}: collect.path: {c.path} is a file; collect.source={c.source} needs a folder")
+    for domain in ("target", "source"):
+        if not (c.path / domain).is_dir():
+            raise ConfigError(f"{origin}: collect.path: {c.path} has no {domain}/ folder (thesis layout)")
+    if c.labels is not None:
+        labels = c.labels if c.labels.exists() or c.labels.is_absolute() else c.path / c.labels
+        if not labels.is_file():
+            raise ConfigError(f"{origin}: collect.labels: {c.labels} does not exist (looked here and under {c.path})")

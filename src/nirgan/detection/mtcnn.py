@@ -16,6 +16,12 @@ throughput by :class:`FastMTCNN`:
   cannot hold a face the size the rig renders;
 - on a CPU the networks run channels-last, where oneDNN's small convolutions and
   poolings are several times faster than in NCHW;
+- the whole cascade computes in float64 and the results are stored as float32: in float32
+  the boxes, landmarks and probabilities depend on the thread count and the CPU's vector
+  kernels (other summation orders), so the output bytes, and DVC's hash of them, differed
+  between machines and a fresh clone reran detect and every stage after it (issue 12).
+  float64 rounding noise is ~1e-16, far below float32's step, so the stored values agree
+  (tests/test_detect_repro.py); it costs about 3x the CPU time of float32;
 - the final "Min"-overlap NMS runs on the host once per batch, vectorised over frames.
   On a GPU the handful of synchronisations per batch come from the data-dependent
   candidate counts of the cascade steps, never from a loop over boxes or frames; frames
@@ -116,7 +122,7 @@ def _area_patches(integral: torch.Tensor, frame: torch.Tensor, regions: torch.Te
     (adaptive average pooling: bin i spans floor(i*n/size) .. ceil((i+1)*n/size)), for all
     regions of the batch at once by four gathers from the summed-area tables.
 
-    Returns (K, 1, size, size) float32 in 0..255.
+    Returns (K, 1, size, size) float64 in 0..255.
     """
     _, hp, wp = integral.shape
     flat = integral.view(-1)
@@ -134,7 +140,7 @@ def _area_patches(integral: torch.Tensor, frame: torch.Tensor, regions: torch.Te
 
     total = at(ye, xe) - at(ys, xe) - at(ye, xs) + at(ys, xs)
     area = ((ye - ys) // wp)[:, :, None] * (xe - xs)[:, None, :]
-    return (total.float() / area.float()).unsqueeze(1)
+    return (total.double() / area.double()).unsqueeze(1)
 
 
 @dataclass
@@ -168,7 +174,7 @@ class FastMTCNN:
         nets = []
         for net in (PNet(), RNet(), ONet()):
             net.conv1 = _fold_grey_input(net.conv1)
-            net = net.eval().requires_grad_(False).to(self.device, memory_format=self.memory_format)
+            net = net.eval().requires_grad_(False).to(self.device, torch.float64, memory_format=self.memory_format)
             nets.append(net)
         self.pnet, self.rnet, self.onet = nets
         self._grid_cache: dict[tuple[int, int], tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]] = {}
@@ -196,7 +202,10 @@ class FastMTCNN:
                 minl *= self.factor
             self._grid_cache[key] = (
                 sizes,
-                torch.cat(windows).to(self.device) if windows else torch.empty(0, 4, device=self.device),
+                # float32 arithmetic as facenet's, held in float64 like the rest of the cascade
+                torch.cat(windows).to(self.device, torch.float64) if windows else torch.empty(
+                    0, 4, device=self.device, dtype=torch.float64
+                ),
                 torch.cat(scale_ids).to(self.device) if scale_ids else torch.empty(0, device=self.device),
             )
         return self._grid_cache[key]
@@ -208,7 +217,7 @@ class FastMTCNN:
         if frames.device != self.device:
             frames = frames.pin_memory() if self.device.type == "cuda" else frames
             frames = frames.to(self.device, non_blocking=True)
-        imgs = frames.unsqueeze(1).float()
+        imgs = frames.unsqueeze(1).double()  # float64: see the module doc (reproducible bytes)
         sizes, windows, scale_ids = self._pyramid(h, w)
         t_p, t_r, t_o = self.thresholds
         if not sizes:  # frames smaller than min_face_size hold no face

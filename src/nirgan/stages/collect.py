@@ -15,10 +15,21 @@ An optional labels table ``collect.labels`` (CSV or Parquet; a relative path is 
 in the working directory, then under ``collect.path``) gives labels by ``pair_id``; it must
 have the columns ``pair_id`` and ``head_yaw, head_pitch, head_roll, gaze_yaw, gaze_pitch``
 (``glasses`` optional). Its pair ids may name frames as the files do (``alice_cam1/12``).
-Pairs it does not list get NaN labels.
+Pairs it does not list get NaN labels. A table row with a missing (NaN) label, or naming no
+kept pair, is not used and becomes a rejects row (see below); a table that cannot be used at
+all (missing column, repeated ``pair_id``, text in a label column, a malformed pair id) stops
+the stage with a one-line :class:`~nirgan.config.DataError` naming the file, row and key.
+"Row" is the line of a CSV file (the header is row 1), or the 1-based row of a Parquet file.
+
+Every path is resolved first: a file or link that resolves outside ``collect.path`` is
+rejected without being opened; a linked folder outside it gives one row per file in it.
+Image sizes come from the file header before any decoding: over ``collect.max_pixels`` is
+``too_large``; over ``collect.max_side`` (longer side) the image is area-downscaled at read,
+so the stages after collect never see more than ``max_side`` x ``max_side``.
 
 Raw input is never modified: kept images are copied byte for byte when they already are
-8-bit PNGs with the right channels, otherwise decoded, converted and written as PNG.
+8-bit PNGs with the right channels and within ``max_side``, otherwise decoded, converted
+(downscaled) and written as PNG.
 
 Outputs (``out_dir``, written atomically)
 -----------------------------------------
@@ -50,7 +61,14 @@ Outputs (``out_dir``, written atomically)
                            ``<domain>/<file>`` (videos)
     ``unsupported_file``   an extension that is no image (folder) or video (videos)
     ``unreadable_video``   OpenCV cannot open the video or read a frame from it
-    Every file under ``target/`` and ``source/`` is either in a kept pair or in this table.
+    ``too_large``          more than ``collect.max_pixels`` pixels by its header (images or video frames)
+    ``outside_root``       resolves outside ``collect.path`` (a link); never opened
+    ``special_file``       a FIFO, socket or device file; never opened
+    ``link_loop``          a linked folder that contains itself
+    ``label_missing_value`` a labels table row with a NaN label (``path`` is ``<table>:<row>``)
+    ``label_without_pair`` a labels table row whose pair is not kept (absent or rejected)
+    Every file under ``target/`` and ``source/`` is either in a kept pair or in this table,
+    and so is every row of the labels table that is not used.
 ``disturbances.parquet``  twin only, the hidden ground truth of planted disturbances:
     ``pair_id``, ``disturbance`` (``none``, ``occlusion``, ``blur``, ``overexposure``,
     ``underexposure``, ``misaligned``) for every pair.
@@ -58,8 +76,12 @@ Outputs (``out_dir``, written atomically)
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import shutil
+import stat
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +92,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nirgan.config import Config
+from nirgan.config import CollectConfig, Config, ConfigError, DataError, check_data_paths
 from nirgan.io import atomic_dir, file_sha256, stage_log, write_image, write_table
 from nirgan.labels import LABELS
 
@@ -91,14 +113,15 @@ def run(cfg: Config, out_dir: Path) -> dict[str, Any]:
     source = cfg.collect.source
     if source == "twin":
         return _collect_twin(cfg, Path(out_dir))
+    try:
+        check_data_paths(cfg)
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
     root = Path(cfg.collect.path)
-    for domain in DOMAINS:
-        if not (root / domain).is_dir():
-            raise FileNotFoundError(f"{root / domain}: collect.source={source} expects target/ and source/ here")
-    labels = _load_labels(cfg.collect.labels, root) if cfg.collect.labels is not None else None
+    labels = _Labels.load(cfg.collect.labels, root) if cfg.collect.labels is not None else None
     if source == "folder":
-        return _collect_folder(root, Path(out_dir), labels)
-    return _collect_videos(root, Path(out_dir), labels, cfg.collect.video_frame_step)
+        return _collect_folder(root, Path(out_dir), labels, cfg.collect)
+    return _collect_videos(root, Path(out_dir), labels, cfg.collect)
 
 
 # --------------------------------------------------------------------------------- common
@@ -126,7 +149,7 @@ class _Rejects:
 class _Writer:
     """Writes kept pairs into the stage dir and collects their manifest rows."""
 
-    def __init__(self, out: Path, labels: pd.DataFrame | None) -> None:
+    def __init__(self, out: Path, labels: _Labels | None) -> None:
         self.out = out
         self.labels = labels
         self.rows: list[dict[str, Any]] = []
@@ -146,10 +169,11 @@ class _Writer:
                 write_image(dest, image)
             row[f"{domain}_path"] = rel
             row[f"{domain}_sha256"] = file_sha256(dest)
-        known = self.labels is not None and pid in self.labels.index
+        table = self.labels.table if self.labels is not None else None
+        known = table is not None and pid in table.index
         for name in LABELS:
-            row[name] = float(self.labels.at[pid, name]) if known else np.nan
-        row["glasses"] = self.labels.at[pid, "glasses"] if known and "glasses" in self.labels else pd.NA
+            row[name] = float(table.at[pid, name]) if known else np.nan
+        row["glasses"] = table.at[pid, "glasses"] if known and "glasses" in table else pd.NA
         self.rows.append(row)
 
     def manifest(self) -> pd.DataFrame:
@@ -161,52 +185,157 @@ class _Writer:
         return df.sort_values("pair_id", kind="stable").reset_index(drop=True)
 
 
-def _load_labels(path: Path, root: Path) -> pd.DataFrame:
-    if not path.exists() and not path.is_absolute() and (root / path).exists():
-        path = root / path
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: collect.labels does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        table = pd.read_csv(path)
-    elif suffix in (".parquet", ".pq"):
-        table = pd.read_parquet(path)
-    else:
-        raise ValueError(f"{path}: collect.labels must be .csv or .parquet")
-    missing = [c for c in ("pair_id", *LABELS) if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: labels table lacks column(s) {', '.join(missing)}")
-    canonical = []
-    for raw in table["pair_id"].astype(str):
-        name, _, frame = raw.rpartition("/")
-        m = _FRAME.search(Path(frame).stem)
-        if not name or m is None:
-            raise ValueError(f"{path}: pair_id {raw!r} is not <subject>_<camera>/<frame>")
-        canonical.append(f"{name}/{int(m.group(1)):05d}")
-    table = table.assign(pair_id=canonical)
-    dup = table["pair_id"][table["pair_id"].duplicated()].unique()
-    if len(dup):
-        raise ValueError(f"{path}: duplicate pair_id(s) in labels table: {', '.join(dup[:5])}")
-    keep = ["pair_id", *LABELS] + (["glasses"] if "glasses" in table.columns else [])
-    table = table[keep].set_index("pair_id")
-    for name in LABELS:
+class _Labels:
+    """The labels table: usable rows by pair id, and the rows it could not use (with why)."""
+
+    def __init__(self, table: pd.DataFrame, rows: pd.Series, name: str) -> None:
+        self.table = table  # indexed by canonical pair_id: LABELS (float64), glasses (optional)
+        self.rows = rows  # pair_id -> row number (see the module docstring)
+        self.name = name  # how rejects rows name the table
+        self.total = len(table)
+        self.rejected: list[tuple[str, str, str]] = []  # (path, pair_id, reason)
+
+    @classmethod
+    def load(cls, path: Path, root: Path) -> _Labels:
+        if not path.exists() and not path.is_absolute() and (root / path).exists():
+            path = root / path
         try:
-            table[name] = pd.to_numeric(table[name]).astype("float64")
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: column {name} must be numeric (degrees)") from None
-    if "glasses" in table.columns:
-        table["glasses"] = table["glasses"].astype("boolean")
-    return table
+            name = path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            name = str(path)
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".csv":
+                table, first_row = pd.read_csv(path), 2  # row 1 is the header line
+            elif suffix in (".parquet", ".pq"):
+                table, first_row = pd.read_parquet(path), 1
+            else:
+                raise DataError(f"{path}: collect.labels must be .csv or .parquet")
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"{path}: cannot read the labels table: {str(exc).splitlines()[0]}") from None
+        missing = [c for c in ("pair_id", *LABELS) if c not in table.columns]
+        if missing:
+            raise DataError(f"{path}: labels table lacks column(s) {', '.join(missing)}")
+        rows = pd.RangeIndex(first_row, first_row + len(table))
+
+        def where(i: int, key: str, value: Any) -> str:
+            return f"{path}, row {rows[i]}, {key} {value!r}"
+
+        canonical = []
+        for i, raw in enumerate(table["pair_id"].astype(str)):
+            name_, _, frame = raw.rpartition("/")
+            m = _FRAME.search(Path(frame).stem)
+            if not name_ or m is None:
+                raise DataError(f"{where(i, 'pair_id', raw)}: not <subject>_<camera>/<frame>")
+            canonical.append(f"{name_}/{int(m.group(1)):05d}")
+        seen: dict[str, int] = {}
+        for i, pid in enumerate(canonical):
+            if pid in seen:
+                raise DataError(f"{where(i, 'pair_id', pid)}: repeats row {rows[seen[pid]]}")
+            seen[pid] = i
+        out = pd.DataFrame(index=pd.Index(canonical, name="pair_id"))
+        for key in LABELS:
+            values = pd.to_numeric(table[key], errors="coerce").to_numpy("float64")
+            text = np.flatnonzero(np.isnan(values) & table[key].notna().to_numpy())
+            if len(text):
+                i = int(text[0])
+                raise DataError(f"{where(i, key, table[key].iloc[i])}: not a number (degrees)")
+            out[key] = values
+        if "glasses" in table.columns:
+            try:
+                out["glasses"] = table["glasses"].astype("boolean").to_numpy()
+            except (TypeError, ValueError):
+                bad = next(i for i, v in enumerate(table["glasses"]) if pd.notna(v) and not isinstance(v, (bool, np.bool_)))
+                raise DataError(f"{where(bad, 'glasses', table['glasses'].iloc[bad])}: not true/false") from None
+        labels = cls(out, pd.Series(rows, index=out.index), name)
+        nan = out[list(LABELS)].isna().any(axis=1)
+        for pid in out.index[nan]:
+            labels.rejected.append((f"{name}:{labels.rows[pid]}", pid, "label_missing_value"))
+        labels.table = out[~nan]
+        return labels
+
+    def finish(self, kept: set[str], rejects: _Rejects, log: dict[str, Any]) -> None:
+        """Rows that labelled no kept pair become rejects rows too; counts go to the stage log."""
+        for pid in sorted(set(self.table.index) - kept, key=lambda p: self.rows[p]):
+            self.rejected.append((f"{self.name}:{self.rows[pid]}", pid, "label_without_pair"))
+        for path, pid, reason in sorted(self.rejected, key=lambda r: self.rows[r[1]]):
+            rejects.add(path, pid, reason)
+        log.update(label_rows=self.total, label_rows_rejected=len(self.rejected))
 
 
-def _input_files(root: Path) -> list[Path]:
-    """Every file under target/ and source/, dangling links included (they are rejected)."""
-    return sorted(p for d in DOMAINS for p in (root / d).rglob("*") if p.is_file() or p.is_symlink())
+@dataclass
+class _Entry:
+    """One offered path under target/ or source/: a file to inspect, or a reject reason."""
+
+    path: Path  # as offered, under ``root`` (through links)
+    rejected: str | None = None
+
+
+def _input_files(root: Path) -> list[_Entry]:
+    """Every entry under target/ and source/, with every path resolved before anything is opened.
+
+    A link resolving outside ``root`` is ``outside_root`` (a linked folder outside gives one row
+    per entry in it, listed, never opened); a dangling link ``unreadable``; a FIFO, socket or
+    device ``special_file``. Links that stay inside ``root`` are followed like the real thing.
+    """
+    real_root = root.resolve()
+    entries: list[_Entry] = []
+
+    def inside(p: Path) -> bool:
+        return p == real_root or real_root in p.parents
+
+    def outside_dir(offered: Path, real: Path) -> None:
+        for dirpath, dirs, files in os.walk(real, followlinks=False):
+            for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]):
+                entries.append(_Entry(offered / Path(dirpath, name).relative_to(real), "outside_root"))
+            dirs.sort()
+
+    def walk(directory: Path, ancestors: frozenset[Path]) -> None:
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            path = Path(entry.path)
+            real = Path(os.path.realpath(path))
+            if entry.is_symlink():
+                if not os.path.lexists(real) or not real.exists():
+                    entries.append(_Entry(path, "unreadable"))  # dangling: nothing to open
+                    continue
+                if not inside(real):
+                    if real.is_dir():
+                        outside_dir(path, real)
+                    else:
+                        entries.append(_Entry(path, "outside_root"))
+                    continue
+            mode = os.stat(path).st_mode  # follows an inside link; stat opens nothing
+            if stat.S_ISDIR(mode):
+                if real in ancestors:
+                    entries.append(_Entry(path, "link_loop"))
+                else:
+                    walk(path, ancestors | {real})
+            elif stat.S_ISREG(mode):
+                entries.append(_Entry(path))
+            else:
+                entries.append(_Entry(path, "special_file"))
+
+    for d in DOMAINS:
+        real = (root / d).resolve()
+        if inside(real):
+            walk(root / d, frozenset({real_root, real}))
+        else:
+            outside_dir(root / d, real)
+    return entries
 
 
 def _finish(
-    out: Path, writer: _Writer, rejects: _Rejects, log: dict[str, Any], extra: dict[str, pd.DataFrame] | None = None
+    out: Path,
+    writer: _Writer,
+    rejects: _Rejects,
+    log: dict[str, Any],
+    extra: dict[str, pd.DataFrame] | None = None,
+    labels: _Labels | None = None,
 ) -> dict[str, Any]:
+    if labels is not None:
+        labels.finish({row["pair_id"] for row in writer.rows}, rejects, log)
     write_table(writer.manifest(), out / "manifest.parquet")
     write_table(rejects.frame(), out / "rejects.parquet")
     for name, table in (extra or {}).items():
@@ -240,11 +369,45 @@ def _collect_twin(cfg: Config, out_dir: Path) -> dict[str, Any]:
 class _Image:
     """An input image that passed inspection: the decoded array, or the file itself to copy."""
 
-    shape: tuple[int, int]
+    shape: tuple[int, int]  # (height, width) as stored, before any downscaling
     data: np.ndarray | Path
 
 
-def _inspect(path: Path, domain: str) -> _Image | str:
+def _header_size(data: bytes) -> tuple[int, int, str] | str:
+    """(width, height, Pillow mode) from the header alone (Pillow's open decodes nothing)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return img.width, img.height, img.mode
+    except Image.DecompressionBombError:  # over Pillow's own guard, above max_pixels' ceiling
+        return "too_large"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return "unreadable"
+
+
+def _reduced_flag(kind: str, mode: str, factor: int) -> int:
+    """libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 directly: peak memory follows the reduced size."""
+    grey = mode in ("L", "I;16", "1")
+    return {
+        2: cv2.IMREAD_REDUCED_GRAYSCALE_2 if grey else cv2.IMREAD_REDUCED_COLOR_2,
+        4: cv2.IMREAD_REDUCED_GRAYSCALE_4 if grey else cv2.IMREAD_REDUCED_COLOR_4,
+        8: cv2.IMREAD_REDUCED_GRAYSCALE_8 if grey else cv2.IMREAD_REDUCED_COLOR_8,
+    }[factor] if kind == "jpeg" and factor > 1 else cv2.IMREAD_UNCHANGED
+
+
+def _fit(img: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if max(h, w) <= max_side:
+        return img
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def _inspect(path: Path, domain: str, ccfg: CollectConfig) -> _Image | str:
     """Decode one input image for ``domain``; a reject reason string when it is bad."""
     try:
         data = path.read_bytes()
@@ -264,10 +427,18 @@ def _inspect(path: Path, domain: str) -> _Image | str:
         kind = "other"
     else:
         return "not_an_image"
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    header = _header_size(data)
+    if isinstance(header, str):
+        return header
+    width, height, mode = header
+    if width * height > ccfg.max_pixels:
+        return "too_large"
+    factor = max((f for f in (1, 2, 4, 8) if max(width, height) // f >= ccfg.max_side), default=1)
+    flag = _reduced_flag(kind, mode, factor)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if img is None or img.size == 0:
         return "unreadable"
-    converted = False
+    converted = flag != cv2.IMREAD_UNCHANGED
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
         converted = True
@@ -291,63 +462,69 @@ def _inspect(path: Path, domain: str) -> _Image | str:
         if channels == 1:
             return "wrong_channels"
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    shape = img.shape[:2]
-    if kind == "png" and not converted:
-        return _Image(shape, path)
-    return _Image(shape, img)
+    fitted = _fit(img, ccfg.max_side)
+    if kind == "png" and not converted and fitted is img:
+        return _Image((height, width), path)
+    return _Image((height, width), fitted)
 
 
-def _collect_folder(root: Path, out_dir: Path, labels: pd.DataFrame | None) -> dict[str, Any]:
+def _collect_folder(root: Path, out_dir: Path, labels: _Labels | None, ccfg: CollectConfig) -> dict[str, Any]:
     rejects = _Rejects()
-    found: dict[str, dict[tuple[str, str, int], Path]] = {d: {} for d in DOMAINS}
-    files = _input_files(root)
-    for path in files:
+    # (subject, camera, frame) -> the file, or the reason it was rejected before inspection
+    found: dict[str, dict[tuple[str, str, int], Path | tuple[Path, str]]] = {d: {} for d in DOMAINS}
+    entries = _input_files(root)
+    for entry in entries:
+        path = entry.path
         rel = path.relative_to(root)
         domain = rel.parts[0]
-        if len(rel.parts) != 3:
-            rejects.add(rel.as_posix(), None, "unexpected_location")
-            continue
-        parsed = parse_recording(rel.parts[1])
-        if parsed is None:
-            rejects.add(rel.as_posix(), None, "bad_directory_name")
-            continue
-        if path.suffix.lower() not in IMAGE_EXTS:
-            rejects.add(rel.as_posix(), None, "unsupported_file")
-            continue
-        m = _FRAME.search(path.stem)
-        if m is None:
-            rejects.add(rel.as_posix(), None, "bad_frame_name")
+        if len(rel.parts) != 3 or (parsed := parse_recording(rel.parts[1])) is None \
+                or (m := _FRAME.search(path.stem)) is None or path.suffix.lower() not in IMAGE_EXTS:
+            # a rejected entry keeps its own reason; the layout reasons are for the rest
+            reason = entry.rejected or (
+                "unexpected_location" if len(rel.parts) != 3
+                else "bad_directory_name" if parse_recording(rel.parts[1]) is None
+                else "unsupported_file" if path.suffix.lower() not in IMAGE_EXTS
+                else "bad_frame_name"
+            )
+            rejects.add(rel.as_posix(), None, reason)
             continue
         key = (*parsed, int(m.group(1)))
         if key in found[domain]:
-            rejects.add(rel.as_posix(), pair_id(*key), "duplicate_frame")
+            rejects.add(rel.as_posix(), pair_id(*key), entry.rejected or "duplicate_frame")
             continue
-        found[domain][key] = path
+        found[domain][key] = (path, entry.rejected) if entry.rejected else path
 
-    def rel(path: Path) -> str:
-        return path.relative_to(root).as_posix()
+    def rel(item: Path | tuple[Path, str]) -> str:
+        return (item[0] if isinstance(item, tuple) else item).relative_to(root).as_posix()
 
     for domain, other in (("target", "source"), ("source", "target")):
         for key in sorted(set(found[domain]) - set(found[other])):
-            rejects.add(rel(found[domain][key]), pair_id(*key), "unpaired")
+            item = found[domain][key]
+            rejects.add(rel(item), pair_id(*key), item[1] if isinstance(item, tuple) else "unpaired")
     keys = sorted(set(found["target"]) & set(found["source"]))
 
-    with stage_log("collect", source="folder", files=len(files)) as log, atomic_dir(out_dir) as out:
+    with stage_log("collect", source="folder", files=len(entries)) as log, atomic_dir(out_dir) as out:
         writer = _Writer(out, labels)
+        downscaled = 0
         for key in tqdm(keys, desc="collect folder", disable=None):
-            paths = {d: found[d][key] for d in DOMAINS}
-            images = {d: _inspect(paths[d], d) for d in DOMAINS}
+            items = {d: found[d][key] for d in DOMAINS}
+            # a pair with a pre-rejected side is never opened (it may lie outside the root)
+            images = {d: items[d][1] if isinstance(items[d], tuple) else None for d in DOMAINS}
+            if not any(images.values()):
+                images = {d: _inspect(items[d], d, ccfg) for d in DOMAINS}
             bad = {d: r for d, r in images.items() if isinstance(r, str)}
             if bad:
                 for d in DOMAINS:
-                    rejects.add(rel(paths[d]), pair_id(*key), bad.get(d, "partner_rejected"))
+                    rejects.add(rel(items[d]), pair_id(*key), bad.get(d, "partner_rejected"))
                 continue
             if images["target"].shape != images["source"].shape:
                 for d in DOMAINS:
-                    rejects.add(rel(paths[d]), pair_id(*key), "size_mismatch")
+                    rejects.add(rel(items[d]), pair_id(*key), "size_mismatch")
                 continue
+            downscaled += max(images["target"].shape) > ccfg.max_side
             writer.add(*key, {d: images[d].data for d in DOMAINS})
-        return _finish(out, writer, rejects, log)
+        log["downscaled"] = downscaled
+        return _finish(out, writer, rejects, log, labels=labels)
 
 
 # --------------------------------------------------------------------------------- videos
@@ -359,7 +536,7 @@ def _frames(cap: cv2.VideoCapture) -> Iterable[np.ndarray]:
         yield frame
 
 
-def _open_video(path: Path) -> cv2.VideoCapture | str:
+def _open_video(path: Path, max_pixels: int) -> cv2.VideoCapture | str:
     if not path.exists():
         return "unreadable_video"
     if path.stat().st_size == 0:
@@ -367,16 +544,23 @@ def _open_video(path: Path) -> cv2.VideoCapture | str:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         return "unreadable_video"
+    # the container's frame size, before any frame is decoded
+    if cap.get(cv2.CAP_PROP_FRAME_WIDTH) * cap.get(cv2.CAP_PROP_FRAME_HEIGHT) > max_pixels:
+        cap.release()
+        return "too_large"
     return cap
 
 
-def _collect_videos(root: Path, out_dir: Path, labels: pd.DataFrame | None, step: int) -> dict[str, Any]:
+def _collect_videos(root: Path, out_dir: Path, labels: _Labels | None, ccfg: CollectConfig) -> dict[str, Any]:
     rejects = _Rejects()
     found: dict[str, dict[tuple[str, str], Path]] = {d: {} for d in DOMAINS}
-    files = _input_files(root)
-    for path in files:
+    entries = _input_files(root)
+    for entry in entries:
+        path = entry.path
         rel = path.relative_to(root)
-        if len(rel.parts) != 2:
+        if entry.rejected:
+            rejects.add(rel.as_posix(), None, entry.rejected)
+        elif len(rel.parts) != 2:
             rejects.add(rel.as_posix(), None, "unexpected_location")
         elif path.suffix.lower() not in VIDEO_EXTS:
             rejects.add(rel.as_posix(), None, "unsupported_file")
@@ -389,26 +573,26 @@ def _collect_videos(root: Path, out_dir: Path, labels: pd.DataFrame | None, step
             rejects.add(found[domain][key].relative_to(root).as_posix(), None, "unpaired")
     keys = sorted(set(found["target"]) & set(found["source"]))
 
-    with stage_log("collect", source="videos", videos=len(files)) as log, atomic_dir(out_dir) as out:
+    with stage_log("collect", source="videos", videos=len(entries)) as log, atomic_dir(out_dir) as out:
         writer = _Writer(out, labels)
         for key in tqdm(keys, desc="collect videos", disable=None):
             paths = {d: found[d][key] for d in DOMAINS}
             rels = {d: paths[d].relative_to(root).as_posix() for d in DOMAINS}
-            caps = {d: _open_video(paths[d]) for d in DOMAINS}
+            caps = {d: _open_video(paths[d], ccfg.max_pixels) for d in DOMAINS}
             try:
-                _pair_videos(key, caps, rels, step, writer, rejects)
+                _pair_videos(key, caps, rels, ccfg, writer, rejects)
             finally:
                 for cap in caps.values():
                     if not isinstance(cap, str):
                         cap.release()
-        return _finish(out, writer, rejects, log)
+        return _finish(out, writer, rejects, log, labels=labels)
 
 
 def _pair_videos(
     key: tuple[str, str],
     caps: dict[str, cv2.VideoCapture | str],
     rels: dict[str, str],
-    step: int,
+    ccfg: CollectConfig,
     writer: _Writer,
     rejects: _Rejects,
 ) -> None:
@@ -428,7 +612,7 @@ def _pair_videos(
             for d in DOMAINS:
                 rejects.add(rels[d], None, "unreadable_video" if frames[d] is None else "partner_rejected")
             return
-        if index % step == 0:
+        if index % ccfg.video_frame_step == 0:
             pid = pair_id(*key, index)
             missing = [d for d in DOMAINS if frames[d] is None]
             if missing:
@@ -439,7 +623,7 @@ def _pair_videos(
                 for d in DOMAINS:
                     rejects.add(rels[d], pid, "size_mismatch")
             else:
-                target = cv2.cvtColor(frames["target"], cv2.COLOR_BGR2GRAY)
-                source = cv2.cvtColor(frames["source"], cv2.COLOR_BGR2RGB)
+                target = _fit(cv2.cvtColor(frames["target"], cv2.COLOR_BGR2GRAY), ccfg.max_side)
+                source = _fit(cv2.cvtColor(frames["source"], cv2.COLOR_BGR2RGB), ccfg.max_side)
                 writer.add(*key, index, {"target": target, "source": source})
         index += 1

@@ -123,6 +123,7 @@ def choose_faces(faces: Faces, n_frames: int, detect_cfg: DetectConfig) -> list[
 
 def crop_box(box: np.ndarray, margin: float) -> tuple[int, int, int]:
     """The square crop (x0, y0, side) in whole pixels around an MTCNN box."""
+    box = np.asarray(box, dtype=np.float64)
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     side = max(1, round(max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin)))
     return round(cx - side / 2), round(cy - side / 2), side
