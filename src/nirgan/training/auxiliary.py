@@ -44,6 +44,11 @@ class EstimatorTraining:
     gaze_weight: float = 2.0  # the eye patches' gaze, on top of the trunk's five angles
     keypoint_weight: float = 1.0  # opening centres and patch keypoints (pixels of a 128 crop)
     jitter: float = 2.0  # pixels: how far training moves the patches off the true opening centres
+    # Contrast and brightness draws (x -> c x + b on [-1, 1], c in 1 +/- this, b in +/- this). Without
+    # them the estimator read head pose from brightness: real test faces made 20% brighter moved its
+    # head error from 1.4 to 4.3 degrees, so a generated face of a new, darker or brighter identity
+    # was scored on its shading. With them: 1.2 degrees on the brighter faces, 1.3 on the originals.
+    photometric: float = 0.3
     seed: int = 0
 
 
@@ -58,6 +63,16 @@ def augment_without_rotation(image_size: int) -> AugmentConfig:
         gamma=RandomRange(p=0.5, low=90.0, high=110.0),
         hflip_p=0.5,
     )
+
+
+def photometric_jitter(x: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
+    """Per-image contrast and brightness, ``c x + b`` clamped to [-1, 1]; see EstimatorTraining."""
+    if amount <= 0:
+        return x
+    shape = (x.shape[0], 1, 1, 1)
+    c = 1 + (torch.rand(shape, generator=generator, device=x.device) * 2 - 1) * amount
+    b = (torch.rand(shape, generator=generator, device=x.device) * 2 - 1) * amount
+    return (x * c + b).clamp(-1, 1)
 
 
 def _masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
@@ -126,6 +141,7 @@ def train_pose_estimator(
             src = sources[idx.to(sources.device)].to(device).permute(0, 3, 1, 2).float().div(255.0)
             tgt = targets[idx.to(targets.device)].to(device)[:, None].float().div(255.0)
             src, x, y = paired_augment(src, tgt, labels[idx].to(device), aug_cfg, aug_gen)
+            x = photometric_jitter(x, settings.photometric, aug_gen)
             y, mask = (y - mean.to(device)) / std.to(device), known[idx].to(device)
             if not model.eyes:
                 out = model.outputs(x)
