@@ -61,7 +61,7 @@ log = logging.getLogger("nirgan.train")
 LABEL_SCALE = 90.0
 # Config fields that may change between a run and its resumption without invalidating it.
 RESUMABLE_CHANGES = frozenset({
-    "max_steps", "log_every", "checkpoint_every", "compile", "num_workers", "device", "precision",
+    "max_steps", "max_minutes", "log_every", "checkpoint_every", "compile", "num_workers", "device", "precision",
     "deterministic", "sample_sources", "sample_latents", "log_model",
 })
 
@@ -772,7 +772,8 @@ def _loop(session: TrainSession, ckpt: Checkpoint, fp: dict[str, Any], history: 
         parts = session.train_step()
         meter.add(parts, session.step - 1)
         bar.update(1)
-        at_end = session.step == end_step
+        at_end = session.step == end_step or _over_budget(tc.max_minutes, elapsed_before + time.perf_counter() - t0,
+                                                          session.device, info)
         if session.step % tc.checkpoint_every == 0 or at_end:
             save()
         elif session.step % tc.log_every == 0:
@@ -783,6 +784,8 @@ def _loop(session: TrainSession, ckpt: Checkpoint, fp: dict[str, Any], history: 
             bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k.endswith("total")})
         if info.is_main and (session.step % session.steps_per_epoch == 0 or at_end):
             _log_grid(session, out_dir)
+        if at_end:
+            break
     bar.close()
     if info.is_main and session.step == start_step:
         # Resumed a finished run (e.g. `dvc repro -f train`): DVC removed the sample grids, so the
@@ -801,6 +804,19 @@ def _loop(session: TrainSession, ckpt: Checkpoint, fp: dict[str, Any], history: 
         "world_size": info.world_size,
         "device": str(session.device),
     }
+
+
+def _over_budget(max_minutes: float | None, elapsed_s: float, device: torch.device, info: DistInfo) -> bool:
+    """``train.max_minutes`` spent (resumed time included). Under DDP the main rank's clock
+    decides for all, so every rank stops after the same step."""
+    if max_minutes is None:
+        return False
+    over = elapsed_s >= max_minutes * 60
+    if info.enabled:
+        flag = torch.tensor([float(over)], device=device)
+        torch.distributed.broadcast(flag, src=0)
+        over = bool(flag.item())
+    return over
 
 
 def _log_grid(session: TrainSession, out_dir: Path) -> None:
