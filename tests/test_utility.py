@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nirgan.metrics.utility import FIGURES, RATIOS, tstr
-from nirgan.models.pose_estimator import EstimatorTraining
+from nirgan.models.pose_estimator import EstimatorTraining, train_pose_estimator
 from real_pairs import load_pairs, lookup_generator, model_range
 
 # the evaluate stage's recipe (stages/evaluate.py _estimator), with fewer epochs
@@ -23,15 +23,21 @@ def figures(twin_prepared_128):
     te_t, _, te_l, _ = load_pairs(twin_prepared_128, "test")
     real = model_range(tr_t[:, None])
     constant = real.mean(0, keepdim=True).expand_as(real)
+    # the evaluate stage's instrument, trained outside: it stands in for TRTR's first seed
+    codes = torch.as_tensor(np.unique(tr_subj, return_inverse=True)[1])
+    instrument = train_pose_estimator(tr_t, tr_s, torch.as_tensor(tr_l, dtype=torch.float32), codes, SETTINGS,
+                                      resolution=64)
     # the "untrained" arm is the constant generator here: one call measures both contrasts
     out = tstr(tr_t, tr_s, tr_l, te_t, te_l, lookup_generator(tr_s, real), lookup_generator(tr_s, constant),
-               latent_dim=8, settings=SETTINGS, resolution=64, train_subjects=tr_subj, seeds=1, latents=1)
+               latent_dim=8, settings=SETTINGS, resolution=64, train_subjects=tr_subj, seeds=1, latents=1,
+               trtr_first=instrument)
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()})
     return out
 
 
 def test_oracle_generator_matches_real_training(figures):
-    # same images, same sources, same labels, same seed: the very same estimator
+    # same images, sources, labels and seed: the very same estimator as the instrument trained
+    # outside (so the oracle's images reach the recipe paired with the right sources and labels)
     assert figures["utility_tstr_head_deg"] == pytest.approx(figures["utility_trtr_head_deg"], rel=0.02)
     assert figures["utility_tstr_gaze_deg"] == pytest.approx(figures["utility_trtr_gaze_deg"], rel=0.02)
     assert figures["utility_tstr_over_trtr_head"] == pytest.approx(1.0, rel=0.02)

@@ -7,14 +7,15 @@ way: if generated images are distinguishable from real ones, a held-out AUC abov
 0.5 means it found no difference at this data size.
 
 Design
-- What it sees: full-resolution images on [-1, 1], no normalisation, so missing high
+- What it sees: full-resolution images on [-1, 1], no per-image normalisation, so missing high
   frequencies (blur), wrong brightness and wrong texture are all visible. The net is small and
-  fully convolutional (five 3x3 convs, four of stride 2, receptive field 33 px) and ends in a
-  1x1 conv whose logit map is averaged: a vote over local patches. It trains on random half-size
+  fully convolutional (three 4x4 convs of stride 2 from the full-resolution pixels, one 3x3,
+  BatchNorm; receptive field 38 px at any size) and ends in a 1x1 conv whose logit map is
+  averaged: a vote over local patches. It trains on random half-size
   crops with horizontal flips (many patch decisions from a few hundred images) and is tested on
   the full images.
 - Pools: the real pool (typically all train+test targets) is split at random, per seed, into two
-  disjoint halves P and Q of the same sources. Class 0 is always the real targets of P; class 1
+  disjoint halves P and Q. Class 0 is always the real targets of P; class 1
   is built from Q: G(source, z) for the judged generator, or, for the baselines, Q's real
   targets (real vs real), Q's targets blurred (Gaussian sigma 1.5 px at 128 px, scaled with the
   size) or an untrained generator's images. So both classes come from the same pose, subject and
@@ -29,7 +30,9 @@ Keys (mean over seeds and population std):
   judge_auc_real_vs_real[_std]    the calibration: about 0.5 (its spread is the test's noise)
   judge_auc_blurred_real[_std]    real vs real blurred with sigma 1.5 px at 128 px
   judge_auc_untrained[_std]       real vs an untrained generator
-  judge_images_per_class_train, judge_images_per_class_test, judge_seeds
+  judge_images_per_class_train, judge_images_per_class_test, judge_seeds, judge_blur_sigma_px
+The AUC is the raw held-out one (not folded at 0.5): a value far below 0.5 means an undertrained
+or overfitted judge (seen with one epoch), not a realistic generator.
 """
 
 from __future__ import annotations

@@ -91,13 +91,17 @@ def tstr(
     z_seed: int = 0,
     device: torch.device | str = "cpu",
     batch_size: int = 50,
+    trtr_first: torch.nn.Module | None = None,
 ) -> dict[str, object]:
     """TSTR, TRTR and untrained-generator TSTR (see the module docstring).
 
     ``train_targets`` uint8 (N, S, S), ``train_sources`` uint8 (N, S, S, 3), ``train_labels`` (N, 5)
     degrees; ``test_targets`` uint8 (M, S, S), ``test_labels`` (M, 5). ``settings`` and
     ``resolution`` are the estimator recipe (pass exactly the evaluate stage's); ``train_subjects``
-    the subject names, used only if the recipe weighs its subject head.
+    the subject names, used only if the recipe weighs its subject head. ``trtr_first``: an
+    estimator already trained with this very recipe on these real train pairs with
+    ``settings.seed`` (the evaluate stage's instrument); it stands in for the TRTR arm's first
+    seed instead of training the same network again.
     """
     train_labels, test_labels = np.asarray(train_labels, np.float64), np.asarray(test_labels, np.float64)
     if len(train_targets) < 2 or len(test_targets) < 1:
@@ -123,12 +127,15 @@ def tstr(
         }
         for arm, images in arms.items():
             k = len(images) // len(train_sources)
-            model = train_pose_estimator(
-                images, train_sources.repeat_interleave(k, 0),
-                torch.as_tensor(np.repeat(train_labels, k, 0), dtype=torch.float32),
-                None if codes is None else codes.repeat_interleave(k, 0),
-                recipe, device=device, resolution=resolution,
-            )
+            if arm == "trtr" and s == 0 and trtr_first is not None:
+                model = trtr_first
+            else:
+                model = train_pose_estimator(
+                    images, train_sources.repeat_interleave(k, 0),
+                    torch.as_tensor(np.repeat(train_labels, k, 0), dtype=torch.float32),
+                    None if codes is None else codes.repeat_interleave(k, 0),
+                    recipe, device=device, resolution=resolution,
+                )
             err = angle_errors(predict(model, test_images), test_labels, "e")
             draws.setdefault(f"utility_{arm}_head_deg", []).append(err["e_head_mean"])
             draws.setdefault(f"utility_{arm}_gaze_deg", []).append(err["e_gaze_mean"])
