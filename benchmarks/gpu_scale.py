@@ -11,8 +11,11 @@ realism with :mod:`nirgan.metrics.utility` and :mod:`nirgan.metrics.judge` and w
     bash benchmarks/gpu_scale.sh                 # CUDA: >= 100 subjects, width 1.0, bf16, timed train
     python benchmarks/gpu_scale.py --smoke --out /tmp/x   # CPU, tiny: what tests/test_gpu_scale_smoke.py runs
 
-Sized for one device call of at most 9 minutes on an H100/H200 with a cold start: data about
-1.5 min, ``--train-minutes`` (default 4) of training, evaluation and measures about 1.5 min.
+Sized for one device call of at most 9 minutes on an H100/H200 with a cold start (estimated,
+not yet run on a device: data about 1 min for 3,840 frames, ``--train-minutes`` (default 3.5) of
+training plus its setup, evaluation about 1 min, utility (6 estimator fits) and judge (12 fits)
+about 1.5 min). ``summary.json`` records every stage's seconds, so the first device run shows
+where to trim.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ GPU_PARAMS: dict = {
     "detect": {"device": "cuda", "batch_size": 256},
     "train": {"width": 1.0, "precision": "bf16", "device": "cuda", "batch_size": 64, "epochs_fixed": 200,
               "epochs_decay": 200, "log_every": 50, "checkpoint_every": 2000, "log_model": False},
-    "evaluate": {"device": "cuda", "seeds": 3, "estimator_epochs": 30, "utility_seeds": 2, "utility_latents": 2,
+    "evaluate": {"device": "cuda", "seeds": 3, "estimator_epochs": 20, "utility_seeds": 2, "utility_latents": 1,
                  "judge_seeds": 3, "judge_epochs": 20},
 }
 # The smoke run: the same script on a CPU in about a minute.
@@ -163,12 +166,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (the test's size)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_scale_out")))
-    ap.add_argument("--train-minutes", type=float, default=None, help="train.max_minutes (default 4, smoke 0.05)")
+    ap.add_argument("--train-minutes", type=float, default=None, help="train.max_minutes (default 3.5, smoke 0.05)")
     ap.add_argument("--subjects", type=int, default=None, help="twin subjects (default 120, smoke 4)")
     ap.add_argument("--keep", type=Path, default=None, help="build the pipeline here and keep it")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    minutes = args.train_minutes if args.train_minutes is not None else (0.05 if args.smoke else 4.0)
+    minutes = args.train_minutes if args.train_minutes is not None else (0.05 if args.smoke else 3.5)
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("gpu_scale: no CUDA device; use --smoke for the CPU size")
     summary = run(args.out, args.smoke, minutes, args.subjects, args.keep)

@@ -2,7 +2,7 @@
 # GPU scale in one device call (<= 9 minutes on an H100/H200, cold start included): a >= 100-subject
 # twin, the thesis-width generator for a fixed wall budget (train.max_minutes), evaluation, TSTR and
 # the realism judge; results into $OUT (summary.json, eval.json, measures.json, samples.png).
-#   bash benchmarks/gpu_scale.sh [--train-minutes 4] [--subjects 120]
+#   bash benchmarks/gpu_scale.sh [--train-minutes 3.5] [--subjects 120]
 #   bash benchmarks/gpu_scale.sh --smoke          # CPU, tiny (tests/test_gpu_scale_smoke.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."

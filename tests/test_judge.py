@@ -18,7 +18,7 @@ from nirgan.metrics.judge import gaussian_blur, realism_judge, roc_auc
 from nirgan.models import build_networks
 from real_pairs import load_pairs, lookup_generator, model_range
 
-SEEDS, EPOCHS = 3, 12
+SEEDS, EPOCHS = 3, 20
 
 
 def test_roc_auc_is_the_pairwise_win_rate():

@@ -222,7 +222,7 @@ class EvaluateConfig(Section):
     )
     utility_latents: int = Field(1, ge=1, description="TSTR: generated images per train source (k latents)")
     judge_seeds: int = Field(3, ge=1, description="realism judge: partitions and classifier seeds (mean and std)")
-    judge_epochs: int = Field(12, ge=1, description="realism judge: passes over its training half")
+    judge_epochs: int = Field(20, ge=1, description="realism judge: passes over its training half")
 
 
 # ------------------------------------------------------------------------- orchestrate
