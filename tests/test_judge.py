@@ -77,3 +77,10 @@ def test_keys_and_spread(figures):
     for key in ("judge_auc", "judge_auc_real_vs_real", "judge_auc_blurred_real", "judge_auc_untrained"):
         assert 0.0 <= figures[key] <= 1.0 and figures[f"{key}_std"] >= 0.0
     assert figures["judge_seeds"] == SEEDS and figures["judge_blur_sigma_px"] == 1.5
+
+
+def test_too_few_images_is_unavailable_with_a_reason():
+    x = torch.zeros(5, 1, 32, 32)
+    out = realism_judge(x, torch.zeros(5, 3, 32, 32), None, None, None, 8)
+    assert out["judge_auc"] == out["judge_auc_real_vs_real_std"] == "unavailable"
+    assert "8 real images" in out["judge_reason"]

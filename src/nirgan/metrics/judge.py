@@ -50,7 +50,7 @@ from nirgan.metrics import aggregate_draws
 GenerateFn = Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
 
 BLUR_SIGMA_AT_128 = 1.5
-NORM = True
+AUC_KEYS = ("judge_auc", "judge_auc_real_vs_real", "judge_auc_blurred_real", "judge_auc_untrained")
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -99,7 +99,7 @@ class Judge(nn.Module):
         for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
             last = i == len(chans) - 2
             layers.append(nn.Conv2d(cin, cout, 3 if last else 4, stride=1 if last else 2, padding=1))
-            if i and NORM:
+            if i:
                 layers.append(nn.BatchNorm2d(cout))
             layers.append(nn.LeakyReLU(0.2))
         self.body = nn.Sequential(*layers)
@@ -208,7 +208,8 @@ def realism_judge(targets: torch.Tensor, sources: torch.Tensor, labels: np.ndarr
     """
     n = len(targets)
     if n < 8:
-        return {"judge_auc": "unavailable", "judge_reason": f"needs at least 8 real images, got {n}"}
+        return {**{k: "unavailable" for k in AUC_KEYS + tuple(f"{k}_std" for k in AUC_KEYS)},
+                "judge_reason": f"needs at least 8 real images, got {n}"}
     labels = np.full((n, 5), np.nan) if labels is None else np.asarray(labels, np.float64)
     sigma = blur_sigma(targets.shape[-1])
     draws: dict[str, list[float]] = {}
