@@ -36,3 +36,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def twin_prepared_128(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real prepared data at 128 px: a 10-subject twin (2 cameras x 12 frames) through the real
+    collect -> detect (MTCNN) -> clean -> augment -> split stages. Returns the root holding
+    ``prepared/`` and ``split/`` (read-only for tests)."""
+    from nirgan.stages import augment, clean, collect, detect, split
+
+    cfg = parse_config({"collect": {"twin": {"subjects": 10, "cameras": 2, "frames": 12}},
+                        "detect": {"device": "cpu"}, "augment": {"image_size": 128}, "split": {"test_fraction": 0.2}})
+    root = tmp_path_factory.mktemp("twin128")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        collect.run(cfg, out_dir=root / "raw")
+        detect.run(cfg, raw_dir=root / "raw", out_dir=root / "crops")
+        clean.run(cfg, crops_dir=root / "crops", out_dir=root / "clean")
+        augment.run(cfg, crops_dir=root / "crops", clean_dir=root / "clean", out_dir=root / "prepared")
+        split.run(cfg, prepared_dir=root / "prepared", out_dir=root / "split")
+    finally:
+        torch.set_num_threads(before)
+    return root

@@ -175,6 +175,9 @@ class TrainConfig(Section):
     epochs_fixed: int = Field(10, ge=0)
     epochs_decay: int = Field(10, ge=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke runs)")
+    max_minutes: float | None = Field(
+        None, gt=0.0, description="wall budget: stop (and checkpoint) after the first step past it; resumed time counts"
+    )
     lr_g: float = Field(1.5e-4, gt=0.0)
     lr_d: float = Field(4.5e-4, gt=0.0)
     lr_e: float = Field(1.5e-4, gt=0.0)
@@ -241,6 +244,12 @@ class EvaluateConfig(Section):
     feature_epochs: int = Field(
         10, ge=1, description="NIR identity network trained by evaluate when the run saved none (identity figures)"
     )
+    utility_seeds: int = Field(
+        2, ge=1, description="train-on-synthetic/test-on-real: estimator seeds per arm (mean and std)"
+    )
+    utility_latents: int = Field(1, ge=1, description="TSTR: generated images per train source (k latents)")
+    judge_seeds: int = Field(3, ge=1, description="realism judge: partitions and classifier seeds (mean and std)")
+    judge_epochs: int = Field(20, ge=1, description="realism judge: passes over its training half")
 
 
 # ------------------------------------------------------------------------- orchestrate

@@ -18,7 +18,10 @@ The stage is policy and I/O: the measures are :mod:`nirgan.metrics` (``realism``
 2. for each of ``evaluate.seeds`` draws: one z per test source through the trained generator
    and through an untrained one (same architecture, same init, ``train.seed``), realism and
    pose errors against the source labels; N x M images for diversity;
-3. identity reconstruction, the figures, the cleaning figures.
+3. utility: train-on-synthetic / test-on-real (:mod:`nirgan.metrics.utility`) with that very
+   estimator recipe, beside real-trained and untrained-generator-trained arms;
+4. the realism judge, a real-vs-generated classifier two-sample test (:mod:`nirgan.metrics.judge`);
+5. identity reconstruction, the cleaning figures, the figures.
 
 Everything random draws from generators seeded by ``evaluate.seed`` (draw k uses seed + k),
 so a rerun with the same inputs writes the same figures.
@@ -42,8 +45,10 @@ from nirgan.metrics import aggregate_draws, evaluate_cleaning
 from nirgan.metrics.data import Split, load_split
 from nirgan.metrics.figures import SWEEPS, draw_figures, write_plot_data
 from nirgan.metrics.identity import reconstruction_cosines, reconstruction_l1, reconstructions
+from nirgan.metrics.judge import realism_judge
 from nirgan.metrics.pose import angle_errors
 from nirgan.metrics.realism import RealismReference, imagenet_networks, measure_draws
+from nirgan.metrics.utility import tstr
 from nirgan.models.artifacts import load_encoder, load_identity_net, load_sampler, untrained_sampler
 from nirgan.models.pose_estimator import PoseEstimator, predict
 from nirgan.training.auxiliary import EstimatorTraining, train_identity_net, train_pose_estimator
@@ -126,15 +131,30 @@ def run(
         metrics.update(aggregate_draws(draws))
         lap(f"{e.seeds} draws")
 
-        # 3. identity reconstruction
+        # 3. utility: the same estimator recipe trained on generated images, tested on real ones
+        metrics.update(tstr(
+            train.target, train.source, train.labels, test.target, test.labels, sampler.generate,
+            untrained.generate, sampler.latent_dim, _estimator_recipe(cfg), resolution=_estimator_resolution(cfg, train),
+            train_subjects=train.subjects, seeds=e.utility_seeds, latents=e.utility_latents, z_seed=e.seed,
+            device=device, trtr_first=estimator))
+        lap(f"utility (TSTR), {e.utility_seeds} seeds")
+
+        # 4. the realism judge: a real-vs-generated classifier on held-out halves
+        metrics.update(realism_judge(
+            torch.cat([train.targets(), real_test]), torch.cat([train.sources(), test.sources()]),
+            np.concatenate([train.labels, test.labels]), sampler.generate, untrained.generate, sampler.latent_dim,
+            seeds=e.judge_seeds, epochs=e.judge_epochs, seed=e.seed, device=device))
+        lap(f"realism judge, {e.judge_seeds} seeds")
+
+        # 5. identity reconstruction
         metrics.update(_identity(cfg, model_dir, train, test, sampler, encoder, encoder_from, device))
         lap("identity")
 
-        # 4. cleaning quality against the twin's ground truth
+        # 6. cleaning quality against the twin's ground truth
         metrics.update(evaluate_cleaning(raw_dir, crops_dir, clean_dir))
         lap("cleaning")
 
-        # 5. figures and dvc plot data
+        # 7. figures and dvc plot data
         with atomic_dir(plots_dir) as tmp:
             draw_figures(tmp, test, train, sampler, encoder, estimator, first_fakes, est_pred_real, labelled, e.seed)
             write_plot_data(tmp, metrics, labelled)
@@ -150,16 +170,23 @@ def run(
 
 
 # ------------------------------------------------------------------------- instruments
-def _estimator(cfg: Config, train: Split, device: torch.device) -> PoseEstimator:
-    _, codes = np.unique(train.subjects, return_inverse=True)
+def _estimator_recipe(cfg: Config) -> EstimatorTraining:
     # A seed of its own: a run with train.lambda_attr trains its loss estimator with train.seed on the
     # same data; the instrument must not be the very network the generator learned to satisfy.
-    settings = EstimatorTraining(epochs=cfg.evaluate.estimator_epochs, seed=cfg.evaluate.seed + 1000,
-                                 subject_weight=SUBJECT_WEIGHT)
+    return EstimatorTraining(epochs=cfg.evaluate.estimator_epochs, seed=cfg.evaluate.seed + 1000,
+                             subject_weight=SUBJECT_WEIGHT)
+
+
+def _estimator_resolution(cfg: Config, train: Split) -> int:
+    return min(cfg.evaluate.estimator_resolution, train.target.shape[-1])
+
+
+def _estimator(cfg: Config, train: Split, device: torch.device) -> PoseEstimator:
+    _, codes = np.unique(train.subjects, return_inverse=True)
     return train_pose_estimator(
         train.target, train.source, torch.as_tensor(train.labels, dtype=torch.float32),
-        torch.as_tensor(codes, dtype=torch.long), settings, device=device,
-        resolution=min(cfg.evaluate.estimator_resolution, train.target.shape[-1]),
+        torch.as_tensor(codes, dtype=torch.long), _estimator_recipe(cfg), device=device,
+        resolution=_estimator_resolution(cfg, train),
     )
 
 

@@ -19,7 +19,7 @@ log = logging.getLogger("nirgan.train")
 
 # Config fields that may change between a run and its resumption without invalidating it.
 RESUMABLE_CHANGES = frozenset({
-    "max_steps", "log_every", "checkpoint_every", "compile", "num_workers", "device", "precision",
+    "max_steps", "max_minutes", "log_every", "checkpoint_every", "compile", "num_workers", "device", "precision",
     "deterministic", "sample_sources", "sample_latents", "log_model",
 })
 # Auxiliary files a fresh run must not pick up from an earlier one.

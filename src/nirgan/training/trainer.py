@@ -229,7 +229,10 @@ def _loop(session: TrainSession, ckpt: Checkpoint, record: RunRecord, end_step: 
         parts = session.train_step()
         meter.add(parts, session.step - 1)
         bar.update(1)
-        at_end = session.step == end_step
+        # The wall budget is checked where the loop syncs anyway (log and checkpoint steps).
+        at_end = session.step == end_step or (
+            session.step % min(tc.log_every, tc.checkpoint_every) == 0
+            and _over_budget(tc.max_minutes, record.elapsed_before + time.perf_counter() - record.t0, session.device, info))
         if session.step % tc.checkpoint_every == 0 or at_end:
             _checkpoint(session, ckpt, meter, record, info)
         elif session.step % tc.log_every == 0:
@@ -240,6 +243,8 @@ def _loop(session: TrainSession, ckpt: Checkpoint, record: RunRecord, end_step: 
             bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k.endswith("total")})
         if info.is_main and (session.step % session.steps_per_epoch == 0 or at_end):
             _log_grid(session, out_dir)
+        if at_end:
+            break
     bar.close()
     if info.is_main and session.step == start_step:
         # Resumed a finished run (e.g. `dvc repro -f train`): DVC removed the sample grids, so the
@@ -275,6 +280,19 @@ def _checkpoint(session: TrainSession, ckpt: Checkpoint, meter: LossMeter, recor
         state.update(record.checkpoint_fields(session))
         ckpt.save(state, session.step)
     barrier(info)
+
+
+def _over_budget(max_minutes: float | None, elapsed_s: float, device: torch.device, info: DistInfo) -> bool:
+    """``train.max_minutes`` spent (resumed time included). Under DDP the main rank's clock
+    decides for all, so every rank stops after the same step."""
+    if max_minutes is None:
+        return False
+    over = elapsed_s >= max_minutes * 60
+    if info.enabled:
+        flag = torch.tensor([float(over)], device=device)
+        torch.distributed.broadcast(flag, src=0)
+        over = bool(flag.item())
+    return over
 
 
 def _log_grid(session: TrainSession, out_dir: Path) -> None:

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# GPU scale in one device call (<= 9 minutes on an H100/H200, cold start included): a >= 100-subject
+# twin, the thesis-width generator for a fixed wall budget (train.max_minutes), evaluation, TSTR and
+# the realism judge; results into $OUT (summary.json, eval.json, samples.png).
+#   bash benchmarks/gpu_scale.sh [--train-minutes 3.5] [--subjects 120]
+#   bash benchmarks/gpu_scale.sh --smoke          # CPU, tiny (tests/test_gpu_scale_smoke.py)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OUT="${OUT:-$PWD/gpu_scale_out}"
+threads="$(nproc)"
+# the device machine has 16 cores: let MTCNN, the twin renderer and torch's CPU ops use them all
+export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export DVC_NO_ANALYTICS=1 MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false
+mkdir -p "$OUT"
+"${PYTHON:-python}" benchmarks/gpu_scale.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_scale.log"

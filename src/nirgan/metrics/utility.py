@@ -1,0 +1,148 @@
+"""Train on synthetic, test on real (TSTR): is generated data worth anything to a pose/gaze model?
+
+A feature distance can call blurred blobs "close to real"; a model trained on them cannot read
+real faces. So the same head-pose/gaze estimator recipe (the evaluate stage's instrument:
+:func:`nirgan.models.pose_estimator.train_pose_estimator` with the settings and working
+resolution the stage uses) is trained three times per seed and tested on the real test targets:
+
+- ``tstr``: on generated images only: every train-split source with its labels, k latents each
+  (``G(y_i, z)``), paired with that source;
+- ``trtr``: on the real train targets (the ceiling);
+- ``tstr_untrained``: on an untrained generator's images for the same sources and labels (the
+  floor: what the recipe learns from the sources' silhouettes alone).
+
+The estimator's eye patches are supervised by the SOURCE renders' eye colour code. Generated
+images are paired with their sources, so all three arms keep that supervision and differ only
+in the images the estimator reads. Seed s retrains the estimator with ``settings.seed + s`` and
+draws the latents from ``z_seed + s``.
+
+Keys (degrees; ``<arm>`` is tstr, trtr, tstr_untrained; mean over seeds and population std, as
+:func:`nirgan.metrics.aggregate_draws`):
+  utility_<arm>_head_deg[_std]   mean abs error over head yaw/pitch/roll on the real test targets
+  utility_<arm>_gaze_deg[_std]   mean abs error over gaze yaw/pitch
+  utility_tstr_over_trtr_head, utility_tstr_over_trtr_gaze   ratio of the means (1 = as good as real)
+  utility_seeds, utility_latents_per_source
+Without pose/gaze labels every figure is the string "unavailable" and ``utility_reason`` says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from nirgan.metrics import aggregate_draws
+from nirgan.metrics.pose import angle_errors
+from nirgan.models.pose_estimator import predict
+from nirgan.training.auxiliary import EstimatorTraining, train_pose_estimator
+
+# (sources (n, 3, S, S) on [-1, 1], z (n, d), labels (n, 5) degrees) -> images (n, 1, S, S) on [-1, 1]
+GenerateFn = Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
+
+ARMS = ("tstr", "trtr", "tstr_untrained")
+FIGURES = tuple(f"utility_{arm}_{what}_deg{std}" for arm in ARMS for what in ("head", "gaze") for std in ("", "_std"))
+RATIOS = ("utility_tstr_over_trtr_head", "utility_tstr_over_trtr_gaze")
+
+
+def unavailable(reason: str) -> dict[str, object]:
+    """Every utility figure marked as not computed, with the reason (the eval.json convention)."""
+    return {**{k: "unavailable" for k in FIGURES + RATIOS}, "utility_reason": reason}
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(n, 1, S, S) on [-1, 1] -> uint8 (n, S, S): how the prepared targets are stored."""
+    return ((images[:, 0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _model_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> [-1, 1] with the fixed scaling the models use (0 -> -1, 255 -> 1)."""
+    return x.float().div(127.5).sub(1.0)
+
+
+def generate_for_sources(generate: GenerateFn, sources: torch.Tensor, labels: np.ndarray, latents: int,
+                         latent_dim: int, z_seed: int, batch_size: int = 50) -> torch.Tensor:
+    """uint8 (n * latents, S, S): ``latents`` images per uint8 (n, S, S, 3) source, source-major."""
+    reps = sources.repeat_interleave(latents, 0)
+    labs = np.repeat(labels, latents, 0)
+    z = torch.randn(len(reps), latent_dim, generator=torch.Generator().manual_seed(z_seed))
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(reps), batch_size):
+            src = _model_range(reps[i : i + batch_size].permute(0, 3, 1, 2))
+            out.append(to_uint8(generate(src, z[i : i + batch_size], labs[i : i + batch_size]).cpu()))
+    return torch.cat(out)
+
+
+def tstr(
+    train_targets: torch.Tensor,
+    train_sources: torch.Tensor,
+    train_labels: np.ndarray,
+    test_targets: torch.Tensor,
+    test_labels: np.ndarray,
+    generate: GenerateFn,
+    generate_untrained: GenerateFn,
+    latent_dim: int,
+    settings: EstimatorTraining,
+    resolution: int | None = None,
+    train_subjects: np.ndarray | None = None,
+    seeds: int = 2,
+    latents: int = 1,
+    z_seed: int = 0,
+    device: torch.device | str = "cpu",
+    batch_size: int = 50,
+    trtr_first: torch.nn.Module | None = None,
+) -> dict[str, object]:
+    """TSTR, TRTR and untrained-generator TSTR (see the module docstring).
+
+    ``train_targets`` uint8 (N, S, S), ``train_sources`` uint8 (N, S, S, 3), ``train_labels`` (N, 5)
+    degrees; ``test_targets`` uint8 (M, S, S), ``test_labels`` (M, 5). ``settings`` and
+    ``resolution`` are the estimator recipe (pass exactly the evaluate stage's); ``train_subjects``
+    the subject names, used only if the recipe weighs its subject head. ``trtr_first``: an
+    estimator already trained with this very recipe on these real train pairs with
+    ``settings.seed`` (the evaluate stage's instrument); it stands in for the TRTR arm's first
+    seed instead of training the same network again.
+    """
+    train_labels, test_labels = np.asarray(train_labels, np.float64), np.asarray(test_labels, np.float64)
+    if len(train_targets) < 2 or len(test_targets) < 1:
+        return unavailable(f"needs at least 2 train and 1 test pairs, got {len(train_targets)} and {len(test_targets)}")
+    if not (np.isfinite(train_labels).all() and np.isfinite(test_labels).all()):
+        return unavailable("pose/gaze labels are missing (NaN) in the split: no estimator error to measure")
+    if not (len(train_targets) == len(train_sources) == len(train_labels)):
+        raise ValueError(f"tstr: train targets, sources and labels differ in length "
+                         f"({len(train_targets)}, {len(train_sources)}, {len(train_labels)})")
+    codes = None
+    if train_subjects is not None:
+        codes = torch.as_tensor(np.unique(np.asarray(train_subjects).astype(str), return_inverse=True)[1])
+    test_images = _model_range(test_targets[:, None])
+    draws: dict[str, list[float]] = {}
+    for s in range(seeds):
+        recipe = replace(settings, seed=settings.seed + s)
+        arms = {
+            "tstr": generate_for_sources(generate, train_sources, train_labels, latents, latent_dim,
+                                         z_seed + s, batch_size),
+            "trtr": train_targets,
+            "tstr_untrained": generate_for_sources(generate_untrained, train_sources, train_labels, latents,
+                                                   latent_dim, z_seed + s, batch_size),
+        }
+        for arm, images in arms.items():
+            k = len(images) // len(train_sources)
+            if arm == "trtr" and s == 0 and trtr_first is not None:
+                model = trtr_first
+            else:
+                model = train_pose_estimator(
+                    images, train_sources.repeat_interleave(k, 0),
+                    torch.as_tensor(np.repeat(train_labels, k, 0), dtype=torch.float32),
+                    None if codes is None else codes.repeat_interleave(k, 0),
+                    recipe, device=device, resolution=resolution,
+                )
+            err = angle_errors(predict(model, test_images), test_labels, "e")
+            draws.setdefault(f"utility_{arm}_head_deg", []).append(err["e_head_mean"])
+            draws.setdefault(f"utility_{arm}_gaze_deg", []).append(err["e_gaze_mean"])
+    out: dict[str, object] = dict(aggregate_draws(draws))
+    for what in ("head", "gaze"):
+        out[f"utility_tstr_over_trtr_{what}"] = out[f"utility_tstr_{what}_deg"] / max(out[f"utility_trtr_{what}_deg"],
+                                                                                       1e-9)
+    out.update(utility_seeds=seeds, utility_latents_per_source=latents)
+    return out
