@@ -38,6 +38,19 @@ Attribute preservation, degrees (:mod:`nirgan.metrics.pose`)
   pose_gaze_from                   where the estimator reads gaze: its eye patches, or the face trunk
   pose_gen_<label>_mean / _p90[_std], pose_gen_head_mean, pose_gen_gaze_mean   the estimator on
                                G(y_i, z_i) against the SOURCE labels
+Utility, degrees (:mod:`nirgan.metrics.utility`): the evaluate stage's estimator recipe trained
+  on generated images only (train-split sources and labels, evaluate.utility_latents z each) and
+  tested on the real test targets (TSTR), beside the same recipe on the real train targets (TRTR)
+  and on an untrained generator's images; mean over evaluate.utility_seeds with _std
+  utility_tstr_head_deg, utility_tstr_gaze_deg, utility_trtr_*, utility_tstr_untrained_*
+  utility_tstr_over_trtr_head, utility_tstr_over_trtr_gaze   the ratios; 1 = as good as real data
+Realism judge (:mod:`nirgan.metrics.judge`): a real-vs-generated CNN trained from scratch on one
+  half and scored on the held-out half (a classifier two-sample test), ROC AUC; 0.5 = no
+  difference found, 1 = always told apart; mean over evaluate.judge_seeds with _std
+  judge_auc                    real vs the trained generator
+  judge_auc_real_vs_real       disjoint real halves: the test's calibration, about 0.5
+  judge_auc_blurred_real       real vs real blurred (Gaussian sigma 1.5 px at 128 px)
+  judge_auc_untrained          real vs an untrained generator
 Identity reconstruction, unseen test subjects (:mod:`nirgan.metrics.identity`)
   identity_l1, identity_l1_random_z   mean |G(y, E(x)) - x| (and with a random z instead of E(x)),
                                pixels on [0, 1]
