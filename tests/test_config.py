@@ -14,11 +14,13 @@ from nirgan.config import Config, ConfigError, load_config, parse_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_repo_params_load_and_keep_thesis_configuration():
+def test_repo_params_load_and_stay_in_the_thesis_configuration_space():
     cfg = load_config(REPO / "params.yaml")
-    assert cfg.train.generator == "encoder_decoder"
+    # Mult-LS-LR-IR (README "The model"): Table 3.5's generator, eq. 3.1 and eq. 3.3 with L1
+    assert cfg.train.generator == "multinorm"
     assert cfg.train.adversarial_loss == "least_squares"
-    assert cfg.train.lambda_lr == 2.0  # ED-LS-LR-2
+    assert cfg.train.lambda_lr == 2.0
+    assert (cfg.train.lambda_ir, cfg.train.ir_distance) == (10.0, "l1")
 
 
 def test_class_defaults_are_thesis_table_3_8():
