@@ -14,7 +14,22 @@ from pathlib import Path
 
 
 class CommandError(RuntimeError):
-    pass
+    """A command failed; ``cause`` is its one-line reason (for the flow's final state message)."""
+
+    def __init__(self, message: str, cause: str | None = None):
+        super().__init__(message)
+        self.cause = cause or " ".join(message.split())
+
+
+def one_line_cause(lines: list[str]) -> str:
+    """The line that says why: our CLI's ``nirgan: ...`` line, else DVC's last ``ERROR: ...``
+    line, else the last non-empty line."""
+    text = [line.strip() for line in lines if line.strip()]
+    for prefix in ("nirgan: ", "ERROR: "):
+        hits = [line for line in text if line.startswith(prefix)]
+        if hits:
+            return hits[-1]
+    return text[-1] if text else "(no output)"
 
 
 def alive(pid: int) -> bool:
@@ -89,7 +104,9 @@ def stream(cmd: list[str], cwd: Path, env: dict[str, str], log: Callable[[str], 
         if timer:
             timer.cancel()
     if timed_out.is_set():
-        raise CommandError(f"{' '.join(cmd)} killed after {timeout_s:.0f} s (orchestrate.stage_timeout_minutes)")
+        msg = f"{' '.join(cmd)} killed after {timeout_s:.0f} s (orchestrate.stage_timeout_minutes)"
+        raise CommandError(msg, msg)
     if code != 0:
-        raise CommandError(f"{' '.join(cmd)} exited with {code}; last lines:\n" + "\n".join(lines[-15:]))
+        raise CommandError(f"{' '.join(cmd)} exited with {code}; last lines:\n" + "\n".join(lines[-15:]),
+                           f"{cmd[0]} exited with {code}: {one_line_cause(lines)}")
     return "\n".join(lines)
