@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class CommandError(RuntimeError):
@@ -73,12 +75,25 @@ def stream(cmd: list[str], cwd: Path, env: dict[str, str], log: Callable[[str], 
     """Run ``cmd``, passing each non-empty output line to ``log``; returns the output.
 
     The command gets its own process group so that a timeout or an interruption (a cancelled
-    task) stops the whole tree (dvc and the stage it started), not only its leader. Raises
+    task) stops the whole tree (dvc and the stage it started), not only its leader. Its output
+    goes to a log file that this process follows, not to a pipe: if this process dies (a killed
+    worker takes its flow run with it), the command is not killed by a broken pipe on its next
+    write; it finishes, and its outputs and checkpoints are there for the retry. Raises
     :class:`CommandError` on a timeout or a non-zero exit, with the last lines.
     """
     log(f"$ {' '.join(cmd)}")
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    fd, log_path = tempfile.mkstemp(prefix="nirgan-cmd-", suffix=".log")
+    try:
+        with os.fdopen(fd, "w") as out, open(log_path, errors="replace") as follow:
+            proc = subprocess.Popen(cmd, cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            return _follow(proc, follow, cmd, log, timeout_s, grace)
+    finally:
+        os.unlink(log_path)
+
+
+def _follow(proc: subprocess.Popen, follow: Any, cmd: list[str], log: Callable[[str], None],
+            timeout_s: float | None, grace: float) -> str:
     timed_out = threading.Event()
 
     def stop_on_timeout() -> None:
@@ -89,13 +104,28 @@ def stream(cmd: list[str], cwd: Path, env: dict[str, str], log: Callable[[str], 
     if timer:
         timer.start()
     lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+    partial = ""
+
+    def drain() -> None:
+        nonlocal partial
+        chunk = follow.read()
+        if not chunk:
+            return
+        *complete, partial = (partial + chunk).split("\n")
+        for line in complete:
             line = line.rstrip()
             lines.append(line)
             if line.strip():
                 log(line)
+
+    try:
+        while proc.poll() is None:
+            drain()
+            time.sleep(0.1)
+        drain()
+        if partial.strip():
+            lines.append(partial.rstrip())
+            log(partial.rstrip())
         code = proc.wait()
     except BaseException:
         stop_groups([proc.pid], grace)
