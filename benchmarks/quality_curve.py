@@ -62,7 +62,7 @@ def main() -> None:
     src, tgt = np.load(prepared / "source.npy", mmap_mode="r"), np.load(prepared / "target.npy", mmap_mode="r")
     train, test = load_split(prepared, split, "train", src, tgt), load_split(prepared, split, "test", src, tgt)
     device = torch.device("cpu")
-    estimator = _estimator(cfg, train, device)
+    estimator, _ = _estimator(cfg, train, device, labelled=True)
     real = angle_errors(predict(estimator, test.targets()), test.labels, "real")
     z = torch.randn(len(test), cfg.train.latent_dim, generator=torch.Generator().manual_seed(cfg.evaluate.seed))
 

@@ -7,14 +7,31 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class CommandError(RuntimeError):
-    pass
+    """A command failed; ``cause`` is its one-line reason (for the flow's final state message)."""
+
+    def __init__(self, message: str, cause: str | None = None):
+        super().__init__(message)
+        self.cause = cause or " ".join(message.split())
+
+
+def one_line_cause(lines: list[str]) -> str:
+    """The line that says why: our CLI's ``nirgan: ...`` line, else DVC's last ``ERROR: ...``
+    line, else the last non-empty line."""
+    text = [line.strip() for line in lines if line.strip()]
+    for prefix in ("nirgan: ", "ERROR: "):
+        hits = [line for line in text if line.startswith(prefix)]
+        if hits:
+            return hits[-1]
+    return text[-1] if text else "(no output)"
 
 
 def alive(pid: int) -> bool:
@@ -58,12 +75,25 @@ def stream(cmd: list[str], cwd: Path, env: dict[str, str], log: Callable[[str], 
     """Run ``cmd``, passing each non-empty output line to ``log``; returns the output.
 
     The command gets its own process group so that a timeout or an interruption (a cancelled
-    task) stops the whole tree (dvc and the stage it started), not only its leader. Raises
+    task) stops the whole tree (dvc and the stage it started), not only its leader. Its output
+    goes to a log file that this process follows, not to a pipe: if this process dies (a killed
+    worker takes its flow run with it), the command is not killed by a broken pipe on its next
+    write; it finishes, and its outputs and checkpoints are there for the retry. Raises
     :class:`CommandError` on a timeout or a non-zero exit, with the last lines.
     """
     log(f"$ {' '.join(cmd)}")
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    fd, log_path = tempfile.mkstemp(prefix="nirgan-cmd-", suffix=".log")
+    try:
+        with os.fdopen(fd, "w") as out, open(log_path, errors="replace") as follow:
+            proc = subprocess.Popen(cmd, cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            return _follow(proc, follow, cmd, log, timeout_s, grace)
+    finally:
+        os.unlink(log_path)
+
+
+def _follow(proc: subprocess.Popen, follow: Any, cmd: list[str], log: Callable[[str], None],
+            timeout_s: float | None, grace: float) -> str:
     timed_out = threading.Event()
 
     def stop_on_timeout() -> None:
@@ -74,13 +104,28 @@ def stream(cmd: list[str], cwd: Path, env: dict[str, str], log: Callable[[str], 
     if timer:
         timer.start()
     lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+    partial = ""
+
+    def drain() -> None:
+        nonlocal partial
+        chunk = follow.read()
+        if not chunk:
+            return
+        *complete, partial = (partial + chunk).split("\n")
+        for line in complete:
             line = line.rstrip()
             lines.append(line)
             if line.strip():
                 log(line)
+
+    try:
+        while proc.poll() is None:
+            drain()
+            time.sleep(0.1)
+        drain()
+        if partial.strip():
+            lines.append(partial.rstrip())
+            log(partial.rstrip())
         code = proc.wait()
     except BaseException:
         stop_groups([proc.pid], grace)
@@ -89,7 +134,9 @@ def stream(cmd: list[str], cwd: Path, env: dict[str, str], log: Callable[[str], 
         if timer:
             timer.cancel()
     if timed_out.is_set():
-        raise CommandError(f"{' '.join(cmd)} killed after {timeout_s:.0f} s (orchestrate.stage_timeout_minutes)")
+        msg = f"{' '.join(cmd)} killed after {timeout_s:.0f} s (orchestrate.stage_timeout_minutes)"
+        raise CommandError(msg, msg)
     if code != 0:
-        raise CommandError(f"{' '.join(cmd)} exited with {code}; last lines:\n" + "\n".join(lines[-15:]))
+        raise CommandError(f"{' '.join(cmd)} exited with {code}; last lines:\n" + "\n".join(lines[-15:]),
+                           f"{cmd[0]} exited with {code}: {one_line_cause(lines)}")
     return "\n".join(lines)

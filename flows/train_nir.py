@@ -55,9 +55,25 @@ if _REPO not in sys.path:  # run as a script (python flows/train_nir.py): make `
 from flows import workspace  # noqa: E402
 from flows.processes import stream  # noqa: E402
 from flows.report import eval_markdown  # noqa: E402
+from nirgan import tracking  # noqa: E402
 from nirgan.config import OrchestrateConfig  # noqa: E402
 
 ARTIFACT_KEY = "train-nir-eval"
+
+
+class RunFailed(RuntimeError):
+    """The flow's failure in one line: the step and its cause. Prefect puts it into the final
+    state's message, which ``prefect deployment run --watch`` and the UI show."""
+
+
+def _fail(step: str, exc: BaseException, ws: Path | None) -> RunFailed:
+    """One line for the final state; the MLflow run of the workspace, if left RUNNING by the
+    failed stage (killed, or the server was down when it failed), is ended as FAILED."""
+    cause = getattr(exc, "cause", None) or " ".join(str(exc).split()) or type(exc).__name__
+    info = tracking.read_run_info(ws / "models" / "mlflow_run.json") if ws is not None else None
+    if info:
+        tracking.end_stale_run(info.get("run_id"), "FAILED", info.get("tracking_uri"), reason=f"{step}: {cause}")
+    return RunFailed(f"{step} failed: {cause}"[:1000])
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float | None = None) -> str:
@@ -130,7 +146,10 @@ def train_nir(
     experiment = experiment or re.sub(r"[^A-Za-z0-9_-]+", "-", run_name)
     checkout = _checkout_root()
 
-    prep = prepare_workspace(checkout, run_id, revision, overrides, experiment)
+    try:
+        prep = prepare_workspace(checkout, run_id, revision, overrides, experiment)
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line
+        raise _fail("prepare-workspace", exc, None) from exc
     ws = Path(prep["workspace"])
     orchestrate = OrchestrateConfig.model_validate(prep["orchestrate"])
     stage_env = {
@@ -145,15 +164,21 @@ def train_nir(
     }
     timeout_s = orchestrate.stage_timeout_minutes * 60 if orchestrate.stage_timeout_minutes else None
     done: list[dict[str, Any]] = []
-    for stage in prep["stages"]:
-        stage_task = run_stage.with_options(
-            name=stage,
-            task_run_name=stage,
-            retries=orchestrate.retries,
-            retry_delay_seconds=orchestrate.retry_delay_seconds,
-        )
-        done.append(stage_task(stage, str(ws), stage_env, timeout_s))
-    save_experiment(str(ws), checkout, experiment)
+    step = "save-experiment"
+    try:
+        for stage in prep["stages"]:
+            step = f"stage {stage}"
+            stage_task = run_stage.with_options(
+                name=stage,
+                task_run_name=stage,
+                retries=orchestrate.retries,
+                retry_delay_seconds=orchestrate.retry_delay_seconds,
+            )
+            done.append(stage_task(stage, str(ws), stage_env, timeout_s))
+        step = "save-experiment"
+        save_experiment(str(ws), checkout, experiment)
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line
+        raise _fail(step, exc, ws) from exc
 
     markdown = eval_markdown(experiment, prep["baseline"], overrides, ws, done)
     create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY, description=f"train-nir {experiment}")

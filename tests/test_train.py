@@ -63,8 +63,14 @@ def test_mlflow_run_has_params_metrics_grid_and_registered_model(store, dataset,
 
     from nirgan.models import load_generator
 
+    from nirgan import tracking
+
     cfg = small_config(log_model=True, max_steps=3, log_every=2)
-    result = _run(cfg, dataset, tmp_path)
+    os.environ["DVC_EXP_NAME"] = "exp-lr-two"  # as `dvc exp run -n` and the train-nir flow set it
+    try:
+        result = _run(cfg, dataset, tmp_path)
+    finally:
+        del os.environ["DVC_EXP_NAME"]
     assert result["steps"] == 3
 
     info = json.loads((tmp_path / "models" / "mlflow_run.json").read_text())
@@ -75,13 +81,26 @@ def test_mlflow_run_has_params_metrics_grid_and_registered_model(store, dataset,
     assert run.data.params["train.lambda_lr"] == "2.0"
     assert run.data.params["augment.image_size"] == "64"
     assert run.data.tags["git_commit"]
+    # Found by experiment name; the thesis configuration (Tables 4.2-4.8) is a tag.
+    assert run.info.run_name == "exp-lr-two" and run.data.tags["thesis_config"] == "ED-LS-LR-2"
     for key in ("d_adv", "g_adv", "g_lr", "g_total", "lr_generator", "lr_discriminator", "pairs_per_s"):
         assert key in run.data.metrics, key
     # Losses every log_every steps (2) and at the end (3): two points, not one per step.
     assert [m.step for m in client.get_metric_history(run.info.run_id, "g_total")] == [2, 3]
 
+    # Grids under one fixed path per epoch (the compare page's common artifacts) and as an
+    # image series with the training step.
     samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
-    assert samples and samples[0].endswith(".png")
+    assert samples == ["samples/epoch_001.png"]
+    series = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    assert any(p.startswith("images/samples+step+3+") for p in series), series
+    # Registered only once evaluate succeeded on the finished run.
+    assert not [v for v in client.search_model_versions("name='nirgan-generator'") if v.run_id == run.info.run_id]
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (tmp_path / "eval.json").write_text("{}")
+    assert tracking.log_evaluation(tmp_path / "models" / "mlflow_run.json", {"fid": 1.0}, plots,
+                                   tmp_path / "eval.json") == run.info.run_id
     versions = client.search_model_versions("name='nirgan-generator'")
     assert any(v.run_id == run.info.run_id for v in versions)
     metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
@@ -178,3 +197,78 @@ def test_rerun_of_a_finished_run_restores_its_sample_grid(store, dataset, tmp_pa
     shutil.rmtree(samples)
     assert _run(small_config(max_steps=2), dataset, tmp_path)["steps_this_session"] == 0
     assert sorted(p.name for p in samples.iterdir()) == ["epoch_001_step_00000002.png"]
+
+
+def test_resume_after_dvc_deleted_the_samples_keeps_the_earlier_epochs_grids(store, dataset, tmp_path):
+    # Issue 12 item 7: one epoch (24 pairs, batch 4: 6 steps) checkpointed, then the stage reruns
+    # (DVC deletes models/samples, keeps the persistent checkpoints) and resumes into epoch 2.
+    _run(small_config(max_steps=6), dataset, tmp_path)
+    samples = tmp_path / "models" / "samples"
+    shutil.rmtree(samples)
+    assert _run(small_config(max_steps=8), dataset, tmp_path)["steps_this_session"] == 2
+    assert sorted(p.name for p in samples.iterdir()) == ["epoch_001_step_00000006.png", "epoch_002_step_00000008.png"]
+
+
+def _train_process(work: Path, dataset, cfg, env_extra: dict) -> subprocess.Popen:
+    (work / "data").mkdir(parents=True)
+    for name, src in zip(("prepared", "split"), dataset):
+        (work / "data" / name).symlink_to(src)
+    write_params(work / "params.yaml", cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
+    return subprocess.Popen([sys.executable, "-m", "nirgan.cli", "stage", "train"], cwd=work, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_checkpoint(proc: subprocess.Popen, ckpt: Checkpoint, at_least: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (ckpt.directory / "latest").exists() and int(ckpt.latest().stem.split("_")[1]) >= at_least:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint {at_least} before the process ended: {proc.stderr.read()[-2000:]}")
+
+
+def test_sigterm_ends_the_run_killed_and_registers_no_model(store, dataset, tmp_path):
+    # Issue 12 item 10: a stopped stage (SIGTERM from a cancelled task or worker) must not leave
+    # its MLflow run RUNNING, and no model version comes from an unfinished run.
+    from mlflow.tracking import MlflowClient
+
+    work = tmp_path / "w"
+    proc = _train_process(work, dataset, small_config(max_steps=1000, checkpoint_every=1, log_model=True),
+                          {"MLFLOW_TRACKING_URI": store})
+    ckpt = Checkpoint(work / "models" / "checkpoints")
+    try:
+        _wait_checkpoint(proc, ckpt, 2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    run_id = json.loads((work / "models" / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(store)
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert not [v for v in client.search_model_versions("name='nirgan-generator'") if v.run_id == run_id]
+
+
+def test_kill9_then_a_fresh_start_ends_the_dead_run(store, dataset, tmp_path):
+    # kill -9 leaves nothing to end the run with; the next start of the stage does, when it
+    # does not continue that run (here: a changed config starts afresh).
+    from mlflow.tracking import MlflowClient
+
+    work = tmp_path / "w"
+    proc = _train_process(work, dataset, small_config(max_steps=1000, checkpoint_every=1),
+                          {"MLFLOW_TRACKING_URI": store})
+    ckpt = Checkpoint(work / "models" / "checkpoints")
+    try:
+        _wait_checkpoint(proc, ckpt, 1)
+    finally:
+        proc.kill()
+        proc.wait()
+    dead = json.loads((work / "models" / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(store)
+    assert client.get_run(dead).info.status == "RUNNING"
+    _run(small_config(max_steps=2, lambda_lr=1.0), dataset, work)
+    assert client.get_run(dead).info.status == "KILLED"
+    assert json.loads((work / "models" / "mlflow_run.json").read_text())["run_id"] != dead

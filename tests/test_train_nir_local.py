@@ -65,3 +65,24 @@ def test_local_train_nir_pushes_the_experiment_to_the_dvc_and_git_remotes(tmp_pa
     # the checkout lists it too
     show = run(["dvc", "exp", "show", "--json"], root, env).stdout
     assert "remote-exp" in show
+
+
+@pytest.mark.timeout(600)
+def test_a_failed_run_says_why_in_one_line_in_its_final_state(tmp_path):
+    # Issue 12 item 14: `prefect deployment run --watch` and the UI show the final state's
+    # message; it must carry the cause (here check-params refusing a size the generator cannot
+    # take), in one line, not a multi-line dump or only "Failed".
+    root = make_project(tmp_path / "project")
+    env = project_env(root)
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"))
+    env.pop("PREFECT_API_URL", None)
+    out = run([sys.executable, "flows/train_nir.py", "-S", "augment.image_size=100", "-n", "bad-size"], root, env,
+              check=False)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0
+    final = [line for line in log.splitlines() if "Finished in state Failed(" in line]
+    assert final, log[-3000:]
+    message = final[-1].split("Finished in state Failed(", 1)[1]
+    assert "RunFailed: prepare-workspace failed: " in message, message
+    assert "nirgan: " in message and "augment.image_size" in message, message
+    assert "\\n" not in message and "last lines" not in message, message

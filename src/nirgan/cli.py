@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nirgan.config import Config, ConfigError, DataError, check_data_paths, load_config
+from nirgan.config import Config, ConfigError, DataError, ServiceError, check_data_paths, load_config
 
 RAW = Path("data/raw")
 CROPS = Path("data/crops")
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as exc:  # a missing input names its file
         print(f"nirgan: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except ServiceError as exc:
+        print(f"nirgan: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -35,6 +35,10 @@ class DataError(ValueError):
     file and, where there is one, the row and the key. The CLI prints it and exits with 2."""
 
 
+class ServiceError(RuntimeError):
+    """A service the run needs (the MLflow tracking server) is unreachable: one line, exit code 3."""
+
+
 # ----------------------------------------------------------------------------- collect
 class TwinConfig(Section):
     """The built-in digital twin (see ``nirgan.twin``)."""

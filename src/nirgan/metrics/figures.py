@@ -62,6 +62,15 @@ SWEEP_STEPS = 8
 GRID_SOURCES = 6
 GRID_LATENTS = 6
 INTERP_STEPS = 8
+SWEEP_COLUMNS = ("pair_id", "true_deg", "estimated_real_deg", "estimated_generated_deg")
+
+
+def placeholder(title: str, reason: str, width: int = 320, height: int = 80) -> np.ndarray:
+    """A dark image that says why a figure is missing (e.g. "unavailable: no labels")."""
+    canvas = np.full((height, width, 3), 40, np.uint8)
+    _text(canvas, title, 8, 28)
+    _text(canvas, reason, 8, 56)
+    return canvas
 
 
 def spread(values: np.ndarray, steps: int) -> np.ndarray:
@@ -115,10 +124,15 @@ def draw_figures(out: Path, test: Split, train: Split, sampler: Sampler, encoder
                     [f"est {v:+.1f}" for v in est_gen]]
             titles = [f"{attr}: source", "real target (estimator)", "generated (estimator)"]
             write_image(out / f"sweep_{attr}.png", grid(rows, caps, titles))
-            pd.DataFrame({
+            pd.DataFrame({  # columns: SWEEP_COLUMNS
                 "pair_id": test.pair_ids[idx], "true_deg": truth,
                 "estimated_real_deg": est_real[idx, j], "estimated_generated_deg": est_gen,
             }).to_csv(out / f"sweep_{attr}.csv", index=False, float_format="%.3f")
+    else:
+        # Every plot dvc.yaml declares must exist, or `dvc plots show` fails for all of them.
+        for attr in SWEEPS:
+            write_image(out / f"sweep_{attr}.png", placeholder(f"sweep {attr}", "unavailable: no labels"))
+            pd.DataFrame(columns=list(SWEEP_COLUMNS)).to_csv(out / f"sweep_{attr}.csv", index=False)
 
     # latent interpolation (thesis 3.5.3.2.1), in style space: generated and reconstructed faces
     t = torch.linspace(0, 1, INTERP_STEPS)[:, None]
@@ -178,7 +192,9 @@ def write_plot_data(out: Path, metrics: dict[str, Any], labelled: bool) -> None:
     bars = [{"metric": k, "value": metrics[k], "std": metrics.get(f"{k}_std", 0.0)}
             for k in REALISM_DIVERSITY_KEYS if isinstance(metrics.get(k), float)]
     write_json(out / "realism_diversity.json", bars)
-    if labelled:
+    if not labelled:
+        write_json(out / "pose_error.json", [])  # declared in dvc.yaml: present, with no bars
+    else:
         # long format, one bar per (attribute, images): dvc's bar templates take one x and one y field
         write_json(out / "pose_error.json", [
             {"series": f"{a} ({images})", "attribute": a, "images": images,

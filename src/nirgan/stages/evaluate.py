@@ -43,6 +43,7 @@ from nirgan.devices import resolve_device
 from nirgan.io import atomic_dir, stage_log, write_json
 from nirgan.metrics import aggregate_draws, evaluate_cleaning
 from nirgan.metrics.data import Split, load_split
+from nirgan.metrics.feature_check import holdout_mask, subject_accuracy
 from nirgan.metrics.figures import SWEEPS, draw_figures, write_plot_data
 from nirgan.metrics.identity import reconstruction_cosines, reconstruction_l1, reconstructions
 from nirgan.metrics.judge import realism_judge
@@ -114,7 +115,8 @@ def run(
         labelled = bool(np.isfinite(test.labels).all() and np.isfinite(train.labels).all())
 
         # 1. the estimator: instrument for attribute preservation and feature net for realism
-        estimator = _estimator(cfg, train, device)
+        estimator, nirfeat_check = _estimator(cfg, train, device, labelled)
+        metrics.update(nirfeat_check)
         lap("pose estimator trained")
         metrics["pose_gaze_from"] = ("eye patches (keypoints from the sources' eye colour code)" if estimator.eyes
                                      else "face trunk only (the sources carry no eye colour code)")
@@ -170,24 +172,32 @@ def run(
 
 
 # ------------------------------------------------------------------------- instruments
-def _estimator_recipe(cfg: Config) -> EstimatorTraining:
+def _estimator_recipe(cfg: Config, labelled: bool = True) -> EstimatorTraining:
     # A seed of its own: a run with train.lambda_attr trains its loss estimator with train.seed on the
     # same data; the instrument must not be the very network the generator learned to satisfy.
+    # Unlabelled, the subjects are its only supervision (see nirgan.metrics.feature_check).
     return EstimatorTraining(epochs=cfg.evaluate.estimator_epochs, seed=cfg.evaluate.seed + 1000,
-                             subject_weight=SUBJECT_WEIGHT)
+                             subject_weight=SUBJECT_WEIGHT if labelled else 1.0)
 
 
 def _estimator_resolution(cfg: Config, train: Split) -> int:
     return min(cfg.evaluate.estimator_resolution, train.target.shape[-1])
 
 
-def _estimator(cfg: Config, train: Split, device: torch.device) -> PoseEstimator:
+def _estimator(cfg: Config, train: Split, device: torch.device, labelled: bool) -> tuple[PoseEstimator, dict]:
+    """The instrument, and (without labels) whether it learned anything as a feature network."""
     _, codes = np.unique(train.subjects, return_inverse=True)
-    return train_pose_estimator(
-        train.target, train.source, torch.as_tensor(train.labels, dtype=torch.float32),
-        torch.as_tensor(codes, dtype=torch.long), _estimator_recipe(cfg), device=device,
+    keep = np.ones(len(codes), bool) if labelled else ~holdout_mask(train.subjects, cfg.evaluate.seed)
+    idx = torch.as_tensor(np.flatnonzero(keep))
+    estimator = train_pose_estimator(
+        train.target[idx], train.source[idx], torch.as_tensor(train.labels[keep], dtype=torch.float32),
+        torch.as_tensor(codes[keep], dtype=torch.long), _estimator_recipe(cfg, labelled), device=device,
         resolution=_estimator_resolution(cfg, train),
     )
+    if labelled:
+        return estimator, {}
+    held = np.flatnonzero(~keep)
+    return estimator, subject_accuracy(estimator, train.targets(held), codes[held], int(codes.max()) + 1)
 
 
 def _identity_embedder(cfg: Config, model_dir: Path, train: Split, device: torch.device) -> tuple[Any, str]:

@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from tqdm import tqdm
 
 from nirgan import devices, tracking
 from nirgan.config import Config, TrainConfig
-from nirgan.io import write_image
+from nirgan.io import write_image, write_json
 from nirgan.training.checkpoint import Checkpoint
 from nirgan.training.data import load_data
 from nirgan.training.distributed import DistInfo, barrier, init_distributed
@@ -197,6 +198,7 @@ def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metri
                          f"{cfg.augment.image_size}; rerun the augment stage")
     ckpt = Checkpoint(out_dir / "checkpoints")
     record = RunRecord(fingerprint(cfg, data))
+    previous_run = _previous_run_id(ckpt) if info.is_main else None
     state = resumable_state(ckpt, record.fingerprint, out_dir, info)
 
     session = TrainSession(cfg, data, device, info, aux_dir=out_dir)
@@ -204,18 +206,55 @@ def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metri
         session.load_state_dict(state)
         record.resume_from(state)
         log.info("resuming from %s at step %d (epoch %d)", ckpt.latest(), session.step, session.epoch)
+    if info.is_main:
+        _restore_grids(ckpt, out_dir, session.step if state is not None else 0)
+        if previous_run and previous_run != record.run_id:
+            # An attempt killed before its first checkpoint, or one whose checkpoints no longer
+            # apply: its process is gone, so its run must not stay RUNNING.
+            tracking.end_stale_run(previous_run, "KILLED", reason="its training process died; a new attempt "
+                                   "started without resuming it")
 
     end_step = min(session.total_steps, tc.max_steps or session.total_steps)
-    run_ctx = tracking.start_run(cfg.model_dump(mode="json"), run_name=thesis_name(tc), run_id=record.run_id) \
-        if info.is_main else nullcontext()
+    name = thesis_name(tc)
+    run_ctx = tracking.start_run(cfg.model_dump(mode="json"), run_name=tracking.run_name(name), run_id=record.run_id,
+                                 tags={"thesis_config": name}) if info.is_main else nullcontext()
     with run_ctx as run:
         if info.is_main:
             tracking.write_run_info(out_dir / "mlflow_run.json", run)
+            write_json(ckpt.directory / RUN_ID_FILE, {"run_id": run.info.run_id})
             record.run_id = run.info.run_id
         result = _loop(session, ckpt, record, end_step, out_dir, info)
         if info.is_main:
             result.update(export_run(session, cfg, out_dir, metrics_path, record.history, result, record.run_id))
     return result
+
+
+# The checkpoints directory is DVC-persistent (kept when the stage reruns); models/samples is not
+# (DVC deletes it before a rerun). So each grid is written there first and models/samples is
+# re-materialised from it on every start: a resumed run keeps the earlier epochs' grids.
+RUN_ID_FILE = "mlflow_run.json"
+GRID_PREFIX = "sample_"
+
+
+def _previous_run_id(ckpt: Checkpoint) -> str | None:
+    path = ckpt.directory / RUN_ID_FILE
+    try:
+        return tracking.read_run_info(path)["run_id"] if path.exists() else None  # type: ignore[index]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _restore_grids(ckpt: Checkpoint, out_dir: Path, upto_step: int) -> None:
+    """Copy the kept grids of steps <= ``upto_step`` into out_dir/samples; drop later ones
+    (drawn after the last checkpoint, so they will be drawn again)."""
+    samples = out_dir / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    for kept in sorted(ckpt.directory.glob(f"{GRID_PREFIX}epoch_*_step_*.png")):
+        step = int(kept.stem.rsplit("_", 1)[1])
+        if step > upto_step:
+            kept.unlink()
+        elif not (samples / kept.name[len(GRID_PREFIX):]).exists():
+            shutil.copyfile(kept, samples / kept.name[len(GRID_PREFIX):])
 
 
 def _loop(session: TrainSession, ckpt: Checkpoint, record: RunRecord, end_step: int, out_dir: Path,
@@ -246,9 +285,9 @@ def _loop(session: TrainSession, ckpt: Checkpoint, record: RunRecord, end_step: 
         if at_end:
             break
     bar.close()
-    if info.is_main and session.step == start_step:
-        # Resumed a finished run (e.g. `dvc repro -f train`): DVC removed the sample grids, so the
-        # stage would lack its declared output; draw the final grid again.
+    if info.is_main and session.step == start_step and not (out_dir / "samples" / _grid_name(session)).exists():
+        # Resumed a finished run whose grid was not kept (a checkpoint from before grids were
+        # kept beside it): draw the final grid again, the stage's declared output.
         _log_grid(session, out_dir)
     wall = time.perf_counter() - record.t0
     steps_run = session.step - start_step
@@ -295,9 +334,16 @@ def _over_budget(max_minutes: float | None, elapsed_s: float, device: torch.devi
     return over
 
 
+def _grid_name(session: TrainSession) -> str:
+    epoch = math.ceil(session.step / session.steps_per_epoch)
+    return f"epoch_{epoch:03d}_step_{session.step:08d}.png"
+
+
 def _log_grid(session: TrainSession, out_dir: Path) -> None:
     grid = session.sample_grid()
-    epoch = math.ceil(session.step / session.steps_per_epoch)
-    path = out_dir / "samples" / f"epoch_{epoch:03d}_step_{session.step:08d}.png"
-    write_image(path, grid)
-    tracking.log_artifact(path, "samples")
+    name = _grid_name(session)
+    kept = out_dir / "checkpoints" / f"{GRID_PREFIX}{name}"
+    write_image(kept, grid)
+    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(kept, out_dir / "samples" / name)
+    tracking.log_sample_grid(kept, math.ceil(session.step / session.steps_per_epoch), session.step)

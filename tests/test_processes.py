@@ -1,0 +1,61 @@
+"""flows.processes.stream: a command outlives the process that follows its output (issue 12
+item 10: a killed worker took its flow run, whose stage then died of a broken pipe)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    for i in range(15):
+        print(f"line {i}", flush=True)
+        time.sleep(0.2)
+    open(sys.argv[1], "w").write("done")
+""")
+
+FOLLOWER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from flows.processes import stream
+    stream([sys.executable, "-c", sys.argv[1], sys.argv[2]], Path.cwd(), dict(__import__("os").environ),
+           lambda line: print(line, flush=True))
+""")
+
+
+def test_command_survives_the_death_of_its_follower(tmp_path):
+    marker = tmp_path / "done"
+    follower = subprocess.Popen([sys.executable, "-c", FOLLOWER, CHILD, str(marker)], cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'src'}"},
+                                stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and follower.stdout.readline().strip() != "line 0":
+        pass  # the echoed command, then the command's first line: it runs and is followed
+    follower.send_signal(signal.SIGKILL)  # as a kill -9 of the worker takes its flow run
+    follower.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not marker.exists():
+        time.sleep(0.1)
+    assert marker.exists() and marker.read_text() == "done", "the command died with its follower"
+
+
+def test_stream_returns_output_and_raises_one_line_cause(tmp_path):
+    from flows.processes import CommandError, stream
+
+    seen: list[str] = []
+    out = stream([sys.executable, "-c", "print('a'); print('b', end='')"], tmp_path, dict(os.environ), seen.append)
+    assert out == "a\nb" and seen[1:] == ["a", "b"]
+    script = "import sys; print('working'); print('nirgan: params.yaml: train.x: bad', file=sys.stderr); sys.exit(2)"
+    try:
+        stream([sys.executable, "-c", script], tmp_path, dict(os.environ), seen.append)
+    except CommandError as exc:
+        assert exc.cause.endswith("exited with 2: nirgan: params.yaml: train.x: bad"), exc.cause
+    else:
+        raise AssertionError("no CommandError")
