@@ -234,27 +234,33 @@ def test_eye_patches_cover_the_same_face_area_and_mirror_the_right_eye(size):
     torch.testing.assert_close(patches[1, 0, rows // 2], 90 * step - (torch.arange(cols) - (cols - 1) / 2) * step)
 
 
-def test_pose_estimator_reads_gaze_from_the_eye_patches():
-    rng = np.random.default_rng(1)
-    n = 200
+def _eye_face_estimator(seed: int, n: int = 200, n_train: int = 170):
+    """A small estimator trained on synthetic colour-coded two-eyed faces; returns it with the
+    held-out faces (model range), their sources and labels, and the training labels."""
+    rng = np.random.default_rng(seed)
     labels = np.stack([rng.uniform(-15, 15, n), rng.uniform(-10, 10, n), np.zeros(n),
                        rng.uniform(-20, 20, n), rng.uniform(-15, 15, n)], axis=1).astype(np.float32)
     src, tgt = _eye_faces(labels)
-    train, test = slice(0, 170), slice(170, n)
+    train, test = slice(0, n_train), slice(n_train, n)
     model = train_pose_estimator(
         torch.from_numpy(tgt[train]), torch.from_numpy(src[train]), torch.from_numpy(labels[train]), None,
         EstimatorTraining(epochs=12, batch_size=32, lr=3e-3), width=8, feature_dim=32, resolution=64,
     )
-    assert model.eyes  # the sources carry the eye code
     x = torch.from_numpy(tgt[test])[:, None].float() / 127.5 - 1
-    errors = angle_errors(predict(model, x), labels[test], "t")
-    spread = np.abs(labels[test] - labels[train].mean(0)).mean(0)
+    return model, x, src[test], labels[test], labels[train]
+
+
+def test_pose_estimator_reads_gaze_from_the_eye_patches():
+    model, x, test_src, test_labels, train_labels = _eye_face_estimator(seed=1)
+    assert model.eyes  # the sources carry the eye code
+    errors = angle_errors(predict(model, x), test_labels, "t")
+    spread = np.abs(test_labels - train_labels.mean(0)).mean(0)
     # a 20-degree gaze is 3 px here; the 64-pixel trunk alone cannot resolve it this well
     assert errors["t_gaze_yaw_mean"] < 0.3 * spread[3]
     assert errors["t_gaze_pitch_mean"] < 0.3 * spread[4]
     with torch.no_grad():
         found = model.outputs(x)["keypoints"]
-    true, valid = eye_keypoints(torch.from_numpy(src[test]).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    true, valid = eye_keypoints(torch.from_numpy(test_src).permute(0, 3, 1, 2).float() / 127.5 - 1)
     assert ((found - true).norm(dim=-1)[valid]).mean() < 1.0
 
 
@@ -309,21 +315,11 @@ def test_cleaning_without_ground_truth_is_unavailable(tmp_path):
 
 def test_pose_estimator_reads_pose_not_brightness():
     """A face of another brightness is the same pose: the recipe's photometric draws must keep the
-    estimator's reading (the instrument of pose_gen_* and TSTR) from following the shading (with photometric=0 the head error on these faces rose from 0.85 to 3.3 degrees)."""
-    rng = np.random.default_rng(2)
-    n = 200
-    labels = np.stack([rng.uniform(-15, 15, n), rng.uniform(-10, 10, n), np.zeros(n),
-                       rng.uniform(-20, 20, n), rng.uniform(-15, 15, n)], axis=1).astype(np.float32)
-    src, tgt = _eye_faces(labels)
-    train, test = slice(0, 170), slice(170, n)
-    model = train_pose_estimator(
-        torch.from_numpy(tgt[train]), torch.from_numpy(src[train]), torch.from_numpy(labels[train]), None,
-        EstimatorTraining(epochs=12, batch_size=32, lr=3e-3), width=8, feature_dim=32,
-        resolution=64,
-    )
-    x = torch.from_numpy(tgt[test])[:, None].float() / 127.5 - 1
-    as_is = angle_errors(predict(model, x), labels[test], "t")
+    estimator's reading (the instrument of pose_gen_* and TSTR) from following the shading (with
+    photometric=0 the head error on these faces rose from 0.85 to 3.3 degrees)."""
+    model, x, _, test_labels, _ = _eye_face_estimator(seed=2)
+    as_is = angle_errors(predict(model, x), test_labels, "t")
     for c, b in ((0.75, 0.2), (1.2, -0.2)):
-        shifted = angle_errors(predict(model, (x * c + b).clamp(-1, 1)), labels[test], "t")
+        shifted = angle_errors(predict(model, (x * c + b).clamp(-1, 1)), test_labels, "t")
         assert shifted["t_head_mean"] < 1.5 * as_is["t_head_mean"] + 0.5, (c, b, shifted["t_head_mean"], as_is["t_head_mean"])
         assert shifted["t_gaze_mean"] < 1.5 * as_is["t_gaze_mean"] + 0.5, (c, b, shifted["t_gaze_mean"], as_is["t_gaze_mean"])
