@@ -75,14 +75,14 @@ def with_parents(name: str) -> list[str]:
 
 def import_closure(start: str) -> set[Path]:
     seen: set[str] = set()
-    todo = with_parents(start)
-    while todo:
-        name = todo.pop()
+    pending = with_parents(start)
+    while pending:
+        name = pending.pop()
         if name in seen:
             continue
         seen.add(name)
         for imported in imported_modules(module_file(name)):
-            todo.extend(with_parents(imported))
+            pending.extend(with_parents(imported))
     return {module_file(n) for n in seen}
 
 

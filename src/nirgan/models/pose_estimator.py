@@ -13,7 +13,7 @@ network as future work; no thesis table defines one. Two parts:
     logits (auxiliary, training only)
 
 The optional subject head (``subject_weight``) pushes ``features`` towards identity; evaluate
-trains without it (see ``nirgan.stages.evaluate.SUBJECT_WEIGHT``) and uses ``features`` as the
+trains without it (see ``SUBJECT_WEIGHT`` in the evaluate stage) and uses ``features`` as the
 in-pipeline feature space for FID/KID (``realism_fid_nirfeat``).
 
 **Eye patches** (gaze). On the twin a 20 degree gaze moves the iris ~3 pixels in a 128 crop and
