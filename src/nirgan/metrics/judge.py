@@ -46,6 +46,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 from nirgan.metrics import aggregate_draws
+from nirgan.metrics.features import separable_filter
 
 GenerateFn = Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
 
@@ -64,18 +65,13 @@ def roc_auc(scores_negative: np.ndarray, scores_positive: np.ndarray) -> float:
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(n, 1, S, S) blurred with a separable Gaussian (reflect padding, radius 3 sigma)."""
-    radius = max(1, int(np.ceil(3 * sigma)))
+    """(n, 1, S, S) blurred with a separable Gaussian (reflect padding, radius 3 sigma, cut to fit
+    the image), through the SWD's banded-matrix :func:`~nirgan.metrics.features.separable_filter`."""
+    radius = min(max(1, int(np.ceil(3 * sigma))), images.shape[-1] - 1)  # reflect padding stays inside
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    k = (k / k.sum()).to(images.device)
-    radius = min(radius, images.shape[-1] - 1)  # reflect padding must stay inside the image
-    k = k[len(k) // 2 - radius : len(k) // 2 + radius + 1]
-    k = k / k.sum()
-    out = F.pad(images.float(), (radius, radius, 0, 0), mode="reflect")
-    out = F.conv2d(out, k.view(1, 1, 1, -1))
-    out = F.pad(out, (0, 0, radius, radius), mode="reflect")
-    return F.conv2d(out, k.view(1, 1, -1, 1))
+    taps = torch.exp(-(x**2) / (2 * sigma**2))
+    padded = F.pad(images.float(), (radius, radius, radius, radius), mode="reflect")
+    return separable_filter(padded, taps / taps.sum())
 
 
 def blur_sigma(size: int) -> float:
