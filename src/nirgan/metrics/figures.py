@@ -188,7 +188,14 @@ REALISM_DIVERSITY_KEYS = (
 )
 
 
-def write_plot_data(out: Path, metrics: dict[str, Any], labelled: bool) -> None:
+def write_plot_data(out: Path, metrics: dict[str, Any], labelled: bool, judge_curve: list[dict[str, Any]]) -> None:
+    # one column per arm, one row per epoch: dvc's linear template draws each column as a line
+    arms = sorted({r["arm"] for r in judge_curve})
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for r in judge_curve:
+        by_epoch.setdefault(r["epoch"], {"epoch": r["epoch"]})[r["arm"]] = r["auc"]
+    pd.DataFrame([by_epoch[e] for e in sorted(by_epoch)], columns=["epoch", *arms]).to_csv(
+        out / "judge_curve.csv", index=False)
     bars = [{"metric": k, "value": metrics[k], "std": metrics.get(f"{k}_std", 0.0)}
             for k in REALISM_DIVERSITY_KEYS if isinstance(metrics.get(k), float)]
     write_json(out / "realism_diversity.json", bars)

@@ -30,14 +30,19 @@ Keys (mean over seeds and population std):
   judge_auc_real_vs_real[_std]    the calibration: about 0.5 (its spread is the test's noise)
   judge_auc_blurred_real[_std]    real vs real blurred with sigma 1.5 px at 128 px
   judge_auc_untrained[_std]       real vs an untrained generator
-  judge_images_per_class_train, judge_images_per_class_test, judge_seeds, judge_blur_sigma_px
+  <each of the above>_curve_mean[_std]   the graded companion: mean held-out AUC of the same
+                                  judge read after epochs 1, 2, 5, 10 and the last (the area under
+                                  its learning curve). Once both generators are told apart for
+                                  sure at the end (AUC 1.0), how soon they are still differs.
+  judge_images_per_class_train, judge_images_per_class_test, judge_seeds, judge_blur_sigma_px,
+  judge_curve_epochs
 The AUC is the raw held-out one (not folded at 0.5): a value far below 0.5 means an undertrained
 or overfitted judge (seen with one epoch), not a realistic generator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +57,9 @@ GenerateFn = Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
 
 BLUR_SIGMA_AT_128 = 1.5
 AUC_KEYS = ("judge_auc", "judge_auc_real_vs_real", "judge_auc_blurred_real", "judge_auc_untrained")
+# Held-out AUC is also read after these epochs: a judge that needs longer to tell a generator
+# apart is being shown a better one, which the saturated final AUC cannot say.
+CURVE_EPOCHS = (1, 2, 5, 10)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -142,13 +150,27 @@ def _score(judge: Judge, x: torch.Tensor, crop: int) -> torch.Tensor:
     return torch.stack([judge(t) for t in tiles]).mean(0).cpu()
 
 
+def _held_out_auc(judge: Judge, x_train: torch.Tensor, held_out: tuple[torch.Tensor, torch.Tensor], crop: int,
+                  batch_size: int, gen: torch.Generator, device: torch.device) -> float:
+    _precise_batchnorm(judge, x_train, crop, batch_size, gen, device)
+    judge.eval()
+    with torch.no_grad():
+        scores = [torch.cat([_score(judge, c[i : i + 64].float().to(device), crop) for i in range(0, len(c), 64)])
+                  for c in held_out]
+    return roc_auc(scores[0].numpy(), scores[1].numpy())
+
+
 def two_sample_auc(class0: torch.Tensor, class1: torch.Tensor, seed: int = 0, epochs: int = 20,
                    batch_size: int = 32, lr: float = 1e-3, width: int = 16, crop: int | None = None,
-                   device: torch.device | str = "cpu") -> tuple[float, int, int]:
+                   device: torch.device | str = "cpu", curve: Sequence[int] = ()
+                   ) -> tuple[float, int, int, dict[int, float]]:
     """Train a :class:`Judge` on a random half of each class and score the other halves.
 
     ``class0`` / ``class1``: (n, 1, S, S) on [-1, 1]. Returns (held-out ROC AUC for "class 1",
-    training images per class, test images per class); the two classes are cut to the same size.
+    training images per class, test images per class, {epoch: held-out AUC} after each epoch in
+    ``curve`` below ``epochs``); the two classes are cut to the same size. The curve's scoring
+    draws from its own generator and leaves the weights alone, so the final AUC is the same with
+    or without it.
     """
     n = min(len(class0), len(class1))
     if n < 4:
@@ -164,8 +186,10 @@ def two_sample_auc(class0: torch.Tensor, class1: torch.Tensor, seed: int = 0, ep
         judge = Judge(width).to(device)
     opt = torch.optim.Adam(judge.parameters(), lr=lr, betas=(0.5, 0.999))
     crop = min(x_train.shape[-1], crop or max(16, x_train.shape[-1] // 2))
+    held_out = (class0[pick0[n_train:]], class1[pick1[n_train:]])
+    curve_gen, learning = torch.Generator().manual_seed(seed + 7919), {}
     judge.train()
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         order = torch.randperm(len(x_train), generator=gen)
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
@@ -174,12 +198,14 @@ def two_sample_auc(class0: torch.Tensor, class1: torch.Tensor, seed: int = 0, ep
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    _precise_batchnorm(judge, x_train, crop, batch_size, gen, device)
-    judge.eval()
-    with torch.no_grad():
-        scores = [torch.cat([_score(judge, c[p[i : i + 64]].float().to(device), crop) for i in range(n_train, n, 64)])
-                  for c, p in ((class0, pick0), (class1, pick1))]
-    return roc_auc(scores[0].numpy(), scores[1].numpy()), n_train, n - n_train
+        if epoch in curve and epoch < epochs:
+            learning[epoch] = _held_out_auc(judge, x_train, held_out, crop, batch_size, curve_gen, device)
+            for m in judge.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = 0.1  # back to training's running average (reset again at the end)
+            judge.train()
+    learning[epochs] = _held_out_auc(judge, x_train, held_out, crop, batch_size, gen, device)
+    return learning[epochs], n_train, n - n_train, learning
 
 
 # ---------------------------------------------------------------------------- the measure
@@ -194,21 +220,22 @@ def _generated(generate: GenerateFn, sources: torch.Tensor, labels: np.ndarray, 
 def realism_judge(targets: torch.Tensor, sources: torch.Tensor, labels: np.ndarray | None,
                   generate: GenerateFn | None, generate_untrained: GenerateFn | None, latent_dim: int,
                   seeds: int = 3, epochs: int = 20, seed: int = 0, device: torch.device | str = "cpu",
-                  batch_size: int = 50) -> dict[str, object]:
-    """The judge's AUCs (see the module docstring).
+                  batch_size: int = 50) -> tuple[dict[str, object], list[dict[str, object]]]:
+    """The judge's AUCs (see the module docstring) and its learning curves.
 
     ``targets`` (N, 1, S, S) and ``sources`` (N, 3, S, S) on [-1, 1], row i of one paired with row
     i of the other; ``labels`` (N, 5) degrees for label-conditioned generators (else None).
     ``generate`` / ``generate_untrained`` map (sources, z, labels) to (n, 1, S, S) on [-1, 1]; an
-    arm whose callable is None is left out.
+    arm whose callable is None is left out. The curve rows are {arm, epoch, auc, auc_std}.
     """
     n = len(targets)
     if n < 8:
-        return {**{k: "unavailable" for k in AUC_KEYS + tuple(f"{k}_std" for k in AUC_KEYS)},
-                "judge_reason": f"needs at least 8 real images, got {n}"}
+        keys = AUC_KEYS + tuple(f"{k}_std" for k in AUC_KEYS) + tuple(f"{k}_curve_mean" for k in AUC_KEYS)
+        return {**{k: "unavailable" for k in keys}, "judge_reason": f"needs at least 8 real images, got {n}"}, []
     labels = np.full((n, 5), np.nan) if labels is None else np.asarray(labels, np.float64)
     sigma = blur_sigma(targets.shape[-1])
     draws: dict[str, list[float]] = {}
+    curves: dict[tuple[str, int], list[float]] = {}
     sizes = (0, 0)
     for s in range(seeds):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + s))
@@ -219,9 +246,16 @@ def realism_judge(targets: torch.Tensor, sources: torch.Tensor, labels: np.ndarr
             if g is not None:
                 others[key] = lambda g=g: _generated(g, sources[q], labels[q.numpy()], latent_dim, seed + s, batch_size)
         for key, make in others.items():
-            auc, *sizes = two_sample_auc(targets[p], make(), seed=seed + s, epochs=epochs, device=device)
+            auc, *sizes, learning = two_sample_auc(targets[p], make(), seed=seed + s, epochs=epochs, device=device,
+                                                   curve=CURVE_EPOCHS)
             draws.setdefault(key, []).append(auc)
+            draws.setdefault(f"{key}_curve_mean", []).append(float(np.mean(list(learning.values()))))
+            for epoch, value in learning.items():
+                curves.setdefault((key, epoch), []).append(value)
     out: dict[str, object] = dict(aggregate_draws(draws))
     out.update(judge_images_per_class_train=sizes[0], judge_images_per_class_test=sizes[1], judge_seeds=seeds,
-               judge_blur_sigma_px=sigma)
-    return out
+               judge_blur_sigma_px=sigma,
+               judge_curve_epochs=",".join(str(e) for e in [*(e for e in CURVE_EPOCHS if e < epochs), epochs]))
+    rows = [{"arm": key, "epoch": epoch, "auc": float(np.mean(v)), "auc_std": float(np.std(v))}
+            for (key, epoch), v in sorted(curves.items())]
+    return out, rows

@@ -142,10 +142,11 @@ def run(
         lap(f"utility (TSTR), {e.utility_seeds} seeds")
 
         # 4. the realism judge: a real-vs-generated classifier on held-out halves
-        metrics.update(realism_judge(
+        judged, judge_curve = realism_judge(
             torch.cat([train.targets(), real_test]), torch.cat([train.sources(), test.sources()]),
             np.concatenate([train.labels, test.labels]), sampler.generate, untrained.generate, sampler.latent_dim,
-            seeds=e.judge_seeds, epochs=e.judge_epochs, seed=e.seed, device=device))
+            seeds=e.judge_seeds, epochs=e.judge_epochs, seed=e.seed, device=device)
+        metrics.update(judged)
         lap(f"realism judge, {e.judge_seeds} seeds")
 
         # 5. identity reconstruction
@@ -159,7 +160,7 @@ def run(
         # 7. figures and dvc plot data
         with atomic_dir(plots_dir) as tmp:
             draw_figures(tmp, test, train, sampler, encoder, estimator, first_fakes, est_pred_real, labelled, e.seed)
-            write_plot_data(tmp, metrics, labelled)
+            write_plot_data(tmp, metrics, labelled, judge_curve)
         lap("figures")
         # JSON has no NaN: an undefined figure (e.g. the precision of a rule that flagged nothing) is null.
         metrics = {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in metrics.items()}
