@@ -127,7 +127,8 @@ def test_folder_rig_offers_its_rows_and_renders_them(tmp_path: Path):
     images = source_rig.render(rows.iloc[[2, 0]])
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
     assert images[0, :, :, 0].sum() < images[1, :, :, 0].sum()  # frame 2's square starts lower
-    assert json.loads(source_rig.recipe(rows.iloc[1])) == {"rig": "folder", "source_path": "source/alice_cam1/frame_1.png"}
+    recipe = json.loads(source_rig.recipe(rows.iloc[1]))
+    assert recipe == {"rig": "folder", "source_path": "source/alice_cam1/frame_1.png"}
 
 
 @pytest.mark.parametrize("case, fragments", [

@@ -317,8 +317,10 @@ def read_label_rows(path: Path, key: str = "generate.labels_table") -> pd.DataFr
             bad |= ~values.between(-limit, limit).to_numpy()
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            what = "missing value" if pd.isna(values.iloc[i]) else \
-                f"{float(values.iloc[i]):g} is outside the built-in rig's range [-{RIG_LIMITS[column]:g}, {RIG_LIMITS[column]:g}] degrees"
+            what = "missing value"
+            if not pd.isna(values.iloc[i]):
+                limit = RIG_LIMITS[column]
+                what = f"{float(values.iloc[i]):g} is outside the built-in rig's range [-{limit:g}, {limit:g}] degrees"
             raise DataError(f"{path}, row {rows.iloc[i]}, {column}: {what}")
     if "glasses" in table.columns:
         table["glasses"] = table["glasses"].astype(bool)
