@@ -81,13 +81,30 @@ def test_a_wrong_framing_fails_the_same_check(twin_rig, training_sources, wrong:
     assert iou < MIN_MEDIAN_IOU
 
 
-def test_calibration_is_deterministic_and_cached(twin_rig):
-    again = rig.calibrate(PREPARED_CFG.detect, PREPARED_CFG.collect.twin)
-    assert again is twin_rig.framing  # cached in the process
-    fresh = rig._calibrate.__wrapped__((PREPARED_CFG.collect.twin.model_dump_json(),
-                                        PREPARED_CFG.detect.model_dump_json(), rig.CALIBRATION_FRAMES))
-    assert np.array_equal(fresh.coef, twin_rig.framing.coef)
+def test_calibration_is_deterministic_and_cached(twin_rig, tmp_path: Path):
+    detect_cfg, twin_cfg = PREPARED_CFG.detect, PREPARED_CFG.collect.twin
+    assert rig.calibrate(detect_cfg, twin_cfg) is twin_rig.framing  # cached in the process
+    rig._calibrate.cache_clear()
+    fresh = rig.calibrate(detect_cfg, twin_cfg)
+    assert fresh is not twin_rig.framing and np.array_equal(fresh.coef, twin_rig.framing.coef)
     assert fresh.detected >= 0.9 * fresh.frames
+
+    # the JSON cache: written once, then read back bit for bit (not recomputed)
+    cache = tmp_path / "rig_calibration.json"
+    assert np.array_equal(rig.calibrate(detect_cfg, twin_cfg, cache=cache).coef, fresh.coef)
+    stored = json.loads(cache.read_text())
+    stored["coef"][0][0] += 0.5
+    cache.write_text(json.dumps(stored))
+    assert rig.calibrate(detect_cfg, twin_cfg, cache=cache).coef[0, 0] == fresh.coef[0, 0] + 0.5
+    # a file of another configuration, or a broken one, is recalibrated and replaced
+    other = twin_cfg.model_copy(update={"seed": 1})
+    assert not np.array_equal(rig.calibrate(detect_cfg, other, cache=cache).coef, fresh.coef)
+    assert json.loads(cache.read_text())["key"]["twin"]["seed"] == 1
+    cache.write_text("{ not json")
+    assert np.array_equal(rig.calibrate(detect_cfg, twin_cfg, cache=cache).coef, fresh.coef)
+    # the margin is applied when rendering: it does not change the calibration
+    wider = detect_cfg.model_copy(update={"margin": 0.4})
+    assert rig.calibrate(wider, twin_cfg, cache=cache).coef.tolist() == fresh.coef.tolist()
 
 
 def test_recipe_re_renders_the_same_bytes_and_glasses_show(twin_rig):

@@ -12,7 +12,8 @@ calibration
     detector (:class:`~nirgan.detection.mtcnn.FastMTCNN`, the policy detect applies); the
     box's centre offset from the head centre and its longer side, in head units, are fitted
     by least squares as a quadratic in the three head angles. Deterministic in the configs,
-    a few seconds on one core, cached in the process (:func:`calibrate`).
+    a few seconds on one core, cached in the process and optionally in a JSON file
+    (:func:`calibrate`).
 rendering
     each row's head is placed at the twin's canonical position and scale, the fitted box is
     turned into a crop exactly as detect does (whole pixels), the rig is rendered straight
@@ -44,7 +45,7 @@ from nirgan import twin
 from nirgan.config import ConfigError, DataError, DetectConfig, TwinConfig
 from nirgan.detection.crop import crop_box, resize_crop
 from nirgan.detection.mtcnn import FastMTCNN
-from nirgan.io import read_image
+from nirgan.io import read_image, write_json
 from nirgan.label_table import read_label_table
 from nirgan.labels import LABELS
 
@@ -99,17 +100,38 @@ def _canonical(twin_cfg: TwinConfig) -> tuple[float, float, float]:
     return twin_cfg.width / 2, twin_cfg.height * 0.52, twin.SCALE * min(twin_cfg.width, twin_cfg.height)
 
 
-def calibrate(detect_cfg: DetectConfig, twin_cfg: TwinConfig, frames: int = CALIBRATION_FRAMES) -> Framing:
-    """Fit :class:`Framing` on ``frames`` twin targets (cached per configuration)."""
-    key = (twin_cfg.model_dump_json(), detect_cfg.model_dump_json(), frames)
-    return _calibrate(key)
+def calibrate(
+    detect_cfg: DetectConfig, twin_cfg: TwinConfig, frames: int = CALIBRATION_FRAMES, cache: Path | None = None
+) -> Framing:
+    """Fit :class:`Framing` on ``frames`` twin targets.
+
+    Cached in the process, and in ``cache`` (a small JSON file) when given: a file written for
+    the same configuration is read instead of calibrating (workers of one dataset share it);
+    an unreadable file or one for another configuration is recalibrated and replaced.
+    """
+    # only what changes the targets or which faces count; the margin is applied when rendering
+    key = {"twin": twin_cfg.model_dump(mode="json"), "min_face_size": detect_cfg.min_face_size,
+           "min_probability": detect_cfg.min_probability, "frames": frames}
+    if cache is not None and Path(cache).is_file():
+        try:
+            stored = json.loads(Path(cache).read_text())
+            if stored["key"] == key:
+                return Framing(np.array(stored["coef"], np.float64), stored["frames"], stored["detected"],
+                               tuple(stored["residual"]))
+        except (ValueError, KeyError, TypeError, OSError):
+            pass
+    framing = _calibrate(json.dumps(key, sort_keys=True))
+    if cache is not None:
+        write_json(cache, {"key": key, "coef": framing.coef.tolist(), "frames": framing.frames,
+                           "detected": framing.detected, "residual": list(framing.residual)})
+    return framing
 
 
 @lru_cache(maxsize=8)
-def _calibrate(key: tuple[str, str, int]) -> Framing:
-    twin_cfg = TwinConfig.model_validate_json(key[0])
-    detect_cfg = DetectConfig.model_validate_json(key[1])
-    frames = key[2]
+def _calibrate(key: str) -> Framing:
+    spec = json.loads(key)
+    twin_cfg = TwinConfig.model_validate(spec["twin"])
+    frames, min_probability = spec["frames"], spec["min_probability"]
     w, h = twin_cfg.width, twin_cfg.height
     cx, cy, scale = _canonical(twin_cfg)
     subjects, cameras = twin.make_subjects(twin_cfg), twin.make_cameras(twin_cfg)
@@ -129,12 +151,12 @@ def _calibrate(key: tuple[str, str, int]) -> Framing:
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # float64 MTCNN: identical numbers whatever the thread count
     try:
-        faces = FastMTCNN("cpu", min_face_size=detect_cfg.min_face_size)(torch.from_numpy(np.stack(images)))
+        faces = FastMTCNN("cpu", min_face_size=spec["min_face_size"])(torch.from_numpy(np.stack(images)))
     finally:
         torch.set_num_threads(before)
     rows, targets = [], []
     for k, pose in enumerate(poses):
-        at = np.flatnonzero((faces.frame == k) & (faces.probability >= detect_cfg.min_probability))
+        at = np.flatnonzero((faces.frame == k) & (faces.probability >= min_probability))
         if len(at) == 0:  # detect rejects such a frame; it framed no training source
             continue
         b = faces.boxes[at[np.argmax(faces.probability[at])]].astype(np.float64)
@@ -157,10 +179,12 @@ def _glasses(value: Any) -> bool:
 class TwinRig:
     """The built-in rig: the twin's rig renders in detect's crop, at ``image_size``."""
 
-    def __init__(self, image_size: int, detect_cfg: DetectConfig, twin_cfg: TwinConfig) -> None:
+    def __init__(
+        self, image_size: int, detect_cfg: DetectConfig, twin_cfg: TwinConfig, cache: Path | None = None
+    ) -> None:
         self.image_size = int(image_size)
         self.detect_cfg, self.twin_cfg = detect_cfg, twin_cfg
-        self.framing = calibrate(detect_cfg, twin_cfg)
+        self.framing = calibrate(detect_cfg, twin_cfg, cache=cache)
 
     def crops(self, rows: pd.DataFrame) -> list[dict[str, Any]]:
         """Each row's render recipe (labels, glasses and the crop), as plain JSON values."""
@@ -209,8 +233,11 @@ def render_recipe(recipe: str) -> np.ndarray:
     return _render(data)
 
 
-def built_in_rig(image_size: int, detect_cfg: DetectConfig, twin_cfg: TwinConfig) -> TwinRig:
-    return TwinRig(image_size, detect_cfg, twin_cfg)
+def built_in_rig(
+    image_size: int, detect_cfg: DetectConfig, twin_cfg: TwinConfig, cache: Path | None = None
+) -> TwinRig:
+    """The built-in rig; ``cache``: the calibration's JSON file (see :func:`calibrate`)."""
+    return TwinRig(image_size, detect_cfg, twin_cfg, cache)
 
 
 # ---------------------------------------------------------------------------- folder rig
