@@ -116,6 +116,8 @@ def test_recipe_re_renders_the_same_bytes_and_glasses_show(twin_rig):
         assert np.array_equal(rig.render_recipe(recipe), images[i])
     yellow = (images[..., 0] > 200) & (images[..., 1] > 200) & (images[..., 2] < 80)
     assert yellow[0].sum() > 20 and yellow[1].sum() == 0
+    with pytest.raises(ValueError, match="rig row 1, glasses: missing value"):
+        twin_rig.render(rows.astype({"glasses": "boolean"}).assign(glasses=[True, pd.NA]))
     # the label is rendered: turning the head moves the nose, so the image changes
     turned = twin_rig.render(rows.assign(head_yaw=-20.0))
     assert np.abs(turned.astype(int) - images).mean() > 5

@@ -172,10 +172,6 @@ def _calibrate(key: str) -> Framing:
 
 
 # ------------------------------------------------------------------------ the built-in rig
-def _glasses(value: Any) -> bool:
-    return bool(value) if not pd.isna(value) else False
-
-
 class TwinRig:
     """The built-in rig: the twin's rig renders in detect's crop, at ``image_size``."""
 
@@ -191,6 +187,10 @@ class TwinRig:
         missing = [c for c in LABEL_COLUMNS if c not in rows.columns]
         if missing:
             raise KeyError(f"rig rows lack column(s) {', '.join(missing)}")
+        gaps = rows[list(LABEL_COLUMNS)].isna()
+        if gaps.to_numpy().any():
+            row, column = gaps.stack()[lambda v: v].index[0]
+            raise ValueError(f"rig row {row!r}, {column}: missing value")
         cx, cy, scale = _canonical(self.twin_cfg)
         labels = rows[list(LABELS)].to_numpy(np.float64)
         boxes = self.framing.box(labels[:, :3])
@@ -199,7 +199,7 @@ class TwinRig:
             mx, my, half = cx + dx * scale, cy + dy * scale, side * scale / 2
             x0, y0, crop = crop_box(np.array([mx - half, my - half, mx + half, my + half]), self.detect_cfg.margin)
             recipes.append({
-                "rig": "twin", **{k: float(v) for k, v in zip(LABELS, lab)}, "glasses": _glasses(glasses),
+                "rig": "twin", **{k: float(v) for k, v in zip(LABELS, lab)}, "glasses": bool(glasses),
                 "head": [cx - x0, cy - y0, scale], "crop": crop,
                 "crop_size": self.detect_cfg.crop_size, "image_size": self.image_size,
             })
