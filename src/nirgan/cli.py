@@ -2,7 +2,8 @@
 
 dvc.yaml calls these commands; the paths here are the ones declared there as deps and
 outs. ``nirgan check-params`` validates params.yaml (and that the data paths it names
-exist) without running anything.
+exist) without running anything. ``nirgan export`` writes the trained generator for use
+outside Python (:mod:`nirgan.models.export_formats`).
 
 A params error (:class:`ConfigError`), a data error (:class:`DataError`) or a missing input
 file ends the command with one line on stderr, naming the file, row and key, and exit code 2;
@@ -57,6 +58,22 @@ STAGES: dict[str, Callable[[Config], dict[str, Any]]] = {
 }
 
 
+def _export(cfg: Config, args: argparse.Namespace) -> int:
+    from nirgan.models import export_formats
+
+    try:
+        formats = export_formats.parse_formats(args.format)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    model = Path(args.model)
+    model = model / "generator.pt" if model.is_dir() else model
+    size = args.image_size or cfg.augment.image_size
+    card = export_formats.export_generator(model, Path(args.out), formats, size)
+    for fmt, name in card["files"].items():
+        print(f"{Path(args.out) / name}: max |{fmt} - eager| {card['parity_max_abs_diff'][fmt]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nirgan", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
@@ -64,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     stage = sub.add_parser("stage", help="run one pipeline stage")
     stage.add_argument("name", choices=list(STAGES))
     sub.add_parser("check-params", help="validate the params file and exit")
+    export = sub.add_parser("export", help="write the generator as ONNX / TorchScript / torch.export (README, Export)")
+    export.add_argument("--model", default=str(MODELS), help="generator.pt or its folder (default: %(default)s)")
+    export.add_argument("--out", default=str(MODELS / "export"), help="output folder (default: %(default)s)")
+    export.add_argument("--format", default="onnx,torchscript", help="comma-separated: onnx, torchscript, pt2 "
+                        "(default: %(default)s)")
+    export.add_argument("--image-size", type=int, default=None, help="S of the inputs (default: augment.image_size)")
     args = parser.parse_args(argv)
 
     try:
@@ -72,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             check_data_paths(cfg, origin=args.params)
             print(f"{args.params}: ok")
             return 0
+        if args.command == "export":
+            return _export(cfg, args)
         STAGES[args.name](cfg)
     except (ConfigError, DataError, FileNotFoundError) as exc:  # a missing input names its file
         print(f"nirgan: {' '.join(str(exc).split())}", file=sys.stderr)

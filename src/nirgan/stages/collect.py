@@ -94,6 +94,7 @@ from tqdm import tqdm
 
 from nirgan.config import CollectConfig, Config, ConfigError, DataError, check_data_paths
 from nirgan.io import atomic_dir, file_sha256, stage_log, write_image, write_table
+from nirgan.label_table import read_label_table
 from nirgan.labels import LABELS
 
 MANIFEST_COLUMNS = [
@@ -203,53 +204,8 @@ class _Labels:
             name = path.resolve().relative_to(root.resolve()).as_posix()
         except ValueError:
             name = str(path)
-        suffix = path.suffix.lower()
-        try:
-            if suffix == ".csv":
-                table, first_row = pd.read_csv(path), 2  # row 1 is the header line
-            elif suffix in (".parquet", ".pq"):
-                table, first_row = pd.read_parquet(path), 1
-            else:
-                raise DataError(f"{path}: collect.labels must be .csv or .parquet")
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            if isinstance(exc, DataError):
-                raise
-            raise DataError(f"{path}: cannot read the labels table: {str(exc).splitlines()[0]}") from None
-        missing = [c for c in ("pair_id", *LABELS) if c not in table.columns]
-        if missing:
-            raise DataError(f"{path}: labels table lacks column(s) {', '.join(missing)}")
-        rows = pd.RangeIndex(first_row, first_row + len(table))
-
-        def where(i: int, key: str, value: Any) -> str:
-            return f"{path}, row {rows[i]}, {key} {value!r}"
-
-        canonical = []
-        for i, raw in enumerate(table["pair_id"].astype(str)):
-            name_, _, frame = raw.rpartition("/")
-            m = _FRAME.search(Path(frame).stem)
-            if not name_ or m is None:
-                raise DataError(f"{where(i, 'pair_id', raw)}: not <subject>_<camera>/<frame>")
-            canonical.append(f"{name_}/{int(m.group(1)):05d}")
-        seen: dict[str, int] = {}
-        for i, pid in enumerate(canonical):
-            if pid in seen:
-                raise DataError(f"{where(i, 'pair_id', pid)}: repeats row {rows[seen[pid]]}")
-            seen[pid] = i
-        out = pd.DataFrame(index=pd.Index(canonical, name="pair_id"))
-        for key in LABELS:
-            values = pd.to_numeric(table[key], errors="coerce").to_numpy("float64")
-            text = np.flatnonzero(np.isnan(values) & table[key].notna().to_numpy())
-            if len(text):
-                i = int(text[0])
-                raise DataError(f"{where(i, key, table[key].iloc[i])}: not a number (degrees)")
-            out[key] = values
-        if "glasses" in table.columns:
-            try:
-                out["glasses"] = table["glasses"].astype("boolean").to_numpy()
-            except (TypeError, ValueError):
-                bad = next(i for i, v in enumerate(table["glasses"]) if pd.notna(v) and not isinstance(v, (bool, np.bool_)))
-                raise DataError(f"{where(bad, 'glasses', table['glasses'].iloc[bad])}: not true/false") from None
-        labels = cls(out, pd.Series(rows, index=out.index), name)
+        out, rows = read_label_table(path, "collect.labels")
+        labels = cls(out, rows, name)
         nan = out[list(LABELS)].isna().any(axis=1)
         for pid in out.index[nan]:
             labels.rejected.append((f"{name}:{labels.rows[pid]}", pid, "label_missing_value"))
