@@ -64,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     stage = sub.add_parser("stage", help="run one pipeline stage")
     stage.add_argument("name", choices=list(STAGES))
     sub.add_parser("check-params", help="validate the params file and exit")
+    _add_promote(sub)
     args = parser.parse_args(argv)
 
     try:
+        if args.command == "promote":
+            return _promote(args)
         cfg = load_config(args.params)
         if args.command == "check-params":
             check_data_paths(cfg, origin=args.params)
@@ -79,6 +82,26 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceError as exc:
         print(f"nirgan: {' '.join(str(exc).split())}", file=sys.stderr)
         return 3
+    return 0
+
+
+def _add_promote(sub: Any) -> None:
+    from nirgan.tracking import CANDIDATE, CHAMPION
+
+    promote = sub.add_parser("promote", help="move a registry alias (default: @champion to the @candidate version)")
+    promote.add_argument("--from", dest="from_alias", default=CANDIDATE, help="alias to promote (default: %(default)s)")
+    promote.add_argument("--version", type=int, help="promote this version number instead of --from's")
+    promote.add_argument("--alias", default=CHAMPION, help="alias to move (default: %(default)s)")
+
+
+def _promote(args: argparse.Namespace) -> int:
+    """``nirgan promote``: one line ``nirgan-generator@champion: 2 -> 3`` (``none`` when unset)."""
+    from nirgan import tracking
+
+    old = tracking.alias_version(args.alias)
+    new = tracking.promote(args.from_alias, args.alias, args.version)
+    print(f"{tracking.REGISTERED_MODEL}@{args.alias}: {old or 'none'} -> {new}"
+          + (" (unchanged)" if old == new else ""))
     return 0
 
 
