@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nirgan.config import ConfigError
+from nirgan.config import ConfigError, ServiceError
 from nirgan.io import file_sha256
 from nirgan.tracking.runs import MODEL_FILES, file_digest_tag, log_model_files, resume_run, start_run
 from nirgan.tracking.store import (
@@ -208,8 +208,8 @@ def _download(client: Any, run: Any, filename: str, dest: Path) -> Path:
                          consequence=_NOT_FETCHED))
         expected = run.data.tags.get(file_digest_tag(filename))
         if expected is not None and file_sha256(got) != expected:
-            raise ConfigError(f"{MODEL_KEY}: {MODEL_FILES}/{filename} of run {run.info.run_id} downloaded with "
-                              f"sha256 {file_sha256(got)}, logged as {expected}: the artifact store is corrupt")
+            raise ServiceError(f"{MODEL_FILES}/{filename} of MLflow run {run.info.run_id} downloaded with sha256 "
+                               f"{file_sha256(got)}, logged as {expected}: the artifact store returned other bytes")
         os.replace(got, target)
     return target
 
@@ -233,8 +233,11 @@ def log_dataset(run_id: str | None, dataset_dir: Path, card: Mapping[str, Any]) 
             "generator_version": str(model.get("version") or "none"),
             "generator_name": str(model.get("name") or "none")}
     labels = pd.read_parquet(dataset_dir / "labels.parquet")
-    with warnings.catch_warnings():  # MLflow registers the local-artifact source twice and says so
+    # MLflow warns that its local-source class is registered twice, and that integer columns cannot
+    # hold NaN at model inference: neither applies to recording a dataset.
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         dataset = mlflow.data.from_pandas(labels, source=str(dataset_dir), name=dataset_dir.name)
     spec = card.get("spec") if isinstance(card.get("spec"), Mapping) else {}
     counts = {f"count.{k}": float(v) for k, v in (card.get("counts") or {}).items()
