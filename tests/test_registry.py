@@ -204,3 +204,16 @@ def test_generate_nir_deployment_writes_exactly_count_images(stack, trained, tmp
     assert json.loads(dataset_input.dataset.profile)["num_rows"] == 3
     assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "generated"
     assert "dataset/dataset.json" in {f.path for f in client.list_artifacts(run.info.run_id, "dataset")}
+
+
+def test_a_download_that_does_not_match_its_logged_digest_is_refused(stack, trained, tmp_path):
+    """The bytes in the server's artifact store changed under the run (last: it restores them)."""
+    (stored,) = (stack.state / "mlflow" / "artifacts").rglob(f"{trained['run_id']}/artifacts/files/generator.pt")
+    original = stored.read_bytes()
+    try:
+        stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        with pytest.raises(ServiceError, match="downloaded with sha256 .* logged as"):
+            tracking.fetch_model(f"models:/{NAME}/1", tmp_path)
+    finally:
+        stored.write_bytes(original)
+    assert not (tmp_path / "generator.pt").exists()
