@@ -143,7 +143,8 @@ def alias_version(alias: str, name: str = REGISTERED_MODEL) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return _call(_client().get_model_version_by_alias, name, alias, consequence="alias not read").version
+        return _call(_client().get_model_version_by_alias, name, alias,
+                     consequence=f"@{alias} not read, nothing changed").version
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
