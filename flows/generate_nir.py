@@ -14,7 +14,8 @@ however large ``count`` is. A shard is idempotent (``write_shard`` leaves a comp
 it is), so a failed shard is retried ``orchestrate.retries`` times, and a crashed or cancelled
 flow run submitted again with the same parameters continues in the same folder: by default
 ``data/generate-nir/<model version>-<hash of spec and model>``, or ``generate.out_dir`` when
-the overrides name one.
+the overrides name one. The run ends with the markdown artifact ``generate-nir-dataset``: the
+folder, the model, the counts and the seconds per phase.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 _REPO = Path(__file__).resolve().parents[1]
 for _path in (str(_REPO / "src"), str(_REPO)):  # this checkout's code, also when run as a script
     if _path not in sys.path:
         sys.path.insert(0, _path)
+from flows.report import dataset_markdown  # noqa: E402
 from flows.workspace import set_dotted  # noqa: E402
 from nirgan import tracking  # noqa: E402
 from nirgan.config import Config, OrchestrateConfig, parse_config  # noqa: E402
@@ -44,6 +47,7 @@ from nirgan.generation.dataset import PHASES, DatasetPlan, finalize, plan_datase
 from nirgan.stages.generate import resolve_model  # noqa: E402
 
 RUNS_DIR = Path("data/generate-nir")
+ARTIFACT_KEY = "generate-nir-dataset"
 
 
 class RunFailed(RuntimeError):
@@ -158,9 +162,12 @@ def generate_nir(overrides: dict[str, Any] | None = None, count: int | None = No
     seconds = time.monotonic() - start
     logger.info("dataset %s: %d images (%d shards already complete), %.1f images/s; MLflow run %s", plan.out_dir,
                 totals["images"], totals["skipped"], totals["images"] / max(seconds, 1e-9), mlflow_run)
-    return {"out_dir": str(plan.out_dir), "counts": card["counts"], "model": card["model"],
-            "mlflow_run_id": mlflow_run, "seconds": round(seconds, 2),
-            "phase_seconds": {k: round(v, 2) for k, v in totals["seconds"].items()}}
+    result = {"out_dir": str(plan.out_dir), "counts": card["counts"], "model": card["model"],
+              "mlflow_run_id": mlflow_run, "seconds": round(seconds, 2),
+              "phase_seconds": {k: round(v, 2) for k, v in totals["seconds"].items()}}
+    create_markdown_artifact(markdown=dataset_markdown(result, tracking.tracking_uri()), key=ARTIFACT_KEY,
+                             description=f"generate-nir {plan.out_dir.name}")
+    return result
 
 
 if __name__ == "__main__":

@@ -234,19 +234,20 @@ def log_dataset(run_id: str | None, dataset_dir: Path, card: Mapping[str, Any]) 
             "generator_version": str(model.get("version") or "none"),
             "generator_name": str(model.get("name") or "none")}
     labels = pd.read_parquet(dataset_dir / "labels.parquet")
-    # MLflow warns that its local-source class is registered twice, and that integer columns cannot
-    # hold NaN at model inference: neither applies to recording a dataset.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        dataset = mlflow.data.from_pandas(labels, source=str(dataset_dir), name=dataset_dir.name)
     spec = card.get("spec") if isinstance(card.get("spec"), Mapping) else {}
     counts = {f"count.{k}": float(v) for k, v in (card.get("counts") or {}).items()
               if isinstance(v, (int, float)) and not isinstance(v, bool)}
     with start_run({"generate": spec}, run_name=f"generate-{dataset_dir.name}", system_metrics=False,
                    tags=tags, consequence=_NOT_RECORDED) as run:
         try:
-            mlflow.log_input(dataset, context="generated", tags={"generator_version": tags["generator_version"]})
+            # MLflow warns that its local-source class is registered twice, and that integer columns
+            # cannot hold NaN at model inference: neither applies to recording a dataset.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+                dataset = mlflow.data.from_pandas(labels, source=str(dataset_dir), name=dataset_dir.name)
+                mlflow.log_input(dataset, context="generated",
+                                 tags={"generator_version": tags["generator_version"]})
             if counts:
                 mlflow.log_metrics(counts)
             for extra in ("dataset.json", "contact_sheet.png", "label_distributions.png"):
