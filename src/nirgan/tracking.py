@@ -453,3 +453,16 @@ def register_generator(run_id: str) -> str | None:
         log.warning("MLflow run %s is %s: its generator is not registered", run_id, run.info.status)
         return None
     return mlflow.register_model(uri, REGISTERED_MODEL).version
+
+
+def log_dataset(run_id: str | None, dataset_dir: Path, card: Mapping[str, Any]) -> None:
+    """STAND-IN (gen-core) for gen-registry's ``log_dataset``: the lead keeps gen-registry's.
+    Tags the model's run with the dataset folder and logs the card as an artifact."""
+    if run_id is None:
+        log.info("generate: the model has no MLflow run; the dataset is not logged")
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(ensure_store())
+    client.set_tag(run_id, "generated_dataset", str(Path(dataset_dir).resolve()))
+    client.log_dict(run_id, dict(card), "generate/dataset.json")
