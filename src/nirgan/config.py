@@ -285,7 +285,10 @@ class GenerateConfig(Section):
     latents_per_source: int = Field(1, ge=1, description="consecutive images that share a source row (diversity)")
     image_size: int = Field(128, ge=64, multiple_of=32, description="side of the sources and images")
     shard_size: int = Field(100, ge=1, description="images per shard (the unit of atomic writes and of retries)")
-    batch_size: int = Field(32, ge=1, description="images per generator batch (32 is fastest on a 2-core CPU)")
+    batch_size: int = Field(32, ge=1, description="images per generator and label-check batch")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast for the generator and the label check (GPUs, CPUs with AVX512-BF16)"
+    )
     model: str = Field(
         "models", description='a folder with generator.pt (+ label_estimator.pt), or "models:/nirgan-generator@<alias>" '
         'or "models:/nirgan-generator/<version>" (MLflow registry)',

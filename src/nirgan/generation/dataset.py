@@ -289,12 +289,14 @@ def _batch(plan: DatasetPlan, shard: int, batch: pd.DataFrame, rig: SourceRig, s
              for i, a, o in zip(batch["index"], batch["attempt"], batch["overflow"])]
     z = torch.stack([torch.randn(sampler.latent_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
     requested = batch[list(LABELS)].to_numpy(np.float32)
-    with torch.inference_mode():
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=spec.precision == "bf16")
+    with torch.inference_mode(), autocast:
         images = sampler.generate(sources, z, requested, batch_size=len(batch))
-        pixels = ((images[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        pixels = ((images[:, 0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         timer.lap("generate")
         if estimator is not None:
             estimated = predict(estimator, pixels[:, None].float().div(127.5).sub(1.0), batch_size=len(batch))
+            estimated = estimated.astype(np.float32)
         else:
             estimated = np.full(requested.shape, np.nan, np.float32)
     timer.lap("label_check")
