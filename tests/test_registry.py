@@ -29,6 +29,7 @@ from nirgan import tracking
 from nirgan.cli import main as cli_main
 from nirgan.config import ConfigError, ServiceError
 from nirgan.io import file_sha256
+from nirgan.models.artifacts import save_pose_estimator
 from nirgan.models.pose_estimator import PoseEstimator
 from nirgan.stages import train as train_stage
 from pipeline_project import make_project
@@ -68,8 +69,7 @@ def trained(stack, tmp_path_factory):
     cfg = small_config(log_model=True, max_steps=2, condition_on_labels=True)
     torch.manual_seed(0)
     train_stage.run(cfg, prepared, split, models, base / "metrics" / "train.json")
-    estimator = PoseEstimator(image_size=SIZE)
-    torch.save({"state_dict": estimator.state_dict(), "config": estimator.config()}, models / "label_estimator.pt")
+    save_pose_estimator(PoseEstimator(image_size=SIZE), models / tracking.LABEL_ESTIMATOR)  # as evaluate does
     run_id = json.loads((models / "mlflow_run.json").read_text())["run_id"]
     client = _client(stack)
     before = [v for v in client.search_model_versions(f"name='{NAME}'")]

@@ -2,7 +2,9 @@
 
 dvc.yaml calls these commands; the paths here are the ones declared there as deps and
 outs. ``nirgan check-params`` validates params.yaml (and that the data paths it names
-exist) without running anything.
+exist) without running anything. ``nirgan generate [--count N] [--model REF] [--out DIR]
+[--spec YAML]`` writes a labelled dataset (params ``generate``, overridden by the spec file's
+keys and then by the flags).
 
 A params error (:class:`ConfigError`), a data error (:class:`DataError`) or a missing input
 file ends the command with one line on stderr, naming the file, row and key, and exit code 2;
@@ -18,7 +20,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nirgan.config import Config, ConfigError, DataError, ServiceError, check_data_paths, load_config
+import yaml
+
+from nirgan.config import (
+    Config,
+    ConfigError,
+    DataError,
+    OutputError,
+    ServiceError,
+    check_data_paths,
+    load_config,
+    parse_config,
+)
 
 RAW = Path("data/raw")
 CROPS = Path("data/crops")
@@ -28,6 +41,7 @@ SPLIT = Path("data/split")
 MODELS = Path("models")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+GENERATED = Path("data/generated")
 
 
 def _stage(module: str) -> Callable[..., dict[str, Any]]:
@@ -54,7 +68,31 @@ STAGES: dict[str, Callable[[Config], dict[str, Any]]] = {
         metrics_path=METRICS / "eval.json",
         plots_dir=PLOTS,
     ),
+    "generate": lambda cfg: _stage("generate")(
+        cfg, out_dir=GENERATED, model_ref=cfg.generate.model, metrics_path=METRICS / "eval.json"
+    ),
 }
+
+
+def _generate_config(cfg: Config, args: argparse.Namespace) -> Config:
+    """params.yaml's ``generate``, then the spec file's keys, then the flags; validated as one section."""
+    section = cfg.generate.model_dump(mode="json")
+    origin = args.params
+    if args.spec:
+        origin = args.spec
+        try:
+            spec = yaml.safe_load(Path(args.spec).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{args.spec}: no such spec file") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{args.spec}: not valid YAML: {exc}") from None
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{args.spec}: a spec is a mapping of generate keys")
+        section.update(spec["generate"] if set(spec) == {"generate"} else spec)  # with or without the header
+    for key in ("count", "model", "out_dir"):
+        if getattr(args, key) is not None:
+            section[key] = getattr(args, key)
+    return cfg.model_copy(update={"generate": parse_config({"generate": section}, origin=origin).generate})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     stage.add_argument("name", choices=list(STAGES))
     sub.add_parser("check-params", help="validate the params file and exit")
     _add_promote(sub)
+    gen = sub.add_parser("generate", help="write a labelled NIR dataset (params generate, README)")
+    gen.add_argument("--count", type=int, help="images (default: generate.count)")
+    gen.add_argument("--model", help="model folder or models:/nirgan-generator@<alias> (default: generate.model)")
+    gen.add_argument("--out", dest="out_dir", help="dataset folder (default: generate.out_dir)")
+    gen.add_argument("--spec", help="YAML with generate keys (ranges, labels_table, seed, ...)")
     args = parser.parse_args(argv)
 
     try:
@@ -75,8 +118,13 @@ def main(argv: list[str] | None = None) -> int:
             check_data_paths(cfg, origin=args.params)
             print(f"{args.params}: ok")
             return 0
+        if args.command == "generate":
+            cfg = _generate_config(cfg, args)
+            _stage("generate")(cfg, out_dir=Path(cfg.generate.out_dir), model_ref=cfg.generate.model,
+                               metrics_path=METRICS / "eval.json")
+            return 0
         STAGES[args.name](cfg)
-    except (ConfigError, DataError, FileNotFoundError) as exc:  # a missing input names its file
+    except (ConfigError, DataError, OutputError, FileNotFoundError) as exc:  # a missing input names its file
         print(f"nirgan: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except ServiceError as exc:
