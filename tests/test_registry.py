@@ -171,6 +171,8 @@ def test_generate_nir_deployment_writes_exactly_count_images(stack, trained, tmp
     assert proc.returncode == 0, proc.stdout + proc.stderr
     flow_run_id = re.search(r"flow-run/([0-9a-f-]{36})", proc.stdout).group(1)
     api = httpx.Client(base_url=stack.prefect_api, timeout=30, auth=httpx.BasicAuth(*stack.api_auth))
+    for deployment in ("train-nir/gpu", "generate-nir/gpu"):  # prefect.yaml's two deployments named gpu
+        assert api.get(f"/deployments/name/{deployment}").json()["work_pool_name"] == "gpu", deployment
     deadline = time.monotonic() + FLOW_TIMEOUT_S
     while (state := api.get(f"/flow_runs/{flow_run_id}").json()["state"])["type"] not in \
             {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
