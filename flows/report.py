@@ -40,3 +40,23 @@ def eval_markdown(experiment: str, baseline: str, overrides: dict[str, Any], ws:
     lines += ["", "| stage | how | seconds |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['how']} | {s['seconds']} |" for s in stages]
     return "\n".join(lines) + "\n"
+
+
+def dataset_markdown(result: dict[str, Any], tracking_uri: str) -> str:
+    """The generate-nir run's artifact: where the dataset is, its model, counts and time per phase."""
+    model, counts = result["model"], result["counts"]
+    lines = [
+        f"# generate-nir: {counts.get('images')} images",
+        "",
+        f"Dataset: `{result['out_dir']}` (`labels.parquet`, `dataset.json`, `images/`).",
+        f"Model: `{model.get('name')}` version `{model.get('version')}` (MLflow run `{model.get('run_id')}`).",
+        f"Recorded as MLflow run `{result['mlflow_run_id']}` in `{tracking_uri}`.",
+        "",
+        "| count | value |", "|---|---|",
+        *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in counts.items()],
+        "",
+        "| phase (summed over shards) | seconds |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in result["phase_seconds"].items()],
+        f"| flow, wall | {result['seconds']} |",
+    ]
+    return "\n".join(lines) + "\n"

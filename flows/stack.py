@@ -563,6 +563,9 @@ nirgan stack is up (state, logs and PIDs in {state}):
          --param experiment=steps-40 --watch
    then `dvc exp show` lists both experiments.
 3. open {mlflow}, experiment 'nirgan': tick both runs, Compare.
+4. promote the evaluated version and generate a dataset from it:
+     nirgan promote; prefect deployment run generate-nir/gpu --param count=1000 \\
+         --param model=models:/nirgan-generator@champion --watch
 Stop everything with `make stack-down`.
 """
 

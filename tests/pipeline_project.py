@@ -40,6 +40,7 @@ MICRO_PARAMS: dict = {
         "estimator_epochs": 1,
         "feature_epochs": 1,
     },
+    "generate": {"count": 20, "shard_size": 10},
 }
 
 

@@ -43,6 +43,11 @@ def test_class_defaults_are_thesis_table_3_8():
         ({"collect": {"source": "folder"}}, "collect"),
         ({"collect": {"twin": {"subjects": 1}}}, "collect.twin.subjects"),
         ({"nonsense": {}}, "nonsense"),
+        ({"generate": {"count": 0}}, "generate.count"),
+        ({"generate": {"head_yaw": {"low": 5, "high": -5}}}, "generate.head_yaw"),
+        ({"generate": {"glasses_fraction": 1.2}}, "generate.glasses_fraction"),
+        ({"generate": {"rig": "folder"}}, "generate"),
+        ({"generate": {"max_label_error_deg": 0}}, "generate.max_label_error_deg"),
     ],
 )
 def test_bad_values_name_the_key(params, key):

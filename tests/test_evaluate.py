@@ -109,6 +109,16 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     assert m["clean_precision"] == pytest.approx(2 / 3) and m["clean_recall"] == 1.0
     assert m["realism_swd_laplacian_real_baseline"] < m["realism_swd_laplacian_untrained"]
 
+    # the instrument is kept for generate's label check, and reads like the pose_real figures say
+    from nirgan.models.artifacts import load_pose_estimator
+    from nirgan.models.pose_estimator import predict
+
+    instrument = load_pose_estimator(dirs["models"] / "label_estimator.pt")
+    test_rows = pd.read_parquet(dirs["split"] / "test.parquet")
+    targets = torch.from_numpy(np.load(dirs["prepared"] / "target.npy")[test_rows["index"].to_numpy()])
+    err = np.abs(predict(instrument, targets[:, None].float() / 127.5 - 1) - test_rows[list(LABELS)].to_numpy())
+    assert err[:, 0].mean() == pytest.approx(m["pose_real_head_yaw_mean"], rel=1e-4)
+
     plots = tmp_path / "plots"
     for name in ("samples.png", "interpolation.png", "arithmetic.png", "realism_diversity.json",
                  "pose_error.json", *[f"sweep_{a}.{ext}" for a in evaluate.SWEEPS for ext in ("png", "csv")]):

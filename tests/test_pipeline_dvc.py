@@ -10,7 +10,7 @@ import yaml
 
 from pipeline_project import make_project, project_env, run
 
-STAGES = ["collect", "detect", "clean", "augment", "split", "train", "evaluate"]
+STAGES = ["collect", "detect", "clean", "augment", "split", "train", "evaluate", "generate"]
 
 
 def ran_stages(output: str) -> list[str]:
@@ -34,12 +34,14 @@ def test_dvc_repro_noop_and_experiment(tmp_path):
     crop_rejects = pd.read_parquet(root / "data/crops/rejects.parquet")
     assert len(crops) + crop_rejects["pair_id"].nunique() == len(raw)  # every pair accounted for
     assert (root / "mlflow.db").exists()
+    generated = pd.read_parquet(root / "data/generated/labels.parquet")  # the demo dataset, from the new model
+    assert len(generated) == 20 and (root / "models/label_estimator.pt").exists()
 
     again = run(["dvc", "repro"], cwd=root, env=env)
     assert ran_stages(again.stdout) == [], again.stdout
 
     exp = run(["dvc", "exp", "run", "-n", "seed-one", "-S", "train.seed=1"], cwd=root, env=env)
-    assert ran_stages(exp.stdout) == ["train", "evaluate"], exp.stdout
+    assert ran_stages(exp.stdout) == ["train", "evaluate", "generate"], exp.stdout
     shown = run(["dvc", "exp", "show", "--json"], cwd=root, env=env).stdout
     assert "seed-one" in shown
     diff = run(["dvc", "metrics", "show", "--json"], cwd=root, env=env).stdout

@@ -35,6 +35,11 @@ class DataError(ValueError):
     file and, where there is one, the row and the key. The CLI prints it and exits with 2."""
 
 
+class OutputError(RuntimeError):
+    """An output cannot be written (disk full, no permission, read-only): one line naming the path,
+    exit code 2. Completed work stays (a rerun continues)."""
+
+
 class ServiceError(RuntimeError):
     """A service the run needs (the MLflow tracking server) is unreachable: one line, exit code 3."""
 
@@ -256,6 +261,61 @@ class EvaluateConfig(Section):
     judge_epochs: int = Field(20, ge=1, description="realism judge: passes over its training half")
 
 
+# ------------------------------------------------------------------------------ generate
+class LabelRange(Section):
+    """A label's requested distribution: uniform on [low, high], degrees."""
+
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LabelRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        return self
+
+
+class GenerateConfig(Section):
+    """The dataset spec of ``nirgan generate`` and the ``generate`` stage (README "Generate a
+    labelled dataset"). Row i of the dataset depends only on (seed, i), so a shard is
+    reproducible on its own."""
+
+    count: int = Field(200, ge=1, description="images in the dataset")
+    seed: int = Field(0, ge=0)
+    latents_per_source: int = Field(1, ge=1, description="consecutive images that share a source row (diversity)")
+    image_size: int = Field(128, ge=64, multiple_of=32, description="side of the sources and images")
+    shard_size: int = Field(100, ge=1, description="images per shard (the unit of atomic writes and of retries)")
+    batch_size: int = Field(32, ge=1, description="images per generator and label-check batch")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast for the generator and the label check (GPUs, CPUs with AVX512-BF16)"
+    )
+    model: str = Field(
+        "models", description='a folder with generator.pt (+ label_estimator.pt), or "models:/nirgan-generator@<alias>" '
+        'or "models:/nirgan-generator/<version>" (MLflow registry)',
+    )
+    rig: Literal["twin", "folder"] = "twin"
+    rig_path: str | None = Field(None, description="folder rig: a folder of pre-framed source renders")
+    rig_labels: str | None = Field(None, description="folder rig: its labels table (CSV/Parquet), collect's columns")
+    labels_table: str | None = Field(None, description="exact label rows (CSV/Parquet) instead of the ranges")
+    head_yaw: LabelRange = LabelRange(low=-30.0, high=30.0)
+    head_pitch: LabelRange = LabelRange(low=-15.0, high=15.0)
+    head_roll: LabelRange = LabelRange(low=-10.0, high=10.0)
+    gaze_yaw: LabelRange = LabelRange(low=-15.0, high=15.0)
+    gaze_pitch: LabelRange = LabelRange(low=-15.0, high=15.0)
+    glasses_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    max_label_error_deg: float | None = Field(
+        None, gt=0.0, description="drop (and replace) images whose label check is off by more; None = keep all"
+    )
+    max_attempts: int = Field(4, ge=1, description="latents tried per requested row before an overflow row replaces it")
+    out_dir: str = "data/generated"
+
+    @model_validator(mode="after")
+    def _rig_inputs(self) -> GenerateConfig:
+        if self.rig == "folder" and (self.rig_path is None or self.rig_labels is None):
+            raise ValueError("generate.rig_path and generate.rig_labels are required when generate.rig is 'folder'")
+        return self
+
+
 # ------------------------------------------------------------------------- orchestrate
 class OrchestrateConfig(Section):
     """How the ``train-nir`` Prefect flow (flows/train_nir.py) runs the stages; no stage reads it."""
@@ -273,6 +333,7 @@ class Config(Section):
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    generate: GenerateConfig = GenerateConfig()
     orchestrate: OrchestrateConfig = OrchestrateConfig()
 
 

@@ -1,1 +1,2 @@
-"""Generation: labelled NIR datasets from a trained generator and a rig of source renders."""
+"""Labelled NIR datasets from a trained generator: the spec's label rows (``spec``), the rig
+that renders their sources (``rig``) and the sharded dataset writer (``dataset``)."""

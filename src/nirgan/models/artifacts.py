@@ -8,7 +8,8 @@ generate stage) reads them, and nothing outside training ever opens a training c
     encoder.pt         {"state_dict", "latent_dim", "width"} of the latent encoder E, or
                        {"absent": reason} for a run without E (the file always exists, so DVC
                        can declare it)
-    pose_estimator.pt  {"state_dict", "config"} of a :class:`PoseEstimator`
+    pose_estimator.pt  {"state_dict", "config"} of a :class:`PoseEstimator` (also evaluate's
+                       label_estimator.pt, or {"absent": reason} when evaluate had no labels)
     identity_net.pt    {"state_dict", "num_subjects", "embed_dim"} of an :class:`IdentityNet`
 
 Only tensors and plain JSON types go in, so every file loads with ``weights_only=True``.
@@ -195,6 +196,21 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
 def save_pose_estimator(model: PoseEstimator, path: str | Path) -> None:
     with atomic_file(path) as tmp:
         torch.save({"state_dict": model.state_dict(), "config": model.config()}, tmp)
+
+
+def save_absent(path: str | Path, reason: str) -> None:
+    """A model file that declares why there is no model (so DVC can always declare the file)."""
+    with atomic_file(path) as tmp:
+        torch.save({"absent": reason}, tmp)
+
+
+def absent_reason(path: str | Path) -> str | None:
+    """Why a model file holds no model (missing, or an "absent" record); None when it holds one."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path} is missing"
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return str(blob["absent"]) if isinstance(blob, dict) and "absent" in blob else None
 
 
 def load_pose_estimator(path: str | Path, map_location: str | torch.device = "cpu") -> PoseEstimator:

@@ -4,6 +4,10 @@ Inputs: ``data/prepared`` arrays, ``data/split`` train/test manifests, ``models/
 and ``models/encoder.pt`` (read through :mod:`nirgan.models.artifacts`; never a training
 checkpoint), ``data/raw``, ``data/crops`` and ``data/clean`` for the cleaning figures.
 
+Also writes ``models/label_estimator.pt``: the pose/gaze instrument of step 1 (the one behind
+``pose_gen_*``), which generate's label check reads images with; without labels in the split,
+an "absent" record naming why.
+
 Outputs: ``metrics/eval.json`` (flat keys, listed in :mod:`nirgan.metrics`), ``plots/`` (PNGs
 and the JSON/CSV files ``dvc plots`` reads, written atomically), and everything logged to the
 training run in MLflow (``models/mlflow_run.json``) when there is one.
@@ -50,7 +54,14 @@ from nirgan.metrics.judge import realism_judge
 from nirgan.metrics.pose import angle_errors
 from nirgan.metrics.realism import RealismReference, imagenet_networks, measure_draws
 from nirgan.metrics.utility import tstr
-from nirgan.models.artifacts import load_encoder, load_identity_net, load_sampler, untrained_sampler
+from nirgan.models.artifacts import (
+    load_encoder,
+    load_identity_net,
+    load_sampler,
+    save_absent,
+    save_pose_estimator,
+    untrained_sampler,
+)
 from nirgan.models.pose_estimator import PoseEstimator, predict
 from nirgan.training.auxiliary import EstimatorTraining, train_identity_net, train_pose_estimator
 
@@ -63,6 +74,7 @@ __all__ = ["SWEEPS", "run"]
 # untrained generator's noise (FD 188 vs 133); without it they score nearer (19 vs 23), and the
 # head-pose error is lower too (1.5 vs 1.9 deg).
 SUBJECT_WEIGHT = 0.0
+LABEL_ESTIMATOR = "label_estimator.pt"  # the instrument, kept for generate's label check
 
 
 class _Laps:
@@ -117,6 +129,10 @@ def run(
         # 1. the estimator: instrument for attribute preservation and feature net for realism
         estimator, nirfeat_check = _estimator(cfg, train, device, labelled)
         metrics.update(nirfeat_check)
+        if labelled:
+            save_pose_estimator(estimator, model_dir / LABEL_ESTIMATOR)
+        else:
+            save_absent(model_dir / LABEL_ESTIMATOR, "the split has no pose/gaze labels: no label estimator")
         lap("pose estimator trained")
         metrics["pose_gaze_from"] = ("eye patches (keypoints from the sources' eye colour code)" if estimator.eyes
                                      else "face trunk only (the sources carry no eye colour code)")

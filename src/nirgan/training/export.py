@@ -34,7 +34,8 @@ def thesis_name(train_cfg: TrainConfig) -> str:
 def export_run(session: TrainSession, cfg: Config, out_dir: Path, metrics_path: Path,
                history: list[dict[str, float]], result: dict[str, Any], run_id: str | None) -> dict[str, Any]:
     """Write out_dir/{generator.pt, encoder.pt}, ``metrics_path`` and the losses CSV beside it;
-    log the generator to MLflow when ``train.log_model``. Returns {"model_format": ...}."""
+    when ``train.log_model``, log the generator to MLflow as a model and both files as they are
+    (under ``files/``, what ``nirgan generate`` fetches from the registry). Returns {"model_format": ...}."""
     name = thesis_name(cfg.train)
     sampler = session.sampler().cpu().eval()
     save_generator(out_dir / "generator.pt", sampler.generator, cfg.train, session.label_dim, sampler.mapping)
@@ -45,6 +46,7 @@ def export_run(session: TrainSession, cfg: Config, out_dir: Path, metrics_path: 
     model_format = None
     if cfg.train.log_model:
         model_format = tracking.log_generator_model(sampler, _example_inputs(session), session.data.image_size)
+        tracking.log_model_files([out_dir / "generator.pt", out_dir / "encoder.pt"])
     sampler.to(session.device)
 
     metrics = {

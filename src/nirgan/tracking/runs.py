@@ -1,13 +1,4 @@
-"""MLflow helpers: one tracking store, one run per training, tagged with where it came from.
-
-Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db``
-(the repo root is the directory holding ``params.yaml``/``dvc.yaml`` above the current
-directory, else the current directory). For a local SQLite store, artifacts go next to it in
-``mlartifacts/`` so that runs launched from any directory find them.
-
-Concurrency: a fresh SQLite store is created (its schema migrated) by :func:`ensure_store`
-under a file lock, so parallel processes (DVC experiments, Prefect workers) never race on the
-alembic migration; call it before anything else opens the store.
+"""One MLflow run per training, tagged with where it came from, and what is logged into it.
 
 A run started by :func:`start_run` carries:
 - params: the whole config, flattened to dotted keys (``train.lambda_lr``);
@@ -23,175 +14,33 @@ tracking_uri}) so that evaluate can log into the same run with :func:`resume_run
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from nirgan.config import ServiceError
-from nirgan.io import write_json
+from nirgan.io import file_sha256, write_json
+from nirgan.tracking.store import (
+    GENERATOR_URI_TAG,
+    TRAINING_STOPPED,
+    _experiment_id,
+    _is_connection_error,
+    _unavailable,
+    ensure_store,
+    flatten,
+    run_tags,
+)
 
 log = logging.getLogger("nirgan.tracking")
-
-EXPERIMENT = "nirgan"
-REGISTERED_MODEL = "nirgan-generator"
-GENERATOR_URI_TAG = "generator_model_uri"  # set by train when it logged the model; read to register it
-_ENV_TAGS = {
-    "dvc_exp_name": "DVC_EXP_NAME",
-    "dvc_exp_baseline_rev": "DVC_EXP_BASELINE_REV",
-    "prefect_flow_run_id": "PREFECT__FLOW_RUN_ID",
-    "prefect_flow_run_name": "NIRGAN_FLOW_RUN_NAME",
-    "work_pool": "NIRGAN_WORK_POOL",
-}
-_ensured: set[str] = set()
-
-# A tracking server that is down must fail the run within a minute, not after MLflow's default
-# 7 retries with exponential backoff and 120 s timeouts (about 17 minutes seen). Set only what
-# the user did not set. Retries 2, backoff 1 s: a refused connection fails in about 3 s.
-HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
-}
-for _key, _value in HTTP_DEFAULTS.items():
-    os.environ.setdefault(_key, _value)
-
-
-class TrackingUnavailable(ServiceError):
-    """The tracking store could not be reached; the message is one line naming it."""
 
 
 class RunTerminated(BaseException):
     """SIGTERM during a run: raised in the main thread so that the run is ended as KILLED."""
-
-
-def _unavailable(exc: BaseException) -> TrackingUnavailable:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    return TrackingUnavailable(f"MLflow tracking store {tracking_uri()} is unreachable or refused the call "
-                               f"({type(exc).__name__}: {first}); training stopped, its checkpoints are kept: "
-                               "rerun when the server is back to resume")
-
-
-def repo_root(start: Path | None = None) -> Path:
-    start = (start or Path.cwd()).resolve()
-    for d in (start, *start.parents):
-        if (d / "params.yaml").exists() or (d / "dvc.yaml").exists():
-            return d
-    return start
-
-
-def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{repo_root() / 'mlflow.db'}"
-
-
-def experiment_name() -> str:
-    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):])
-
-
-def ensure_store(uri: str | None = None) -> str:
-    """Create or upgrade the tracking store once, under a file lock; returns the URI.
-
-    For SQLite, the first process to take ``<db>.lock`` creates the tables (or runs the
-    alembic upgrade of an older MLflow's schema); the others wait and then find it ready.
-    Other stores (a tracking server) manage themselves and are returned unchanged.
-    """
-    uri = uri or tracking_uri()
-    db = _sqlite_path(uri)
-    if db is None or uri in _ensured:
-        return uri
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            _create_or_upgrade(uri)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    _ensured.add(uri)
-    return uri
-
-
-def _create_or_upgrade(uri: str) -> None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    artifacts = str(_sqlite_path(uri).parent / "mlartifacts")  # type: ignore[union-attr]
-    try:
-        SqlAlchemyStore(uri, artifacts)
-    except MlflowException as exc:
-        if "out-of-date" not in str(exc) and "outdated" not in str(exc).lower():
-            raise
-        log.info("upgrading the MLflow schema of %s", uri)
-        _upgrade_db(create_sqlalchemy_engine_with_retry(uri))
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> {"a.b.c": value}; tuples and lists become their repr."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
-def git_commit(cwd: Path | None = None) -> str:
-    try:
-        res = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd or repo_root(), capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else "unknown"
-
-
-def run_tags() -> dict[str, str]:
-    commit = git_commit()
-    tags = {"git_commit": commit, "mlflow.source.git.commit": commit}
-    for tag, env in _ENV_TAGS.items():
-        if os.environ.get(env):
-            tags[tag] = os.environ[env]
-    return tags
-
-
-def _experiment_id(client: Any, uri: str) -> str:
-    name = experiment_name()
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    db = _sqlite_path(uri)
-    location = (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException:  # another process created it in between
-        return client.get_experiment_by_name(name).experiment_id
-
-
-def run_name(default: str) -> str:
-    """The DVC experiment's name (``DVC_EXP_NAME``: set by ``dvc exp run`` and by the train-nir
-    flow) so that runs are found by the experiment they belong to; else ``default``."""
-    return os.environ.get("DVC_EXP_NAME") or default
 
 
 @contextlib.contextmanager
@@ -201,6 +50,7 @@ def start_run(
     run_id: str | None = None,
     system_metrics: bool = True,
     tags: Mapping[str, str] | None = None,
+    consequence: str = TRAINING_STOPPED,
 ) -> Iterator[Any]:
     """Start (or, with ``run_id``, continue) a run with params and tags; yields the active run.
 
@@ -227,8 +77,8 @@ def start_run(
         run = mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=run_name,
                                log_system_metrics=system_metrics)
     except Exception as exc:  # noqa: BLE001
-        raise _unavailable(exc) from exc
-    with _ending(run):
+        raise _unavailable(exc, consequence) from exc
+    with _ending(run, consequence):
         if run_id is None:
             params = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else repr(v))
                       for k, v in flatten(config).items()}
@@ -237,16 +87,9 @@ def start_run(
         yield run
 
 
-def _is_connection_error(exc: BaseException) -> bool:
-    import requests
-
-    text = str(exc)
-    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)) or \
-        "Max retries exceeded" in text or "Connection refused" in text
-
 
 @contextlib.contextmanager
-def _ending(run: Any) -> Iterator[None]:
+def _ending(run: Any, consequence: str = TRAINING_STOPPED) -> Iterator[None]:
     """End ``run`` FINISHED, FAILED (an exception) or KILLED (SIGTERM, Ctrl-C, SystemExit).
 
     SIGTERM (a stopped worker or task) is turned into :class:`RunTerminated` in the main thread,
@@ -279,7 +122,7 @@ def _ending(run: Any) -> Iterator[None]:
             log.warning("could not end MLflow run %s as %s (%s); the next start ends it",
                         run.info.run_id, status, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
             if status == "FINISHED":
-                raise _unavailable(exc) from exc
+                raise _unavailable(exc, consequence) from exc
 
 
 def end_stale_run(run_id: str | None, status: str = "KILLED", uri: str | None = None, reason: str = "") -> bool:
@@ -416,40 +259,23 @@ def log_generator_model(sampler: Any, inputs: Mapping[str, Any], image_size: int
     return fmt
 
 
-def log_evaluation(info_path: Path, metrics: Mapping[str, Any], plots_dir: Path, metrics_path: Path) -> str | None:
-    """Log evaluate's figures into the training run named by ``info_path`` (models/mlflow_run.json):
-    numbers as ``eval.<key>`` metrics, strings and booleans as tags, plots and the metrics file
-    as artifacts; then, the run being FINISHED, register the generator train logged (if it
-    did) as a version of ``REGISTERED_MODEL``. None (and a warning) when train logged no run."""
-    import math
+MODEL_FILES = "files"  # the run artifact folder of the model files generate fetches (fetch_model)
 
+
+def file_digest_tag(name: str) -> str:
+    return f"{MODEL_FILES}.{name}.sha256"
+
+
+def log_model_files(paths: list[Path]) -> None:
+    """Log model files (generator.pt, encoder.pt, label_estimator.pt) as they are, under
+    ``files/`` of the active run, each with its sha256 as a tag so that a download is checked
+    (:func:`nirgan.tracking.registry.fetch_model`). Missing files are skipped."""
     import mlflow
 
-    if not Path(info_path).exists():
-        log.warning("evaluate: %s is missing; metrics are not logged to MLflow", info_path)
-        return None
-    with resume_run(info_path) as run:
-        numbers = {f"eval.{k}": float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-        mlflow.log_metrics(numbers)
-        mlflow.set_tags({f"eval.{k}": str(v)[:5000] for k, v in metrics.items() if isinstance(v, (str, bool))})
-        mlflow.log_artifacts(str(plots_dir), artifact_path="evaluate")
-        mlflow.log_artifact(str(metrics_path), artifact_path="evaluate")
-        run_id = run.info.run_id
-    register_generator(run_id)
-    return run_id
-
-
-def register_generator(run_id: str) -> str | None:
-    """Register the generator logged by run ``run_id`` if the run FINISHED; returns the version."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    run = MlflowClient(ensure_store()).get_run(run_id)
-    uri = run.data.tags.get(GENERATOR_URI_TAG)
-    if uri is None:
-        return None
-    if run.info.status != "FINISHED":
-        log.warning("MLflow run %s is %s: its generator is not registered", run_id, run.info.status)
-        return None
-    return mlflow.register_model(uri, REGISTERED_MODEL).version
+    try:
+        for path in map(Path, paths):
+            if path.is_file():
+                mlflow.log_artifact(str(path), artifact_path=MODEL_FILES)
+                mlflow.set_tag(file_digest_tag(path.name), file_sha256(path))
+    except Exception as exc:  # noqa: BLE001
+        raise _unavailable(exc) from exc

@@ -1,0 +1,442 @@
+"""A labelled NIR dataset, written shard by shard (README "Generate a labelled dataset").
+
+Layout of ``out_dir``::
+
+    images/<shard:05d>/<index:08d>.png   8-bit grayscale PNGs
+    shards/<shard:05d>.parquet           that shard's rows, written last: the shard's commit mark
+    labels.parquet                       all rows (``finalize``), columns below
+    dataset.json                         the card: model, git commit, spec, counts, eval metrics
+    contact_sheet.png, label_distributions.png
+    .plan.json                           the spec and model the shards were made with
+
+Columns: ``file`` (relative to out_dir), ``index``, ``shard``, the requested ``LABELS`` (degrees)
+and ``glasses``, ``table_row`` (labels-table row, -1 when drawn from the ranges), ``source``
+(the rig's recipe of the source render), ``latent_seed`` (z = ``torch.randn(latent_dim,
+generator=torch.Generator().manual_seed(latent_seed))``), ``attempt``, ``overflow`` (-1, or the
+shard's overflow row that replaced a requested row the label check kept rejecting),
+``rejected`` (images dropped for this slot before this one), ``model_name``, ``model_version``,
+``estimated_<label>`` and ``error_<label>`` (estimated - requested, degrees), ``label_error_max``
+(max absolute error over the labels), ``label_ok`` (within ``max_label_error_deg``; null when off).
+
+Per image: the rig renders the source, the generator draws from a z seeded by (seed, index,
+attempt), the image is quantised to 8 bits, and the label estimator of evaluate reads that
+quantised image (what a consumer will load). With ``max_label_error_deg`` an image further off
+is dropped and counted, the slot retried with a new latent up to ``max_attempts``, then filled
+from the shard's overflow rows, so every shard holds exactly its count.
+
+Reliability: a shard's images go to a temporary folder renamed into place, then its parquet is
+written atomically; a shard with its parquet is complete and left as it is, so a rerun after a
+kill redoes only unfinished shards, with the same bytes (same rows, latents, batches). Memory is
+bounded by one shard: ``finalize`` streams the shard tables into labels.parquet.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nirgan.config import Config, ConfigError, DetectConfig, GenerateConfig, OutputError, TwinConfig
+from nirgan.generation.rig import LABEL_COLUMNS, RIG_LIMITS, SourceRig, built_in_rig, check_spec, folder_rig
+from nirgan.generation.spec import LabelRows, read_label_table, validate_rows
+from nirgan.io import atomic_dir, atomic_file, file_sha256, write_json, write_table
+from nirgan.labels import LABELS
+from nirgan.models.artifacts import Sampler, load_pose_estimator, load_sampler
+from nirgan.models.pose_estimator import PoseEstimator, predict
+
+log = logging.getLogger("nirgan.generate")
+
+_LATENT_STREAM, _OVERFLOW_LATENT_STREAM = 3, 4
+PHASES = ("render", "generate", "label_check", "encode", "io")
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    out_dir: Path
+    count: int
+    shard_size: int
+    n_shards: int
+    spec: GenerateConfig
+    model: dict
+    detect: DetectConfig = field(default_factory=DetectConfig)  # the built-in rig frames like detect
+    twin: TwinConfig = field(default_factory=TwinConfig)
+
+    def shard_range(self, index: int) -> range:
+        return range(index * self.shard_size, min((index + 1) * self.shard_size, self.count))
+
+    def shard_table(self, index: int) -> Path:
+        return self.out_dir / "shards" / f"{index:05d}.parquet"
+
+
+# --------------------------------------------------------------------------------- plan
+def plan_dataset(cfg: Config, out_dir: Path, model: dict) -> DatasetPlan:
+    """Validate everything a shard will need (spec, rig, labels table, model files, out_dir) before
+    any work, and record the plan in ``out_dir/.plan.json``. An out_dir holding shards of another
+    plan is cleared first (only the dataset layout's own entries); a non-empty folder that is not
+    a nirgan dataset is refused."""
+    spec, out_dir = cfg.generate, Path(out_dir)
+    check_spec(spec)
+    plan = DatasetPlan(out_dir=out_dir, count=spec.count, shard_size=spec.shard_size,
+                       n_shards=-(-spec.count // spec.shard_size), spec=spec, model=dict(model),
+                       detect=cfg.detect, twin=cfg.collect.twin)
+    _label_rows(plan)  # a bad labels table fails here, naming its row and key
+    if not Path(model["generator"]).is_file():
+        raise ConfigError(f"generate.model: {model['generator']} does not exist (run the train stage first)")
+    if spec.max_label_error_deg is not None and model.get("label_estimator") is None:
+        raise ConfigError("generate.max_label_error_deg needs the label estimator (label_estimator.pt, written by "
+                          f"evaluate) beside the generator; {model['generator']} has none")
+    fingerprint = {"spec": spec.model_dump(mode="json"), "generator_sha256": file_sha256(model["generator"]),
+                   "estimator_sha256": file_sha256(model["label_estimator"]) if model.get("label_estimator") else None}
+    with _writing(out_dir):
+        _claim(out_dir, fingerprint)
+    return plan
+
+
+def _claim(out_dir: Path, fingerprint: dict) -> None:
+    marker = out_dir / ".plan.json"
+    if marker.exists():
+        if json.loads(marker.read_text()) == json.loads(json.dumps(fingerprint)):
+            return
+        log.warning("generate: %s holds a dataset of another spec or model; clearing it", out_dir)
+        for name in ("shards", "images"):
+            _remove_tree(out_dir / name)
+        for name in ("labels.parquet", "dataset.json", "contact_sheet.png", "label_distributions.png"):
+            (out_dir / name).unlink(missing_ok=True)
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise OutputError(f"{out_dir}: exists and is not a nirgan dataset (no .plan.json); choose an empty or new --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(marker, fingerprint)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class _writing:
+    """Turns the OS's write failures into one line naming the path (disk full, no permission)."""
+
+    def __init__(self, path: Path, what: str = "writing the dataset") -> None:
+        self.path, self.what = path, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                                                      errno.EROFS, errno.ENOTDIR):
+            why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system",
+                   errno.ENOTDIR: "a path in it is a file, not a folder"}.get(exc.errno, "permission denied")
+            raise OutputError(f"{self.path}: {why} while {self.what} ({exc.filename or self.path}); completed "
+                              "shards are kept, free space or fix the folder and rerun") from None
+        return False
+
+
+# ------------------------------------------------------------------------------ inputs
+_CACHE: dict[tuple, Any] = {}
+
+
+def _cached(key: tuple, make: Any) -> Any:
+    """One loaded model / rig / table per process (a worker writes many shards of one plan)."""
+    if key not in _CACHE:
+        if len(_CACHE) > 8:
+            _CACHE.clear()
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def _label_rows(plan: DatasetPlan) -> LabelRows:
+    spec = plan.spec
+    if spec.rig == "folder":
+        return LabelRows(spec, _folder(plan)[1])
+    if spec.labels_table is not None:
+        table = _cached(("table", spec.labels_table), lambda: read_label_table(spec.labels_table, RIG_LIMITS))
+        return LabelRows(spec, table)
+    return LabelRows(spec)
+
+
+def _folder(plan: DatasetPlan) -> tuple[SourceRig, pd.DataFrame]:
+    spec = plan.spec
+
+    def make() -> tuple[SourceRig, pd.DataFrame]:
+        rig, frame = folder_rig(Path(spec.rig_path), Path(spec.rig_labels), spec.image_size)
+        return rig, validate_rows(frame, str(spec.rig_labels))
+
+    return _cached(("folder", spec.rig_path, spec.rig_labels, spec.image_size), make)
+
+
+def _rig(plan: DatasetPlan) -> SourceRig:
+    if plan.spec.rig == "folder":
+        return _folder(plan)[0]
+    return _cached(("twin", plan.spec.image_size, plan.detect, plan.twin),
+                   lambda: built_in_rig(plan.spec.image_size, plan.detect, plan.twin))
+
+
+def _networks(model: dict, device: str) -> tuple[Sampler, PoseEstimator | None]:
+    def make() -> tuple[Sampler, PoseEstimator | None]:
+        sampler = load_sampler(model["generator"], map_location=device)
+        est = model.get("label_estimator")
+        estimator = load_pose_estimator(est, map_location=device).to(device) if est is not None else None
+        return sampler, estimator
+
+    return _cached(("nets", str(model["generator"]), str(model.get("label_estimator")), device), make)
+
+
+def latent_seed(seed: int, *key: int) -> int:
+    """A 63-bit seed for one image's z, from (seed, stream, ...) only."""
+    a, b = np.random.SeedSequence([seed, *key]).generate_state(2, np.uint32)
+    return int((int(a) << 31) ^ int(b))
+
+
+# ---------------------------------------------------------------------------- one shard
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self._t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] += now - self._t
+        self._t = now
+
+
+def write_shard(plan: DatasetPlan, index: int, device: str = "cpu") -> dict:
+    """Write shard ``index`` (idempotent: a complete shard is left as it is) and return its summary:
+    {shard, images, dropped, attempts, overflow, seconds: {phase: s}, skipped}."""
+    if not 0 <= index < plan.n_shards:
+        raise ValueError(f"shard {index} is outside the plan's 0..{plan.n_shards - 1}")
+    table_path = plan.shard_table(index)
+    if table_path.exists():
+        return {**_summary(pd.read_parquet(table_path, columns=["rejected", "overflow"]), index), "skipped": True}
+    timer = _Timer()
+    sampler, estimator = _networks(plan.model, device)
+    rig, rows = _rig(plan), _label_rows(plan)
+    slots = plan.shard_range(index)
+    with _writing(plan.out_dir, f"writing shard {index}"):
+        with atomic_dir(plan.out_dir / "images" / f"{index:05d}") as tmp:
+            records = _fill(plan, index, slots, rows, rig, sampler, estimator, device, tmp, timer)
+        table = pd.DataFrame(records).sort_values("index", kind="stable").reset_index(drop=True)
+        write_table(table, table_path)  # last: the shard's commit mark
+        timer.lap("io")
+    return {**_summary(table, index), "seconds": timer.seconds, "skipped": False}
+
+
+def _summary(table: pd.DataFrame, index: int) -> dict:
+    dropped = int(table["rejected"].sum())
+    return {"shard": index, "images": len(table), "dropped": dropped, "attempts": len(table) + dropped,
+            "overflow": int((table["overflow"] >= 0).sum())}
+
+
+def _fill(plan: DatasetPlan, shard: int, slots: range, rows: LabelRows, rig: SourceRig, sampler: Sampler,
+          estimator: PoseEstimator | None, device: str, folder: Path, timer: _Timer) -> list[dict]:
+    """Every slot of the shard with an accepted image; returns its rows (images are in ``folder``)."""
+    spec = plan.spec
+    pending = rows.rows(slots)
+    pending.insert(0, "index", np.asarray(slots, dtype=np.int64))
+    pending["attempt"], pending["overflow"], pending["rejected"] = 0, -1, 0
+    records: list[dict] = []
+    next_overflow, overflow_limit = 0, max(16, 4 * len(slots) * spec.max_attempts)
+    while len(pending):
+        retry = []
+        for start in range(0, len(pending), spec.batch_size):
+            batch = pending.iloc[start : start + spec.batch_size].reset_index(drop=True)
+            ok = _batch(plan, shard, batch, rig, sampler, estimator, device, folder, timer, records)
+            retry.append(batch[~ok])
+        failed = pd.concat(retry, ignore_index=True) if retry else pending.iloc[:0]
+        if not len(failed):
+            break
+        failed["rejected"] += 1
+        failed["attempt"] += 1
+        spent = failed["attempt"] >= spec.max_attempts
+        if spent.any():
+            n = int(spent.sum())
+            if next_overflow + n > overflow_limit:
+                raise ConfigError(f"generate.max_label_error_deg: {spec.max_label_error_deg} rejects nearly every "
+                                  f"image of shard {shard} ({next_overflow} overflow rows used); raise it or improve "
+                                  "the model")
+            fresh = rows.overflow(shard, range(next_overflow, next_overflow + n))
+            for col in fresh.columns:
+                failed.loc[spent, col] = fresh[col].to_numpy()
+            failed.loc[spent, "overflow"] = np.arange(next_overflow, next_overflow + n)
+            failed.loc[spent, "attempt"] = 0
+            next_overflow += n
+        pending = failed
+    return records
+
+
+def _batch(plan: DatasetPlan, shard: int, batch: pd.DataFrame, rig: SourceRig, sampler: Sampler,
+           estimator: PoseEstimator | None, device: str, folder: Path, timer: _Timer,
+           records: list[dict]) -> np.ndarray:
+    """Render, generate, check and (when accepted) write one batch; returns which were accepted."""
+    import cv2
+
+    spec = plan.spec
+    timer.lap("io")
+    sources = torch.from_numpy(rig.render(batch)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    timer.lap("render")
+    seeds = [latent_seed(spec.seed, *((_LATENT_STREAM, i, a) if o < 0 else (_OVERFLOW_LATENT_STREAM, shard, o, a)))
+             for i, a, o in zip(batch["index"], batch["attempt"], batch["overflow"])]
+    z = torch.stack([torch.randn(sampler.latent_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    requested = batch[list(LABELS)].to_numpy(np.float32)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=spec.precision == "bf16")
+    with torch.inference_mode(), autocast:
+        images = sampler.generate(sources, z, requested, batch_size=len(batch))
+        pixels = ((images[:, 0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        timer.lap("generate")
+        if estimator is not None:
+            estimated = predict(estimator, pixels[:, None].float().div(127.5).sub(1.0), batch_size=len(batch))
+            estimated = estimated.astype(np.float32)
+        else:
+            estimated = np.full(requested.shape, np.nan, np.float32)
+    timer.lap("label_check")
+    error = estimated - requested
+    worst = np.abs(error).max(1)
+    limit = spec.max_label_error_deg
+    ok = np.ones(len(batch), bool) if limit is None else worst <= limit
+    pixels = pixels.numpy()
+    for k in np.flatnonzero(ok):
+        row = batch.iloc[k]
+        index = int(row["index"])
+        name = f"{index:08d}.png"
+        encoded, png = cv2.imencode(".png", pixels[k])
+        if not encoded:
+            raise OutputError(f"{folder / name}: PNG encoding failed")
+        timer.lap("encode")
+        (folder / name).write_bytes(png.tobytes())
+        timer.lap("io")
+        records.append({
+            "file": f"images/{shard:05d}/{name}", "index": index, "shard": shard,
+            **{c: float(row[c]) for c in LABELS}, "glasses": bool(row["glasses"]), "table_row": int(row["table_row"]),
+            "source": rig.recipe(row), "latent_seed": seeds[k], "attempt": int(row["attempt"]),
+            "overflow": int(row["overflow"]), "rejected": int(row["rejected"]),
+            "model_name": str(plan.model.get("name")), "model_version": str(plan.model.get("version")),
+            **{f"estimated_{c}": float(estimated[k, j]) for j, c in enumerate(LABELS)},
+            **{f"error_{c}": float(error[k, j]) for j, c in enumerate(LABELS)},
+            "label_error_max": float(worst[k]), "label_ok": None if limit is None else bool(ok[k]),
+        })
+    return ok
+
+
+# ----------------------------------------------------------------------------- finalize
+_BINS = {name: np.linspace(-60.0, 60.0, 49) for name in LABELS}
+
+
+def finalize(plan: DatasetPlan) -> dict:
+    """labels.parquet (streamed from the shard tables), dataset.json, contact_sheet.png and
+    label_distributions.png; returns the card. Every shard must be complete."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    missing = [k for k in range(plan.n_shards) if not plan.shard_table(k).exists()]
+    if missing:
+        raise OutputError(f"{plan.out_dir}: {len(missing)} of {plan.n_shards} shards are not written yet "
+                          f"(first: {missing[0]}); run write_shard for them (a rerun of generate does)")
+    counts = {"images": 0, "dropped": 0, "overflow": 0}
+    hist = {kind: {c: np.zeros(len(_BINS[c]) - 1, np.int64) for c in LABELS} for kind in ("requested", "estimated")}
+    abs_error = dict.fromkeys(LABELS, 0.0)
+    glasses = 0
+    with _writing(plan.out_dir, "writing labels.parquet"), atomic_file(plan.out_dir / "labels.parquet") as tmp:
+        writer = None
+        try:
+            for k in range(plan.n_shards):
+                shard = pd.read_parquet(plan.shard_table(k))
+                table = pa.Table.from_pandas(shard, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table.cast(writer.schema))
+                counts["images"] += len(shard)
+                counts["dropped"] += int(shard["rejected"].sum())
+                counts["overflow"] += int((shard["overflow"] >= 0).sum())
+                glasses += int(shard["glasses"].sum())
+                for c in LABELS:
+                    hist["requested"][c] += np.histogram(shard[c].clip(-60, 60), _BINS[c])[0]
+                    est = shard[f"estimated_{c}"].dropna()
+                    hist["estimated"][c] += np.histogram(est.clip(-60, 60), _BINS[c])[0]
+                    abs_error[c] += float(shard[f"error_{c}"].abs().sum())
+        finally:
+            if writer is not None:
+                writer.close()
+    if counts["images"] != plan.count:
+        raise OutputError(f"{plan.out_dir}: the shards hold {counts['images']} images, the plan {plan.count}")
+    checked = plan.model.get("label_estimator") is not None
+    card = _card(plan, counts, glasses, abs_error, checked)
+    with _writing(plan.out_dir, "writing the card and figures"):
+        _contact_sheet(plan, plan.out_dir / "contact_sheet.png")
+        _distributions(hist, glasses / counts["images"], plan, plan.out_dir / "label_distributions.png")
+        write_json(plan.out_dir / "dataset.json", card)
+    return card
+
+
+def _card(plan: DatasetPlan, counts: dict, glasses: int, abs_error: dict, checked: bool) -> dict:
+    from nirgan.tracking import git_commit
+
+    n = counts["images"]
+    model = plan.model
+    metrics = model.get("metrics")
+    return {
+        "format": "nirgan labelled NIR dataset v1",
+        "model": {"name": model.get("name"), "version": model.get("version"), "run_id": model.get("run_id"),
+                  "generator_sha256": file_sha256(model["generator"])},
+        "git_commit": git_commit(),
+        "spec": plan.spec.model_dump(mode="json"),
+        "counts": {**counts, "shards": plan.n_shards, "attempts": n + counts["dropped"],
+                   "glasses_fraction": glasses / n},
+        "label_check": ({"estimator": "label_estimator.pt (evaluate's pose/gaze instrument)",
+                         "threshold_deg": plan.spec.max_label_error_deg,
+                         "mean_abs_error_deg": {c: abs_error[c] / n for c in LABELS}} if checked else
+                        {"estimator": "unavailable", "reason": "the model has no label_estimator.pt"}),
+        "eval_metrics": metrics if metrics else "unavailable",
+        **({} if metrics else {"eval_metrics_reason": model.get("metrics_reason", "the model carries no eval metrics")}),
+        "layout": {"images": "images/<shard:05d>/<index:08d>.png (8-bit grey)", "labels": "labels.parquet",
+                   "shards": "shards/<shard:05d>.parquet"},
+    }
+
+
+def _contact_sheet(plan: DatasetPlan, path: Path, side: int = 8) -> None:
+    import cv2
+
+    table = pd.read_parquet(plan.shard_table(0), columns=["file"]).head(side * side)
+    tiles = [cv2.imread(str(plan.out_dir / f), cv2.IMREAD_GRAYSCALE) for f in table["file"]]
+    s = plan.spec.image_size
+    sheet = np.zeros((side * s, side * s), np.uint8)
+    for k, tile in enumerate(tiles):
+        sheet[(k // side) * s : (k // side + 1) * s, (k % side) * s : (k % side + 1) * s] = tile
+    rows = -(-len(tiles) // side)
+    with atomic_file(path) as tmp:
+        ok, png = cv2.imencode(".png", sheet[: rows * s])
+        tmp.write_bytes(png.tobytes())
+
+
+def _distributions(hist: dict, glasses: float, plan: DatasetPlan, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(LABELS) + 1, figsize=(3.2 * (len(LABELS) + 1), 3))
+    for ax, c in zip(axes, LABELS):
+        edges = _BINS[c]
+        ax.stairs(hist["requested"][c], edges, label="requested", color="tab:blue")
+        if hist["estimated"][c].sum():
+            ax.stairs(hist["estimated"][c], edges, label="estimated", color="tab:orange")
+        ax.set_title(c)
+        ax.set_xlabel("degrees")
+    axes[0].legend(fontsize=7)
+    axes[-1].bar(["requested", "dataset"], [plan.spec.glasses_fraction, glasses], color=["tab:blue", "tab:green"])
+    axes[-1].set_ylim(0, 1)
+    axes[-1].set_title("glasses fraction")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)

@@ -1,0 +1,79 @@
+"""Stage generate: a labelled NIR dataset from the trained generator (README "Generate a
+labelled dataset"; the writer is :mod:`nirgan.generation.dataset`).
+
+Inputs: the model, either a folder (``models/``: ``generator.pt``, ``label_estimator.pt`` from
+evaluate, ``mlflow_run.json``; its eval metrics from ``metrics/eval.json``) or a registry
+reference ``models:/nirgan-generator@<alias>`` / ``models:/nirgan-generator/<version>``
+(fetched through :func:`nirgan.tracking.fetch_model`), and params ``generate``.
+Output: ``out_dir`` in the dataset layout, logged to the model's MLflow run.
+
+``nirgan stage generate`` (the DVC stage) builds the small demo dataset of params.yaml into
+``data/generated``; ``nirgan generate --count N --model REF --out DIR --spec YAML`` any other.
+A rerun continues where a killed run stopped (complete shards are kept).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from nirgan import tracking
+from nirgan.config import Config, ConfigError
+from nirgan.devices import resolve_device
+from nirgan.generation.dataset import PHASES, finalize, plan_dataset, write_shard
+from nirgan.io import file_sha256, stage_log
+from nirgan.models.artifacts import absent_reason
+
+log = logging.getLogger("nirgan.generate")
+
+REGISTRY_PREFIX = "models:/"
+
+
+def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
+        metrics_path: Path | None = Path("metrics/eval.json")) -> dict[str, Any]:
+    out_dir, ref = Path(out_dir), model_ref or cfg.generate.model
+    with stage_log("generate", count=cfg.generate.count, shard_size=cfg.generate.shard_size) as counts:
+        device = str(resolve_device("auto", "generate"))
+        with tempfile.TemporaryDirectory(prefix="nirgan-model-") as fetched:
+            model = resolve_model(ref, Path(fetched), metrics_path)
+            plan = plan_dataset(cfg, out_dir, model)
+            seconds = dict.fromkeys(PHASES, 0.0)
+            for k in range(plan.n_shards):
+                shard = write_shard(plan, k, device)
+                for phase, s in shard.get("seconds", {}).items():
+                    seconds[phase] += s
+                log.info("generate: shard %d/%d %s (%d images, %d dropped)", k + 1, plan.n_shards,
+                         "already complete" if shard["skipped"] else "written", shard["images"], shard["dropped"])
+            card = finalize(plan)
+        tracking.log_dataset(model.get("run_id"), out_dir, card)
+        counts.update(images=card["counts"]["images"], dropped=card["counts"]["dropped"],
+                      model_version=model["version"], **{f"{p}_s": round(s, 2) for p, s in seconds.items()})
+    return {**dict(counts), "card": card}
+
+
+def resolve_model(ref: str, dest: Path, metrics_path: Path | None = None) -> dict:
+    """The model files and identity of ``ref``, as :func:`nirgan.tracking.fetch_model` returns them."""
+    if ref.startswith(REGISTRY_PREFIX):
+        model = tracking.fetch_model(ref, dest)
+        if model["label_estimator"] is not None and absent_reason(model["label_estimator"]):
+            model["label_estimator"] = None  # evaluate had no labels: it logged an "absent" record
+        return model
+    folder = Path(ref)
+    generator = folder / "generator.pt"
+    if not generator.is_file():
+        raise ConfigError(f"generate.model: {folder} has no generator.pt (run the train stage, or name a registry "
+                          f"model such as {REGISTRY_PREFIX}nirgan-generator@champion)")
+    estimator = folder / "label_estimator.pt"
+    info = tracking.read_run_info(folder / "mlflow_run.json") or {}
+    model = {"generator": generator, "label_estimator": None if absent_reason(estimator) else estimator,
+             "name": str(generator), "version": f"local:{file_sha256(generator)[:12]}", "run_id": info.get("run_id"),
+             "metrics": {}}
+    if metrics_path is not None and Path(metrics_path).is_file():
+        model["metrics"] = json.loads(Path(metrics_path).read_text())
+    else:
+        model["metrics_reason"] = (f"{metrics_path} is missing (run the evaluate stage)" if metrics_path else
+                                   "no eval metrics file was given")
+    return model

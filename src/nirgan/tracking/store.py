@@ -1,0 +1,182 @@
+"""Where MLflow data lives and how a call that cannot reach it fails (see :mod:`nirgan.tracking`).
+
+Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db``
+(the repo root is the directory holding ``params.yaml``/``dvc.yaml`` above the current
+directory, else the current directory). For a local SQLite store, artifacts go next to it in
+``mlartifacts/`` so that runs launched from any directory find them.
+
+Concurrency: a fresh SQLite store is created (its schema migrated) by :func:`ensure_store`
+under a file lock, so parallel processes (DVC experiments, Prefect workers) never race on the
+alembic migration; call it before anything else opens the store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nirgan.config import ServiceError
+
+log = logging.getLogger("nirgan.tracking")
+
+EXPERIMENT = "nirgan"
+REGISTERED_MODEL = "nirgan-generator"
+GENERATOR_URI_TAG = "generator_model_uri"  # set by train when it logged the model; read to register it
+_ENV_TAGS = {
+    "dvc_exp_name": "DVC_EXP_NAME",
+    "dvc_exp_baseline_rev": "DVC_EXP_BASELINE_REV",
+    "prefect_flow_run_id": "PREFECT__FLOW_RUN_ID",
+    "prefect_flow_run_name": "NIRGAN_FLOW_RUN_NAME",
+    "work_pool": "NIRGAN_WORK_POOL",
+}
+_ensured: set[str] = set()
+
+# A tracking server that is down must fail the run within a minute, not after MLflow's default
+# 7 retries with exponential backoff and 120 s timeouts (about 17 minutes seen). Set only what
+# the user did not set. Retries 2, backoff 1 s: a refused connection fails in about 3 s.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+for _key, _value in HTTP_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
+
+TRAINING_STOPPED = "training stopped, its checkpoints are kept: rerun when the server is back to resume"
+
+
+class TrackingUnavailable(ServiceError):
+    """The tracking store could not be reached; the message is one line naming it."""
+
+
+def _unavailable(exc: BaseException, consequence: str = TRAINING_STOPPED) -> TrackingUnavailable:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return TrackingUnavailable(f"MLflow tracking store {tracking_uri()} is unreachable or refused the call "
+                               f"({type(exc).__name__}: {first}); {consequence}")
+
+
+def repo_root(start: Path | None = None) -> Path:
+    start = (start or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if (d / "params.yaml").exists() or (d / "dvc.yaml").exists():
+            return d
+    return start
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def ensure_store(uri: str | None = None) -> str:
+    """Create or upgrade the tracking store once, under a file lock; returns the URI.
+
+    For SQLite, the first process to take ``<db>.lock`` creates the tables (or runs the
+    alembic upgrade of an older MLflow's schema); the others wait and then find it ready.
+    Other stores (a tracking server) manage themselves and are returned unchanged.
+    """
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is None or uri in _ensured:
+        return uri
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _create_or_upgrade(uri)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _ensured.add(uri)
+    return uri
+
+
+def _create_or_upgrade(uri: str) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    artifacts = str(_sqlite_path(uri).parent / "mlartifacts")  # type: ignore[union-attr]
+    try:
+        SqlAlchemyStore(uri, artifacts)
+    except MlflowException as exc:
+        if "out-of-date" not in str(exc) and "outdated" not in str(exc).lower():
+            raise
+        log.info("upgrading the MLflow schema of %s", uri)
+        _upgrade_db(create_sqlalchemy_engine_with_retry(uri))
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a.b.c": value}; tuples and lists become their repr."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or repo_root(), capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else "unknown"
+
+
+def run_tags() -> dict[str, str]:
+    commit = git_commit()
+    tags = {"git_commit": commit, "mlflow.source.git.commit": commit}
+    for tag, env in _ENV_TAGS.items():
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def _experiment_id(client: Any, uri: str) -> str:
+    name = experiment_name()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    db = _sqlite_path(uri)
+    location = (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another process created it in between
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def run_name(default: str) -> str:
+    """The DVC experiment's name (``DVC_EXP_NAME``: set by ``dvc exp run`` and by the train-nir
+    flow) so that runs are found by the experiment they belong to; else ``default``."""
+    return os.environ.get("DVC_EXP_NAME") or default
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    import requests
+
+    text = str(exc)
+    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)) or \
+        "Max retries exceeded" in text or "Connection refused" in text
