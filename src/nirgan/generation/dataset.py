@@ -94,7 +94,9 @@ def plan_dataset(cfg: Config, out_dir: Path, model: dict) -> DatasetPlan:
     if spec.max_label_error_deg is not None and model.get("label_estimator") is None:
         raise ConfigError("generate.max_label_error_deg needs the label estimator (label_estimator.pt, written by "
                           f"evaluate) beside the generator; {model['generator']} has none")
-    fingerprint = {"spec": spec.model_dump(mode="json"), "generator_sha256": file_sha256(model["generator"]),
+    # what the bytes depend on: not where the dataset or the model file lies
+    fingerprint = {"spec": spec.model_dump(mode="json", exclude={"out_dir", "model"}),
+                   "generator_sha256": file_sha256(model["generator"]),
                    "estimator_sha256": file_sha256(model["label_estimator"]) if model.get("label_estimator") else None}
     with _writing(out_dir):
         _claim(out_dir, fingerprint)
