@@ -59,7 +59,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 def gen_config(**generate):
     base = dict(count=240, shard_size=100, image_size=SIZE, glasses_fraction=0.5, seed=3,
-                head_yaw={"low": -30.0, "high": 30.0})
+                head_yaw={"low": -30.0, "high": 30.0}, workers=1)
     base.update(generate)
     return parse_config({"generate": base})
 
@@ -157,9 +157,10 @@ def _cli(params: Path, out: Path, count: int, *extra: str) -> list[str]:
 
 @pytest.mark.timeout(300)
 def test_kill9_mid_run_then_rerun_gives_the_uninterrupted_bytes(dataset, model_dir, tmp_path):
-    """``nirgan generate`` killed after its first shard, then rerun: exactly the images and rows of the
-    uninterrupted run of the same spec (the ``dataset`` fixture, written in this process)."""
-    params = write_params(tmp_path / "params.yaml", gen_config())
+    """``nirgan generate`` (two shard worker processes) killed after its first shard, then rerun:
+    exactly the images and rows of the uninterrupted run of the same spec (the ``dataset`` fixture,
+    written in this process by one), and no worker outlives the kill."""
+    params = write_params(tmp_path / "params.yaml", gen_config(workers=2))
     killed = tmp_path / "killed"
     command = [a if a != "MODEL" else str(model_dir) for a in _cli(params, killed, 240)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -167,8 +168,14 @@ def test_kill9_mid_run_then_rerun_gives_the_uninterrupted_bytes(dataset, model_d
     deadline = time.monotonic() + 120
     while not (killed / "shards" / "00000.parquet").exists() and time.monotonic() < deadline:
         time.sleep(0.005)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before the kill"
+    assert children, "no worker processes"
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{c}").exists() for c in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{c}").exists() for c in children), "a worker outlived the kill"
     assert not (killed / "labels.parquet").exists()
     assert len(list((killed / "shards").glob("*.parquet"))) in (1, 2)
 

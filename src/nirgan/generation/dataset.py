@@ -32,11 +32,17 @@ bounded by one shard: ``finalize`` streams the shard tables into labels.parquet.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import hashlib
 import json
 import logging
+import multiprocessing
+import os
+import signal
+import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,13 +231,53 @@ def write_shard(plan: DatasetPlan, index: int, device: str = "cpu") -> dict:
     sampler, estimator = _networks(plan.model, device)
     rig, rows = _rig(plan), _label_rows(plan)
     slots = plan.shard_range(index)
-    with _writing(plan.out_dir, f"writing shard {index}"):
+    with _writing(plan.out_dir, f"writing shard {index}"), _one_cpu_thread(device):
         with atomic_dir(plan.out_dir / "images" / f"{index:05d}") as tmp:
             records = _fill(plan, index, slots, rows, rig, sampler, estimator, device, tmp, timer)
         table = pd.DataFrame(records).sort_values("index", kind="stable").reset_index(drop=True)
         write_table(table, table_path)  # last: the shard's commit mark
         timer.lap("io")
     return {**_summary(table, index), "seconds": timer.seconds, "skipped": False}
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: str) -> Iterator[None]:
+    """On the CPU a shard runs on one intra-op thread: its bytes then do not depend on the machine's
+    core count, and cores are used by shards in parallel (:func:`write_shards`), which measured
+    4x faster than two threads on one shard on a shared 2-core machine (README)."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def write_shards(plan: DatasetPlan, device: str = "cpu", workers: int = 1) -> Iterator[dict]:
+    """:func:`write_shard` for every shard in order, in ``workers`` processes (each one CPU thread
+    on the CPU); yields each summary as its shard completes in order. Workers die with this process
+    (a kill -9 leaves no orphan writing on), and a rerun skips the shards they completed."""
+    workers = max(1, min(workers, plan.n_shards))
+    if workers == 1:
+        for k in range(plan.n_shards):
+            yield write_shard(plan, k, device)
+        return
+    context = multiprocessing.get_context("spawn")  # forking a process with OpenMP threads can hang
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                             initargs=(os.getpid(),)) as pool:
+        yield from pool.map(write_shard, [plan] * plan.n_shards, range(plan.n_shards), [device] * plan.n_shards)
+
+
+def _worker_init(parent: int) -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 def _summary(table: pd.DataFrame, index: int) -> dict:
