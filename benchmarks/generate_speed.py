@@ -43,7 +43,7 @@ def run_variant(model: dict, out: Path, count: int, size: int, batch: int, preci
     warm = plan_dataset(parse_config({"generate": {**spec, "count": batch * workers, "shard_size": batch,
                                                    "seed": 99}}), out / "warm", model)
     plan = plan_dataset(parse_config({"generate": spec}), out / "timed", model)
-    seconds = dict.fromkeys(PHASES, 0.0)
+    seconds, cpu = dict.fromkeys(PHASES, 0.0), 0.0
     start = time.perf_counter()
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                              initargs=(os.getpid(),)) as pool:
@@ -53,10 +53,11 @@ def run_variant(model: dict, out: Path, count: int, size: int, batch: int, preci
         for summary in pool.map(write_shard, [plan] * plan.n_shards, range(plan.n_shards), [device] * plan.n_shards):
             for phase, s in summary["seconds"].items():
                 seconds[phase] += s
+            cpu += summary["cpu_seconds"]
         wall = time.perf_counter() - start
     t = time.perf_counter()
     finalize(plan)
-    return {"wall": wall, "seconds": seconds, "warmup": warmup, "finalize": time.perf_counter() - t}
+    return {"workers": workers, "wall": wall, "cpu": cpu, "seconds": seconds, "warmup": warmup, "finalize": time.perf_counter() - t}
 
 
 def main() -> None:
@@ -64,7 +65,7 @@ def main() -> None:
     parser.add_argument("--model", default="models", help="folder with generator.pt and label_estimator.pt")
     parser.add_argument("--count", type=int, default=512)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, nargs="+", default=[32])
+    parser.add_argument("--batch", type=int, nargs="+", default=[16])
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="shard processes (one CPU thread each on the CPU)")
@@ -102,7 +103,11 @@ def main() -> None:
 
     names = [f"w{w} b{b} {p}" for w, b, p in results]
     print("\n" + f"{'':28s}" + "".join(f"{n:>16s}" for n in names))
-    rows = [("images/s end to end", lambda r: args.count / r["wall"])]
+    cores = len(os.sched_getaffinity(0))
+    # CPU time of the shard workers (one thread each): what the same work costs on idle cores
+    rows = [("images/s end to end", lambda r: args.count / r["wall"]),
+            ("worker CPU-ms/image", lambda r: 1000 * r["cpu"] / args.count),
+            ("img/s on idle cores*", lambda r: args.count / r["cpu"] * min(cores, r["workers"]))]
     # phase times are summed over the workers' shards: per image of one worker's time
     rows += [(f"worker ms/image {p}", (lambda p: lambda r: 1000 * r["seconds"][p] / args.count)(p)) for p in PHASES]
     rows += [("wall ms/image", lambda r: 1000 * r["wall"] / args.count),
@@ -110,6 +115,8 @@ def main() -> None:
              ("finalize s (once)", lambda r: r["finalize"])]
     for label, value in rows:
         print(f"{label:28s}" + "".join(f"{value(r):16.2f}" for r in results.values()))
+    print("* estimated, not measured: min(workers, cores) / the workers' CPU seconds per image (a worker is one "
+          "thread); wall figures above are what this (shared) machine gave")
     base = next(iter(results.values()))
     print("\nratio to the first column (end-to-end images/s): "
           + ", ".join(f"{n} {base['wall'] / r['wall']:.2f}x" for n, r in zip(names, results.values())))

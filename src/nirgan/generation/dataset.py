@@ -212,6 +212,10 @@ class _Timer:
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self._t = time.perf_counter()
+        self._cpu = time.process_time()
+
+    def cpu(self) -> float:
+        return time.process_time() - self._cpu
 
     def lap(self, phase: str) -> None:
         now = time.perf_counter()
@@ -221,7 +225,7 @@ class _Timer:
 
 def write_shard(plan: DatasetPlan, index: int, device: str = "cpu") -> dict:
     """Write shard ``index`` (idempotent: a complete shard is left as it is) and return its summary:
-    {shard, images, dropped, attempts, overflow, seconds: {phase: s}, skipped}."""
+    {shard, images, dropped, attempts, overflow, seconds: {phase: wall s}, cpu_seconds, skipped}."""
     if not 0 <= index < plan.n_shards:
         raise ValueError(f"shard {index} is outside the plan's 0..{plan.n_shards - 1}")
     table_path = plan.shard_table(index)
@@ -237,7 +241,7 @@ def write_shard(plan: DatasetPlan, index: int, device: str = "cpu") -> dict:
         table = pd.DataFrame(records).sort_values("index", kind="stable").reset_index(drop=True)
         write_table(table, table_path)  # last: the shard's commit mark
         timer.lap("io")
-    return {**_summary(table, index), "seconds": timer.seconds, "skipped": False}
+    return {**_summary(table, index), "seconds": timer.seconds, "cpu_seconds": timer.cpu(), "skipped": False}
 
 
 @contextlib.contextmanager
