@@ -57,7 +57,8 @@ def run_variant(model: dict, out: Path, count: int, size: int, batch: int, preci
         wall = time.perf_counter() - start
     t = time.perf_counter()
     finalize(plan)
-    return {"workers": workers, "wall": wall, "cpu": cpu, "seconds": seconds, "warmup": warmup, "finalize": time.perf_counter() - t}
+    return {"workers": workers, "wall": wall, "cpu": cpu, "seconds": seconds, "warmup": warmup,
+            "finalize": time.perf_counter() - t}
 
 
 def main() -> None:
