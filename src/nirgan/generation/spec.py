@@ -13,7 +13,8 @@ check kept rejecting) come from a separate stream keyed by (seed, shard, j), so 
 reproducible per shard.
 
 A table is validated before any work: every bad row is a :class:`DataError` naming the file, the
-row (0-based data row) and the key.
+row and the key. "Row" is as collect counts it: the line of a CSV file (the header is row 1), or
+the 1-based row of a Parquet file.
 """
 
 from __future__ import annotations
@@ -37,14 +38,17 @@ def read_label_table(path: str | Path, limits: dict[str, float] | None = None) -
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: labels table does not exist")
+    parquet = path.suffix.lower() in (".parquet", ".pq")
     try:
-        table = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+        table = pd.read_parquet(path) if parquet else pd.read_csv(path)
     except Exception as exc:  # noqa: BLE001 - any parse failure is this file's fault
         raise DataError(f"{path}: not a readable CSV/Parquet table ({type(exc).__name__}: {exc})") from None
-    return validate_rows(table, str(path), limits)
+    return validate_rows(table, str(path), limits, first_row=1 if parquet else 2)
 
 
-def validate_rows(table: pd.DataFrame, origin: str, limits: dict[str, float] | None = None) -> pd.DataFrame:
+def validate_rows(table: pd.DataFrame, origin: str, limits: dict[str, float] | None = None,
+                  first_row: int = 1) -> pd.DataFrame:
+    """``first_row``: the row number of the table's first row in its file (2 for a CSV's)."""
     if len(table) == 0:
         raise DataError(f"{origin}: the labels table has no rows")
     missing = [c for c in LABEL_COLUMNS if c not in table.columns]
@@ -56,15 +60,16 @@ def validate_rows(table: pd.DataFrame, origin: str, limits: dict[str, float] | N
         bad = ~np.isfinite(values.to_numpy())
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{origin}: row {i}: {name}: {out[name].iloc[i]!r} is not a finite number of degrees")
+            raise DataError(f"{origin}, row {i + first_row}, {name}: {out[name].iloc[i]!r} is not a finite number "
+                            "of degrees")
         if limits is not None and name in limits:
             outside = np.abs(values.to_numpy()) > limits[name]
             if outside.any():
                 i = int(np.flatnonzero(outside)[0])
-                raise DataError(f"{origin}: row {i}: {name}: {values.iloc[i]} is outside the rig's range "
-                                f"[{-limits[name]}, {limits[name]}] degrees")
+                raise DataError(f"{origin}, row {i + first_row}, {name}: {values.iloc[i]:g} is outside the rig's "
+                                f"range [{-limits[name]:g}, {limits[name]:g}] degrees")
         out[name] = values
-    out["glasses"] = [_boolean(v, origin, i) for i, v in enumerate(out["glasses"])]
+    out["glasses"] = [_boolean(v, origin, i + first_row) for i, v in enumerate(out["glasses"])]
     return out
 
 
@@ -75,7 +80,7 @@ def _boolean(value: object, origin: str, row: int) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise DataError(f"{origin}: row {row}: glasses: {value!r} is not a boolean (true/false or 1/0)")
+    raise DataError(f"{origin}, row {row}, glasses: {value!r} is not a boolean (true/false or 1/0)")
 
 
 class LabelRows:

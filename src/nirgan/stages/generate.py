@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 from nirgan import tracking
 from nirgan.config import Config, ConfigError
 from nirgan.devices import resolve_device
-from nirgan.generation.dataset import PHASES, finalize, plan_dataset, write_shard
+from nirgan.generation.dataset import PHASES, finalize, plan_dataset, write_shards
 from nirgan.io import file_sha256, stage_log
 from nirgan.models.artifacts import absent_reason
 
@@ -36,16 +37,17 @@ def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
         metrics_path: Path | None = Path("metrics/eval.json")) -> dict[str, Any]:
     out_dir, ref = Path(out_dir), model_ref or cfg.generate.model
     with stage_log("generate", count=cfg.generate.count, shard_size=cfg.generate.shard_size) as counts:
+        # shards run one CPU thread each, in parallel processes (nirgan.generation.dataset.write_shards)
         device = str(resolve_device("auto", "generate"))
         with tempfile.TemporaryDirectory(prefix="nirgan-model-") as fetched:
             model = resolve_model(ref, Path(fetched), metrics_path)
             plan = plan_dataset(cfg, out_dir, model)
             seconds = dict.fromkeys(PHASES, 0.0)
-            for k in range(plan.n_shards):
-                shard = write_shard(plan, k, device)
+            workers = cfg.generate.workers or (len(os.sched_getaffinity(0)) if device == "cpu" else 1)
+            for shard in write_shards(plan, device, workers):
                 for phase, s in shard.get("seconds", {}).items():
                     seconds[phase] += s
-                log.info("generate: shard %d/%d %s (%d images, %d dropped)", k + 1, plan.n_shards,
+                log.info("generate: shard %d/%d %s (%d images, %d dropped)", shard["shard"] + 1, plan.n_shards,
                          "already complete" if shard["skipped"] else "written", shard["images"], shard["dropped"])
             card = finalize(plan)
         tracking.log_dataset(model.get("run_id"), out_dir, card)
