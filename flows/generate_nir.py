@@ -92,6 +92,9 @@ def default_out_dir(cfg: Config, model: dict[str, Any]) -> Path:
 
 
 def devices() -> list[str]:
+    """One shard in flight per GPU; on a CPU one at a time: ``write_shard`` sets torch to one
+    thread process-wide (so its bytes do not depend on the core count), which shards in threads
+    of one process would race on. Many CPU cores are the CLI's job (its worker processes)."""
     import torch
 
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
