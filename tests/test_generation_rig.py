@@ -237,7 +237,6 @@ def test_check_spec_reads_every_row_of_a_labels_table(tmp_path: Path):
     good = pd.DataFrame([dict(zip(LABELS, (0.0, 5.0, -5.0, 10.0, 0.0)), glasses=True)] * 3)
     good.to_csv(tmp_path / "rows.csv", index=False)
     rig.check_spec(_Spec(labels_table=str(tmp_path / "rows.csv"), head_yaw=_Range(low=-90, high=90)))  # ranges unused
-    assert rig.read_label_rows(tmp_path / "rows.csv")["glasses"].tolist() == [True] * 3
     bad = good.copy()
     bad.loc[1, "head_pitch"] = 40.0
     bad.to_parquet(tmp_path / "rows.parquet")

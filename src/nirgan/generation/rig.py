@@ -46,7 +46,8 @@ from nirgan.config import ConfigError, DataError, DetectConfig, TwinConfig
 from nirgan.detection.crop import crop_box, resize_crop
 from nirgan.detection.mtcnn import FastMTCNN
 from nirgan.io import read_image, write_json
-from nirgan.label_table import read_label_table
+from nirgan.generation.spec import read_label_table
+from nirgan.label_table import read_label_table as read_pair_labels
 from nirgan.labels import LABELS
 
 LABEL_COLUMNS: tuple[str, ...] = (*LABELS, "glasses")
@@ -305,7 +306,7 @@ def folder_rig(rig_path: Path, labels_path: Path, image_size: int) -> tuple[Fold
     root, labels_path = Path(rig_path), Path(labels_path)
     if not root.is_dir():
         raise DataError(f"{root}: generate.rig_path is not a folder")
-    table, rows = read_label_table(labels_path, "generate.rig_labels", pair_ids=True, glasses=True)
+    table, rows = read_pair_labels(labels_path, "generate.rig_labels", pair_ids=True, glasses=True)
     base = root / "source" if (root / "source").is_dir() else root
     real_root = root.resolve()
     listed: dict[str, dict[int, list[Path]]] = {}
@@ -332,28 +333,6 @@ def folder_rig(rig_path: Path, labels_path: Path, image_size: int) -> tuple[Fold
 
 
 # --------------------------------------------------------------------------------- spec
-def read_label_rows(path: Path, key: str = "generate.labels_table") -> pd.DataFrame:
-    """Exact label rows for the built-in rig: ``LABELS`` (and ``glasses`` when given), each row
-    complete and inside :data:`RIG_LIMITS`; else DataError naming the file, row and key."""
-    table, rows = read_label_table(Path(path), key, pair_ids=False)
-    for column in table.columns:
-        values = table[column]
-        bad = values.isna().to_numpy()
-        if column in RIG_LIMITS:
-            limit = RIG_LIMITS[column]
-            bad |= ~values.between(-limit, limit).to_numpy()
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            what = "missing value"
-            if not pd.isna(values.iloc[i]):
-                limit = RIG_LIMITS[column]
-                what = f"{float(values.iloc[i]):g} is outside the built-in rig's range [-{limit:g}, {limit:g}] degrees"
-            raise DataError(f"{path}, row {rows.iloc[i]}, {column}: {what}")
-    if "glasses" in table.columns:
-        table["glasses"] = table["glasses"].astype(bool)
-    return table
-
-
 def check_spec(gen_cfg: Any) -> None:
     """The spec asks only for what the rig can render, before any work.
 
@@ -373,7 +352,7 @@ def check_spec(gen_cfg: Any) -> None:
     if gen_cfg.labels_table is not None:
         if not Path(gen_cfg.labels_table).is_file():
             raise ConfigError(f"generate.labels_table: {gen_cfg.labels_table} does not exist")
-        read_label_rows(Path(gen_cfg.labels_table))
+        read_label_table(gen_cfg.labels_table, RIG_LIMITS)
         return
     for key in LABELS:
         spec, limit = getattr(gen_cfg, key), RIG_LIMITS[key]

@@ -60,8 +60,9 @@ def validate_rows(table: pd.DataFrame, origin: str, limits: dict[str, float] | N
         bad = ~np.isfinite(values.to_numpy())
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{origin}, row {i + first_row}, {name}: {out[name].iloc[i]!r} is not a finite number "
-                            "of degrees")
+            raw = out[name].iloc[i]
+            what = "missing value" if pd.isna(raw) else f"{raw!r} is not a finite number of degrees"
+            raise DataError(f"{origin}, row {i + first_row}, {name}: {what}")
         if limits is not None and name in limits:
             outside = np.abs(values.to_numpy()) > limits[name]
             if outside.any():
