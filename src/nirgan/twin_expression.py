@@ -20,13 +20,13 @@ API
 ``PRESETS``  expression name -> its :class:`~nirgan.twin.Expression` at strength 1.
 ``render_expressions(cfg) -> Iterator[ExpressionFrame]``  every frame, subject by subject.
 ``count_frames(cfg)``  how many frames that is.
-``preview_grid(frames, expressions)``  one frame per (subject, expression): rows subjects.
+``preview_grid(first, expressions)``  one frame per (subject, expression): rows subjects.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,11 +126,8 @@ def render_expressions(cfg: ExpressionTwinConfig) -> Iterator[ExpressionFrame]:
             seen[name] += 1
 
 
-def preview_grid(frames: Iterable[ExpressionFrame], expressions: tuple[str, ...], max_rows: int = 8) -> np.ndarray:
-    """The first frame of each (subject, expression), rows subjects and columns expressions."""
-    first: dict[tuple[str, str], np.ndarray] = {}
-    for f in frames:
-        first.setdefault((f.subject, f.expression), f.image)
+def preview_grid(first: Mapping[tuple[str, str], np.ndarray], expressions: tuple[str, ...], max_rows: int = 8) -> np.ndarray:
+    """One frame per (subject, expression) from ``first``: rows subjects, columns expressions."""
     subjects = sorted({s for s, _ in first})[:max_rows]
     h, w = next(iter(first.values())).shape
     grid = np.zeros((len(subjects) * h, len(expressions) * w), np.uint8)
