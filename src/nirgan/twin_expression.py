@@ -45,7 +45,7 @@ Expression = twin.Expression
 PRESETS: dict[str, Expression] = {
     "neutral": Expression(),
     "happy": Expression(mouth_corners=0.2, mouth_open=0.03, mouth_width=0.2, eyelid_closure=0.45),
-    "sad": Expression(mouth_corners=-0.16, brow_inner=0.14, eyelid_closure=0.3),
+    "sad": Expression(mouth_corners=-0.2, brow_inner=0.18, eyelid_closure=0.3),
     "angry": Expression(mouth_corners=-0.04, mouth_width=-0.3, brow_raise=-0.06, brow_inner=-0.14, eyelid_closure=0.2),
     "disgust": Expression(
         mouth_corners=-0.12, mouth_open=0.05, mouth_width=-0.1, brow_raise=-0.05, brow_inner=-0.05, eyelid_closure=0.5,
