@@ -258,6 +258,7 @@ def test_label_folders_take_names_from_the_data_and_split_by_subject(tmp_path):
             table.append((name, f"p{k // 3}" if k != 4 else None))
     table.append(("happy/missing.png", "p9"))  # row 17: no such file
     pd.DataFrame(table, columns=["file", "subject"]).to_csv(root / "subjects.csv", index=False)
+    (root / "notes.md").write_text("where these faces come from")
     (root / "happy" / "empty.png").write_bytes(b"")
     (root / "sad" / "notes.txt").write_text("not a face")
     (root / "sad" / "fake.png").write_text("not a png either")
@@ -272,7 +273,7 @@ def test_label_folders_take_names_from_the_data_and_split_by_subject(tmp_path):
     reasons = dict(zip(rejects["path"], rejects["reason"]))
     assert reasons == {
         "happy/empty.png": "zero_byte", "sad/notes.txt": "unsupported_file", "sad/fake.png": "not_an_image",
-        "happy/deep/x.png": "unexpected_location", "subjects.csv": "unexpected_location",
+        "happy/deep/x.png": "unexpected_location", "notes.md": "unexpected_location",
         "subjects.csv:6": "subject_missing_value", "subjects.csv:17": "subject_without_image",
     }
     raw = pd.read_parquet(tmp_path / "raw" / "manifest.parquet")

@@ -17,7 +17,8 @@ the label map that names FER2013's integers; nothing here knows how many labels 
     (no image extension), ``duplicate_sample`` (``a.jpg`` beside ``a.png``). An optional
     subject table (``collect.labels``, CSV or Parquet, columns ``file`` — the path relative to
     ``root`` — and ``subject``) gives subject ids; files it does not list have subject ``""``.
-    A table row with no subject is ``subject_missing_value``, one whose file is not kept
+    The table may lie inside ``root`` (it is then no input). A table row with no subject is
+    ``subject_missing_value``, one whose file is not kept
     ``subject_without_image`` (``path`` is ``<table>:<row>``); a table without those columns,
     or naming a file twice, stops collect with a one-line ``DataError``.
 ``fer2013_samples(path, names, rejects)``  (``fer2013``)
@@ -76,7 +77,10 @@ def twin_samples(cfg: ExpressionTwinConfig) -> Iterator[Sample]:
 def label_folder_samples(root: Path, ccfg: CollectConfig, rejects: Rejects) -> list[Sample]:
     samples: dict[str, Sample] = {}
     sources: dict[str, str] = {}  # sample_id -> the file's relative path
+    table = _table_path(ccfg.labels, root)
     for entry in input_files(root):
+        if table is not None and entry.path.resolve() == table:
+            continue  # the subject table kept beside the folders is no input image
         rel = entry.path.relative_to(root)
         path = rel.as_posix()
         sid = rel.with_suffix("").as_posix()
@@ -96,6 +100,13 @@ def label_folder_samples(root: Path, ccfg: CollectConfig, rejects: Rejects) -> l
     if ccfg.labels is not None:
         _apply_subject_table(ccfg.labels, root, samples, sources, rejects)
     return list(samples.values())
+
+
+def _table_path(labels: Path | None, root: Path) -> Path | None:
+    if labels is None:
+        return None
+    path = labels if labels.exists() or labels.is_absolute() else root / labels
+    return path.resolve()
 
 
 def _apply_subject_table(
