@@ -122,7 +122,7 @@ def create(checkout: Path, run_id: str, sha: str, overrides: dict[str, Any], run
         log(f"overrides: {json.dumps(overrides, sort_keys=True)}")
     run(["nirgan", "check-params"], ws, tool_env({"PYTHONPATH": str(ws / "src")}))
     if dvc_remote_configured(ws):
-        run(["dvc", "pull", "--run-cache", "--allow-missing"], ws, env)
+        run(["dvc", "pull", "--run-cache", "--allow-missing", "dvc.yaml"], ws, env)
 
     stages = list((yaml.safe_load((ws / "dvc.yaml").read_text()) or {}).get("stages") or {})
     orchestrate = OrchestrateConfig.model_validate(params.get("orchestrate") or {})
@@ -148,7 +148,9 @@ def save_experiment(ws: Path, checkout: Path, experiment: str, run: Run) -> None
     """``dvc exp save`` in the workspace, its ref pushed into the checkout (and the remotes)."""
     env = tool_env()
     include = [arg for path in uncached_outputs(ws) for arg in ("-I", path)]
-    run(["dvc", "exp", "save", "--name", experiment, *include], ws, env)
+    # The target limits the save to this pipeline: without it DVC wants the outputs of every
+    # dvc.yaml in the repo, and pipelines/expression's are not in a NIR workspace.
+    run(["dvc", "exp", "save", "--name", experiment, *include, "dvc.yaml"], ws, env)
     # The ref into the worker's checkout (what `dvc exp push --no-cache origin` does, in 1/10 the time).
     refs = [r for r in git(["for-each-ref", "--format=%(refname)", "refs/exps"], ws).splitlines()
             if r.endswith(f"/{experiment}")]
@@ -156,7 +158,7 @@ def save_experiment(ws: Path, checkout: Path, experiment: str, run: Run) -> None
         raise CommandError(f"dvc exp save left {len(refs)} refs named {experiment!r}: {refs}")
     run(["git", "push", "--quiet", "origin", f"{refs[0]}:{refs[0]}"], ws, env)
     if dvc_remote_configured(ws):
-        run(["dvc", "push", "--run-cache"], ws, env)
+        run(["dvc", "push", "--run-cache", "dvc.yaml"], ws, env)
     git_remote = os.environ.get("NIRGAN_EXP_GIT_REMOTE")
     if git_remote:
         run(["dvc", "exp", "push", "--no-cache", git_remote, experiment], checkout, env)
