@@ -8,6 +8,7 @@ Layout of ``out_dir``::
     dataset.json                         the card: model, git commit, spec, counts, eval metrics
     contact_sheet.png, label_distributions.png
     .plan.json                           the spec and model the shards were made with
+    .framing.json                        the built-in rig's framing calibration (made once, read by every shard)
 
 Columns: ``file`` (relative to out_dir), ``index``, ``shard``, the requested ``LABELS`` (degrees)
 and ``glasses``, ``table_row`` (labels-table row, -1 when drawn from the ranges), ``source``
@@ -103,11 +104,19 @@ def plan_dataset(cfg: Config, out_dir: Path, model: dict) -> DatasetPlan:
                           f"evaluate) beside the generator; {model['generator']} has none")
     # what the bytes depend on: not where the dataset or the model file lies
     fingerprint = {"spec": spec.model_dump(mode="json", exclude={"out_dir", "model"}),
+                   # the built-in rig's framing follows detect's crop and the twin's cameras
+                   "rig": ({"detect": cfg.detect.model_dump(mode="json", exclude={"device", "batch_size"}),
+                            "twin": cfg.collect.twin.model_dump(mode="json")} if spec.rig == "twin" else None),
                    "generator_sha256": file_sha256(model["generator"]),
                    "estimator_sha256": file_sha256(model["label_estimator"]) if model.get("label_estimator") else None}
     with _writing(out_dir):
         _claim(out_dir, fingerprint)
+    if spec.rig == "twin":
+        _rig(plan)  # calibrate once here, into FRAMING_CACHE, so shard workers read it, not redo it
     return plan
+
+
+FRAMING_CACHE = ".framing.json"
 
 
 def _claim(out_dir: Path, fingerprint: dict) -> None:
@@ -118,7 +127,7 @@ def _claim(out_dir: Path, fingerprint: dict) -> None:
         log.warning("generate: %s holds a dataset of another spec or model; clearing it", out_dir)
         for name in ("shards", "images"):
             _remove_tree(out_dir / name)
-        for name in ("labels.parquet", "dataset.json", "contact_sheet.png", "label_distributions.png"):
+        for name in ("labels.parquet", "dataset.json", "contact_sheet.png", "label_distributions.png", FRAMING_CACHE):
             (out_dir / name).unlink(missing_ok=True)
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise OutputError(f"{out_dir}: exists and is not a nirgan dataset (no .plan.json); choose an empty or "
@@ -190,7 +199,8 @@ def _rig(plan: DatasetPlan) -> SourceRig:
     if plan.spec.rig == "folder":
         return _folder(plan)[0]
     return _cached(("twin", plan.spec.image_size, plan.detect, plan.twin),
-                   lambda: built_in_rig(plan.spec.image_size, plan.detect, plan.twin))
+                   lambda: built_in_rig(plan.spec.image_size, plan.detect, plan.twin,
+                                        cache=plan.out_dir / FRAMING_CACHE))
 
 
 def _networks(model: dict, device: str) -> tuple[Sampler, PoseEstimator | None]:
