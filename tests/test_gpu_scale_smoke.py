@@ -34,3 +34,4 @@ def test_gpu_scale_smoke(tmp_path):
                 "judge_auc_real_vs_real", "judge_auc_blurred_real", "judge_auc_untrained"):
         assert isinstance(m[key], float), (key, m.get(key))
     assert "pose_gen_head_mean" in m
+    assert summary["generate"]["images"] == 8 and summary["generate"]["images_per_s"] > 0
