@@ -43,6 +43,9 @@ log = logging.getLogger("nirgan.tracking")
 
 EXPERIMENT = "nirgan"
 REGISTERED_MODEL = "nirgan-generator"
+# Per task (Config.task): the experiment and registered model of each model family.
+EXPERIMENTS = {"nir": EXPERIMENT, "expression": "nirgan-expression"}
+REGISTERED_MODELS = {"nir": REGISTERED_MODEL, "expression": "nirgan-expression-generator"}
 GENERATOR_URI_TAG = "generator_model_uri"  # set by train when it logged the model; read to register it
 _ENV_TAGS = {
     "dvc_exp_name": "DVC_EXP_NAME",
@@ -95,8 +98,9 @@ def tracking_uri() -> str:
     return f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
-def experiment_name() -> str:
-    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+def experiment_name(task: str = "nir") -> str:
+    """``MLFLOW_EXPERIMENT_NAME`` if set, else the task's experiment (nirgan / nirgan-expression)."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENTS[task]
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -173,8 +177,8 @@ def run_tags() -> dict[str, str]:
     return tags
 
 
-def _experiment_id(client: Any, uri: str) -> str:
-    name = experiment_name()
+def _experiment_id(client: Any, uri: str, task: str = "nir") -> str:
+    name = experiment_name(task)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -201,8 +205,10 @@ def start_run(
     run_id: str | None = None,
     system_metrics: bool = True,
     tags: Mapping[str, str] | None = None,
+    task: str = "nir",
 ) -> Iterator[Any]:
-    """Start (or, with ``run_id``, continue) a run with params and tags; yields the active run.
+    """Start (or, with ``run_id``, continue) a run with params and tags in the experiment of
+    ``task`` (:func:`experiment_name`); yields the active run.
 
     Continuing a run after a resume does not log params again (MLflow refuses to change a
     param), so a resumed run keeps the params it started with. The run ends FINISHED, FAILED
@@ -223,7 +229,7 @@ def start_run(
                     raise
                 log.warning("MLflow run %s is not in %s; starting a new run", run_id, uri)
                 run_id = None
-        exp_id = _experiment_id(client, uri)
+        exp_id = _experiment_id(client, uri, task)
         run = mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=run_name,
                                log_system_metrics=system_metrics)
     except Exception as exc:  # noqa: BLE001
@@ -440,8 +446,9 @@ def log_evaluation(info_path: Path, metrics: Mapping[str, Any], plots_dir: Path,
     return run_id
 
 
-def register_generator(run_id: str) -> str | None:
-    """Register the generator logged by run ``run_id`` if the run FINISHED; returns the version."""
+def register_generator(run_id: str, task: str = "nir") -> str | None:
+    """Register the generator logged by run ``run_id`` (as ``REGISTERED_MODELS[task]``) if the run
+    FINISHED; returns the version."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -452,4 +459,4 @@ def register_generator(run_id: str) -> str | None:
     if run.info.status != "FINISHED":
         log.warning("MLflow run %s is %s: its generator is not registered", run_id, run.info.status)
         return None
-    return mlflow.register_model(uri, REGISTERED_MODEL).version
+    return mlflow.register_model(uri, REGISTERED_MODELS[task]).version
