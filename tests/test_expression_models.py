@@ -65,7 +65,8 @@ def store(tmp_path_factory):
 def expr_config(**kw) -> Config:
     base = {"image_size": 32, "width": 0.25, "res_blocks": 1, "latent_dim": 16, "batch_size": 8, "steps": 6,
             "log_every": 2, "checkpoint_every": 2, "device": "cpu", "log_model": False, "sample_inputs": 3}
-    return Config.model_validate({"task": "expression", "expression_train": {**base, **kw}})
+    return Config.model_validate({"task": "expression", "collect": {"source": "expression_twin"},
+                                  "expression_train": {**base, **kw}})
 
 
 # ------------------------------------------------------------------------------ shapes

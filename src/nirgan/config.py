@@ -55,11 +55,53 @@ class TwinConfig(Section):
     )
 
 
+EXPRESSIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+# FER2013's integer labels, in FER2013's own order (index -> name).
+FER2013_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+class ExpressionTwinConfig(Section):
+    """The built-in twin rendering expressions (see ``nirgan.twin_expression``)."""
+
+    seed: int = 0
+    subjects: int = Field(12, ge=2, description="persistent identities (the NIR twin's subjects of this seed)")
+    cameras: int = Field(2, ge=1, description="cameras; each subject is filmed by one, in turn")
+    frames_per_expression: int = Field(5, ge=1, description="frames of each expression per subject")
+    width: int = Field(128, ge=96, le=2048)
+    height: int = Field(128, ge=96, le=2048)
+    expressions: tuple[str, ...] = Field(
+        EXPRESSIONS, strict=False, min_length=2, description="which of nirgan.twin_expression.PRESETS to render"
+    )
+    intensity_low: float = Field(0.7, gt=0.0, le=1.5, description="each frame draws its expression's strength")
+    intensity_high: float = Field(1.0, gt=0.0, le=1.5)
+    glasses_fraction: float = Field(0.3, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _known(self) -> ExpressionTwinConfig:
+        unknown = sorted(set(self.expressions) - set(EXPRESSIONS))
+        if unknown:
+            raise ValueError(f"unknown expression(s) {', '.join(unknown)}; known: {', '.join(EXPRESSIONS)}")
+        if len(set(self.expressions)) != len(self.expressions):
+            raise ValueError("expressions repeat a name")
+        if self.intensity_low > self.intensity_high:
+            raise ValueError(f"intensity_low ({self.intensity_low}) is above intensity_high ({self.intensity_high})")
+        return self
+
+
 class CollectConfig(Section):
-    source: Literal["twin", "folder", "videos"] = "twin"
-    path: Path | None = Field(None, strict=False, description="root of a folder or video dataset (thesis layout)")
+    source: Literal["twin", "folder", "videos", "expression_twin", "label_folders", "fer2013"] = "twin"
+    path: Path | None = Field(
+        None, strict=False,
+        description="root of a folder or video dataset (thesis layout), of a folder-per-label set, or the FER2013 CSV",
+    )
     labels: Path | None = Field(
-        None, strict=False, description="optional labels table (CSV or Parquet) keyed by pair_id"
+        None, strict=False,
+        description="optional labels table (CSV or Parquet): keyed by pair_id (NIR sources), or with the columns "
+        "file (path relative to collect.path) and subject (label_folders)",
+    )
+    label_map: tuple[str, ...] | None = Field(
+        None, strict=False, min_length=2,
+        description="fer2013: label names by the CSV's integer emotion (index -> name); None = FER2013's seven",
     )
     video_frame_step: int = Field(1, ge=1, description="keep every n-th video frame")
     max_pixels: int = Field(
@@ -79,12 +121,22 @@ class CollectConfig(Section):
         "2048 x 2048 (4 Mpx) whatever the camera; MTCNN still sees faces of 40 px or more in such frames",
     )
     twin: TwinConfig = TwinConfig()
+    expression_twin: ExpressionTwinConfig = ExpressionTwinConfig()
 
     @model_validator(mode="after")
     def _path_for_external_sources(self) -> CollectConfig:
-        if self.source != "twin" and self.path is None:
+        if self.source not in ("twin", "expression_twin") and self.path is None:
             raise ValueError(f"collect.path is required when collect.source is {self.source!r}")
+        if self.label_map is not None and len(set(self.label_map)) != len(self.label_map):
+            raise ValueError("collect.label_map repeats a name")
         return self
+
+    @property
+    def is_expression(self) -> bool:
+        return self.source in EXPRESSION_SOURCES
+
+
+EXPRESSION_SOURCES = ("expression_twin", "label_folders", "fer2013")
 
 
 # ------------------------------------------------------------------------------ detect
@@ -96,6 +148,12 @@ class DetectConfig(Section):
     margin: float = Field(0.25, ge=0.0, le=1.0, description="added to each side, as a fraction of the box side")
     crop_size: int = Field(160, ge=32, description="side of the saved square crops")
     multiple_faces: Literal["most_probable", "largest", "reject"] = "most_probable"
+    pre_cropped: bool = Field(
+        False, description="expression data: the images already are face crops (FER2013); detect passes them through"
+    )
+    min_side: int = Field(
+        160, ge=48, description="expression data: smaller images are upscaled to this side before MTCNN"
+    )
 
 
 # ------------------------------------------------------------------------------- clean
@@ -329,7 +387,9 @@ class OrchestrateConfig(Section):
 
 
 class Config(Section):
-    task: Literal["nir", "expression"] = "nir"
+    task: Literal["nir", "expression"] = Field(
+        "nir", description="nir: rig render -> NIR pairs; expression: label-conditioned grayscale faces"
+    )
     collect: CollectConfig = CollectConfig()
     detect: DetectConfig = DetectConfig()
     clean: CleanConfig = CleanConfig()
@@ -339,6 +399,13 @@ class Config(Section):
     expression_train: ExpressionTrainConfig = ExpressionTrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     orchestrate: OrchestrateConfig = OrchestrateConfig()
+
+    @model_validator(mode="after")
+    def _task_matches_source(self) -> Config:
+        if (self.task == "expression") != self.collect.is_expression:
+            wanted = ", ".join(EXPRESSION_SOURCES) if self.task == "expression" else "twin, folder, videos"
+            raise ValueError(f"collect.source {self.collect.source!r} does not suit task {self.task!r} (one of {wanted})")
+        return self
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -372,13 +439,17 @@ def check_data_paths(cfg: Config, origin: str = "params") -> None:
     before any stage) and by collect. Not part of :func:`load_config`: later stages load the
     same params where the raw folder may be absent (DVC restored collect's output)."""
     c = cfg.collect
-    if c.source == "twin" or c.path is None:
+    if c.source in ("twin", "expression_twin") or c.path is None:
         return
     if not c.path.exists():
         raise ConfigError(f"{origin}: collect.path: {c.path} does not exist")
+    if c.source == "fer2013":
+        if not c.path.is_file():
+            raise ConfigError(f"{origin}: collect.path: {c.path} is not a file; collect.source=fer2013 needs the CSV")
+        return
     if not c.path.is_dir():
         raise ConfigError(f"{origin}: collect.path: {c.path} is a file; collect.source={c.source} needs a folder")
-    for domain in ("target", "source"):
+    for domain in ("target", "source") if c.source != "label_folders" else ():
         if not (c.path / domain).is_dir():
             raise ConfigError(f"{origin}: collect.path: {c.path} has no {domain}/ folder (thesis layout)")
     if c.labels is not None:

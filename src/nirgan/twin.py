@@ -122,6 +122,32 @@ class Subject:
 
 
 @dataclass(frozen=True)
+class Expression:
+    """Expression controls of the target face (head units unless said); all zero is the rig's
+    relaxed face, and every NIR render uses exactly that (its bytes do not change).
+
+    ``mouth_corners`` lifts (+, smile) or drops (-) the mouth corners; ``mouth_open`` opens a
+    dark gap between the lips, as tall as this; ``mouth_width`` stretches (+) or purses (-) the
+    lips, a fraction of their width; ``brow_raise`` moves both brows up (+) or down (-);
+    ``brow_inner`` moves their inner ends only (+ the worried slant, - the frown, which also
+    draws the vertical crease between them); ``eyelid_closure`` closes the lid opening by this
+    fraction (negative widens it); ``nose_wrinkle`` (0..1) darkens creases across the nose
+    bridge (the disgust wrinkle).
+    """
+
+    mouth_corners: float = 0.0
+    mouth_open: float = 0.0
+    mouth_width: float = 0.0
+    brow_raise: float = 0.0
+    brow_inner: float = 0.0
+    eyelid_closure: float = 0.0
+    nose_wrinkle: float = 0.0
+
+
+NEUTRAL = Expression()
+
+
+@dataclass(frozen=True)
 class Camera:
     name: str
     gain: float
@@ -391,7 +417,7 @@ class _Surface:
     eye: np.ndarray
 
 
-def _target_surface(view: _View, subj: Subject, cam: Camera) -> _Surface:
+def _target_surface(view: _View, subj: Subject, cam: Camera, expr: Expression = NEUTRAL) -> _Surface:
     obj, depth, best, parts = view.surface(subj.head_axes)
     x, y, z = view.point(depth)
     # Lights into head coordinates, so normals never need rotating.
@@ -406,7 +432,7 @@ def _target_surface(view: _View, subj: Subject, cam: Camera) -> _Surface:
     norm = np.sqrt(nx * nx + ny * ny + nz * nz) + 1e-12
     lambert = np.clip((nx * light[0] + ny * light[1] + nz * light[2]) / norm, 0, 1)
     spec = np.clip((nx * half[0] + ny * half[1] + nz * half[2]) / norm, 0, 1)
-    eye, eye_lambert = view.eyes(obj, parts[1][1], subj.aperture, light)
+    eye, eye_lambert = view.eyes(obj, parts[1][1], _aperture(subj, expr), light)
     lambert = np.where(eye > 0, eye_lambert, lambert)
     return _Surface(obj, depth, x, y, z, lambert, spec, eye)
 
@@ -498,10 +524,15 @@ def _face_window(view: _View, shape: tuple[int, int]) -> tuple[slice, slice]:
     return slice(max(0, r0), max(0, min(shape[0], r1))), slice(max(0, c0), max(0, min(shape[1], c1)))
 
 
-def _albedo(sf: _Surface, subj: Subject, face: tuple[slice, slice]) -> np.ndarray:
+def _aperture(subj: Subject, expr: Expression) -> float:
+    """The subject's lid opening under an expression (exactly ``subj.aperture`` when neutral)."""
+    return subj.aperture * (1.0 - expr.eyelid_closure)
+
+
+def _albedo(sf: _Surface, subj: Subject, face: tuple[slice, slice], expr: Expression = NEUTRAL) -> np.ndarray:
     alb = subj.skin * (0.93 + 0.14 * _sample(subj.skin_texture, sf.x, sf.y))
     alb[sf.obj == NECK] *= 0.55  # in the chin's shadow
-    alb[face] *= _features(sf.obj[face], sf.x[face], sf.y[face], sf.z[face], subj)
+    alb[face] *= _features(sf.obj[face], sf.x[face], sf.y[face], sf.z[face], subj, expr)
     x, y, z = sf.x, sf.y, sf.z
     head = sf.obj == HEAD
     ax = np.abs(x)
@@ -523,8 +554,15 @@ def _albedo(sf: _Surface, subj: Subject, face: tuple[slice, slice]) -> np.ndarra
     return np.where(sf.obj != BG, alb, 0.0).astype(np.float32)
 
 
-def _features(obj: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray, subj: Subject) -> np.ndarray:
-    """Albedo factors of the facial features (sockets, lids, brows, mouth, nostrils)."""
+def _features(
+    obj: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray, subj: Subject, expr: Expression = NEUTRAL
+) -> np.ndarray:
+    """Albedo factors of the facial features (sockets, lids, brows, mouth, nostrils).
+
+    The expression terms are added to the neutral geometry (adding zero leaves every float
+    as it was) and the features only an expression has are painted only when it has them,
+    so a neutral face is the same bytes as before the controls existed.
+    """
     front = (obj == HEAD) & (z > 0.3)
     ax = np.abs(x)
     # Darker skin in the eye sockets and under the brows: the strongest cue a face detector uses.
@@ -534,32 +572,50 @@ def _features(obj: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray, subj
     factor = np.where(front, 1 - 0.4 * socket, 1.0)
     # Lid line and lashes along the upper edge of the opening, a softer line below.
     ex = (ax - EYE_X) / APERTURE_W
-    lid = APERTURE_H * subj.aperture * np.clip(1 - ex * ex, 0, 1) ** 0.7
+    lid = APERTURE_H * _aperture(subj, expr) * np.clip(1 - ex * ex, 0, 1) ** 0.7
     upper = (y - APERTURE_Y) - lid
     factor = np.where(front & (np.abs(ex) < 1.12) & (upper > -0.005) & (upper < 0.028), factor * 0.35, factor)
     lower = (APERTURE_Y - y) - lid
     factor = np.where(front & (np.abs(ex) < 1.0) & (lower > -0.005) & (lower < 0.012), factor * 0.7, factor)
     # Brows.
     bx = (ax - 0.42) / 0.26
-    brow_line = EYE_Y + 0.17 + 0.05 * (1 - bx * bx)
+    # bx runs from -1 at the inner end of a brow to +1 at its outer end.
+    brow_line = EYE_Y + 0.17 + 0.05 * (1 - bx * bx) + expr.brow_raise + expr.brow_inner * (0.5 * (1 - bx))
     brows = front & (np.abs(bx) < 1) & (np.abs(y - brow_line) < subj.brow_thickness * (1 - 0.5 * bx * bx))
     factor = np.where(brows, factor * subj.brow, factor)
-    # Mouth: lips a little darker, the line between them dark.
-    mx = x / 0.3
-    lips = front & (np.abs(mx) < 1) & (np.abs(y + 0.8) < 0.075 * np.sqrt(np.clip(1 - mx * mx, 0, 1)))
+    if expr.brow_inner < 0:  # the frown's vertical crease between the brows
+        crease = front & (np.abs(ax - 0.05) < 0.018) & (np.abs(y - EYE_Y - 0.14) < 0.09 * min(1.0, -expr.brow_inner / 0.06))
+        factor = np.where(crease, factor * 0.55, factor)
+    if expr.nose_wrinkle > 0:  # creases across the bridge, between and below the eyes
+        # bunched skin shades the whole bridge; a few creases cross it
+        creases = np.abs(np.sin((y - EYE_Y + 0.05) * (np.pi / 0.1))) > 0.6
+        bridge = (front | (obj == NOSE)) & (ax < 0.18) & (y < EYE_Y + 0.1) & (y > EYE_Y - 0.3)
+        factor = np.where(bridge, factor * (1 - 0.25 * expr.nose_wrinkle), factor)
+        factor = np.where(bridge & creases, factor * (1 - 0.4 * expr.nose_wrinkle), factor)
+    # Mouth: lips a little darker, the line between them dark. The expression bends the line
+    # (corners up or down), stretches the lips and opens a dark gap between them.
+    mx = x / (0.3 * (1 + expr.mouth_width))
+    bend = expr.mouth_corners * (mx * mx)
+    half = (0.075 + expr.mouth_open) * np.sqrt(np.clip(1 - mx * mx, 0, 1))
+    lips = front & (np.abs(mx) < 1) & (np.abs(y + 0.8 - bend) < half)
     factor = np.where(lips, factor * 0.65, factor)
-    line = front & (np.abs(mx) < 0.9) & (np.abs(y + 0.8 - 0.03 * mx * mx) < 0.016)
+    line = front & (np.abs(mx) < 0.9) & (np.abs(y + 0.8 - 0.03 * mx * mx - bend) < 0.016)
     factor = np.where(line, factor * 0.3, factor)
+    if expr.mouth_open > 0:
+        gap = front & (np.abs(mx) < 0.9) & (np.abs(y + 0.8 - 0.03 * mx * mx - bend) < expr.mouth_open * np.sqrt(np.clip(1 - mx * mx / 0.81, 0, 1)))
+        factor = np.where(gap, factor * 0.12, factor)
     # Nostrils and the shadow under the nose.
     nostril = (obj == NOSE) & (((ax - 0.065) / 0.05) ** 2 + ((y + 0.56) / 0.032) ** 2 < 1)
     factor = np.where(nostril, factor * 0.25, factor)
     return np.where(front & (ax < 0.16) & (y < -0.58) & (y > -0.66), factor * 0.75, factor)
 
 
-def render_target(view: _View, subj: Subject, cam: Camera, width: int, height: int) -> np.ndarray:
+def render_target(
+    view: _View, subj: Subject, cam: Camera, width: int, height: int, expression: Expression = NEUTRAL
+) -> np.ndarray:
     """The NIR-like face as float32 on a 0..255 scale, before the camera's gain and noise."""
-    sf = _target_surface(view, subj, cam)
-    alb = _albedo(sf, subj, _face_window(view, sf.obj.shape))
+    sf = _target_surface(view, subj, cam, expression)
+    alb = _albedo(sf, subj, _face_window(view, sf.obj.shape), expression)
     lambert = sf.lambert**1.3
     face = 255.0 * (alb * (0.12 + 0.88 * lambert) + 0.12 * sf.spec**40 * (sf.obj != BG))
 

@@ -21,7 +21,8 @@ all (missing column, repeated ``pair_id``, text in a label column, a malformed p
 the stage with a one-line :class:`~nirgan.config.DataError` naming the file, row and key.
 "Row" is the line of a CSV file (the header is row 1), or the 1-based row of a Parquet file.
 
-Every path is resolved first: a file or link that resolves outside ``collect.path`` is
+The reading itself (:mod:`nirgan.safe_read`) treats every input as untrusted. Every path is
+resolved first: a file or link that resolves outside ``collect.path`` is
 rejected without being opened; a linked folder outside it gives one row per file in it.
 Image sizes come from the file header before any decoding: over ``collect.max_pixels`` is
 ``too_large``; over ``collect.max_side`` (longer side) the image is area-downscaled at read,
@@ -72,18 +73,26 @@ Outputs (``out_dir``, written atomically)
 ``disturbances.parquet``  twin only, the hidden ground truth of planted disturbances:
     ``pair_id``, ``disturbance`` (``none``, ``occlusion``, ``blur``, ``overexposure``,
     ``underexposure``, ``misaligned``) for every pair.
+
+Expression sources (``task: expression``)
+-----------------------------------------
+``expression_twin``, ``label_folders`` and ``fer2013`` read labelled grey faces through
+:mod:`nirgan.expression_sources` (which documents the layouts and every reject reason). Outputs:
+``images/<sample_id>.png``  uint8 1-channel (copied byte for byte when already an 8-bit grey PNG)
+``manifest.parquet``  one row per kept image: ``sample_id``, ``subject`` ("" when unknown),
+    ``label`` (the folder name or the label map's name), ``image_path``, ``usage`` (FER2013's
+    ``Usage``, else ""), ``sha256`` (of the written file).
+``rejects.parquet``  ``path``, ``sample_id``, ``reason``: every input file (and CSV or subject
+    table row) that is not kept.
+``expression_truth.parquet``, ``preview.png``  expression twin only: what each frame was
+    rendered with (strength, controls, pose, camera) and one frame per subject and expression.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import re
 import shutil
-import stat
-import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,33 +101,37 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nirgan.config import CollectConfig, Config, ConfigError, DataError, check_data_paths
+from nirgan.config import FER2013_LABELS, CollectConfig, Config, ConfigError, DataError, check_data_paths
 from nirgan.io import atomic_dir, file_sha256, stage_log, write_image, write_table
 from nirgan.labels import LABELS
+from nirgan.safe_read import FRAME, IMAGE_EXTS, Mode, PairLabels, Rejects, fit, input_files, inspect_image
 
 MANIFEST_COLUMNS = [
     "pair_id", "subject", "camera", "frame", "source_path", "target_path", "source_sha256", "target_sha256",
     *LABELS, "glasses",
 ]
 REJECT_COLUMNS = ["path", "pair_id", "reason"]
+EXPRESSION_COLUMNS = ["sample_id", "subject", "label", "image_path", "usage", "sha256"]
 DOMAINS = ("target", "source")
-CHANNELS = {"target": 1, "source": 3}
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+MODES: dict[str, Mode] = {"target": "grey", "source": "rgb"}
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 _DIR_NAME = re.compile(r"(.+)_([^_]+)")
-_FRAME = re.compile(r"(\d+)$")
 
 
 def run(cfg: Config, out_dir: Path) -> dict[str, Any]:
     source = cfg.collect.source
     if source == "twin":
         return _collect_twin(cfg, Path(out_dir))
+    if source == "expression_twin":
+        return _collect_expression(cfg.collect, Path(out_dir))
     try:
         check_data_paths(cfg)
     except ConfigError as exc:
         raise DataError(str(exc)) from None
     root = Path(cfg.collect.path)
-    labels = _Labels.load(cfg.collect.labels, root) if cfg.collect.labels is not None else None
+    if cfg.collect.is_expression:
+        return _collect_expression(cfg.collect, Path(out_dir), root)
+    labels = PairLabels.load(cfg.collect.labels, root) if cfg.collect.labels is not None else None
     if source == "folder":
         return _collect_folder(root, Path(out_dir), labels, cfg.collect)
     return _collect_videos(root, Path(out_dir), labels, cfg.collect)
@@ -135,21 +148,10 @@ def parse_recording(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
-class _Rejects:
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def add(self, path: str, pid: str | None, reason: str) -> None:
-        self.rows.append({"path": path, "pair_id": pid, "reason": reason})
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=REJECT_COLUMNS).astype("object")
-
-
 class _Writer:
     """Writes kept pairs into the stage dir and collects their manifest rows."""
 
-    def __init__(self, out: Path, labels: _Labels | None) -> None:
+    def __init__(self, out: Path, labels: PairLabels | None) -> None:
         self.out = out
         self.labels = labels
         self.rows: list[dict[str, Any]] = []
@@ -185,154 +187,13 @@ class _Writer:
         return df.sort_values("pair_id", kind="stable").reset_index(drop=True)
 
 
-class _Labels:
-    """The labels table: usable rows by pair id, and the rows it could not use (with why)."""
-
-    def __init__(self, table: pd.DataFrame, rows: pd.Series, name: str) -> None:
-        self.table = table  # indexed by canonical pair_id: LABELS (float64), glasses (optional)
-        self.rows = rows  # pair_id -> row number (see the module docstring)
-        self.name = name  # how rejects rows name the table
-        self.total = len(table)
-        self.rejected: list[tuple[str, str, str]] = []  # (path, pair_id, reason)
-
-    @classmethod
-    def load(cls, path: Path, root: Path) -> _Labels:
-        if not path.exists() and not path.is_absolute() and (root / path).exists():
-            path = root / path
-        try:
-            name = path.resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            name = str(path)
-        suffix = path.suffix.lower()
-        try:
-            if suffix == ".csv":
-                table, first_row = pd.read_csv(path), 2  # row 1 is the header line
-            elif suffix in (".parquet", ".pq"):
-                table, first_row = pd.read_parquet(path), 1
-            else:
-                raise DataError(f"{path}: collect.labels must be .csv or .parquet")
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            if isinstance(exc, DataError):
-                raise
-            raise DataError(f"{path}: cannot read the labels table: {str(exc).splitlines()[0]}") from None
-        missing = [c for c in ("pair_id", *LABELS) if c not in table.columns]
-        if missing:
-            raise DataError(f"{path}: labels table lacks column(s) {', '.join(missing)}")
-        rows = pd.RangeIndex(first_row, first_row + len(table))
-
-        def where(i: int, key: str, value: Any) -> str:
-            return f"{path}, row {rows[i]}, {key} {value!r}"
-
-        canonical = []
-        for i, raw in enumerate(table["pair_id"].astype(str)):
-            name_, _, frame = raw.rpartition("/")
-            m = _FRAME.search(Path(frame).stem)
-            if not name_ or m is None:
-                raise DataError(f"{where(i, 'pair_id', raw)}: not <subject>_<camera>/<frame>")
-            canonical.append(f"{name_}/{int(m.group(1)):05d}")
-        seen: dict[str, int] = {}
-        for i, pid in enumerate(canonical):
-            if pid in seen:
-                raise DataError(f"{where(i, 'pair_id', pid)}: repeats row {rows[seen[pid]]}")
-            seen[pid] = i
-        out = pd.DataFrame(index=pd.Index(canonical, name="pair_id"))
-        for key in LABELS:
-            values = pd.to_numeric(table[key], errors="coerce").to_numpy("float64")
-            text = np.flatnonzero(np.isnan(values) & table[key].notna().to_numpy())
-            if len(text):
-                i = int(text[0])
-                raise DataError(f"{where(i, key, table[key].iloc[i])}: not a number (degrees)")
-            out[key] = values
-        if "glasses" in table.columns:
-            try:
-                out["glasses"] = table["glasses"].astype("boolean").to_numpy()
-            except (TypeError, ValueError):
-                bad = next(i for i, v in enumerate(table["glasses"]) if pd.notna(v) and not isinstance(v, (bool, np.bool_)))
-                raise DataError(f"{where(bad, 'glasses', table['glasses'].iloc[bad])}: not true/false") from None
-        labels = cls(out, pd.Series(rows, index=out.index), name)
-        nan = out[list(LABELS)].isna().any(axis=1)
-        for pid in out.index[nan]:
-            labels.rejected.append((f"{name}:{labels.rows[pid]}", pid, "label_missing_value"))
-        labels.table = out[~nan]
-        return labels
-
-    def finish(self, kept: set[str], rejects: _Rejects, log: dict[str, Any]) -> None:
-        """Rows that labelled no kept pair become rejects rows too; counts go to the stage log."""
-        for pid in sorted(set(self.table.index) - kept, key=lambda p: self.rows[p]):
-            self.rejected.append((f"{self.name}:{self.rows[pid]}", pid, "label_without_pair"))
-        for path, pid, reason in sorted(self.rejected, key=lambda r: self.rows[r[1]]):
-            rejects.add(path, pid, reason)
-        log.update(label_rows=self.total, label_rows_rejected=len(self.rejected))
-
-
-@dataclass
-class _Entry:
-    """One offered path under target/ or source/: a file to inspect, or a reject reason."""
-
-    path: Path  # as offered, under ``root`` (through links)
-    rejected: str | None = None
-
-
-def _input_files(root: Path) -> list[_Entry]:
-    """Every entry under target/ and source/, with every path resolved before anything is opened.
-
-    A link resolving outside ``root`` is ``outside_root`` (a linked folder outside gives one row
-    per entry in it, listed, never opened); a dangling link ``unreadable``; a FIFO, socket or
-    device ``special_file``. Links that stay inside ``root`` are followed like the real thing.
-    """
-    real_root = root.resolve()
-    entries: list[_Entry] = []
-
-    def inside(p: Path) -> bool:
-        return p == real_root or real_root in p.parents
-
-    def outside_dir(offered: Path, real: Path) -> None:
-        for dirpath, dirs, files in os.walk(real, followlinks=False):
-            for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]):
-                entries.append(_Entry(offered / Path(dirpath, name).relative_to(real), "outside_root"))
-            dirs.sort()
-
-    def walk(directory: Path, ancestors: frozenset[Path]) -> None:
-        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            path = Path(entry.path)
-            real = Path(os.path.realpath(path))
-            if entry.is_symlink():
-                if not os.path.lexists(real) or not real.exists():
-                    entries.append(_Entry(path, "unreadable"))  # dangling: nothing to open
-                    continue
-                if not inside(real):
-                    if real.is_dir():
-                        outside_dir(path, real)
-                    else:
-                        entries.append(_Entry(path, "outside_root"))
-                    continue
-            mode = os.stat(path).st_mode  # follows an inside link; stat opens nothing
-            if stat.S_ISDIR(mode):
-                if real in ancestors:
-                    entries.append(_Entry(path, "link_loop"))
-                else:
-                    walk(path, ancestors | {real})
-            elif stat.S_ISREG(mode):
-                entries.append(_Entry(path))
-            else:
-                entries.append(_Entry(path, "special_file"))
-
-    for d in DOMAINS:
-        real = (root / d).resolve()
-        if inside(real):
-            walk(root / d, frozenset({real_root, real}))
-        else:
-            outside_dir(root / d, real)
-    return entries
-
-
 def _finish(
     out: Path,
     writer: _Writer,
-    rejects: _Rejects,
+    rejects: Rejects,
     log: dict[str, Any],
     extra: dict[str, pd.DataFrame] | None = None,
-    labels: _Labels | None = None,
+    labels: PairLabels | None = None,
 ) -> dict[str, Any]:
     if labels is not None:
         labels.finish({row["pair_id"] for row in writer.rows}, rejects, log)
@@ -361,124 +222,21 @@ def _collect_twin(cfg: Config, out_dir: Path) -> dict[str, Any]:
             truth.append({"pair_id": pair.pair_id, "disturbance": pair.disturbance})
         disturbances = pd.DataFrame(truth, columns=["pair_id", "disturbance"]).astype("object")
         log["disturbed"] = int((disturbances["disturbance"] != "none").sum())
-        return _finish(out, writer, _Rejects(), log, {"disturbances.parquet": disturbances})
+        return _finish(out, writer, Rejects(), log, {"disturbances.parquet": disturbances})
 
 
 # --------------------------------------------------------------------------------- folder
-@dataclass
-class _Image:
-    """An input image that passed inspection: the decoded array, or the file itself to copy."""
-
-    shape: tuple[int, int]  # (height, width) as stored, before any downscaling
-    data: np.ndarray | Path
-
-
-def _header_size(data: bytes) -> tuple[int, int, str] | str:
-    """(width, height, Pillow mode) from the header alone (Pillow's open decodes nothing)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                return img.width, img.height, img.mode
-    except Image.DecompressionBombError:  # over Pillow's own guard, above max_pixels' ceiling
-        return "too_large"
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return "unreadable"
-
-
-def _reduced_flag(kind: str, mode: str, factor: int) -> int:
-    """libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 directly: peak memory follows the reduced size."""
-    grey = mode in ("L", "I;16", "1")
-    return {
-        2: cv2.IMREAD_REDUCED_GRAYSCALE_2 if grey else cv2.IMREAD_REDUCED_COLOR_2,
-        4: cv2.IMREAD_REDUCED_GRAYSCALE_4 if grey else cv2.IMREAD_REDUCED_COLOR_4,
-        8: cv2.IMREAD_REDUCED_GRAYSCALE_8 if grey else cv2.IMREAD_REDUCED_COLOR_8,
-    }[factor] if kind == "jpeg" and factor > 1 else cv2.IMREAD_UNCHANGED
-
-
-def _fit(img: np.ndarray, max_side: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    if max(h, w) <= max_side:
-        return img
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-
-
-def _inspect(path: Path, domain: str, ccfg: CollectConfig) -> _Image | str:
-    """Decode one input image for ``domain``; a reject reason string when it is bad."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return "unreadable"
-    if not data:
-        return "zero_byte"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        kind = "png"
-        if b"IEND" not in data[-32:]:
-            return "truncated"
-    elif data.startswith(b"\xff\xd8\xff"):
-        kind = "jpeg"
-        if b"\xff\xd9" not in data[-32:]:
-            return "truncated"
-    elif data[:2] == b"BM" or data[:4] in (b"II*\x00", b"MM\x00*") or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
-        kind = "other"
-    else:
-        return "not_an_image"
-    header = _header_size(data)
-    if isinstance(header, str):
-        return header
-    width, height, mode = header
-    if width * height > ccfg.max_pixels:
-        return "too_large"
-    factor = max((f for f in (1, 2, 4, 8) if max(width, height) // f >= ccfg.max_side), default=1)
-    flag = _reduced_flag(kind, mode, factor)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if img is None or img.size == 0:
-        return "unreadable"
-    converted = flag != cv2.IMREAD_UNCHANGED
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-        converted = True
-    elif img.dtype != np.uint8:
-        return "unreadable"
-    channels = 1 if img.ndim == 2 else img.shape[2]
-    if channels in (2, 4):  # drop alpha
-        img = img[..., : channels - 1]
-        channels -= 1
-        converted = True
-        if channels == 1:
-            img = img[..., 0]
-    if domain == "target":
-        if channels == 3:
-            b, g, r = img[..., 0], img[..., 1], img[..., 2]
-            if not (np.array_equal(b, g) and np.array_equal(g, r)):
-                return "wrong_channels"
-            img = b.copy()
-            converted = True
-    else:
-        if channels == 1:
-            return "wrong_channels"
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    fitted = _fit(img, ccfg.max_side)
-    if kind == "png" and not converted and fitted is img:
-        return _Image((height, width), path)
-    return _Image((height, width), fitted)
-
-
-def _collect_folder(root: Path, out_dir: Path, labels: _Labels | None, ccfg: CollectConfig) -> dict[str, Any]:
-    rejects = _Rejects()
+def _collect_folder(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: CollectConfig) -> dict[str, Any]:
+    rejects = Rejects()
     # (subject, camera, frame) -> the file, or the reason it was rejected before inspection
     found: dict[str, dict[tuple[str, str, int], Path | tuple[Path, str]]] = {d: {} for d in DOMAINS}
-    entries = _input_files(root)
+    entries = input_files(root, DOMAINS)
     for entry in entries:
         path = entry.path
         rel = path.relative_to(root)
         domain = rel.parts[0]
         if len(rel.parts) != 3 or (parsed := parse_recording(rel.parts[1])) is None \
-                or (m := _FRAME.search(path.stem)) is None or path.suffix.lower() not in IMAGE_EXTS:
+                or (m := FRAME.search(path.stem)) is None or path.suffix.lower() not in IMAGE_EXTS:
             # a rejected entry keeps its own reason; the layout reasons are for the rest
             reason = entry.rejected or (
                 "unexpected_location" if len(rel.parts) != 3
@@ -511,7 +269,7 @@ def _collect_folder(root: Path, out_dir: Path, labels: _Labels | None, ccfg: Col
             # a pair with a pre-rejected side is never opened (it may lie outside the root)
             images = {d: items[d][1] if isinstance(items[d], tuple) else None for d in DOMAINS}
             if not any(images.values()):
-                images = {d: _inspect(items[d], d, ccfg) for d in DOMAINS}
+                images = {d: inspect_image(items[d], MODES[d], ccfg.max_pixels, ccfg.max_side) for d in DOMAINS}
             bad = {d: r for d, r in images.items() if isinstance(r, str)}
             if bad:
                 for d in DOMAINS:
@@ -525,6 +283,54 @@ def _collect_folder(root: Path, out_dir: Path, labels: _Labels | None, ccfg: Col
             writer.add(*key, {d: images[d].data for d in DOMAINS})
         log["downscaled"] = downscaled
         return _finish(out, writer, rejects, log, labels=labels)
+
+
+# ----------------------------------------------------------------------------- expression
+def _collect_expression(ccfg: CollectConfig, out_dir: Path, root: Path | None = None) -> dict[str, Any]:
+    """Labelled grey faces from one of :mod:`nirgan.expression_sources`, written as PNGs."""
+    from nirgan import expression_sources as sources
+
+    rejects = Rejects("sample_id")
+    total = None
+    if ccfg.source == "expression_twin":
+        from nirgan.twin_expression import count_frames
+
+        samples: Iterable[sources.Sample] = sources.twin_samples(ccfg.expression_twin)
+        total = count_frames(ccfg.expression_twin)
+    elif ccfg.source == "label_folders":
+        samples = sources.label_folder_samples(root, ccfg, rejects)
+        total = len(samples)
+    else:
+        samples = sources.fer2013_samples(root, ccfg.label_map or FER2013_LABELS, rejects)
+    with stage_log("collect", source=ccfg.source) as log, atomic_dir(out_dir) as out:
+        rows, truth, first = [], [], {}
+        for s in tqdm(samples, total=total, desc=f"collect {ccfg.source}", disable=None):
+            rel = f"images/{s.sample_id}.png"
+            dest = out / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(s.image, Path):
+                shutil.copyfile(s.image, dest)
+            else:
+                write_image(dest, s.image)
+            rows.append(dict(sample_id=s.sample_id, subject=s.subject, label=s.label, image_path=rel, usage=s.usage,
+                             sha256=file_sha256(dest)))
+            if s.truth:
+                truth.append({"sample_id": s.sample_id, **s.truth})
+                first.setdefault((s.subject, s.label), s.image)
+        if not rows:
+            reasons = pd.Series([r["reason"] for r in rejects.rows], dtype=object).value_counts().to_dict()
+            raise DataError(f"{root or ccfg.source}: no usable image ({len(rejects.rows)} rejected: {reasons})")
+        manifest = pd.DataFrame(rows, columns=EXPRESSION_COLUMNS).astype("object")
+        write_table(manifest.sort_values("sample_id", kind="stable").reset_index(drop=True), out / "manifest.parquet")
+        write_table(rejects.frame(), out / "rejects.parquet")
+        if truth:
+            from nirgan.twin_expression import preview_grid
+
+            write_table(pd.DataFrame(truth), out / "expression_truth.parquet")
+            write_image(out / "preview.png", preview_grid(first, ccfg.expression_twin.expressions))
+        log.update(images=len(rows), rejected=len(rejects.rows), labels=int(manifest["label"].nunique()),
+                   subjects=len(set(manifest["subject"]) - {""}))
+        return dict(log)
 
 
 # --------------------------------------------------------------------------------- videos
@@ -551,10 +357,10 @@ def _open_video(path: Path, max_pixels: int) -> cv2.VideoCapture | str:
     return cap
 
 
-def _collect_videos(root: Path, out_dir: Path, labels: _Labels | None, ccfg: CollectConfig) -> dict[str, Any]:
-    rejects = _Rejects()
+def _collect_videos(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: CollectConfig) -> dict[str, Any]:
+    rejects = Rejects()
     found: dict[str, dict[tuple[str, str], Path]] = {d: {} for d in DOMAINS}
-    entries = _input_files(root)
+    entries = input_files(root, DOMAINS)
     for entry in entries:
         path = entry.path
         rel = path.relative_to(root)
@@ -594,7 +400,7 @@ def _pair_videos(
     rels: dict[str, str],
     ccfg: CollectConfig,
     writer: _Writer,
-    rejects: _Rejects,
+    rejects: Rejects,
 ) -> None:
     bad = {d: c for d, c in caps.items() if isinstance(c, str)}
     if bad:
@@ -623,7 +429,7 @@ def _pair_videos(
                 for d in DOMAINS:
                     rejects.add(rels[d], pid, "size_mismatch")
             else:
-                target = _fit(cv2.cvtColor(frames["target"], cv2.COLOR_BGR2GRAY), ccfg.max_side)
-                source = _fit(cv2.cvtColor(frames["source"], cv2.COLOR_BGR2RGB), ccfg.max_side)
+                target = fit(cv2.cvtColor(frames["target"], cv2.COLOR_BGR2GRAY), ccfg.max_side)
+                source = fit(cv2.cvtColor(frames["source"], cv2.COLOR_BGR2RGB), ccfg.max_side)
                 writer.add(*key, index, {"target": target, "source": source})
         index += 1

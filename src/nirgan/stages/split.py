@@ -19,6 +19,15 @@ the fly to training batches. Consumers of the test set use ``to_model_range`` in
 Outputs (``data/split``, written atomically): ``train.parquet``, ``test.parquet`` (prepared
 manifest rows, ``index`` included) and ``summary.json`` (counts, subjects per set, strategy,
 seed).
+
+Expression data (``task: expression``), in this order of precedence:
+- rows with a FER2013 ``usage`` follow it: ``Training`` trains, ``PublicTest`` and
+  ``PrivateTest`` test (there is no validation set downstream);
+- the other rows follow ``split.strategy``; with ``subject``, rows whose subject is known are
+  split subject-disjoint as above, and rows without one (a folder set without a subject table)
+  are split at random by image at ``split.test_fraction`` (seeded), since nothing says which
+  images share a face.
+summary.json adds per-label counts in each set and how many rows each rule decided.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nirgan.config import Config
+from nirgan.config import Config, SplitConfig
 from nirgan.io import atomic_dir, read_table, stage_log, write_json, write_table
 
 
@@ -91,6 +100,8 @@ def run(cfg: Config, prepared_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Split the prepared pairs into train.parquet and test.parquet (+ summary.json)."""
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
     s = cfg.split
+    if cfg.task == "expression":
+        return _run_expression(s, prepared_dir, out_dir)
     manifest = read_table(prepared_dir / "manifest.parquet")
     missing = sorted({"pair_id", "subject", "index"} - set(manifest.columns))
     if missing:
@@ -123,4 +134,59 @@ def run(cfg: Config, prepared_dir: Path, out_dir: Path) -> dict[str, Any]:
             train=len(train_df), test=len(test_df),
             subjects_train=len(train_subjects), subjects_test=len(test_subjects),
         )
+    return dict(counts)
+
+
+# --------------------------------------------------------------------------- expression
+def expression_test_rows(manifest: pd.DataFrame, strategy: str, test_fraction: float, seed: int) -> tuple[np.ndarray, dict[str, int]]:
+    """Boolean mask of the test rows and how many rows each rule decided (module docstring)."""
+    usage = manifest["usage"].fillna("").to_numpy(dtype=object) if "usage" in manifest else np.full(len(manifest), "", object)
+    subject = manifest["subject"].fillna("").to_numpy(dtype=object)
+    test = np.zeros(len(manifest), dtype=bool)
+    by_usage = usage != ""
+    test[by_usage] = usage[by_usage] != "Training"
+    known = ~by_usage & (subject != "") if strategy == "subject" else np.zeros(len(manifest), bool)
+    rest = ~by_usage & ~known
+    if known.any():
+        test[known] = split_rows(manifest[known], "subject", test_fraction, seed)
+    if rest.sum() >= 2:
+        test[rest] = split_rows(manifest[rest], "random", test_fraction, seed)
+    return test, dict(by_usage=int(by_usage.sum()), by_subject=int(known.sum()), at_random=int(rest.sum()))
+
+
+def _run_expression(s: SplitConfig, prepared_dir: Path, out_dir: Path) -> dict[str, Any]:
+    manifest = read_table(prepared_dir / "manifest.parquet")
+    missing = sorted({"sample_id", "subject", "label", "label_index", "index"} - set(manifest.columns))
+    if missing:
+        raise KeyError(f"{prepared_dir / 'manifest.parquet'}: missing columns {missing}")
+    with stage_log("split", images=len(manifest)) as counts:
+        test, decided = expression_test_rows(manifest, s.strategy, s.test_fraction, s.seed)
+        train_df = manifest[~test].reset_index(drop=True)
+        test_df = manifest[test].reset_index(drop=True)
+        if train_df.empty or test_df.empty:
+            raise ValueError(f"{prepared_dir / 'manifest.parquet'}: the split left an empty set "
+                             f"(train {len(train_df)}, test {len(test_df)}; decided {decided})")
+        train_subjects = sorted(set(train_df["subject"]) - {""})
+        test_subjects = sorted(set(test_df["subject"]) - {""})
+        with atomic_dir(out_dir) as tmp:
+            write_table(train_df, tmp / "train.parquet")
+            write_table(test_df, tmp / "test.parquet")
+            write_json(tmp / "summary.json", dict(
+                task="expression",
+                strategy=s.strategy,
+                seed=s.seed,
+                test_fraction_requested=s.test_fraction,
+                test_fraction=len(test_df) / len(manifest),
+                n_images=len(manifest),
+                n_train=len(train_df),
+                n_test=len(test_df),
+                decided=decided,
+                labels_train={str(k): int(v) for k, v in train_df["label"].value_counts().sort_index().items()},
+                labels_test={str(k): int(v) for k, v in test_df["label"].value_counts().sort_index().items()},
+                subjects_train=train_subjects,
+                subjects_test=test_subjects,
+                subjects_in_both=sorted(set(train_subjects) & set(test_subjects)),
+                test_set="un-augmented prepared images: rows index prepared/images.npy",
+            ))
+        counts.update(train=len(train_df), test=len(test_df), **decided)
     return dict(counts)
