@@ -131,8 +131,16 @@ class ExpressionSession:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.device.index] if self.cuda else None
-        return {k: DDP(m, device_ids=ids, broadcast_buffers=False, static_graph=True)
+        return {k: m if k in self._manual_reduce else DDP(m, device_ids=ids, broadcast_buffers=False, static_graph=True)
                 for k, m in raw.items()}
+
+    @property
+    def _manual_reduce(self) -> frozenset[str]:
+        """Networks whose gradients are averaged by hand after backward rather than by DDP: the
+        WGAN-GP critic, whose penalty differentiates through D's gradient (double backward), which
+        DDP's reducer does not support (two gloo processes then differed from one)."""
+        gp = self.cfg.model == "stargan" and self.r["adversarial"] == "wgan_gp" and self.cfg.lambda_gp > 0
+        return frozenset({"discriminator"} if gp and self.info.enabled else ())
 
     @property
     def epoch(self) -> int:
@@ -171,6 +179,14 @@ class ExpressionSession:
         for o in opts:
             o.zero_grad(set_to_none=True)
         loss.backward()
+        for k in names:
+            if k in self._manual_reduce:
+                grads = [p.grad for p in self.raw[k].parameters() if p.grad is not None]
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                torch.distributed.all_reduce(flat)
+                flat /= self.info.world_size
+                torch._foreach_copy_(grads, [v.view_as(g) for v, g in zip(flat.split([g.numel() for g in grads]), grads,
+                                                                            strict=True)])
         for o in opts:
             o.step()
 

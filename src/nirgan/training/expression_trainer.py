@@ -5,10 +5,10 @@
 resume from, the session (:mod:`nirgan.training.expression_session`: networks, EMA generator,
 optimisers, random sources and one iteration), the loop, and the export. Shared with the NIR
 trainer: :class:`~nirgan.training.checkpoint.Checkpoint` (atomic files, ``latest`` pointer,
-weights_only), the RNG-state capture, the on-device loss accumulation with
-its non-finite check (per part here), ``configure_torch`` (deterministic mode), the DDP plumbing
-(:mod:`~nirgan.training.distributed`), bf16 autocast on CUDA, and MLflow through
-:mod:`nirgan.tracking`, here in the experiment ``nirgan-expression``.
+weights_only) and its RNG-state capture, the DDP plumbing (:mod:`~nirgan.training.distributed`),
+and MLflow through :mod:`nirgan.tracking`, here in the experiment ``nirgan-expression``. Built
+the same way: bf16 autocast on CUDA, losses summed on the device and fetched every ``log_every``
+steps (the one host sync) with a non-finite check, and the deterministic mode.
 
 Reliability: the whole state is checkpointed every ``checkpoint_every`` steps and at the end; a run
 finding a checkpoint made with the same configuration, data and model code resumes from it (with
@@ -21,6 +21,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import random
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +38,6 @@ from nirgan.models.artifacts import save_expression_generator
 from nirgan.training.checkpoint import Checkpoint
 from nirgan.training.distributed import DistInfo, barrier, init_distributed
 from nirgan.training.expression_session import ExpressionData, ExpressionSession
-from nirgan.training.trainer import NonFiniteLossError, configure_torch
 
 log = logging.getLogger("nirgan.train_expression")
 
@@ -96,6 +97,26 @@ class PartsMeter:
             self.sums[k].zero_()
             self.counts[k] = 0
         return means, first_bad
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def configure_torch(ec: ExpressionTrainConfig, device: torch.device) -> None:
+    """As the NIR trainer's: deterministic kernels when asked (guaranteed on CPU), seeded host RNGs.
+    Not imported from it, so this stage does not depend on the NIR trainer's code."""
+    if ec.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.benchmark = False
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    random.seed(ec.seed)
+    np.random.seed(ec.seed)
 
 
 # -------------------------------------------------------------------------- the data

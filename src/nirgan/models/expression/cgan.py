@@ -44,8 +44,10 @@ class CGANGenerator(nn.Module):
         n_up = _check_size(image_size) - 2
         self.num_labels, self.image_size, self.latent_dim = num_labels, image_size, latent_dim
         chans = [_ch(max(64, 256 >> i), width) for i in range(n_up)]
-        self.project = nn.Sequential(nn.Linear(latent_dim + num_labels, chans[0] * 16), nn.BatchNorm1d(chans[0] * 16),
-                                     nn.LeakyReLU(LEAK))
+        self.project = nn.Linear(latent_dim + num_labels, chans[0] * 16)
+        # Batch norm per channel of the 4x4 map (DCGAN's first layer), a BatchNorm2d so that DDP's
+        # synchronised batch norm covers it too.
+        self.project_norm = nn.Sequential(nn.BatchNorm2d(chans[0]), nn.LeakyReLU(LEAK))
         layers: list[nn.Module] = []
         c_in = chans[0]
         for c_out in chans[1:] + [chans[-1]]:
@@ -58,8 +60,8 @@ class CGANGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         onehot = nn.functional.one_hot(labels, self.num_labels).to(z.dtype)
-        h = self.project(torch.cat([z, onehot], dim=1))
-        return self.body(h.view(-1, self.start_channels, 4, 4))
+        h = self.project(torch.cat([z, onehot], dim=1)).view(-1, self.start_channels, 4, 4)
+        return self.body(self.project_norm(h))
 
 
 class CGANDiscriminator(nn.Module):
