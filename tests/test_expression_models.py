@@ -76,9 +76,10 @@ def test_network_shapes(size, n_labels):
     n = 2
     x = torch.rand(n, 1, size, size) * 2 - 1
     y = torch.arange(n) % n_labels
-    g, d = build_stargan(n_labels, size, conv_dim=32, width=0.25, res_blocks=1, d_layers=None)
-    out = g(x, y)
-    assert out.shape == (n, 1, size, size) and out.abs().max() <= 1
+    for upsample in ("nearest", "transposed"):
+        g, d = build_stargan(n_labels, size, conv_dim=32, width=0.25, res_blocks=1, d_layers=None, upsample=upsample)
+        out = g(x, y)
+        assert out.shape == (n, 1, size, size) and out.abs().max() <= 1
     src, cls = d(x)
     assert src.shape == (n, 1, 4, 4) and cls.shape == (n, n_labels)  # log2(S) - 2 layers: a 4x4 patch map
 

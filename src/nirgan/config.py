@@ -298,6 +298,8 @@ class ExpressionTrainConfig(Section):
     conv_dim: int = Field(32, ge=4, description="StarGAN first-layer filters (Imperial ch. 8: 32; Choi: 64)")
     res_blocks: int = Field(6, ge=0, description="StarGAN residual blocks (Choi: 6; Imperial: 3 to 5)")
     d_layers: int | None = Field(None, ge=1, description="StarGAN D strided layers; None = log2(S) - 2")
+    upsample: Literal["transposed", "nearest"] = Field(
+        "transposed", description="StarGAN G up-sampling: transposed convs (the paper) or nearest + conv")
     adversarial: Literal["wgan_gp", "least_squares"] | None = Field(
         None, description="StarGAN adversarial loss; None = wgan_gp (the paper)")
     n_critic: int | None = Field(None, ge=1, description="D updates per G update; None = 5 for wgan_gp, else 1")

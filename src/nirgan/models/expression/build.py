@@ -24,7 +24,8 @@ def build_expression_networks(cfg: ExpressionTrainConfig, num_labels: int) -> Ex
     if num_labels < 2:
         raise ValueError(f"expression models need at least 2 labels; the data has {num_labels}")
     if cfg.model == "stargan":
-        g, d = build_stargan(num_labels, cfg.image_size, cfg.conv_dim, cfg.width, cfg.res_blocks, cfg.d_layers)
+        g, d = build_stargan(num_labels, cfg.image_size, cfg.conv_dim, cfg.width, cfg.res_blocks, cfg.d_layers,
+                             cfg.upsample)
         return ExpressionNetworks(g, d)  # PyTorch's default init, as Choi et al.'s code
     g = init_dcgan(CGANGenerator(num_labels, cfg.image_size, cfg.latent_dim, cfg.width))
     d = init_dcgan(CGANDiscriminator(num_labels, cfg.image_size, cfg.width))

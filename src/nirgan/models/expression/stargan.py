@@ -6,7 +6,9 @@ authors' code (Choi et al. 2018, "StarGAN", appendix A, Tables 4 and 5) on 48x48
 first layer's filters lowered from 64 to 32 and 3 to 5 residual blocks / strided layers:
 - G: the target label as c constant maps concatenated with the image; 7x7 conv; two 4x4
   stride-2 down-sampling convs; ``res_blocks`` residual blocks (3x3 conv, IN, ReLU, 3x3 conv, IN);
-  two 4x4 stride-2 transposed convs; 7x7 conv to the image; tanh. Instance norm (affine) and
+  two 4x4 stride-2 transposed convs (``upsample="nearest"``: nearest-neighbour doubling and a
+  3x3 conv instead, Odena et al.'s remedy for the checkerboard that transposed convs draw at small
+  widths); 7x7 conv to the image; tanh. Instance norm (affine) and
   ReLU throughout (Table 4).
 - D: ``d_layers`` 4x4 stride-2 convs with leaky ReLU (0.01) and no normalisation, doubling the
   channels; then two heads (Table 5): D_src, a 3x3 conv to one channel, i.e. a PatchGAN map of
@@ -52,8 +54,10 @@ class ResidualBlock(nn.Module):
 class StarGANGenerator(nn.Module):
     """G(x, c): (n, 1, S, S) in [-1, 1] and target label indices (n,) -> (n, 1, S, S) in [-1, 1]."""
 
-    def __init__(self, num_labels: int, conv_dim: int = 32, res_blocks: int = 6):
+    def __init__(self, num_labels: int, conv_dim: int = 32, res_blocks: int = 6, upsample: str = "transposed"):
         super().__init__()
+        if upsample not in ("transposed", "nearest"):
+            raise ValueError(f"unknown StarGAN upsampling {upsample!r}; expected transposed or nearest")
         if num_labels < 2:
             raise ValueError(f"StarGAN translates between domains: it needs at least 2 labels, got {num_labels}")
         self.num_labels = num_labels
@@ -66,8 +70,9 @@ class StarGANGenerator(nn.Module):
             c *= 2
         layers += [ResidualBlock(c) for _ in range(res_blocks)]
         for _ in range(2):
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1, bias=False),
-                       _instance_norm(c // 2), nn.ReLU(inplace=True)]
+            up = (nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1, bias=False) if upsample == "transposed" else
+                  nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c // 2, 3, padding=1, bias=False)))
+            layers += [up, _instance_norm(c // 2), nn.ReLU(inplace=True)]
             c //= 2
         layers += [nn.Conv2d(c, 1, 7, padding=3, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
@@ -103,7 +108,7 @@ class StarGANDiscriminator(nn.Module):
 
 
 def build_stargan(num_labels: int, image_size: int, conv_dim: int, width: float, res_blocks: int,
-                  d_layers: int | None) -> tuple[StarGANGenerator, StarGANDiscriminator]:
+                  d_layers: int | None, upsample: str = "transposed") -> tuple[StarGANGenerator, StarGANDiscriminator]:
     dim = max(4, int(round(conv_dim * width)))
-    return (StarGANGenerator(num_labels, dim, res_blocks),
+    return (StarGANGenerator(num_labels, dim, res_blocks, upsample),
             StarGANDiscriminator(num_labels, image_size, dim, d_layers))
