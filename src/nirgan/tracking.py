@@ -422,11 +422,12 @@ def log_generator_model(sampler: Any, inputs: Mapping[str, Any], image_size: int
     return fmt
 
 
-def log_evaluation(info_path: Path, metrics: Mapping[str, Any], plots_dir: Path, metrics_path: Path) -> str | None:
+def log_evaluation(info_path: Path, metrics: Mapping[str, Any], plots_dir: Path, metrics_path: Path,
+                   task: str = "nir") -> str | None:
     """Log evaluate's figures into the training run named by ``info_path`` (models/mlflow_run.json):
     numbers as ``eval.<key>`` metrics, strings and booleans as tags, plots and the metrics file
     as artifacts; then, the run being FINISHED, register the generator train logged (if it
-    did) as a version of ``REGISTERED_MODEL``. None (and a warning) when train logged no run."""
+    did) as a version of ``REGISTERED_MODELS[task]``. None (and a warning) when train logged no run."""
     import math
 
     import mlflow
@@ -442,7 +443,7 @@ def log_evaluation(info_path: Path, metrics: Mapping[str, Any], plots_dir: Path,
         mlflow.log_artifacts(str(plots_dir), artifact_path="evaluate")
         mlflow.log_artifact(str(metrics_path), artifact_path="evaluate")
         run_id = run.info.run_id
-    register_generator(run_id)
+    register_generator(run_id, task)
     return run_id
 
 

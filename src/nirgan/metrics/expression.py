@@ -1,4 +1,5 @@
-"""Target-label accuracy of expression translations (issue 13).
+"""Target-label accuracy of expression translations, and the other measures of the
+evaluate_expression stage (issue 13).
 
 :func:`train_expression_classifier` fits :class:`~nirgan.models.expression.classifier.ExpressionClassifier`
 on real train faces (random horizontal flips and small shifts, Adam, seeded: the same inputs give
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nirgan.metrics.features import pairwise_msssim
 from nirgan.models.expression.classifier import ExpressionClassifier
 from nirgan.models.expression.translator import to_model_input
 
@@ -79,3 +81,61 @@ def accuracy(model: ExpressionClassifier, images: np.ndarray | torch.Tensor, lab
 def target_label_accuracy(model: ExpressionClassifier, translated: torch.Tensor, targets: np.ndarray) -> float:
     """Share of translations rated as their target label."""
     return accuracy(model, translated, targets)
+
+
+# ------------------------------------------------------------------ evaluation measures
+# The figures of the evaluate_expression stage (issue 13 item 3). Each takes arrays and callables,
+# never files: the stage decides what is compared with what.
+def translation_targets(labels: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, target) pairs sending every face to every label other than its own: n x (C - 1)."""
+    labels = np.asarray(labels, np.int64)
+    rows = np.repeat(np.arange(len(labels)), num_labels)
+    targets = np.tile(np.arange(num_labels), len(labels))
+    keep = targets != labels[rows]
+    return rows[keep], targets[keep]
+
+
+def confusion(true: np.ndarray, predicted: np.ndarray, num_labels: int) -> np.ndarray:
+    """(C, C) counts: row = the label asked for (or the real label), column = the classifier's."""
+    m = np.zeros((num_labels, num_labels), np.int64)
+    np.add.at(m, (np.asarray(true, np.int64), np.asarray(predicted, np.int64)), 1)
+    return m
+
+
+def per_label_accuracy(matrix: np.ndarray, names: list[str] | tuple[str, ...], prefix: str) -> dict[str, object]:
+    """``{prefix}_<name>``: the diagonal share of each row; a label never asked for is unavailable."""
+    out: dict[str, object] = {}
+    for i, name in enumerate(names):
+        total = int(matrix[i].sum())
+        if total:
+            out[f"{prefix}_{name}"] = float(matrix[i, i] / total)
+        else:
+            out[f"{prefix}_{name}"] = "unavailable"
+            out[f"{prefix}_{name}_reason"] = f"no face with label {name!r} in this set"
+    return out
+
+
+def label_coverage(matrix: np.ndarray, threshold: float = 0.5) -> tuple[float, list[int]]:
+    """Share of the labels asked for whose outputs the classifier rates as that label at least
+    ``threshold`` of the time, and the indices of the labels that miss it (the collapsed ones)."""
+    asked = np.flatnonzero(matrix.sum(1))
+    rates = matrix[asked, asked] / matrix[asked].sum(1)
+    return float((rates >= threshold).mean()) if len(asked) else float("nan"), [int(i) for i in asked[rates < threshold]]
+
+
+@torch.no_grad()
+def classifier_features(model: ExpressionClassifier, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Globally pooled last-conv features (n, 4 x width): the feature space of the FID-style figure.
+    Pooled, not flattened: a few hundred faces cannot fill a 1024-D covariance."""
+    x = to_model_input(images)
+    device = next(model.parameters()).device
+    model.eval()
+    out = [model.features(x[i : i + batch_size].to(device)).mean((2, 3)).double().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def within_label_msssim(images_by_label: list[torch.Tensor]) -> float:
+    """Mean over labels of the mean pairwise MS-SSIM within one label's images ((m, 1, S, S) in
+    [-1, 1], m >= 2): AC-GAN's diversity score; near 1 means one face per label (mode collapse)."""
+    values = [pairwise_msssim((x.float() + 1) / 2) for x in images_by_label if len(x) >= 2]
+    return float(np.mean(values)) if values else float("nan")
