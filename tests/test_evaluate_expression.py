@@ -131,7 +131,7 @@ def test_stage_on_files_after_a_real_cgan_run(files, split, store, tmp_path):
     models = tmp_path / "models"
     train_expression(cfg, split, models, tmp_path / "metrics" / "train_expression.json")
     client = MlflowClient(store)
-    assert not client.search_registered_models(f"name='nirgan-expression-generator'"), "registered before evaluation"
+    assert not client.search_registered_models("name='nirgan-expression-generator'"), "registered before evaluation"
 
     metrics_path, plots = tmp_path / "metrics" / "eval_expression.json", tmp_path / "plots"
     evaluate_expression.run(cfg, prepared, split_dir, models, metrics_path, plots)

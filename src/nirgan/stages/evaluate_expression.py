@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from nirgan import tracking
-from nirgan.config import Config
+from nirgan.config import Config, DataError
 from nirgan.devices import resolve_device
 from nirgan.expression_data import ExpressionSplit, load_expression_split
 from nirgan.io import atomic_dir, stage_log, write_image, write_json
@@ -70,14 +70,14 @@ def run(cfg: Config, prepared_dir: Path, split_dir: Path, model_dir: Path, metri
     e = cfg.evaluate
     started = time.perf_counter()
     split = load_expression_split(Path(prepared_dir), Path(split_dir))
-    if len(split.test_labels) < 2 or len(split.train_labels) < 2:
-        raise ValueError(f"{split_dir}: evaluate_expression needs at least 2 train and 2 test faces, "
-                         f"got {len(split.train_labels)} and {len(split.test_labels)}")
+    if len(split.test_labels) < 2 or len(split.train_labels) < 2 or split.n_labels < 2:
+        raise DataError(f"{split_dir}: evaluate_expression needs at least 2 train faces, 2 test faces and 2 labels, "
+                        f"got {len(split.train_labels)}, {len(split.test_labels)} and {list(split.names)}")
     with stage_log("evaluate_expression", train_faces=len(split.train_labels), test_faces=len(split.test_labels)) as counts:
         device = resolve_device(e.device, "evaluate.device")
         translator = load_expression_translator(Path(model_dir) / "expression_generator.pt", map_location=device)
         if list(translator.names) != list(split.names):
-            raise ValueError(f"{model_dir}/expression_generator.pt was trained on labels {translator.names}, "
+            raise DataError(f"{model_dir}/expression_generator.pt was trained on labels {translator.names}, "
                              f"the data has {list(split.names)}")
         metrics, figures = evaluate_translator(cfg, split, translator, device)
         with atomic_dir(plots_dir) as tmp:
