@@ -58,6 +58,13 @@ STAGES: dict[str, Callable[[Config], dict[str, Any]]] = {
     "train": lambda cfg: _stage("train")(
         cfg, prepared_dir=PREPARED, split_dir=SPLIT, out_dir=MODELS, metrics_path=METRICS / "train.json"
     ),
+    "train_expression": lambda cfg: _stage("train_expression")(
+        cfg, prepared_dir=PREPARED, split_dir=SPLIT, out_dir=MODELS, metrics_path=METRICS / "train_expression.json"
+    ),
+    "evaluate_expression": lambda cfg: _stage("evaluate_expression")(
+        cfg, prepared_dir=PREPARED, split_dir=SPLIT, model_dir=MODELS, metrics_path=METRICS / "eval_expression.json",
+        plots_dir=PLOTS,
+    ),
     "evaluate": lambda cfg: _stage("evaluate")(
         cfg,
         raw_dir=RAW,

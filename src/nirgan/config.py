@@ -285,6 +285,71 @@ class TrainConfig(Section):
         return self
 
 
+# --------------------------------------------------------------------- expression train
+class ExpressionTrainConfig(Section):
+    """The expression models (issue 13; ``nirgan.training.expression_trainer``).
+
+    ``None`` for a learning rate, the batch size or the adversarial loss means the model's paper
+    value: cgan and cgan_encoder 2e-4 / 2e-4 / batch 64 (Milan section 7, KTH 2.3: Adam beta1 0.5;
+    Milan prints beta1 0.05, beta2 0.09, which Keras would not train with, so the DCGAN values are
+    used), stargan 1e-4 / 1e-4 / batch 16, WGAN-GP with 5 critic steps (Choi et al. 2018, 4.1).
+    The class defaults are the papers'; the expression params.yaml shrinks them for a CPU.
+    """
+
+    model: Literal["cgan", "cgan_encoder", "stargan"] = "stargan"
+    image_size: int = Field(64, ge=32, description="must equal the prepared images' side (64 or 128)")
+    width: float = Field(1.0, gt=0.0, le=4.0, description="channel multiplier (1.0 = the paper)")
+    latent_dim: int = Field(100, ge=1, description="cgan / cgan_encoder z (Milan: 100, uniform in [-1, 1])")
+    conv_dim: int = Field(32, ge=4, description="StarGAN first-layer filters (Imperial ch. 8: 32; Choi: 64)")
+    res_blocks: int = Field(6, ge=0, description="StarGAN residual blocks (Choi: 6; Imperial: 3 to 5)")
+    d_layers: int | None = Field(None, ge=1, description="StarGAN D strided layers; None = log2(S) - 2")
+    upsample: Literal["transposed", "nearest"] = Field(
+        "transposed", description="StarGAN G up-sampling: transposed convs (the paper) or nearest + conv")
+    adversarial: Literal["wgan_gp", "least_squares"] | None = Field(
+        None, description="StarGAN adversarial loss; None = wgan_gp (the paper)")
+    n_critic: int | None = Field(None, ge=1, description="D updates per G update; None = 5 for wgan_gp, else 1")
+    lambda_cls: float = Field(1.0, ge=0.0, description="StarGAN domain classification (Choi eq. 7)")
+    lambda_rec: float = Field(10.0, ge=0.0, description="StarGAN cycle reconstruction (Choi eq. 7)")
+    lambda_gp: float = Field(10.0, ge=0.0, description="StarGAN gradient penalty (Choi eq. 8)")
+    lambda_latent: float = Field(1.0, ge=0.0, description="KTH eq. 13 (encoder phase)")
+    lambda_image: float = Field(1.0, ge=0.0, description="KTH eq. 14 (encoder phase)")
+    encoder_fraction: float = Field(
+        0.3, gt=0.0, lt=1.0, description="cgan_encoder: share of the steps that train E with G frozen (KTH 2.2: after G)")
+    lr_g: float | None = Field(None, gt=0.0)
+    lr_d: float | None = Field(None, gt=0.0)
+    lr_e: float | None = Field(None, gt=0.0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    lr_decay_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="learning rates decay linearly to zero over this last share of the steps "
+        "(StarGAN: the second half)")
+    batch_size: int | None = Field(None, ge=1, description="global batch; None = the model's paper value")
+    steps: int = Field(200_000, ge=1, description="D updates (an iteration of the StarGAN code)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke runs; the schedule "
+                                  "still spans ``steps``)")
+    max_minutes: float | None = Field(None, gt=0.0, description="wall budget: stop (and checkpoint) after it")
+    hflip_p: float = Field(0.5, ge=0.0, le=1.0, description="random horizontal flip of training faces")
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="0 disables the EMA generator")
+    log_model: bool = Field(True, description="log the translator to MLflow at the end")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "bf16"
+    deterministic: bool = False
+    seed: int = 0
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    sample_inputs: int = Field(6, ge=1, description="fixed test faces in the sample grid (rows; columns = labels)")
+
+    def resolved(self) -> dict[str, Any]:
+        """The paper values behind every ``None`` (see the class docstring)."""
+        star = self.model == "stargan"
+        adv = self.adversarial or "wgan_gp"
+        return {
+            "lr_g": self.lr_g or (1e-4 if star else 2e-4), "lr_d": self.lr_d or (1e-4 if star else 2e-4),
+            "lr_e": self.lr_e or 2e-4, "batch_size": self.batch_size or (16 if star else 64),
+            "adversarial": adv, "n_critic": self.n_critic or (5 if star and adv == "wgan_gp" else 1),
+        }
+
+
 # ---------------------------------------------------------------------------- evaluate
 class EvaluateConfig(Section):
     seed: int = 0
@@ -398,6 +463,7 @@ class Config(Section):
     augment: AugmentConfig = AugmentConfig()
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
+    expression_train: ExpressionTrainConfig = ExpressionTrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     generate: GenerateConfig = GenerateConfig()
     orchestrate: OrchestrateConfig = OrchestrateConfig()

@@ -11,6 +11,7 @@ generate stage) reads them, and nothing outside training ever opens a training c
     pose_estimator.pt  {"state_dict", "config"} of a :class:`PoseEstimator` (also evaluate's
                        label_estimator.pt, or {"absent": reason} when evaluate had no labels)
     identity_net.pt    {"state_dict", "num_subjects", "embed_dim"} of an :class:`IdentityNet`
+    expression_generator.pt  an expression model's :class:`ExpressionTranslator` (see its section)
 
 Only tensors and plain JSON types go in, so every file loads with ``weights_only=True``.
 
@@ -27,8 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nirgan.config import TrainConfig
+from nirgan.config import ExpressionTrainConfig, TrainConfig
 from nirgan.io import atomic_file
+from nirgan.models.expression.build import build_expression_networks
+from nirgan.models.expression.translator import ExpressionTranslator
 from nirgan.models.identity_net import IdentityNet
 from nirgan.models.latent_encoder import LatentEncoder
 from nirgan.models.networks import ImageGenerator, build_generator, build_networks
@@ -231,3 +234,42 @@ def load_identity_net(path: str | Path, map_location: str | torch.device = "cpu"
     net = IdentityNet(blob["num_subjects"], blob["embed_dim"])
     net.load_state_dict(blob["state_dict"])
     return net.to(map_location).eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------- expression models
+# expression_generator.pt: {"kind", "names", "image_size", "latent_dim", "config" (the run's
+# ExpressionTrainConfig), "generator" (state dict; the EMA one when the run has it), "encoder"
+# (state dict, cgan_encoder only; else absent)}.
+def save_expression_generator(path: str | Path, translator: ExpressionTranslator, cfg: ExpressionTrainConfig) -> None:
+    payload = {"kind": translator.kind, "names": list(translator.names), "image_size": translator.image_size,
+               "latent_dim": translator.latent_dim, "config": cfg.model_dump(mode="json"),
+               "generator": _cpu(translator.generator)}
+    if translator.encoder is not None:
+        payload["encoder"] = _cpu(translator.encoder)
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_expression_translator(path: str | Path, map_location: str | torch.device = "cpu") -> ExpressionTranslator:
+    """The :class:`ExpressionTranslator` of expression_generator.pt, in eval mode; ``.config`` is its
+    ExpressionTrainConfig."""
+    path = Path(path)
+    payload = _load(path, "expression generator")
+    missing = ({"kind", "names", "image_size", "latent_dim", "config", "generator"} - set(payload)
+               if isinstance(payload, dict) else {"all keys"})
+    if missing:
+        raise ValueError(f"{path}: not a nirgan expression generator file, missing {sorted(missing)}")
+    cfg = ExpressionTrainConfig.model_validate(payload["config"])
+    with torch.random.fork_rng(devices=[]):
+        nets = build_expression_networks(cfg, len(payload["names"]))
+    nets.generator.load_state_dict(payload["generator"])
+    encoder = None
+    if payload["kind"] == "cgan_encoder":
+        if "encoder" not in payload:
+            raise ValueError(f"{path}: a cgan_encoder file without its encoder E")
+        encoder = nets.encoder
+        encoder.load_state_dict(payload["encoder"])
+    translator = ExpressionTranslator(payload["kind"], nets.generator, payload["names"], int(payload["image_size"]),
+                                      int(payload["latent_dim"]), encoder)
+    translator.config = cfg
+    return translator.to(map_location).eval()

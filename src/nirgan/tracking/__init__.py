@@ -40,9 +40,11 @@ from nirgan.tracking.runs import (
 )
 from nirgan.tracking.store import (
     EXPERIMENT,
+    EXPERIMENTS,
     GENERATOR_URI_TAG,
     HTTP_DEFAULTS,
     REGISTERED_MODEL,
+    REGISTERED_MODELS,
     TrackingUnavailable,
     ensure_store,
     experiment_name,
@@ -55,8 +57,8 @@ from nirgan.tracking.store import (
 )
 
 __all__ = [
-    "CANDIDATE", "CHAMPION", "EXPERIMENT", "GENERATOR_URI_TAG", "HTTP_DEFAULTS", "LABEL_ESTIMATOR", "MODEL_FILES",
-    "REGISTERED_MODEL", "RunTerminated", "TrackingUnavailable", "alias_version", "end_stale_run", "ensure_store",
+    "CANDIDATE", "CHAMPION", "EXPERIMENT", "EXPERIMENTS", "GENERATOR_URI_TAG", "HTTP_DEFAULTS", "LABEL_ESTIMATOR",
+    "MODEL_FILES", "REGISTERED_MODEL", "REGISTERED_MODELS", "RunTerminated", "TrackingUnavailable", "alias_version", "end_stale_run", "ensure_store",
     "experiment_name", "fetch_model", "flatten", "git_commit", "log_artifact", "log_dataset", "log_evaluation",
     "log_generator_model", "log_metrics", "log_model_files", "log_sample_grid", "parse_ref", "promote",
     "read_run_info", "register_generator", "repo_root", "resume_run", "run_name", "run_tags", "set_alias",

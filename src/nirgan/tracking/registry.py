@@ -28,6 +28,7 @@ from nirgan.tracking.runs import MODEL_FILES, file_digest_tag, log_model_files, 
 from nirgan.tracking.store import (
     GENERATOR_URI_TAG,
     REGISTERED_MODEL,
+    REGISTERED_MODELS,
     _is_connection_error,
     _unavailable,
     ensure_store,
@@ -44,12 +45,13 @@ _NOT_FETCHED = "the model was not fetched; rerun when the server is back"
 _NOT_RECORDED = "the dataset is written but not recorded in MLflow"
 
 
-def log_evaluation(info_path: Path, metrics: Mapping[str, Any], plots_dir: Path, metrics_path: Path) -> str | None:
+def log_evaluation(info_path: Path, metrics: Mapping[str, Any], plots_dir: Path, metrics_path: Path,
+                   task: str = "nir") -> str | None:
     """Log evaluate's figures into the training run named by ``info_path`` (models/mlflow_run.json):
     numbers as ``eval.<key>`` metrics, strings and booleans as tags, plots and the metrics file
     as artifacts, and ``label_estimator.pt`` (beside ``info_path``, when evaluate wrote one)
     under ``files/``; then, the run being FINISHED, register the generator train logged (if it
-    did) as a version of ``REGISTERED_MODEL`` and set the alias ``candidate`` on it.
+    did) as a version of ``REGISTERED_MODELS[task]`` and set the alias ``candidate`` on it.
     None (and a warning) when train logged no run."""
     import mlflow
 
@@ -65,15 +67,16 @@ def log_evaluation(info_path: Path, metrics: Mapping[str, Any], plots_dir: Path,
         mlflow.log_artifact(str(metrics_path), artifact_path="evaluate")
         log_model_files([Path(info_path).parent / LABEL_ESTIMATOR])
         run_id = run.info.run_id
-    version = register_generator(run_id)
+    version = register_generator(run_id, task)
     if version is not None:
-        set_alias(CANDIDATE, version)
-        log.info("registered %s version %s (run %s) as @%s", REGISTERED_MODEL, version, run_id, CANDIDATE)
+        set_alias(CANDIDATE, version, REGISTERED_MODELS[task])
+        log.info("registered %s version %s (run %s) as @%s", REGISTERED_MODELS[task], version, run_id, CANDIDATE)
     return run_id
 
 
-def register_generator(run_id: str) -> str | None:
-    """Register the generator logged by run ``run_id`` if the run FINISHED; returns the version."""
+def register_generator(run_id: str, task: str = "nir") -> str | None:
+    """Register the generator logged by run ``run_id`` (as ``REGISTERED_MODELS[task]``) if the run
+    FINISHED; returns the version."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -84,7 +87,7 @@ def register_generator(run_id: str) -> str | None:
     if run.info.status != "FINISHED":
         log.warning("MLflow run %s is %s: its generator is not registered", run_id, run.info.status)
         return None
-    return mlflow.register_model(uri, REGISTERED_MODEL).version
+    return mlflow.register_model(uri, REGISTERED_MODELS[task]).version
 
 
 # ------------------------------------------------------------------------------- aliases

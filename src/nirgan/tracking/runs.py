@@ -51,8 +51,10 @@ def start_run(
     system_metrics: bool = True,
     tags: Mapping[str, str] | None = None,
     consequence: str = TRAINING_STOPPED,
+    task: str = "nir",
 ) -> Iterator[Any]:
-    """Start (or, with ``run_id``, continue) a run with params and tags; yields the active run.
+    """Start (or, with ``run_id``, continue) a run with params and tags in the experiment of
+    ``task`` (:func:`experiment_name`); yields the active run.
 
     Continuing a run after a resume does not log params again (MLflow refuses to change a
     param), so a resumed run keeps the params it started with. The run ends FINISHED, FAILED
@@ -73,7 +75,7 @@ def start_run(
                     raise
                 log.warning("MLflow run %s is not in %s; starting a new run", run_id, uri)
                 run_id = None
-        exp_id = _experiment_id(client, uri)
+        exp_id = _experiment_id(client, uri, task)
         run = mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=run_name,
                                log_system_metrics=system_metrics)
     except Exception as exc:  # noqa: BLE001

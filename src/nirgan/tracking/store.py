@@ -26,6 +26,9 @@ log = logging.getLogger("nirgan.tracking")
 
 EXPERIMENT = "nirgan"
 REGISTERED_MODEL = "nirgan-generator"
+# Per task (Config.task): the experiment and registered model of each model family.
+EXPERIMENTS = {"nir": EXPERIMENT, "expression": "nirgan-expression"}
+REGISTERED_MODELS = {"nir": REGISTERED_MODEL, "expression": "nirgan-expression-generator"}
 GENERATOR_URI_TAG = "generator_model_uri"  # set by train when it logged the model; read to register it
 _ENV_TAGS = {
     "dvc_exp_name": "DVC_EXP_NAME",
@@ -75,8 +78,9 @@ def tracking_uri() -> str:
     return f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
-def experiment_name() -> str:
-    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+def experiment_name(task: str = "nir") -> str:
+    """``MLFLOW_EXPERIMENT_NAME`` if set, else the task's experiment (nirgan / nirgan-expression)."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENTS[task]
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -153,8 +157,8 @@ def run_tags() -> dict[str, str]:
     return tags
 
 
-def _experiment_id(client: Any, uri: str) -> str:
-    name = experiment_name()
+def _experiment_id(client: Any, uri: str, task: str = "nir") -> str:
+    name = experiment_name(task)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id

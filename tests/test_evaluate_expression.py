@@ -1,0 +1,158 @@
+"""The evaluate_expression stage (issue 13 item 3) on real files: synthetic expression faces
+(tests/expression_helpers.py) written as the prepared/split files the stage reads, a short real
+cgan run, a real temporary MLflow store.
+
+- every key of the contract is in metrics/eval_expression.json, the figures are PNGs, the metrics
+  are logged into the training run and the generator is registered only after the evaluation;
+- a translator that ignores the label (it returns its input) scores near zero target-label
+  accuracy (its faces keep their own label, and the targets are always another one) while the
+  classifier's real accuracy is high, and its identity cosine is that of the face with itself;
+- cgan's identity figure is "unavailable" with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from expression_helpers import synthetic_split
+
+from nirgan.config import Config
+from nirgan.expression_data import load_expression_split
+from nirgan.io import write_table
+from nirgan.models.expression.translator import ExpressionTranslator
+from nirgan.stages import evaluate_expression
+from nirgan.training.expression_trainer import train_expression
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+NAMES = ["angry", "happy", "sad", "surprise", "neutral"]
+CONTRACT_KEYS = (
+    "expr_target_accuracy", "expr_classifier_real_accuracy", "expr_identity_cos_translated",
+    "expr_identity_cos_same_subject", "expr_identity_cos_diff_subject", "expr_judge_auc",
+    "expr_judge_auc_real_vs_real", "expr_judge_auc_blurred_real", "expr_fid_clsfeat", "expr_fid_clsfeat_real_baseline",
+    "expr_swd_laplacian", "expr_swd_laplacian_real_baseline", "expr_fid", "expr_diversity_within_label",
+    "expr_diversity_within_label_real", "expr_diversity_translations_within_label", "expr_label_coverage",
+    *(f"expr_target_accuracy_{n}" for n in NAMES), *(f"expr_classifier_real_accuracy_{n}" for n in NAMES),
+)
+
+
+def config(**train) -> Config:
+    return Config.model_validate({
+        "task": "expression", "collect": {"source": "expression_twin"},
+        "evaluate": {"device": "cpu", "fid": False, "feature_epochs": 3, "judge_seeds": 1, "judge_epochs": 3},
+        "expression_train": {"image_size": 32, "width": 0.25, "latent_dim": 16, "batch_size": 16, "steps": 20,
+                             "log_every": 10, "checkpoint_every": 20, "device": "cpu", "sample_inputs": 2, **train},
+    })
+
+
+def write_split_files(split, root):
+    """The files of the augment and split stages (data/prepared, data/split) for ``split``."""
+    prepared, split_dir = root / "prepared", root / "split"
+    prepared.mkdir(parents=True)
+    split_dir.mkdir()
+    images = np.concatenate([split.train_images, split.test_images])
+    np.save(prepared / "images.npy", images)
+    (prepared / "labels.json").write_text(json.dumps({"names": split.names}))
+    start = 0
+    for part, labels, subjects in (("train", split.train_labels, split.train_subjects),
+                                   ("test", split.test_labels, split.test_subjects)):
+        index = np.arange(start, start + len(labels))
+        start += len(labels)
+        write_table(pd.DataFrame({"sample_id": [f"f{i}" for i in index], "subject": subjects,
+                                  "label": np.asarray(split.names)[labels], "label_index": labels, "index": index}),
+                    split_dir / f"{part}.parquet")
+    return prepared, split_dir
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from nirgan.tracking import ensure_store
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow_eval_expr') / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    ensure_store(uri)
+    yield uri
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """(prepared dir, split dir) written from the synthetic faces."""
+    return write_split_files(synthetic_split(NAMES, size=32, per=3), tmp_path_factory.mktemp("expr_eval") / "data")
+
+
+@pytest.fixture(scope="module")
+def split(files):
+    return load_expression_split(*files)
+
+
+class ReturnsItsInput(torch.nn.Module):
+    """A generator that ignores the target label: G(x, y) = x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # the translator reads its device from a parameter
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_a_label_ignoring_translator_scores_near_zero_while_the_classifier_is_right(split):
+    translator = ExpressionTranslator("stargan", ReturnsItsInput(), NAMES, 32)
+    metrics, figures = evaluate_expression.evaluate_translator(config(), split, translator, torch.device("cpu"))
+    assert metrics["expr_classifier_real_accuracy"] >= 0.9, metrics["expr_classifier_real_accuracy"]
+    # every face is asked for another label, and it keeps its own: far below chance (0.2)
+    assert metrics["expr_target_accuracy"] <= 0.1, metrics["expr_target_accuracy"]
+    assert metrics["expr_translations"] == len(split.test_labels) * (len(NAMES) - 1)
+    assert metrics["expr_label_coverage"] == 0.0
+    # the output is the input: the identity net sees the same face, closer than any other real frame
+    assert metrics["expr_identity_cos_translated"] == pytest.approx(1.0, abs=1e-5)
+    assert metrics["expr_identity_cos_same_subject"] > metrics["expr_identity_cos_diff_subject"]
+    assert metrics["expr_diversity_within_label"] == "unavailable"
+    assert "no latent z" in metrics["expr_diversity_within_label_reason"]
+    assert set(figures) == {"translation_grid", "confusion", "samples_per_label"}
+    grid = figures["translation_grid"]
+    assert grid.ndim == 3 and grid.shape[1] > len(NAMES) * 32  # the input and every label side by side
+
+
+def test_stage_on_files_after_a_real_cgan_run(files, split, store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = config(model="cgan")
+    prepared, split_dir = files
+    models = tmp_path / "models"
+    train_expression(cfg, split, models, tmp_path / "metrics" / "train_expression.json")
+    client = MlflowClient(store)
+    assert not client.search_registered_models("name='nirgan-expression-generator'"), "registered before evaluation"
+
+    metrics_path, plots = tmp_path / "metrics" / "eval_expression.json", tmp_path / "plots"
+    evaluate_expression.run(cfg, prepared, split_dir, models, metrics_path, plots)
+
+    metrics = json.loads(metrics_path.read_text())
+    missing = [k for k in CONTRACT_KEYS if k not in metrics]
+    assert not missing, missing
+    for key, value in metrics.items():  # every unavailable figure says why
+        if value == "unavailable":
+            assert metrics.get(f"{key}_reason"), key
+    assert metrics["expr_identity_cos_translated"] == "unavailable"
+    assert "never sees the input" in metrics["expr_identity_cos_translated_reason"]
+    assert metrics["expr_fid"] == "unavailable" and "disabled" in metrics["expr_fid_reason"]
+    assert 0.0 <= metrics["expr_diversity_within_label"] <= 1.0
+    assert 0.0 <= metrics["expr_judge_auc"] <= 1.0
+    assert {p.name for p in plots.iterdir()} >= {"translation_grid.png", "confusion.png", "samples_per_label.png",
+                                                  "confusion.json"}
+
+    run_id = json.loads((models / "mlflow_run.json").read_text())["run_id"]
+    run = client.get_run(run_id)
+    assert run.data.metrics["eval.expr_classifier_real_accuracy"] == pytest.approx(metrics["expr_classifier_real_accuracy"])
+    assert run.data.tags["eval.expr_identity_cos_translated"] == "unavailable"
+    versions = client.search_model_versions("name='nirgan-expression-generator'")
+    assert [v.run_id for v in versions] == [run_id]
