@@ -49,6 +49,25 @@ GPU_PARAMS: dict = {
     # generation and label check on the GPU in bf16, PNG encoding, writing
     "generate": {"count": 20000, "shard_size": 5000, "batch_size": 500, "precision": "bf16", "workers": 1},
 }
+# Issue 13's expression run, after the NIR one: StarGAN at 128 px on a larger expression twin,
+# the paper's WGAN-GP and width, for a wall budget (expression_train.max_minutes).
+GPU_EXPRESSION_PARAMS: dict = {
+    "collect": {"expression_twin": {"subjects": 40, "frames_per_expression": 10}},
+    "detect": {"device": "cuda", "batch_size": 256},
+    "augment": {"image_size": 128},
+    "expression_train": {"image_size": 128, "width": 1.0, "res_blocks": 6, "adversarial": "wgan_gp", "lr_g": 1e-4,
+                         "lr_d": 1e-4, "batch_size": 32, "steps": 20000, "device": "cuda", "log_every": 200,
+                         "checkpoint_every": 5000, "log_model": False},
+    "evaluate": {"device": "cuda"},
+}
+SMOKE_EXPRESSION_PARAMS: dict = {
+    "collect": {"expression_twin": {"subjects": 4, "frames_per_expression": 2}},
+    "detect": {"device": "cpu", "batch_size": 16},
+    "split": {"test_fraction": 0.25},
+    "expression_train": {"width": 0.25, "res_blocks": 1, "batch_size": 4, "steps": 1000, "device": "cpu",
+                         "log_every": 1, "checkpoint_every": 1000, "log_model": False},
+    "evaluate": {"device": "cpu", "feature_epochs": 1, "judge_seeds": 1, "judge_epochs": 1},
+}
 # The smoke run: the same script on a CPU in about a minute.
 SMOKE_PARAMS: dict = {
     "collect": {"twin": {"subjects": 4, "cameras": 1, "frames": 10, "disturbance_fraction": 0.1}},
@@ -74,15 +93,45 @@ def _deep_update(base: dict, extra: dict) -> dict:
     return base
 
 
-def make_pipeline(root: Path, overrides: dict) -> list[str]:
-    """root/params.yaml (this repo's, overridden) and root/dvc.yaml; returns the stage order."""
-    params = _deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
+def make_pipeline(root: Path, overrides: dict, pipeline: Path = REPO) -> list[str]:
+    """root/params.yaml (``pipeline``'s, overridden) and root/dvc.yaml; returns the stage order."""
+    params = _deep_update(yaml.safe_load((pipeline / "params.yaml").read_text()), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copy2(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy2(pipeline / "dvc.yaml", root / "dvc.yaml")
     return list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
 
 
-def run(out_dir: Path, smoke: bool, train_minutes: float, subjects: int | None, keep: Path | None) -> dict:
+def run_expression(root: Path, overrides: dict, minutes: float, out_dir: Path) -> dict:
+    """The expression pipeline (pipelines/expression) in ``root``; its figures and stage seconds."""
+    from nirgan.cli import STAGES
+    from nirgan.config import load_config
+
+    overrides["expression_train"]["max_minutes"] = minutes
+    root.mkdir(parents=True, exist_ok=True)
+    order = make_pipeline(root, overrides, REPO / "pipelines" / "expression")
+    here, seconds = Path.cwd(), {}
+    try:
+        os.chdir(root)
+        cfg = load_config("params.yaml")
+        for name in order:
+            t = time.perf_counter()
+            STAGES[name](cfg)
+            seconds[name] = round(time.perf_counter() - t, 1)
+            print(f"gpu_scale: expression {name} done in {seconds[name]} s", flush=True)
+        figures = json.loads(Path("metrics/eval_expression.json").read_text())
+        train = json.loads(Path("metrics/train_expression.json").read_text()) if Path(
+            "metrics/train_expression.json").exists() else {}
+        shutil.copy2("metrics/eval_expression.json", out_dir / "eval_expression.json")
+        if Path("plots/translation_grid.png").exists():
+            shutil.copy2("plots/translation_grid.png", out_dir / "expression_translation_grid.png")
+    finally:
+        os.chdir(here)
+    return {"stage_seconds": seconds, "train": train,
+            "figures": {k: v for k, v in figures.items() if not k.endswith("_reason")}}
+
+
+def run(out_dir: Path, smoke: bool, train_minutes: float, subjects: int | None, keep: Path | None,
+        expression_minutes: float = 0.0) -> dict:
     from nirgan.cli import STAGES
     from nirgan.config import load_config
 
@@ -135,6 +184,10 @@ def run(out_dir: Path, smoke: bool, train_minutes: float, subjects: int | None, 
         grids = sorted(Path("models/samples").glob("*.png"))
         if grids:
             shutil.copy2(grids[-1], out_dir / f"train_{grids[-1].name}")
+        if expression_minutes > 0:
+            overrides = json.loads(json.dumps(SMOKE_EXPRESSION_PARAMS if smoke else GPU_EXPRESSION_PARAMS))
+            summary["expression"] = run_expression(root / "expression", overrides, expression_minutes, out_dir)
+            summary["total_seconds"] = round(time.perf_counter() - started, 1)
     finally:
         os.chdir(here)
         if not keep:
@@ -149,16 +202,25 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_scale_out")))
     ap.add_argument("--train-minutes", type=float, default=None, help="train.max_minutes (default 3.5, smoke 0.05)")
     ap.add_argument("--subjects", type=int, default=None, help="twin subjects (default 120, smoke 4)")
+    ap.add_argument("--expression-minutes", type=float, default=None,
+                    help="expression_train.max_minutes of the expression run; 0 skips it (default 1.5, smoke 0.05)")
     ap.add_argument("--keep", type=Path, default=None, help="build the pipeline here and keep it")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     minutes = args.train_minutes if args.train_minutes is not None else (0.05 if args.smoke else 3.5)
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("gpu_scale: no CUDA device; use --smoke for the CPU size")
-    summary = run(args.out, args.smoke, minutes, args.subjects, args.keep)
+    expression = args.expression_minutes if args.expression_minutes is not None else (0.05 if args.smoke else 1.5)
+    summary = run(args.out, args.smoke, minutes, args.subjects, args.keep, expression)
     print(json.dumps({k: summary.get(k) for k in ("device", "pairs", "train_steps", "train_epochs", "pairs_per_s",
                                                    "stage_seconds", "total_seconds", "generate")}, indent=1))
     print(json.dumps({k: v for k, v in summary["figures"].items() if not k.endswith("_std")}, indent=1))
+    if "expression" in summary:
+        print(json.dumps({"expression_stage_seconds": summary["expression"]["stage_seconds"],
+                          **{k: v for k, v in summary["expression"]["figures"].items()
+                             if k.startswith(("expr_target_accuracy", "expr_classifier_real_accuracy",
+                                              "expr_identity", "expr_judge_auc", "expr_diversity"))
+                             and not k.endswith("_std")}}, indent=1))
 
 
 if __name__ == "__main__":

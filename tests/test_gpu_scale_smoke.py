@@ -1,4 +1,5 @@
-"""benchmarks/gpu_scale.sh --smoke: the GPU-scale script runs end to end on a CPU at a tiny size,
+"""benchmarks/gpu_scale.sh --smoke: the GPU-scale script (NIR pipeline with generate, then the
+expression pipeline) runs end to end on a CPU at a tiny size,
 so it cannot rot; its wall budget (train.max_minutes) is what ends the training."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def test_gpu_scale_smoke(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     proc = subprocess.run(["bash", str(REPO / "benchmarks/gpu_scale.sh"), "--smoke", "--train-minutes", "0.05"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     for name in ("eval.json", "train.json", "samples.png", "gpu_scale.log"):
@@ -35,3 +36,7 @@ def test_gpu_scale_smoke(tmp_path):
         assert isinstance(m[key], float), (key, m.get(key))
     assert "pose_gen_head_mean" in m
     assert summary["generate"]["images"] == 8 and summary["generate"]["images_per_s"] > 0
+    expression = summary["expression"]
+    assert set(expression["stage_seconds"]) >= {"collect", "train_expression", "evaluate_expression"}
+    assert isinstance(expression["figures"]["expr_target_accuracy"], float)
+    assert (out / "eval_expression.json").stat().st_size > 0

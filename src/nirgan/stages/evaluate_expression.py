@@ -215,7 +215,7 @@ def _realism(cfg: Config, split: ExpressionSplit, translator: ExpressionTranslat
         z = torch.special.erf(z / math.sqrt(2)) if translator.latent_dim else None
         return translator.translate(sources, labels[:, 0].astype(np.int64), z=z)
 
-    judge = realism_judge(faces, faces, targets, generate, None, translator.latent_dim, seeds=e.judge_seeds,
+    judge, _ = realism_judge(faces, faces, targets, generate, None, translator.latent_dim, seeds=e.judge_seeds,
                           epochs=e.judge_epochs, seed=e.seed, device=device)
     out: dict[str, Any] = {f"expr_{k}": v for k, v in judge.items() if not k.startswith("judge_auc_untrained")}
 
