@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from flows import drill  # noqa: E402
 from flows import stack as stack_mod  # noqa: E402
 
-STAGES = ["collect", "detect", "clean", "augment", "split", "train", "evaluate"]
+STAGES = ["collect", "detect", "clean", "augment", "split", "train", "evaluate", "generate"]
 DEPLOYMENT = "train-nir/gpu"
 FLOW_TIMEOUT_S = 420
 
@@ -167,6 +167,17 @@ def _kill_train_once(workspace: Path, marker: Path, timeout_s: float) -> None:
     marker.write_text(done + "\n")
 
 
+def _training_runs(client, experiment_id: str, flow_run_id: str) -> list:
+    """The flow run's one training run (its generate stage adds a dataset run, tagged
+    ``nirgan.kind = generated-dataset``, which names the training run it came from)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.prefect_flow_run_id = '{flow_run_id}'")
+    training = [r for r in runs if r.data.tags.get("nirgan.kind") != "generated-dataset"]
+    datasets = [r for r in runs if r.data.tags.get("nirgan.kind") == "generated-dataset"]
+    assert len(training) == 1, [r.info.run_id for r in runs]
+    assert [d.data.tags["generator_run_id"] for d in datasets] == [training[0].info.run_id], runs
+    return training
+
+
 def test_train_nir_end_to_end(orchestra, batch):
     experiment, rid = batch["names"][0], batch["ids"][0]
     fr = batch["runs"][rid]
@@ -192,8 +203,7 @@ def test_train_nir_end_to_end(orchestra, batch):
 
     client = MlflowClient(orchestra.stack.mlflow_uri)
     exp = client.get_experiment_by_name("nirgan")
-    found = client.search_runs([exp.experiment_id], filter_string=f"tags.prefect_flow_run_id = '{rid}'")
-    assert len(found) == 1, [r.info.run_id for r in found]
+    found = _training_runs(client, exp.experiment_id, rid)
     mlrun = found[0]
     assert mlrun.data.metrics
     tags = mlrun.data.tags
@@ -252,5 +262,4 @@ def test_killed_train_is_retried_resumes_and_run_completes(orchestra, batch):
 
     client = MlflowClient(orchestra.stack.mlflow_uri)
     exp = client.get_experiment_by_name("nirgan")
-    found = client.search_runs([exp.experiment_id], filter_string=f"tags.prefect_flow_run_id = '{rid}'")
-    assert len(found) == 1, [r.info.run_id for r in found]
+    found = _training_runs(client, exp.experiment_id, rid)
