@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,23 @@ def raw_twin_dir(twin_cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("twin") / "raw"
     collect.run(twin_cfg, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh SQLite MLflow store for one test module, as MLFLOW_TRACKING_URI (created once: the
+    schema migration is slow); the previous value is restored afterwards."""
+    from nirgan.tracking import ensure_store
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    ensure_store(uri)
+    yield uri
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ cgan run, a real temporary MLflow store.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -66,21 +65,6 @@ def write_split_files(split, root):
                                   "label": np.asarray(split.names)[labels], "label_index": labels, "index": index}),
                     split_dir / f"{part}.parquet")
     return prepared, split_dir
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    from nirgan.tracking import ensure_store
-
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow_eval_expr') / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    ensure_store(uri)
-    yield uri
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 @pytest.fixture(scope="module")

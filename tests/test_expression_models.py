@@ -47,21 +47,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NAMES5 = ["angry", "happy", "sad", "surprise", "neutral"]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    from nirgan.tracking import ensure_store
-
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow_expr') / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    ensure_store(uri)
-    yield uri
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
-
-
 def expr_config(**kw) -> Config:
     base = {"image_size": 32, "width": 0.25, "res_blocks": 1, "latent_dim": 16, "batch_size": 8, "steps": 6,
             "log_every": 2, "checkpoint_every": 2, "device": "cpu", "log_model": False, "sample_inputs": 3}
