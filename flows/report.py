@@ -1,4 +1,4 @@
-"""The train-nir run's markdown artifact: the experiment, its MLflow run and ``metrics/eval.json``."""
+"""The flows' markdown artifacts: a pipeline run's experiment, MLflow run and metrics; a generated dataset."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ def _mlflow_link(info: dict[str, Any]) -> str:
     return f"run `{info.get('run_id')}` in `{uri}` (open with `mlflow ui --backend-store-uri {uri}`, then {run})"
 
 
-def eval_markdown(experiment: str, baseline: str, overrides: dict[str, Any], ws: Path, stages: list[dict]) -> str:
-    metrics_path, run_path = ws / "metrics" / "eval.json", ws / "models" / "mlflow_run.json"
+def eval_markdown(flow: str, experiment: str, baseline: str, overrides: dict[str, Any], metrics_path: Path,
+                  run_path: Path, stages: list[dict]) -> str:
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     lines = [
-        f"# train-nir: `{experiment}`",
+        f"# {flow}: `{experiment}`",
         "",
         f"DVC experiment `{experiment}` on baseline `{baseline[:10]}`; overrides "
         f"`{json.dumps(overrides, sort_keys=True)}`.",
@@ -29,14 +29,14 @@ def eval_markdown(experiment: str, baseline: str, overrides: dict[str, Any], ws:
     if run_path.exists():
         lines += [f"MLflow: {_mlflow_link(json.loads(run_path.read_text()))}", ""]
     else:
-        lines += ["MLflow: no `models/mlflow_run.json` was written.", ""]
+        lines += [f"MLflow: no `{run_path.name}` was written.", ""]
     lines += ["| metric | value |", "|---|---|"]
     for key in sorted(metrics):
         value = metrics[key]
         shown = f"{value:.6g}" if isinstance(value, float) else str(value)
         lines.append(f"| {key} | {shown} |")
     if not metrics:
-        lines.append("| (metrics/eval.json missing) | |")
+        lines.append(f"| ({metrics_path.name} missing) | |")
     lines += ["", "| stage | how | seconds |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['how']} | {s['seconds']} |" for s in stages]
     return "\n".join(lines) + "\n"

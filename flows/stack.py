@@ -566,6 +566,8 @@ nirgan stack is up (state, logs and PIDs in {state}):
 4. promote the evaluated version and generate a dataset from it:
      nirgan promote; prefect deployment run generate-nir/gpu --param count=1000 \\
          --param model=models:/nirgan-generator@champion --watch
+5. the expression family (pipelines/expression) on the same pool, experiment 'nirgan-expression':
+     prefect deployment run train-expression/gpu --param overrides='{{"expression_train.model": "cgan"}}' --watch
 Stop everything with `make stack-down`.
 """
 

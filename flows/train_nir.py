@@ -1,210 +1,34 @@
-"""The ``train-nir`` flow: the whole pipeline as one DVC experiment, one Prefect task run per stage.
+"""The ``train-nir`` flow (deployment ``train-nir/gpu``): the NIR pipeline (the root dvc.yaml)
+as one DVC experiment, one Prefect task run per stage. The steps are in flows/experiment.py.
 
-How a run maps onto DVC (and why not ``dvc exp run``): ``dvc exp run`` reproduces the whole
-pipeline inside one process, so Prefect could only see one opaque step. Instead each run gets
-its own working copy and drives DVC stage by stage:
-
-1. ``prepare-workspace``: ``git clone --shared`` of the worker's checkout into
-   ``<checkout>/.dvc/tmp/nirgan-runs/<flow-run-id>`` (``NIRGAN_RUNS_DIR`` moves it), detached at
-   the requested revision (default: the checkout's HEAD), with the checkout's DVC cache as its
-   cache, so earlier runs' outputs and run-cache are reused and several runs never share a
-   workspace. The overrides are written into that copy's ``params.yaml`` (what
-   ``dvc exp run -S`` does) and validated with ``nirgan check-params`` before any stage runs.
-2. one task run per stage in dvc.yaml order: ``dvc repro --single-item <stage>``. A stage whose
-   inputs did not change is restored from the run-cache instead of recomputed. A failed stage is
-   retried ``orchestrate.retries`` times (params.yaml); ``orchestrate.stage_timeout_minutes``
-   kills a stage that hangs.
-3. ``save-experiment``: ``dvc exp save --name <experiment>`` (the baseline is the revision); its
-   ref is pushed into the worker's checkout, so ``dvc exp show`` there lists it. The workspace
-   is deleted on success (its outputs are in the shared cache) and kept on failure.
-   With ``NIRGAN_EXP_GIT_REMOTE`` set, the checkout also pushes it to that git remote; with a DVC
-   remote configured, the workspace pulls before and pushes after (data and run-cache).
-4. a markdown artifact with ``metrics/eval.json`` and the MLflow run's link.
-
-The stage subprocesses run the workspace's own code (``PYTHONPATH=<workspace>/src``) with the
-worker's virtual environment, and get the MLflow tags' inputs as environment variables
-(``DVC_EXP_NAME``, ``DVC_EXP_BASELINE_REV``, ``PREFECT__FLOW_RUN_ID``, ``NIRGAN_FLOW_RUN_NAME``,
-``NIRGAN_WORK_POOL``); see ``nirgan.tracking``.
-
-The modules: ``workspace`` (git and DVC), ``processes`` (streamed subprocesses, process-group
-stops, shared with ``stack``), ``report`` (the markdown artifact); this file is the flow and its
-tasks. Fault drills (a stage killed mid-run, as the orchestration test does) come from outside:
-``python -m flows.drill`` (see there); nothing in the flow's own path injects failures.
+    prefect deployment run train-nir/gpu --param 'overrides={"train.seed": 3}'
+    python flows/train_nir.py -S train.max_steps=20 -n my-exp      # in this process, no server
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run as runtime_flow_run
+from prefect import flow
 
 _REPO = str(Path(__file__).resolve().parents[1])
-if _REPO not in sys.path:  # run as a script (python flows/train_nir.py): make `flows` importable
+if _REPO not in sys.path:  # run as a script: make `flows` importable
     sys.path.insert(0, _REPO)
-from flows import workspace  # noqa: E402
-from flows.processes import stream  # noqa: E402
-from flows.report import eval_markdown  # noqa: E402
-from nirgan import tracking  # noqa: E402
-from nirgan.config import OrchestrateConfig  # noqa: E402
+from flows.experiment import Pipeline, main, run_pipeline  # noqa: E402
 
-ARTIFACT_KEY = "train-nir-eval"
-
-
-class RunFailed(RuntimeError):
-    """The flow's failure in one line: the step and its cause. Prefect puts it into the final
-    state's message, which ``prefect deployment run --watch`` and the UI show."""
-
-
-def _fail(step: str, exc: BaseException, ws: Path | None) -> RunFailed:
-    """One line for the final state; the MLflow run of the workspace, if left RUNNING by the
-    failed stage (killed, or the server was down when it failed), is ended as FAILED."""
-    cause = getattr(exc, "cause", None) or " ".join(str(exc).split()) or type(exc).__name__
-    info = tracking.read_run_info(ws / "models" / "mlflow_run.json") if ws is not None else None
-    if info:
-        tracking.end_stale_run(info.get("run_id"), "FAILED", info.get("tracking_uri"), reason=f"{step}: {cause}")
-    return RunFailed(f"{step} failed: {cause}"[:1000])
-
-
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float | None = None) -> str:
-    """A command with each output line copied to the task's log."""
-    return stream(cmd, cwd, env, get_run_logger().info, timeout_s)
-
-
-@task(name="prepare-workspace", cache_policy=NO_CACHE)
-def prepare_workspace(
-    checkout: Path, run_id: str, revision: str | None, overrides: dict[str, Any], experiment: str
-) -> dict[str, Any]:
-    logger = get_run_logger()
-    sha = workspace.resolve_revision(checkout, revision, logger.info)
-    workspace.check_experiment_name(checkout, experiment)
-    prep = workspace.create(checkout, run_id, sha, overrides, _run, logger.info)
-    logger.info("workspace %s at %s (%s), stages: %s", prep["workspace"], revision or "HEAD", sha[:10],
-                ", ".join(prep["stages"]))
-    return {**prep, "baseline": sha}
-
-
-@task(cache_policy=NO_CACHE)
-def run_stage(stage: str, workspace_dir: str, stage_env: dict[str, str], timeout_s: float | None) -> dict[str, Any]:
-    """``dvc repro --single-item <stage>`` in the run's workspace."""
-    start = time.monotonic()
-    output = _run(["dvc", "repro", "--single-item", stage], Path(workspace_dir), workspace.tool_env(stage_env),
-                  timeout_s)
-    if f"Running stage '{stage}'" in output:
-        how = "ran"
-    elif "is cached" in output:
-        how = "restored from run-cache"
-    else:
-        how = "unchanged"
-    return {"stage": stage, "how": how, "seconds": round(time.monotonic() - start, 2)}
-
-
-@task(name="save-experiment", cache_policy=NO_CACHE)
-def save_experiment(workspace_dir: str, checkout: Path, experiment: str) -> None:
-    workspace.save_experiment(Path(workspace_dir), checkout, experiment, _run)
-
-
-def _work_pool_name(flow_run_id: str | None) -> str:
-    if not flow_run_id:
-        return ""
-    from prefect.client.orchestration import get_client
-
-    try:
-        with get_client(sync_client=True) as client:
-            return client.read_flow_run(flow_run_id).work_pool_name or ""
-    except Exception:  # noqa: BLE001 -- a tag is not worth failing the run for
-        return ""
-
-
-def _checkout_root() -> Path:
-    return Path(workspace.git(["rev-parse", "--show-toplevel"], Path.cwd()))
+NIR = Pipeline(flow="train-nir", folder=".", metrics="metrics/eval.json", artifact_key="train-nir-eval")
 
 
 @flow(name="train-nir", log_prints=True)
-def train_nir(
-    overrides: dict[str, Any] | None = None,
-    experiment: str | None = None,
-    revision: str | None = None,
-) -> dict[str, Any]:
-    """Reproduce the pipeline with ``overrides`` (dotted params keys, as ``dvc exp run -S``) as the
-    DVC experiment ``experiment`` (default: the flow run's name) on git ``revision`` (default: the
-    worker checkout's HEAD)."""
-    logger = get_run_logger()
-    overrides = dict(overrides or {})
-    run_id = str(runtime_flow_run.id or f"local-{os.getpid()}")
-    run_name = runtime_flow_run.name or run_id
-    experiment = experiment or re.sub(r"[^A-Za-z0-9_-]+", "-", run_name)
-    checkout = _checkout_root()
-
-    try:
-        prep = prepare_workspace(checkout, run_id, revision, overrides, experiment)
-    except Exception as exc:  # noqa: BLE001 - every failure ends as one line
-        raise _fail("prepare-workspace", exc, None) from exc
-    ws = Path(prep["workspace"])
-    orchestrate = OrchestrateConfig.model_validate(prep["orchestrate"])
-    stage_env = {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ws / "src"), os.environ.get("PYTHONPATH")])),
-        "DVC_EXP_NAME": experiment,
-        "DVC_EXP_BASELINE_REV": prep["baseline"],
-        "PREFECT__FLOW_RUN_ID": run_id,
-        "NIRGAN_FLOW_RUN_NAME": run_name,
-        "NIRGAN_WORK_POOL": _work_pool_name(runtime_flow_run.id),
-        # Without a server every run of this checkout shares its SQLite store, not the workspace's.
-        "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{checkout / 'mlflow.db'}",
-    }
-    timeout_s = orchestrate.stage_timeout_minutes * 60 if orchestrate.stage_timeout_minutes else None
-    done: list[dict[str, Any]] = []
-    step = "save-experiment"
-    try:
-        for stage in prep["stages"]:
-            step = f"stage {stage}"
-            stage_task = run_stage.with_options(
-                name=stage,
-                task_run_name=stage,
-                retries=orchestrate.retries,
-                retry_delay_seconds=orchestrate.retry_delay_seconds,
-            )
-            done.append(stage_task(stage, str(ws), stage_env, timeout_s))
-        step = "save-experiment"
-        save_experiment(str(ws), checkout, experiment)
-    except Exception as exc:  # noqa: BLE001 - every failure ends as one line
-        raise _fail(step, exc, ws) from exc
-
-    markdown = eval_markdown(experiment, prep["baseline"], overrides, ws, done)
-    create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY, description=f"train-nir {experiment}")
-    metrics_path = ws / "metrics" / "eval.json"
-    run_path = ws / "models" / "mlflow_run.json"
-    result = {
-        "experiment": experiment,
-        "baseline": prep["baseline"],
-        "metrics": json.loads(metrics_path.read_text()) if metrics_path.exists() else {},
-        "mlflow": json.loads(run_path.read_text()) if run_path.exists() else {},
-        "stages": done,
-    }
-    if os.environ.get("NIRGAN_KEEP_WORKSPACE") != "1":
-        shutil.rmtree(ws, ignore_errors=True)
-    logger.info("experiment %s saved; `dvc exp show` in %s lists it", experiment, checkout)
-    return result
+def train_nir(overrides: dict[str, Any] | None = None, experiment: str | None = None,
+              revision: str | None = None) -> dict[str, Any]:
+    """Reproduce the NIR pipeline with ``overrides`` (dotted params keys, as ``dvc exp run -S``)
+    as the DVC experiment ``experiment`` (default: the flow run's name) on git ``revision``
+    (default: the worker checkout's HEAD)."""
+    return run_pipeline(NIR, overrides, experiment, revision)
 
 
 if __name__ == "__main__":
-    # Local run without a server or worker: python flows/train_nir.py -S train.max_steps=4 -n my-exp
-    import argparse
-
-    parser = argparse.ArgumentParser(description="run train-nir in this process (ephemeral Prefect)")
-    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="YAML-typed")
-    parser.add_argument("-n", "--name", dest="experiment")
-    parser.add_argument("--rev", dest="revision")
-    args = parser.parse_args()
-    sets = dict(item.split("=", 1) for item in args.set)
-    train_nir(overrides={k: yaml.safe_load(v) for k, v in sets.items()}, experiment=args.experiment, revision=args.revision)
+    main(train_nir, NIR.flow)

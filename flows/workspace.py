@@ -1,5 +1,8 @@
-"""A train-nir run's own working copy: git clone, DVC cache and remotes, params overrides, and
-the experiment saved from it. Plain functions; ``flows/train_nir.py`` wraps them in tasks.
+"""A pipeline run's own working copy: git clone, DVC cache and remotes, params overrides, and
+the experiment saved from it. Plain functions; ``flows/experiment.py`` wraps them in tasks.
+``folder`` is the pipeline's folder in the repo ("." for the NIR dvc.yaml,
+"pipelines/expression"): its params.yaml takes the overrides and its dvc.yaml is the one run
+and saved.
 
 ``run(cmd, cwd, env)`` is how a command runs here (the flow passes one that streams to the
 task's log; see :func:`flows.processes.stream`).
@@ -90,7 +93,7 @@ def check_experiment_name(checkout: Path, experiment: str) -> None:
 
 
 def create(checkout: Path, run_id: str, sha: str, overrides: dict[str, Any], run: Run,
-           log: Callable[[str], None]) -> dict[str, Any]:
+           log: Callable[[str], None], folder: str = ".") -> dict[str, Any]:
     """Clone ``checkout`` at ``sha`` into the run's workspace, share the checkout's DVC cache,
     write and validate the overrides, pull when a DVC remote is configured.
 
@@ -113,44 +116,52 @@ def create(checkout: Path, run_id: str, sha: str, overrides: dict[str, Any], run
     cache = dvc_config("cache.dir", checkout) or str(checkout / ".dvc" / "cache")
     run(["dvc", "config", "--local", "cache.dir", cache], ws, env)
 
-    params_path = ws / "params.yaml"
+    here = ws / folder
+    if not (here / "dvc.yaml").is_file():
+        raise FileNotFoundError(f"no dvc.yaml in {folder!r} at {sha[:10]}")
+    params_path = here / "params.yaml"
     params = yaml.safe_load(params_path.read_text()) or {}
     for key, value in overrides.items():
         set_dotted(params, key, value)
     if overrides:
         params_path.write_text(yaml.safe_dump(params, sort_keys=False))
         log(f"overrides: {json.dumps(overrides, sort_keys=True)}")
-    run(["nirgan", "check-params"], ws, tool_env({"PYTHONPATH": str(ws / "src")}))
+    run(["nirgan", "check-params"], here, tool_env({"PYTHONPATH": str(ws / "src")}))
     if dvc_remote_configured(ws):
-        run(["dvc", "pull", "--run-cache", "--allow-missing", "dvc.yaml"], ws, env)
+        run(["dvc", "pull", "--run-cache", "--allow-missing", "dvc.yaml"], here, env)
 
-    stages = list((yaml.safe_load((ws / "dvc.yaml").read_text()) or {}).get("stages") or {})
+    stages = list((yaml.safe_load((here / "dvc.yaml").read_text()) or {}).get("stages") or {})
     orchestrate = OrchestrateConfig.model_validate(params.get("orchestrate") or {})
     return {"workspace": str(ws), "stages": stages, "orchestrate": orchestrate.model_dump()}
 
 
-def uncached_outputs(ws: Path) -> list[str]:
-    """Outputs with ``cache: false`` (metrics) and DVC's .gitignore files: git-untracked,
-    so ``dvc exp save`` needs them named to put them in the experiment commit."""
+def uncached_outputs(ws: Path, folder: str = ".") -> list[str]:
+    """The pipeline's outputs with ``cache: false`` (metrics) and DVC's .gitignore files, relative
+    to the repo root: git-untracked, so ``dvc exp save`` needs them named to put them in the
+    experiment commit."""
     from dvc.repo import Repo
 
+    here = (ws / folder).resolve()
     with Repo(str(ws)) as repo:
         # Persistent outs (train's checkpoints) stay out: they are run-local scratch, not results.
         paths = [
-            os.path.relpath(out.fs_path, ws) for out in repo.index.outs if not out.use_cache and not out.persist
+            os.path.relpath(out.fs_path, ws) for out in repo.index.outs
+            if not out.use_cache and not out.persist and Path(out.stage.path).resolve().parent == here
         ]
     untracked = git(["ls-files", "--others", "--exclude-standard"], ws).splitlines()
     paths += [p for p in untracked if p.endswith(".gitignore")]
     return sorted({p for p in paths if (ws / p).exists()})
 
 
-def save_experiment(ws: Path, checkout: Path, experiment: str, run: Run) -> None:
-    """``dvc exp save`` in the workspace, its ref pushed into the checkout (and the remotes)."""
+def save_experiment(ws: Path, checkout: Path, experiment: str, run: Run, folder: str = ".") -> None:
+    """``dvc exp save`` of the pipeline in ``folder``, its ref pushed into the checkout (and the
+    remotes)."""
     env = tool_env()
-    include = [arg for path in uncached_outputs(ws) for arg in ("-I", path)]
+    include = [arg for path in uncached_outputs(ws, folder) for arg in ("-I", path)]
     # The target limits the save to this pipeline: without it DVC wants the outputs of every
-    # dvc.yaml in the repo, and pipelines/expression's are not in a NIR workspace.
-    run(["dvc", "exp", "save", "--name", experiment, *include, "dvc.yaml"], ws, env)
+    # dvc.yaml in the repo, and the other pipeline's are not in this workspace.
+    target = os.path.normpath(os.path.join(folder, "dvc.yaml"))
+    run(["dvc", "exp", "save", "--name", experiment, *include, target], ws, env)
     # The ref into the worker's checkout (what `dvc exp push --no-cache origin` does, in 1/10 the time).
     refs = [r for r in git(["for-each-ref", "--format=%(refname)", "refs/exps"], ws).splitlines()
             if r.endswith(f"/{experiment}")]
@@ -158,7 +169,7 @@ def save_experiment(ws: Path, checkout: Path, experiment: str, run: Run) -> None
         raise CommandError(f"dvc exp save left {len(refs)} refs named {experiment!r}: {refs}")
     run(["git", "push", "--quiet", "origin", f"{refs[0]}:{refs[0]}"], ws, env)
     if dvc_remote_configured(ws):
-        run(["dvc", "push", "--run-cache", "dvc.yaml"], ws, env)
+        run(["dvc", "push", "--run-cache", "dvc.yaml"], ws / folder, env)
     git_remote = os.environ.get("NIRGAN_EXP_GIT_REMOTE")
     if git_remote:
         run(["dvc", "exp", "push", "--no-cache", git_remote, experiment], checkout, env)

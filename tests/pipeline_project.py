@@ -1,7 +1,7 @@
 """A throwaway copy of this project in its own git repo, for end-to-end DVC tests.
 
 Shared by the DVC and orchestration tests: it copies the files git would ship (tracked
-plus untracked-but-not-ignored), writes micro params, and commits, so `dvc repro` and
+plus untracked-but-not-ignored), writes micro params (both pipelines), and commits, so `dvc repro` and
 `dvc exp run` behave as on a fresh clone. Nothing of the real checkout is touched.
 """
 
@@ -41,6 +41,17 @@ MICRO_PARAMS: dict = {
         "feature_epochs": 1,
     },
     "generate": {"count": 20, "shard_size": 10},
+}
+
+# The same for the expression pipeline (pipelines/expression/params.yaml): 4 subjects x 7
+# expressions x 2 frames, a few StarGAN steps, one-epoch metrics.
+EXPRESSION_MICRO_PARAMS: dict = {
+    "collect": {"expression_twin": {"subjects": 4, "frames_per_expression": 2}},
+    "detect": {"batch_size": 16},
+    "split": {"test_fraction": 0.25},
+    "expression_train": {"width": 0.25, "res_blocks": 1, "batch_size": 8, "steps": 4, "log_every": 2,
+                         "checkpoint_every": 2, "sample_inputs": 2},
+    "evaluate": {"feature_epochs": 1, "judge_seeds": 1, "judge_epochs": 1},
 }
 
 
@@ -83,6 +94,9 @@ def make_project(dest: Path, params: dict | None = None) -> Path:
     deep_update(p, MICRO_PARAMS)
     deep_update(p, params or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    expression = dest / "pipelines" / "expression" / "params.yaml"
+    (expression).write_text(yaml.safe_dump(deep_update(yaml.safe_load(expression.read_text()),
+                                                       EXPRESSION_MICRO_PARAMS), sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], cwd=dest)
     run(["git", "config", "user.email", "test@nirgan.local"], cwd=dest)
     run(["git", "config", "user.name", "nirgan test"], cwd=dest)

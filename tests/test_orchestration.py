@@ -1,4 +1,4 @@
-"""`prefect deployment run train-nir/gpu` against real servers, end to end.
+"""`prefect deployment run train-nir/gpu` (and `train-expression/gpu`) against real servers, end to end.
 
 One stack for the module (flows/stack.py, as `make stack` starts it): a Prefect server, an
 MLflow server and two process workers on a work pool limited to ONE slot, all on free loopback
@@ -48,9 +48,10 @@ class Orchestra:
         self.env = stack.env()
         self.api = httpx.Client(base_url=stack.prefect_api, timeout=30, auth=httpx.BasicAuth(*stack.api_auth))
 
-    def submit(self, overrides: dict, experiment: str, env: dict | None = None) -> subprocess.Popen:
+    def submit(self, overrides: dict, experiment: str, env: dict | None = None,
+               deployment: str = DEPLOYMENT) -> subprocess.Popen:
         cmd = [
-            str(stack_mod.BIN / "prefect"), "deployment", "run", DEPLOYMENT,
+            str(stack_mod.BIN / "prefect"), "deployment", "run", deployment,
             "--param", f"overrides={json.dumps(overrides)}",
             "--param", f"experiment={json.dumps(experiment)}",
         ]
@@ -262,4 +263,46 @@ def test_killed_train_is_retried_resumes_and_run_completes(orchestra, batch):
 
     client = MlflowClient(orchestra.stack.mlflow_uri)
     exp = client.get_experiment_by_name("nirgan")
-    found = _training_runs(client, exp.experiment_id, rid)
+    _training_runs(client, exp.experiment_id, rid)
+
+
+def test_train_expression_runs_the_second_pipeline_on_the_same_pool(orchestra, batch):
+    # Issue 13: `prefect deployment run train-expression/gpu`: the expression pipeline's stages as
+    # task runs, its DVC experiment in the checkout, its MLflow run in nirgan-expression and the
+    # generator registered after evaluation. Submitted after the batch: the pool has one slot.
+    experiment = "expr-micro"
+    proc = orchestra.submit({"expression_train.seed": 5}, experiment, deployment="train-expression/gpu")
+    rid = orchestra.flow_run_id(proc)
+    fr = orchestra.wait([rid])[rid]
+    assert fr["state"]["type"] == "COMPLETED", f"{fr['state']}\n{orchestra.worker_logs()}"
+    print(f"\ntrain-expression micro run: {json.dumps({k: round(v, 1) for k, v in timing(fr).items()})}")
+    stages = ["collect", "detect", "clean", "augment", "split", "train_expression", "evaluate_expression"]
+    tasks = {t["name"]: t for t in orchestra.task_runs(rid)}
+    assert [s for s in stages if s in tasks] == stages and "train" not in tasks, sorted(tasks)
+    assert all(tasks[s]["state"]["type"] == "COMPLETED" for s in stages)
+
+    ref = orchestra.exp_ref(experiment)
+    metrics = json.loads(run(["git", "show", f"{ref}:pipelines/expression/metrics/eval_expression.json"],
+                             cwd=orchestra.root).stdout)
+    assert 0.0 <= metrics["expr_target_accuracy"] <= 1.0
+    params = run(["git", "show", f"{ref}:pipelines/expression/params.yaml"], cwd=orchestra.root).stdout
+    assert re.search(r"seed: 5\b", params)
+    assert "expr-micro" in run(["dvc", "exp", "show", "--json"], cwd=orchestra.root / "pipelines" / "expression",
+                               env=project_env(orchestra.root)).stdout
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(orchestra.stack.mlflow_uri)
+    exp = client.get_experiment_by_name("nirgan-expression")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.prefect_flow_run_id = '{rid}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED", runs
+    assert runs[0].data.tags["dvc_exp_name"] == experiment
+    assert runs[0].data.metrics["eval.expr_target_accuracy"] == pytest.approx(metrics["expr_target_accuracy"])
+    versions = client.search_model_versions("name='nirgan-expression-generator'")
+    assert [v.run_id for v in versions] == [runs[0].info.run_id]
+
+    arts = orchestra.api.post(
+        "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [rid]}, "type": {"any_": ["markdown"]}}}
+    ).json()
+    assert len(arts) == 1 and arts[0]["data"].startswith(f"# train-expression: `{experiment}`")
+    assert "expr_target_accuracy" in arts[0]["data"]

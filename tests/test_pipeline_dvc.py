@@ -46,3 +46,28 @@ def test_dvc_repro_noop_and_experiment(tmp_path):
     assert "seed-one" in shown
     diff = run(["dvc", "metrics", "show", "--json"], cwd=root, env=env).stdout
     assert "eval.json" in diff
+
+
+EXPRESSION_STAGES = ["collect", "detect", "clean", "augment", "split", "train_expression", "evaluate_expression"]
+
+
+@pytest.mark.e2e
+def test_expression_pipeline_repro_and_experiment(tmp_path):
+    # Issue 13: `dvc repro` and `dvc exp run` of the second pipeline, in its own folder.
+    root = make_project(tmp_path / "project")
+    here, env = root / "pipelines" / "expression", project_env(root)
+
+    first = run(["dvc", "repro"], cwd=here, env=env)
+    assert re.findall(r"Running stage '([a-z_]+)'", first.stdout) == EXPRESSION_STAGES, first.stdout
+    metrics = json.loads((here / "metrics/eval_expression.json").read_text())
+    assert 0.0 <= metrics["expr_target_accuracy"] <= 1.0 and len(metrics["expr_labels"].split(",")) == 7
+    raw = pd.read_parquet(here / "data/raw/manifest.parquet")
+    assert len(raw) == 4 * 7 * 2 and not (root / "data" / "raw").exists(), "wrote into the NIR pipeline's data"
+    status = run(["dvc", "status", "dvc.yaml"], cwd=here, env=env).stdout
+    assert "up to date" in status, status
+
+    exp = run(["dvc", "exp", "run", "-n", "expr-lr-d", "-S", "expression_train.lr_d=5e-4"], cwd=here, env=env)
+    assert re.findall(r"Running stage '([a-z_]+)'", exp.stdout) == ["train_expression", "evaluate_expression"], \
+        exp.stdout
+    shown = run(["dvc", "exp", "show", "--json"], cwd=here, env=env).stdout
+    assert "expr-lr-d" in shown and "eval_expression.json" in shown

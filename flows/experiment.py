@@ -1,0 +1,216 @@
+"""One DVC pipeline as one DVC experiment, one Prefect task run per stage: the body of the
+``train-nir`` and ``train-expression`` flows (flows/train_nir.py, flows/train_expression.py).
+
+How a run maps onto DVC (and why not ``dvc exp run``): ``dvc exp run`` reproduces the whole
+pipeline inside one process, so Prefect could only see one opaque step. Instead each run gets
+its own working copy and drives DVC stage by stage:
+
+1. ``prepare-workspace``: ``git clone --shared`` of the worker's checkout into
+   ``<checkout>/.dvc/tmp/nirgan-runs/<flow-run-id>`` (``NIRGAN_RUNS_DIR`` moves it), detached at
+   the requested revision (default: the checkout's HEAD), with the checkout's DVC cache as its
+   cache, so earlier runs' outputs and run-cache are reused and several runs never share a
+   workspace. The overrides are written into the pipeline's ``params.yaml`` in that copy (what
+   ``dvc exp run -S`` does) and validated with ``nirgan check-params`` before any stage runs.
+2. one task run per stage in the pipeline's dvc.yaml order: ``dvc repro --single-item <stage>``
+   in the pipeline's folder. A stage whose inputs did not change is restored from the run-cache
+   instead of recomputed. A failed stage is retried ``orchestrate.retries`` times (params.yaml);
+   ``orchestrate.stage_timeout_minutes`` kills a stage that hangs.
+3. ``save-experiment``: ``dvc exp save --name <experiment> <pipeline>/dvc.yaml`` (the baseline is
+   the revision); its ref is pushed into the worker's checkout, so ``dvc exp show`` there lists
+   it. The workspace is deleted on success (its outputs are in the shared cache) and kept on
+   failure. With ``NIRGAN_EXP_GIT_REMOTE`` set, the checkout also pushes it to that git remote;
+   with a DVC remote configured, the workspace pulls before and pushes after (data, run-cache).
+4. a markdown artifact with the pipeline's metrics file and the MLflow run's link.
+
+The stage subprocesses run the workspace's own code (``PYTHONPATH=<workspace>/src``) with the
+worker's virtual environment, and get the MLflow tags' inputs as environment variables
+(``DVC_EXP_NAME``, ``DVC_EXP_BASELINE_REV``, ``PREFECT__FLOW_RUN_ID``, ``NIRGAN_FLOW_RUN_NAME``,
+``NIRGAN_WORK_POOL``); see ``nirgan.tracking``.
+
+The modules: ``workspace`` (git and DVC), ``processes`` (streamed subprocesses, process-group
+stops, shared with ``stack``), ``report`` (the markdown artifact). Fault drills (a stage killed
+mid-run, as the orchestration test does) come from outside: ``python -m flows.drill``; nothing
+in the flow's own path injects failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as runtime_flow_run
+
+_REPO = str(Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:  # run as a script (python flows/train_nir.py): make `flows` importable
+    sys.path.insert(0, _REPO)
+from flows import workspace  # noqa: E402
+from flows.processes import stream  # noqa: E402
+from flows.report import eval_markdown  # noqa: E402
+from nirgan import tracking  # noqa: E402
+from nirgan.config import OrchestrateConfig  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A dvc.yaml of this repo as a flow runs it: its folder, the metrics file its artifact shows
+    and the artifact's key (Prefect keys are lowercase letters, digits and dashes)."""
+
+    flow: str          # the flow's name: train-nir, train-expression
+    folder: str        # relative to the repo root: "." or "pipelines/expression"
+    metrics: str       # relative to the folder
+    artifact_key: str
+
+
+class RunFailed(RuntimeError):
+    """The flow's failure in one line: the step and its cause. Prefect puts it into the final
+    state's message, which ``prefect deployment run --watch`` and the UI show."""
+
+
+def _fail(step: str, exc: BaseException, run_info: Path | None) -> RunFailed:
+    """One line for the final state; the pipeline's MLflow run, if left RUNNING by the failed
+    stage (killed, or the server was down when it failed), is ended as FAILED."""
+    cause = getattr(exc, "cause", None) or " ".join(str(exc).split()) or type(exc).__name__
+    info = tracking.read_run_info(run_info) if run_info is not None else None
+    if info:
+        tracking.end_stale_run(info.get("run_id"), "FAILED", info.get("tracking_uri"), reason=f"{step}: {cause}")
+    return RunFailed(f"{step} failed: {cause}"[:1000])
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float | None = None) -> str:
+    """A command with each output line copied to the task's log."""
+    return stream(cmd, cwd, env, get_run_logger().info, timeout_s)
+
+
+@task(name="prepare-workspace", cache_policy=NO_CACHE)
+def prepare_workspace(checkout: Path, run_id: str, revision: str | None, overrides: dict[str, Any],
+                      experiment: str, folder: str) -> dict[str, Any]:
+    logger = get_run_logger()
+    sha = workspace.resolve_revision(checkout, revision, logger.info)
+    workspace.check_experiment_name(checkout, experiment)
+    prep = workspace.create(checkout, run_id, sha, overrides, _run, logger.info, folder)
+    logger.info("workspace %s at %s (%s), pipeline %s, stages: %s", prep["workspace"], revision or "HEAD",
+                sha[:10], folder, ", ".join(prep["stages"]))
+    return {**prep, "baseline": sha}
+
+
+@task(cache_policy=NO_CACHE)
+def run_stage(stage: str, pipeline_dir: str, stage_env: dict[str, str], timeout_s: float | None) -> dict[str, Any]:
+    """``dvc repro --single-item <stage>`` in the run's copy of the pipeline's folder."""
+    start = time.monotonic()
+    output = _run(["dvc", "repro", "--single-item", stage], Path(pipeline_dir), workspace.tool_env(stage_env),
+                  timeout_s)
+    if f"Running stage '{stage}'" in output:
+        how = "ran"
+    elif "is cached" in output:
+        how = "restored from run-cache"
+    else:
+        how = "unchanged"
+    return {"stage": stage, "how": how, "seconds": round(time.monotonic() - start, 2)}
+
+
+@task(name="save-experiment", cache_policy=NO_CACHE)
+def save_experiment(workspace_dir: str, checkout: Path, experiment: str, folder: str) -> None:
+    workspace.save_experiment(Path(workspace_dir), checkout, experiment, _run, folder)
+
+
+def _work_pool_name(flow_run_id: str | None) -> str:
+    if not flow_run_id:
+        return ""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            return client.read_flow_run(flow_run_id).work_pool_name or ""
+    except Exception:  # noqa: BLE001 -- a tag is not worth failing the run for
+        return ""
+
+
+def run_pipeline(pipeline: Pipeline, overrides: dict[str, Any] | None, experiment: str | None,
+                 revision: str | None) -> dict[str, Any]:
+    """Reproduce ``pipeline`` with ``overrides`` (dotted params keys, as ``dvc exp run -S``) as the
+    DVC experiment ``experiment`` (default: the flow run's name) on git ``revision`` (default: the
+    worker checkout's HEAD). Called inside a flow."""
+    logger = get_run_logger()
+    overrides = dict(overrides or {})
+    run_id = str(runtime_flow_run.id or f"local-{os.getpid()}")
+    run_name = runtime_flow_run.name or run_id
+    experiment = experiment or re.sub(r"[^A-Za-z0-9_-]+", "-", run_name)
+    checkout = Path(workspace.git(["rev-parse", "--show-toplevel"], Path.cwd()))
+
+    try:
+        prep = prepare_workspace(checkout, run_id, revision, overrides, experiment, pipeline.folder)
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line
+        raise _fail("prepare-workspace", exc, None) from exc
+    ws = Path(prep["workspace"])
+    here = ws / pipeline.folder
+    run_info = here / "models" / "mlflow_run.json"
+    orchestrate = OrchestrateConfig.model_validate(prep["orchestrate"])
+    stage_env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ws / "src"), os.environ.get("PYTHONPATH")])),
+        "DVC_EXP_NAME": experiment,
+        "DVC_EXP_BASELINE_REV": prep["baseline"],
+        "PREFECT__FLOW_RUN_ID": run_id,
+        "NIRGAN_FLOW_RUN_NAME": run_name,
+        "NIRGAN_WORK_POOL": _work_pool_name(runtime_flow_run.id),
+        # Without a server every run of this checkout shares its SQLite store, not the workspace's.
+        "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{checkout / 'mlflow.db'}",
+    }
+    timeout_s = orchestrate.stage_timeout_minutes * 60 if orchestrate.stage_timeout_minutes else None
+    done: list[dict[str, Any]] = []
+    step = "save-experiment"
+    try:
+        for stage in prep["stages"]:
+            step = f"stage {stage}"
+            stage_task = run_stage.with_options(
+                name=stage,
+                task_run_name=stage,
+                retries=orchestrate.retries,
+                retry_delay_seconds=orchestrate.retry_delay_seconds,
+            )
+            done.append(stage_task(stage, str(here), stage_env, timeout_s))
+        step = "save-experiment"
+        save_experiment(str(ws), checkout, experiment, pipeline.folder)
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line
+        raise _fail(step, exc, run_info) from exc
+
+    metrics_path = here / pipeline.metrics
+    markdown = eval_markdown(pipeline.flow, experiment, prep["baseline"], overrides, metrics_path, run_info, done)
+    create_markdown_artifact(markdown=markdown, key=pipeline.artifact_key, description=f"{pipeline.flow} {experiment}")
+    result = {
+        "experiment": experiment,
+        "baseline": prep["baseline"],
+        "pipeline": pipeline.folder,
+        "metrics": json.loads(metrics_path.read_text()) if metrics_path.exists() else {},
+        "mlflow": json.loads(run_info.read_text()) if run_info.exists() else {},
+        "stages": done,
+    }
+    if os.environ.get("NIRGAN_KEEP_WORKSPACE") != "1":
+        shutil.rmtree(ws, ignore_errors=True)
+    logger.info("experiment %s saved; `dvc exp show` in %s lists it", experiment, checkout / pipeline.folder)
+    return result
+
+
+def main(flow_fn: Callable[..., dict[str, Any]], flow_name: str) -> None:
+    """``python flows/<flow>.py -S key=value -n name``: the flow in this process, without a
+    server or worker (ephemeral Prefect)."""
+    parser = argparse.ArgumentParser(description=f"run {flow_name} in this process (ephemeral Prefect)")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="YAML-typed")
+    parser.add_argument("-n", "--name", dest="experiment")
+    parser.add_argument("--rev", dest="revision")
+    args = parser.parse_args()
+    sets = dict(item.split("=", 1) for item in args.set)
+    flow_fn(overrides={k: yaml.safe_load(v) for k, v in sets.items()}, experiment=args.experiment,
+            revision=args.revision)
