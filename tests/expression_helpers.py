@@ -1,12 +1,17 @@
 """Synthetic expression faces for the model tests: a subject is a face brightness and width, a label
 is a bright mark at a label-specific place on the face. Subject-disjoint train/test split, in the
-shape of ``nirgan.expression_data.ExpressionSplit``."""
+shape of ``nirgan.expression_data.ExpressionSplit``, and written as the files of the augment and
+split stages."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
+
+from nirgan.io import write_table
 
 
 def synthetic_faces(subjects: int, n_labels: int, per: int, size: int, seed: int = 0):
@@ -34,3 +39,22 @@ def synthetic_split(names: list[str], size: int = 64, train_subjects: int = 6, t
     return SimpleNamespace(train_images=images[~test], train_labels=labels[~test], train_subjects=subjects[~test],
                            test_images=images[test], test_labels=labels[test], test_subjects=subjects[test],
                            names=list(names))
+
+
+def write_split_files(split, root):
+    """The files of the augment and split stages (data/prepared, data/split) for ``split``."""
+    prepared, split_dir = root / "prepared", root / "split"
+    prepared.mkdir(parents=True)
+    split_dir.mkdir()
+    images = np.concatenate([split.train_images, split.test_images])
+    np.save(prepared / "images.npy", images)
+    (prepared / "labels.json").write_text(json.dumps({"names": split.names}))
+    start = 0
+    for part, labels, subjects in (("train", split.train_labels, split.train_subjects),
+                                   ("test", split.test_labels, split.test_subjects)):
+        index = np.arange(start, start + len(labels))
+        start += len(labels)
+        write_table(pd.DataFrame({"sample_id": [f"f{i}" for i in index], "subject": subjects,
+                                  "label": np.asarray(split.names)[labels], "label_index": labels, "index": index}),
+                    split_dir / f"{part}.parquet")
+    return prepared, split_dir

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
-from expression_helpers import synthetic_split
+from expression_helpers import synthetic_split, write_split_files
 
 from nirgan.config import Config
 from nirgan.expression_data import load_expression_split
-from nirgan.io import write_table
 from nirgan.models.expression.translator import ExpressionTranslator
 from nirgan.stages import evaluate_expression
 from nirgan.training.expression_trainer import train_expression
@@ -46,25 +43,6 @@ def config(**train) -> Config:
         "expression_train": {"image_size": 32, "width": 0.25, "latent_dim": 16, "batch_size": 16, "steps": 20,
                              "log_every": 10, "checkpoint_every": 20, "device": "cpu", "sample_inputs": 2, **train},
     })
-
-
-def write_split_files(split, root):
-    """The files of the augment and split stages (data/prepared, data/split) for ``split``."""
-    prepared, split_dir = root / "prepared", root / "split"
-    prepared.mkdir(parents=True)
-    split_dir.mkdir()
-    images = np.concatenate([split.train_images, split.test_images])
-    np.save(prepared / "images.npy", images)
-    (prepared / "labels.json").write_text(json.dumps({"names": split.names}))
-    start = 0
-    for part, labels, subjects in (("train", split.train_labels, split.train_subjects),
-                                   ("test", split.test_labels, split.test_subjects)):
-        index = np.arange(start, start + len(labels))
-        start += len(labels)
-        write_table(pd.DataFrame({"sample_id": [f"f{i}" for i in index], "subject": subjects,
-                                  "label": np.asarray(split.names)[labels], "label_index": labels, "index": index}),
-                    split_dir / f"{part}.parquet")
-    return prepared, split_dir
 
 
 @pytest.fixture(scope="module")

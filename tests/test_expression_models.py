@@ -224,6 +224,40 @@ def test_kill9_then_resume_equals_uninterrupted(store, tmp_path):
     assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:5]}"
 
 
+def test_an_attempt_killed_before_its_first_checkpoint_does_not_leave_its_run_running(store, tmp_path):
+    """The process dies (kill -9) after its MLflow run started but before any checkpoint: nothing
+    is resumed, so the next attempt starts a new run and ends the dead one as KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = expr_config(model="stargan", adversarial="least_squares", steps=6, checkpoint_every=1000)
+    work = tmp_path / "models"
+    script = _SLOW_RUN.format(tests=str(Path(__file__).parent), cfg=cfg.model_dump_json(), names=NAMES5,
+                              out=str(work), metrics=str(tmp_path / "train.json"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    ckpt = Checkpoint(work / "checkpoints")
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and ckpt.recorded_run() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, f"training process ended early: {proc.stderr.read()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    dead = ckpt.recorded_run()
+    assert dead is not None and ckpt.latest() is None
+    client = MlflowClient(store)
+    assert client.get_run(dead).info.status == "RUNNING"
+
+    result = train_expression(cfg, synthetic_split(NAMES5, size=32, per=2), work, tmp_path / "train.json")
+    assert result["steps_this_session"] == 6 and ckpt.recorded_run() not in (None, dead)
+    assert client.get_run(dead).info.status == "KILLED"
+    assert client.get_run(ckpt.recorded_run()).info.status == "FINISHED"
+
+
 def test_cgan_encoder_resumes_across_its_phases_and_a_changed_config_starts_afresh(store, tmp_path):
     """The KTH run switches from the cGAN to E (G frozen) at step 6 of 8; a stop at 4 and a resume
     must land on the same weights; another lambda is a different run."""
@@ -265,7 +299,7 @@ def test_short_stargan_run_translates_to_the_target_label(store, tmp_path):
 
     cfg = expr_config(model="stargan", adversarial="least_squares", width=0.5, res_blocks=2, steps=250,
                       log_every=50, checkpoint_every=250, lr_decay_fraction=0.0, batch_size=16, log_model=True)
-    result = train_expression(cfg, split, tmp_path / "models", tmp_path / "metrics" / "train_expression.json")
+    train_expression(cfg, split, tmp_path / "models", tmp_path / "metrics" / "train_expression.json")
     n = len(split.test_labels)
     targets = (split.test_labels + 1 + np.arange(n) % 4) % 5  # every other label, never the input's
     trained = load_expression_translator(tmp_path / "models" / MODEL_FILE)

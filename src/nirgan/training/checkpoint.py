@@ -4,6 +4,9 @@ Layout under ``<out_dir>/checkpoints/``::
 
     step_00000500.pt   torch.save of a dict of tensors, numbers, strings, lists and dicts only
     latest             text: the file name of the newest complete checkpoint
+    mlflow_run.json    {"run_id"} of the MLflow run training into this directory, written when
+                       the run starts: an attempt killed before its first checkpoint leaves
+                       its run RUNNING, and the next attempt ends it (see :meth:`recorded_run`)
 
 A checkpoint is written to a hidden temporary file, fsynced and renamed; only then is
 ``latest`` replaced (also atomically). A process killed at any point therefore leaves either
@@ -14,6 +17,7 @@ lists, never as numpy objects or pickled classes.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import uuid
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 
 POINTER = "latest"
+RUN_FILE = "mlflow_run.json"
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
@@ -100,6 +105,19 @@ class Checkpoint:
         if path is None:
             return None
         return torch.load(path, map_location=map_location, weights_only=True)
+
+    def recorded_run(self) -> str | None:
+        """The MLflow run that last trained into this directory, whether or not it checkpointed."""
+        try:
+            return str(json.loads((self.directory / RUN_FILE).read_text())["run_id"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def record_run(self, run_id: str) -> None:
+        from nirgan.io import write_json
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_json(self.directory / RUN_FILE, {"run_id": run_id})
 
     def clear(self) -> None:
         for p in self.directory.glob("*"):

@@ -191,6 +191,7 @@ def train_expression(cfg: Config, split: Split, out_dir: Path, metrics_path: Pat
     ckpt = Checkpoint(out_dir / "checkpoints")
     session = ExpressionSession(ec, data, device, info)
     fp = fingerprint(ec, data)
+    previous_run = ckpt.recorded_run() if info.is_main else None
     state = resumable_state(ckpt, fp, out_dir, info)
     history: list[dict[str, float]] = []
     run_id, elapsed_before = None, 0.0
@@ -198,6 +199,11 @@ def train_expression(cfg: Config, split: Split, out_dir: Path, metrics_path: Pat
         session.load_state_dict(state)
         history, run_id, elapsed_before = list(state["history"]), state.get("mlflow_run_id"), float(state["elapsed_s"])
         log.info("resuming from %s at step %d", ckpt.latest(), session.step)
+    if previous_run and previous_run != run_id:
+        # An attempt killed before its first checkpoint, or one whose checkpoints no longer apply:
+        # its process is gone, so its run must not stay RUNNING.
+        tracking.end_stale_run(previous_run, "KILLED", reason="its training process died; a new attempt started "
+                               "without resuming it")
 
     name = f"{ec.model}-{ec.image_size}"
     run_ctx = (tracking.start_run({"expression_train": ec.model_dump(mode="json"), "resolved": session.r},
@@ -207,6 +213,7 @@ def train_expression(cfg: Config, split: Split, out_dir: Path, metrics_path: Pat
         if info.is_main:
             tracking.write_run_info(out_dir / "mlflow_run.json", run)
             run_id = run.info.run_id
+            ckpt.record_run(run_id)
         result = _loop(session, ckpt, out_dir, info, history, fp, run_id, elapsed_before)
         if info.is_main:
             result.update(_export(session, cfg, out_dir, metrics_path, history, result, run_id))

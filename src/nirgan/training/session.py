@@ -142,7 +142,7 @@ class TrainSession:
 
     def _next_batch(self) -> Batch:
         """This rank's slice of the global batch, augmented on the device (no host sync)."""
-        tc, data = self.tc, self.data
+        data = self.data
         if self.step % self.steps_per_epoch == 0 and self.step > 0 and self._perm_epoch != self.epoch:
             self._new_epoch_order()
         start = (self.step % self.steps_per_epoch) * self.global_batch + self.info.rank * self.local_batch

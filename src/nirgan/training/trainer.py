@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from nirgan import devices, tracking
 from nirgan.config import Config, TrainConfig
-from nirgan.io import write_image, write_json
+from nirgan.io import write_image
 from nirgan.training.checkpoint import Checkpoint
 from nirgan.training.data import load_data
 from nirgan.training.distributed import DistInfo, barrier, init_distributed
@@ -198,7 +198,7 @@ def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metri
                          f"{cfg.augment.image_size}; rerun the augment stage")
     ckpt = Checkpoint(out_dir / "checkpoints")
     record = RunRecord(fingerprint(cfg, data))
-    previous_run = _previous_run_id(ckpt) if info.is_main else None
+    previous_run = ckpt.recorded_run() if info.is_main else None
     state = resumable_state(ckpt, record.fingerprint, out_dir, info)
 
     session = TrainSession(cfg, data, device, info, aux_dir=out_dir)
@@ -221,7 +221,7 @@ def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metri
     with run_ctx as run:
         if info.is_main:
             tracking.write_run_info(out_dir / "mlflow_run.json", run)
-            write_json(ckpt.directory / RUN_ID_FILE, {"run_id": run.info.run_id})
+            ckpt.record_run(run.info.run_id)
             record.run_id = run.info.run_id
         result = _loop(session, ckpt, record, end_step, out_dir, info)
         if info.is_main:
@@ -232,16 +232,7 @@ def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metri
 # The checkpoints directory is DVC-persistent (kept when the stage reruns); models/samples is not
 # (DVC deletes it before a rerun). So each grid is written there first and models/samples is
 # re-materialised from it on every start: a resumed run keeps the earlier epochs' grids.
-RUN_ID_FILE = "mlflow_run.json"
 GRID_PREFIX = "sample_"
-
-
-def _previous_run_id(ckpt: Checkpoint) -> str | None:
-    path = ckpt.directory / RUN_ID_FILE
-    try:
-        return tracking.read_run_info(path)["run_id"] if path.exists() else None  # type: ignore[index]
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _restore_grids(ckpt: Checkpoint, out_dir: Path, upto_step: int) -> None:
