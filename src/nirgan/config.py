@@ -329,6 +329,9 @@ class ExpressionTrainConfig(Section):
                                   "still spans ``steps``)")
     max_minutes: float | None = Field(None, gt=0.0, description="wall budget: stop (and checkpoint) after it")
     hflip_p: float = Field(0.5, ge=0.0, le=1.0, description="random horizontal flip of training faces")
+    d_augment: list[Literal["brightness", "contrast", "translation", "cutout"]] = Field(
+        default_factory=list, description="differentiable augmentation of D's real and generated inputs "
+        "(Zhao et al. 2020; nirgan.training.diff_augment); [] = none, as the papers")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="0 disables the EMA generator")
     log_model: bool = Field(True, description="log the translator to MLflow at the end")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -446,7 +449,8 @@ class GenerateConfig(Section):
 
 # ------------------------------------------------------------------------- orchestrate
 class OrchestrateConfig(Section):
-    """How the ``train-nir`` Prefect flow (flows/train_nir.py) runs the stages; no stage reads it."""
+    """How the ``train-nir`` and ``train-expression`` Prefect flows (flows/experiment.py) and
+    ``generate-nir`` run their task runs; no stage reads it."""
 
     retries: int = Field(2, ge=0, description="retries of a failed stage task run (train resumes from its checkpoint)")
     retry_delay_seconds: float = Field(10.0, ge=0.0)

@@ -29,6 +29,7 @@ from nirgan.config import ExpressionTrainConfig
 from nirgan.models.expression.build import build_expression_networks
 from nirgan.models.expression.translator import ExpressionTranslator, to_model_input
 from nirgan.training.checkpoint import rng_state, set_rng_state
+from nirgan.training.diff_augment import draw_augment
 from nirgan.training.distributed import DistInfo, convert_batchnorm
 from nirgan.training.expression_step import (
     ExpressionBatch,
@@ -172,7 +173,11 @@ class ExpressionSession:
             z = self._global_slice(torch.rand(n, self.cfg.latent_dim, generator=g, device=self.device) * 2 - 1)
         elif self.r["adversarial"] == "wgan_gp":
             alpha = self._global_slice(torch.rand(n, 1, 1, 1, generator=g, device=self.device))
-        return ExpressionBatch(images, self.data.labels[idx], targets, z, alpha)
+        augment = draw_augment(self.cfg.d_augment, n, self.data.image_size, g, self.device)
+        if augment is not None:
+            lo = self.info.rank * self.local_batch
+            augment = augment.rows(lo, lo + self.local_batch)
+        return ExpressionBatch(images, self.data.labels[idx], targets, z, alpha, augment)
 
     def _update(self, names: tuple[str, ...], loss: torch.Tensor) -> None:
         opts = [self.optimizers[k] for k in names]
