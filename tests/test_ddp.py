@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,17 +35,13 @@ def store(tmp_path, monkeypatch):
     return uri
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, store):
-    prepared, split = make_dataset(tmp_path / "data")
-    # Default ED-LS-LR-2 plus style diversity through the discriminator distance, so that the
-    # generator (batch norm), D, E and the extra G passes all take part.
-    cfg = small_config(deterministic=True, max_steps=STEPS, ema_decay=0.5, lambda_sd=1.0,
-                       sd_image_distance="discriminator")
-
+def run_one_and_two(tmp_path, store, cfg, stage: str, run_in_process, prepared, split) -> tuple[dict, dict, Path]:
+    """The stage's training in this process (one thread), then under ``torchrun`` with two gloo
+    processes on the same files; returns both final checkpoints and the two-process folder."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_stage.run(cfg, prepared, split, tmp_path / "one" / "models", tmp_path / "one" / "train.json")
+        run_in_process(cfg, prepared, split, tmp_path / "one" / "models", tmp_path / "one" / "metrics.json")
     finally:
         torch.set_num_threads(before)
     one = Checkpoint(tmp_path / "one" / "models" / "checkpoints").load()
@@ -57,28 +54,26 @@ def test_two_gloo_processes_match_one_process(tmp_path, store):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "nirgan.cli", "stage", "train"],
+         "-m", "nirgan.cli", "stage", stage],
         cwd=work, env=env, capture_output=True, text=True, timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "world_size=2" in proc.stderr
     two = Checkpoint(work / "models" / "checkpoints").load()
     assert two["step"] == one["step"] == STEPS
-    assert (work / "models" / "generator.pt").exists() and (work / "metrics" / "train.json").exists()
+    return one, two, work
 
-    # Compare how far each network moved from its initial weights: the two runs' difference
-    # must be a small fraction of that. Element-wise equality is not the right test: Adam's
-    # first steps divide a gradient by its own magnitude, so where the true gradient is zero
-    # (e.g. a conv bias right before a batch/instance norm) float noise becomes a full +-lr
-    # step in either run. Measured here: about 3% (G), 0.1% (D), 0.02% (E); with batch norm
-    # left unsynchronised the same ratios are 50-130%.
-    from nirgan.models import build_networks
 
-    torch.manual_seed(cfg.train.seed)
-    init = build_networks(cfg.train)
-    assert set(one["nets"]) == set(two["nets"]) == {"generator", "discriminator", "encoder"}
+def assert_same_training(one: dict, two: dict, init: dict) -> None:
+    """Compare how far each network moved from its initial weights (``init``: name -> module):
+    the two runs' difference must be a small fraction of that. Element-wise equality is not the
+    right test: Adam's first steps divide a gradient by its own magnitude, so where the true
+    gradient is zero (e.g. a conv bias right before a batch/instance norm) float noise becomes a
+    full +-lr step in either run. Measured on the NIR default: about 3% (G), 0.1% (D), 0.02% (E);
+    with batch norm left unsynchronised the same ratios are 50-130%."""
+    assert set(one["nets"]) == set(two["nets"]) == set(init)
     for name, state in one["nets"].items():
-        start_state = getattr(init, name).state_dict()
+        start_state = init[name].state_dict()
         keys = [k for k, v in state.items() if v.is_floating_point() and "running_" not in k]
         a, b, c = (torch.cat([s[k].flatten().double() for k in keys]) for s in (state, two["nets"][name], start_state))
         ratio = ((a - b).norm() / (a - c).norm()).item()
@@ -86,6 +81,22 @@ def test_two_gloo_processes_match_one_process(tmp_path, store):
         for k, v in state.items():
             if not v.is_floating_point():
                 assert torch.equal(v, two["nets"][name][k]), f"{name}.{k}"
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, store):
+    prepared, split = make_dataset(tmp_path / "data")
+    # Default ED-LS-LR-2 plus style diversity through the discriminator distance, so that the
+    # generator (batch norm), D, E and the extra G passes all take part.
+    cfg = small_config(deterministic=True, max_steps=STEPS, ema_decay=0.5, lambda_sd=1.0,
+                       sd_image_distance="discriminator")
+    one, two, work = run_one_and_two(tmp_path, store, cfg, "train", train_stage.run, prepared, split)
+    assert (work / "models" / "generator.pt").exists() and (work / "metrics" / "train.json").exists()
+
+    from nirgan.models import build_networks
+
+    torch.manual_seed(cfg.train.seed)
+    init = build_networks(cfg.train)
+    assert_same_training(one, two, {k: getattr(init, k) for k in ("generator", "discriminator", "encoder")})
 
 
 def test_expression_stargan_two_gloo_processes_match_one_process(tmp_path, store):
@@ -108,37 +119,8 @@ def test_expression_stargan_two_gloo_processes_match_one_process(tmp_path, store
     })
     prepared, split = write_split_files(synthetic_split(["angry", "happy", "sad"], size=32, per=2),
                                         tmp_path / "data")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_expression_stage.run(cfg, prepared, split, tmp_path / "one" / "models", tmp_path / "one" / "m.json")
-    finally:
-        torch.set_num_threads(before)
-    one = Checkpoint(tmp_path / "one" / "models" / "checkpoints").load()
-
-    work = tmp_path / "two"
-    (work / "data").mkdir(parents=True)
-    (work / "data" / "prepared").symlink_to(prepared)
-    (work / "data" / "split").symlink_to(split)
-    write_params(work / "params.yaml", cfg)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "nirgan.cli", "stage", "train_expression"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=400,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "world_size=2" in proc.stderr
-    two = Checkpoint(work / "models" / "checkpoints").load()
-    assert two["step"] == one["step"] == STEPS
-
-    # As above: the difference between the runs is a small share of how far training moved.
+    one, two, _ = run_one_and_two(tmp_path, store, cfg, "train_expression", train_expression_stage.run,
+                                  prepared, split)
     torch.manual_seed(cfg.expression_train.seed)
     init = build_expression_networks(cfg.expression_train, 3)
-    assert set(one["nets"]) == set(two["nets"])
-    for name, state in one["nets"].items():
-        start_state = getattr(init, name).state_dict()
-        keys = [k for k, v in state.items() if v.is_floating_point() and "running_" not in k]
-        a, b, c = (torch.cat([s[k].flatten().double() for k in keys]) for s in (state, two["nets"][name], start_state))
-        ratio = ((a - b).norm() / (a - c).norm()).item()
-        assert ratio < 0.05, f"{name}: 2-process run differs by {ratio:.1%} of the distance trained"
+    assert_same_training(one, two, {"generator": init.generator, "discriminator": init.discriminator})

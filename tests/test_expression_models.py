@@ -181,6 +181,28 @@ train_expression(cfg, synthetic_split({names!r}, size=32, per=2), Path({out!r}),
 """
 
 
+def kill9_slow_run_when(cfg: Config, work: Path, metrics: Path, store: str, ready) -> Checkpoint:
+    """Train ``cfg`` in a slowed child process (``_SLOW_RUN``) into ``work`` and SIGKILL it as
+    soon as ``ready(checkpoint)`` holds; returns the checkpoint folder."""
+    script = _SLOW_RUN.format(tests=str(Path(__file__).parent), cfg=cfg.model_dump_json(), names=NAMES5,
+                              out=str(work), metrics=str(metrics))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    ckpt = Checkpoint(work / "checkpoints")
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not ready(ckpt):
+            time.sleep(0.02)
+        assert proc.poll() is None, f"training process ended early: {proc.stderr.read()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return ckpt
+
+
 def test_kill9_then_resume_equals_uninterrupted(store, tmp_path):
     """StarGAN with WGAN-GP and 2 critic steps per G step (so the G cadence, the GP draws and the EMA
     are all in the state): 'k steps, kill -9, resume' gives bit-identical weights, EMA and Adam state."""
@@ -193,25 +215,12 @@ def test_kill9_then_resume_equals_uninterrupted(store, tmp_path):
     assert reference["step"] == steps
 
     work = tmp_path / "killed"
-    script = _SLOW_RUN.format(tests=str(Path(__file__).parent), cfg=cfg.model_dump_json(), names=NAMES5,
-                              out=str(work), metrics=str(tmp_path / "killed.json"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    ckpt = Checkpoint(work / "checkpoints")
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            latest = ckpt.latest() if (ckpt.directory / "latest").exists() else None
-            if latest is not None and int(latest.stem.split("_")[1]) >= 3:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"training process ended early: {proc.stderr.read()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+
+    def third_checkpoint(ckpt: Checkpoint) -> bool:
+        latest = ckpt.latest() if (ckpt.directory / "latest").exists() else None
+        return latest is not None and int(latest.stem.split("_")[1]) >= 3
+
+    ckpt = kill9_slow_run_when(cfg, work, tmp_path / "killed.json", store, third_checkpoint)
     killed_at = ckpt.load()["step"]
     assert 3 <= killed_at < steps, killed_at
     assert not (work / MODEL_FILE).exists()
@@ -231,22 +240,7 @@ def test_an_attempt_killed_before_its_first_checkpoint_does_not_leave_its_run_ru
 
     cfg = expr_config(model="stargan", adversarial="least_squares", steps=6, checkpoint_every=1000)
     work = tmp_path / "models"
-    script = _SLOW_RUN.format(tests=str(Path(__file__).parent), cfg=cfg.model_dump_json(), names=NAMES5,
-                              out=str(work), metrics=str(tmp_path / "train.json"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    ckpt = Checkpoint(work / "checkpoints")
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None and ckpt.recorded_run() is None:
-            time.sleep(0.02)
-        assert proc.poll() is None, f"training process ended early: {proc.stderr.read()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    ckpt = kill9_slow_run_when(cfg, work, tmp_path / "train.json", store, lambda c: c.recorded_run() is not None)
     dead = ckpt.recorded_run()
     assert dead is not None and ckpt.latest() is None
     client = MlflowClient(store)
