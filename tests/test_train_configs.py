@@ -39,6 +39,12 @@ CASES = [
     ("4.8-ED-LS-LR-2-SM", dict(style_mapping=True), {G, D, E, L}, {"g_lr"}),
     ("5.2-R1-attr-labels", dict(r1_gamma=1.0, lambda_attr=0.1, condition_on_labels=True), {G, D, E},
      {"g_lr", "g_attr"}),
+    # D's view of its pairs augmented (DiffAugment), with R1 through the transforms, and with D's
+    # features as the perceptual distance (read from the pair as it is, not D's view)
+    ("DiffAugment-R1", dict(d_augment=["brightness", "contrast", "translation", "cutout"], r1_gamma=1.0),
+     {G, D, E}, {"g_lr"}),
+    ("DiffAugment-PD", dict(lambda_lr=0, perceptual="discriminator", perceptual_layers=(4, 5),
+                            d_augment=["translation", "cutout"]), {G, D}, {"g_p"}),
 ]
 
 

@@ -254,6 +254,9 @@ class TrainConfig(Section):
     init: Literal["xavier", "kaiming", "default"] = "xavier"
 
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="0 disables the EMA generator")
+    d_augment: list[Literal["brightness", "contrast", "translation", "cutout"]] = Field(
+        default_factory=list, description="differentiable augmentation of D's (source, image) pairs, real and "
+        "generated alike (Zhao et al. 2020; nirgan.training.diff_augment); [] = none, as the thesis")
     r1_gamma: float = Field(0.0, ge=0.0)
     lambda_attr: float = Field(0.0, ge=0.0, description="attribute preservation (thesis 5.2); needs the estimator")
     condition_on_labels: bool = Field(False, description="pose/gaze labels as extra conditioning (thesis 5.2)")

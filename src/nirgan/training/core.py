@@ -32,6 +32,7 @@ from nirgan.losses import (
     select_features,
     style_diversity_loss,
 )
+from nirgan.training.diff_augment import AugmentDraws, diff_augment
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,16 @@ class Batch:
     target: torch.Tensor
     labels: torch.Tensor | None = None
     attributes: torch.Tensor | None = None
+    augment: AugmentDraws | None = None  # D's view of its pairs (train.d_augment); None: as they are
+
+    def seen_by_d(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source, image) as D sees the pair: one transform of both, so a pair stays aligned,
+        and the same for a batch row's real and generated image."""
+        if self.augment is None:
+            return self.source, image
+        c = self.source.shape[1]
+        both = diff_augment(torch.cat([self.source, image.to(self.source.dtype)], 1), self.augment)
+        return both[:, :c], both[:, c:]
 
 
 def style_of(nets: StepNets, z: torch.Tensor) -> torch.Tensor:
@@ -74,9 +85,8 @@ def compute_d_loss(
     # instance norms see each image on its own, so stacking changes nothing numerically.
     n = target.shape[0]
     labels2 = None if batch.labels is None else torch.cat([batch.labels, batch.labels])
-    logits = nets.discriminator(
-        torch.cat([batch.source, batch.source]), torch.cat([target, fake.to(target.dtype)]), labels2
-    )
+    (real_src, real_img), (fake_src, fake_img) = batch.seen_by_d(target), batch.seen_by_d(fake.to(target.dtype))
+    logits = nets.discriminator(torch.cat([real_src, fake_src]), torch.cat([real_img, fake_img]), labels2)
     real_logits, fake_logits = logits[:n], logits[n:]
     adv = discriminator_adversarial_loss(real_logits, fake_logits, train_cfg.adversarial_loss)
     parts = {"d_adv": adv.detach()}
@@ -108,8 +118,12 @@ def compute_g_loss(
     fake = nets.generator(source, s1, labels)
 
     use_d_features = train_cfg.perceptual == "discriminator"
-    out = nets.discriminator(source, fake, labels, return_features=use_d_features)
-    fake_logits, fake_feats = out if use_d_features else (out, None)
+    # The perceptual features compare the pair as it is; only the adversarial term sees D's view.
+    features_here = use_d_features and batch.augment is None
+    out = nets.discriminator(*batch.seen_by_d(fake), labels, return_features=features_here)
+    fake_logits, fake_feats = out if features_here else (out, None)
+    if use_d_features and fake_feats is None:
+        _, fake_feats = nets.discriminator(source, fake, labels, return_features=True)
     adv = generator_adversarial_loss(fake_logits, train_cfg.adversarial_loss)
     parts = {"g_adv": adv.detach()}
     loss = adv

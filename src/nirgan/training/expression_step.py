@@ -12,8 +12,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nirgan.training.diff_augment import AugmentDraws, diff_augment
-
 from nirgan.expression_losses import (
     StarAdversarial,
     cgan_d_loss,
@@ -26,6 +24,7 @@ from nirgan.expression_losses import (
     star_d_adversarial,
     star_g_adversarial,
 )
+from nirgan.training.diff_augment import AugmentDraws, diff_augment
 
 Parts = dict[str, torch.Tensor]
 

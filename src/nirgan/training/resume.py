@@ -52,7 +52,7 @@ def code_hash() -> str:
     """
     pkg = Path(__file__).resolve().parents[1]
     files = sorted([*(pkg / "models").glob("*.py"), pkg / "losses.py", pkg / "training" / "core.py",
-                    pkg / "training" / "auxiliary.py", pkg / "augmentation.py"])
+                    pkg / "training" / "auxiliary.py", pkg / "training" / "diff_augment.py", pkg / "augmentation.py"])
     h = hashlib.sha256()
     for f in files:
         if f.exists():

@@ -24,11 +24,12 @@ from nirgan.config import Config, TrainConfig
 from nirgan.labels import LABELS
 from nirgan.models.artifacts import LABEL_SCALE, Sampler
 from nirgan.models.networks import build_networks
-from nirgan.training.frozen_networks import auxiliary_networks
 from nirgan.training.checkpoint import rng_state, set_rng_state
 from nirgan.training.core import Batch, compute_d_loss, compute_g_loss
 from nirgan.training.data import TrainData
+from nirgan.training.diff_augment import draw_augment
 from nirgan.training.distributed import DistInfo, convert_batchnorm, step_views
+from nirgan.training.frozen_networks import auxiliary_networks
 
 
 def lr_factor(step: int, steps_per_epoch: int, tc: TrainConfig) -> float:
@@ -160,7 +161,9 @@ class TrainSession:
         target = target.contiguous(memory_format=self.memory_format)
         cond = labels / LABEL_SCALE if self.label_dim else None
         attrs = (labels - self.aux.attr_mean) / self.aux.attr_std if self.aux.estimator is not None else None
-        return Batch(source, target, cond, attrs)
+        augment = draw_augment(self.tc.d_augment, self.global_batch, source.shape[-1], self.rngs["augment"],
+                               self.device)
+        return Batch(source, target, cond, attrs, augment.rows(lo, lo + self.local_batch) if augment else None)
 
     def _new_epoch_order(self) -> None:
         self.perm_cpu = torch.randperm(self.data.size, generator=self.rngs["data"])
