@@ -19,7 +19,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from train_helpers import make_dataset, small_config, state_tensors, write_params
+from train_helpers import (
+    assert_same_state,
+    checkpointed_at_least,
+    kill9_when,
+    make_dataset,
+    small_config,
+    state_tensors,
+    write_params,
+)
 
 from nirgan.stages import train as train_stage
 from nirgan.training.checkpoint import Checkpoint
@@ -113,29 +121,10 @@ def test_kill9_then_resume_equals_uninterrupted(store, dataset, tmp_path):
 
     # The interrupted run: a real process, killed with SIGKILL once it has checkpointed step >= 2.
     work = tmp_path / "interrupted"
-    (work / "data").mkdir(parents=True)
-    for name, src in zip(("prepared", "split"), dataset):
-        (work / "data" / name).symlink_to(src)
     long_cfg = small_config(deterministic=True, max_steps=1000, checkpoint_every=1, ema_decay=0.5)
-    write_params(work / "params.yaml", long_cfg)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store}
-    proc = subprocess.Popen([sys.executable, "-m", "nirgan.cli", "stage", "train"], cwd=work, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = _train_process(work, dataset, long_cfg, {"MLFLOW_TRACKING_URI": store})
     ckpt = Checkpoint(work / "models" / "checkpoints")
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            latest = ckpt.latest() if (ckpt.directory / "latest").exists() else None
-            if latest is not None and int(latest.stem.split("_")[1]) >= 2:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"training process ended early: {proc.stderr.read()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill9_when(proc, lambda: checkpointed_at_least(ckpt, 2), timeout_s=240)
     killed_at = ckpt.load()["step"]
     assert 2 <= killed_at < steps, killed_at
     assert not (work / "models" / "generator.pt").exists()
@@ -143,10 +132,7 @@ def test_kill9_then_resume_equals_uninterrupted(store, dataset, tmp_path):
     result = _run(cfg, dataset, work)  # same out_dir: resumes from checkpoints/latest
     assert result["steps"] == steps and result["steps_this_session"] == steps - killed_at
     resumed = ckpt.load()
-    want, got = state_tensors(reference), state_tensors(resumed)
-    assert want.keys() == got.keys()
-    different = [k for k in want if not torch.equal(want[k], got[k])]
-    assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:5]}"
+    assert_same_state(reference, resumed)
     assert torch.equal(reference["data_order"], resumed["data_order"])
 
 
@@ -179,8 +165,14 @@ def test_rerun_of_a_finished_run_restores_its_sample_grid(store, dataset, tmp_pa
     _run(small_config(max_steps=2), dataset, tmp_path)
     samples = tmp_path / "models" / "samples"
     shutil.rmtree(samples)
+    first = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert _run(small_config(max_steps=2), dataset, tmp_path)["steps_this_session"] == 0
     assert sorted(p.name for p in samples.iterdir()) == ["epoch_001_step_00000002.png"]
+    # and its metrics file still says what the run did (no empty losses, no NaN throughput)
+    again = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    losses = {k: v for k, v in first.items() if k.startswith("final_")}
+    assert losses and {k: again.get(k) for k in losses} == losses
+    assert math.isfinite(again["pairs_per_s"]) and again["pairs_per_s"] > 0
 
 
 def test_resume_after_dvc_deleted_the_samples_keeps_the_earlier_epochs_grids(store, dataset, tmp_path):
@@ -206,7 +198,7 @@ def _train_process(work: Path, dataset, cfg, env_extra: dict) -> subprocess.Pope
 def _wait_checkpoint(proc: subprocess.Popen, ckpt: Checkpoint, at_least: int, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if (ckpt.directory / "latest").exists() and int(ckpt.latest().stem.split("_")[1]) >= at_least:
+        if checkpointed_at_least(ckpt, at_least):
             return
         time.sleep(0.05)
     raise AssertionError(f"no checkpoint {at_least} before the process ended: {proc.stderr.read()[-2000:]}")

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 POINTER = "latest"
 RUN_FILE = "mlflow_run.json"
@@ -142,3 +143,62 @@ class Checkpoint:
         for old in files[: max(0, len(files) - self.keep)]:
             if old.name != keep_name:
                 old.unlink(missing_ok=True)
+
+
+class ResumableSession:
+    """What the NIR and the expression sessions share of their state: networks, EMA networks,
+    optimisers, schedulers, random sources, step and data order, as one dict for :class:`Checkpoint`.
+
+    A subclass sets ``raw`` (the trained networks by name), ``optimizers``, ``schedulers``,
+    ``rngs``, ``step``, ``perm_cpu`` / ``perm`` (this epoch's data order on the host / device),
+    ``_perm_epoch`` and ``device``, and names its EMA copies in :meth:`ema_networks`.
+    """
+
+    raw: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
+    rngs: dict[str, torch.Generator]
+    step: int
+    perm_cpu: torch.Tensor
+    perm: torch.Tensor
+    _perm_epoch: int
+    device: torch.device
+
+    def ema_networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "nets": {k: m.state_dict() for k, m in self.raw.items()},
+            "ema": {k: m.state_dict() for k, m in self.ema_networks().items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "rng": rng_state(self.rngs),
+            "data_order": self.perm_cpu.clone(),
+            "data_order_epoch": self._perm_epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in self.raw.items():
+            m.load_state_dict(state["nets"][k])
+        for k, m in self.ema_networks().items():
+            m.load_state_dict(state["ema"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        set_rng_state(state["rng"], self.rngs)
+        self.step = int(state["step"])
+        self.perm_cpu = state["data_order"]
+        self.perm = self.perm_cpu.to(self.device)
+        self._perm_epoch = int(state["data_order_epoch"])
+
+    def parameters_finite(self) -> torch.Tensor:
+        """One device bool: every weight of every trained and EMA network is finite."""
+        tensors = [p.detach() for m in (*self.raw.values(), *self.ema_networks().values()) for p in m.parameters()]
+        # Not via norms: a finite but huge weight (1e30) has an infinite norm.
+        return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+
+    def learning_rates(self) -> dict[str, float]:
+        return {f"lr_{k}": s.get_last_lr()[0] for k, s in self.schedulers.items()}

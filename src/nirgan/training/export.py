@@ -53,7 +53,9 @@ def export_run(session: TrainSession, cfg: Config, out_dir: Path, metrics_path: 
         "config": name,
         "steps": result["steps"],
         "epochs": result["epochs"],
-        "pairs_per_s": result["pairs_per_s"],
+        # The whole run's, over every session that trained it (as wall_s): a rerun of a finished
+        # run trains no step, and its file must still say what the run did.
+        "pairs_per_s": result["steps"] * session.global_batch / max(result["total_wall_s"], 1e-9),
         "wall_s": result["total_wall_s"],
         "mlflow_run_id": run_id,
         "model_format": model_format,

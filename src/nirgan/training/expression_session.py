@@ -19,7 +19,6 @@ import copy
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ from torch import nn
 from nirgan.config import ExpressionTrainConfig
 from nirgan.models.expression.build import build_expression_networks
 from nirgan.models.expression.translator import ExpressionTranslator, to_model_input
-from nirgan.training.checkpoint import rng_state, set_rng_state
+from nirgan.training.checkpoint import ResumableSession
 from nirgan.training.diff_augment import draw_augment
 from nirgan.training.distributed import DistInfo, convert_batchnorm
 from nirgan.training.expression_step import (
@@ -65,7 +64,7 @@ def _requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-class ExpressionSession:
+class ExpressionSession(ResumableSession):
     def __init__(self, cfg: ExpressionTrainConfig, data: ExpressionData, device: torch.device,
                  info: DistInfo = DistInfo()):
         self.cfg, self.data, self.device, self.info = cfg, data, device, info
@@ -275,36 +274,5 @@ class ExpressionSession:
         return grid.add(1).mul(127.5).clamp(0, 255).round().byte().numpy()
 
     # -------------------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "nets": {k: m.state_dict() for k, m in self.raw.items()},
-            "ema": self.ema.state_dict() if self.ema is not None else {},
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-            "rng": rng_state(self.rngs),
-            "data_order": self.perm_cpu.clone(),
-            "data_order_epoch": self._perm_epoch,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, m in self.raw.items():
-            m.load_state_dict(state["nets"][k])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        for k, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
-        for k, s in self.schedulers.items():
-            s.load_state_dict(state["schedulers"][k])
-        set_rng_state(state["rng"], self.rngs)
-        self.step = int(state["step"])
-        self.perm_cpu = state["data_order"]
-        self.perm = self.perm_cpu.to(self.device)
-        self._perm_epoch = int(state["data_order_epoch"])
-
-    def parameters_finite(self) -> bool:
-        mods = [*self.raw.values(), *([self.ema] if self.ema is not None else [])]
-        return bool(torch.stack([torch.isfinite(p).all() for m in mods for p in m.parameters()]).all())
-
-    def learning_rates(self) -> dict[str, float]:
-        return {f"lr_{k}": s.get_last_lr()[0] for k, s in self.schedulers.items()}
+    def ema_networks(self) -> dict[str, nn.Module]:
+        return {"generator": self.ema} if self.ema is not None else {}

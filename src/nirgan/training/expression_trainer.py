@@ -21,8 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import random
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,22 +101,6 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def configure_torch(ec: ExpressionTrainConfig, device: torch.device) -> None:
-    """As the NIR trainer's: deterministic kernels when asked (guaranteed on CPU), seeded host RNGs.
-    Not imported from it, so this stage does not depend on the NIR trainer's code."""
-    if ec.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-        torch.backends.cudnn.benchmark = False
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    random.seed(ec.seed)
-    np.random.seed(ec.seed)
-
-
 # -------------------------------------------------------------------------- the data
 def expression_data(split: Split, device: torch.device, sample_inputs: int) -> ExpressionData:
     """The train faces on the device; the sample grid's inputs are test faces, one per label first."""
@@ -142,7 +124,8 @@ def code_hash() -> str:
     """The source that defines a step's math: a resumed run must not continue under changed code."""
     pkg = Path(__file__).resolve().parents[1]
     files = sorted([*(pkg / "models" / "expression").glob("*.py"), pkg / "expression_losses.py", pkg / "losses.py",
-                    pkg / "training" / "expression_step.py", pkg / "training" / "expression_session.py"])
+                    pkg / "training" / "expression_step.py", pkg / "training" / "expression_session.py",
+                    pkg / "training" / "diff_augment.py"])
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
@@ -180,7 +163,7 @@ def train_expression(cfg: Config, split: Split, out_dir: Path, metrics_path: Pat
     info = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
-    configure_torch(ec, device)
+    devices.configure_torch(ec.deterministic, ec.seed, device)
     out_dir, metrics_path = Path(out_dir), Path(metrics_path)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -310,7 +293,9 @@ def _export(session: ExpressionSession, cfg: Config, out_dir: Path, metrics_path
     losses = {k: v for k, v in result["losses"].items() if k not in ("step", "epoch")}
     metrics = {"model": ec.model, "image_size": session.data.image_size, "labels": session.data.names,
                "steps": result["steps"], "epochs": result["steps"] / session.steps_per_epoch,
-               "faces_per_s": result["faces_per_s"], "wall_s": result["total_wall_s"], "mlflow_run_id": run_id,
+               # the whole run's, over every session that trained it (as wall_s)
+               "faces_per_s": result["steps"] * session.global_batch / max(result["total_wall_s"], 1e-9),
+               "wall_s": result["total_wall_s"], "mlflow_run_id": run_id,
                "model_format": model_format, **{f"final_{k}": v for k, v in losses.items()}}
     write_json(metrics_path, metrics)
     if history:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from nirgan.config import Config, TrainConfig
 from nirgan.labels import LABELS
 from nirgan.models.artifacts import LABEL_SCALE, Sampler
 from nirgan.models.networks import build_networks
-from nirgan.training.checkpoint import rng_state, set_rng_state
+from nirgan.training.checkpoint import ResumableSession
 from nirgan.training.core import Batch, compute_d_loss, compute_g_loss
 from nirgan.training.data import TrainData
 from nirgan.training.diff_augment import draw_augment
@@ -47,7 +46,7 @@ def _set_requires_grad(module: nn.Module, flag: bool) -> None:
 
 
 # ------------------------------------------------------------------------------ session
-class TrainSession:
+class TrainSession(ResumableSession):
     """All networks, optimisers and random sources of one run, and :meth:`train_step` = one iteration.
 
     ``aux_dir`` (the stage's out_dir) is where the identity network and pose estimator are
@@ -249,39 +248,5 @@ class TrainSession:
         return grid.add(1).mul(127.5).clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
     # ------------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "nets": {k: m.state_dict() for k, m in self.raw.items()},
-            "ema": {k: m.state_dict() for k, m in self.ema.items()},
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-            "rng": rng_state(self.rngs),
-            "data_order": self.perm_cpu.clone(),
-            "data_order_epoch": self._perm_epoch,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, m in self.raw.items():
-            m.load_state_dict(state["nets"][k])
-        for k, m in self.ema.items():
-            m.load_state_dict(state["ema"][k])
-        for k, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][k])
-        for k, s in self.schedulers.items():
-            s.load_state_dict(state["schedulers"][k])
-        set_rng_state(state["rng"], self.rngs)
-        self.step = int(state["step"])
-        self.perm_cpu = state["data_order"]
-        self.perm = self.perm_cpu.to(self.device)
-        self._perm_epoch = int(state["data_order_epoch"])
-
-    def parameters_finite(self) -> torch.Tensor:
-        """One device bool: every weight of every trained and EMA network is finite."""
-        tensors = [p.detach() for m in (*self.raw.values(), *self.ema.values()) for p in m.parameters()]
-        # Not via norms: a finite but huge weight (1e30) has an infinite norm.
-        return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
-
-    def learning_rates(self) -> dict[str, float]:
-        return {f"lr_{k}": s.get_last_lr()[0] for k, s in self.schedulers.items()}
+    def ema_networks(self) -> dict[str, nn.Module]:
+        return self.ema

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import random
 import shutil
 import time
 from contextlib import nullcontext
@@ -41,13 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from nirgan import devices, tracking
-from nirgan.config import Config, TrainConfig
+from nirgan.config import Config
 from nirgan.io import write_image
 from nirgan.training.checkpoint import Checkpoint
 from nirgan.training.data import load_data
@@ -119,22 +116,6 @@ def _raise_non_finite(first_bad: dict[str, int], ckpt: Checkpoint) -> None:
     )
 
 
-def configure_torch(tc: TrainConfig, device: torch.device) -> None:
-    if tc.deterministic:
-        # The guarantee is for CPU; on CUDA some backward kernels (bilinear upsampling) have no
-        # deterministic variant, so there it only warns.
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-        torch.backends.cudnn.benchmark = False
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    random.seed(tc.seed)
-    np.random.seed(tc.seed)
-
-
 @dataclass
 class RunRecord:
     """What the loop keeps besides the session: the run's identity, loss history and timing."""
@@ -146,7 +127,6 @@ class RunRecord:
     t0: float = field(default_factory=time.perf_counter)
     t_window: float = 0.0
     step_window: int = 0
-    last_losses: dict[str, float] = field(default_factory=dict)
 
     def resume_from(self, state: dict[str, Any]) -> None:
         self.history = list(state.get("history", []))
@@ -164,12 +144,18 @@ class RunRecord:
         now = time.perf_counter()
         pairs_per_s = (session.step - self.step_window) * session.global_batch / max(now - self.t_window, 1e-9)
         self.t_window, self.step_window = now, session.step
-        self.last_losses = means
         row = {"step": session.step, "epoch": session.step / session.steps_per_epoch, **means,
                **session.learning_rates(), "pairs_per_s": pairs_per_s}
         self.history.append(row)
         if is_main:
             tracking.log_metrics({k: v for k, v in row.items() if k != "step"}, step=session.step)
+
+    @property
+    def last_losses(self) -> dict[str, float]:
+        """The loss means of the last history row, also when that row was restored from a
+        checkpoint (a rerun of a finished run trains no step but keeps its figures)."""
+        row = self.history[-1] if self.history else {}
+        return {k: v for k, v in row.items() if k not in ("step", "epoch", "pairs_per_s") and not k.startswith("lr_")}
 
     def checkpoint_fields(self, session: TrainSession) -> dict[str, Any]:
         return dict(fingerprint=fingerprint_hash(self.fingerprint), fingerprint_data=self.fingerprint,
@@ -188,7 +174,7 @@ def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metri
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
     check_config(cfg, info.world_size)
-    configure_torch(tc, device)
+    devices.configure_torch(tc.deterministic, tc.seed, device)
     out_dir, metrics_path = Path(out_dir), Path(metrics_path)
     out_dir.mkdir(parents=True, exist_ok=True)
 
