@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -103,3 +105,23 @@ def make_project(dest: Path, params: dict | None = None) -> Path:
     run(["git", "add", "-A"], cwd=dest)
     run(["git", "commit", "-qm", "micro project"], cwd=dest)
     return dest
+
+
+@contextmanager
+def running_stack(base: Path) -> Iterator:
+    """A micro project (:func:`make_project`) under ``base`` and its stack (flows/stack.py: Prefect
+    and MLflow servers, one CPU worker on a one-slot pool) on free loopback ports; everything is
+    stopped by PID on exit."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from flows import stack as stack_mod
+
+    root = make_project(base / "project")
+    st = stack_mod.Stack(root=root, state=base / "state", prefect_port=stack_mod.free_port(),
+                         mlflow_port=stack_mod.free_port(), gpus=[None], pool_limit=1, worker_poll_seconds=1.0,
+                         ui=False)
+    try:
+        stack_mod.up(st)
+        yield st
+    finally:
+        stack_mod.down(st.state)

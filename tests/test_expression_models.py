@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from expression_helpers import synthetic_split
-from train_helpers import state_tensors
+from train_helpers import assert_same_state, checkpointed_at_least, kill9_when
 
 from nirgan.config import Config, ExpressionTrainConfig
 from nirgan.expression_losses import (
@@ -190,16 +188,7 @@ def kill9_slow_run_when(cfg: Config, work: Path, metrics: Path, store: str, read
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     ckpt = Checkpoint(work / "checkpoints")
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None and not ready(ckpt):
-            time.sleep(0.02)
-        assert proc.poll() is None, f"training process ended early: {proc.stderr.read()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill9_when(proc, lambda: ready(ckpt), timeout_s=120)
     return ckpt
 
 
@@ -215,22 +204,14 @@ def test_kill9_then_resume_equals_uninterrupted(store, tmp_path):
     assert reference["step"] == steps
 
     work = tmp_path / "killed"
-
-    def third_checkpoint(ckpt: Checkpoint) -> bool:
-        latest = ckpt.latest() if (ckpt.directory / "latest").exists() else None
-        return latest is not None and int(latest.stem.split("_")[1]) >= 3
-
-    ckpt = kill9_slow_run_when(cfg, work, tmp_path / "killed.json", store, third_checkpoint)
+    ckpt = kill9_slow_run_when(cfg, work, tmp_path / "killed.json", store, lambda c: checkpointed_at_least(c, 3))
     killed_at = ckpt.load()["step"]
     assert 3 <= killed_at < steps, killed_at
     assert not (work / MODEL_FILE).exists()
 
     result = train_expression(cfg, split, work, tmp_path / "killed.json")
     assert result["steps"] == steps and result["steps_this_session"] == steps - killed_at
-    want, got = state_tensors(reference), state_tensors(ckpt.load())
-    assert want.keys() == got.keys()
-    different = [k for k in want if not torch.equal(want[k], got[k])]
-    assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:5]}"
+    assert_same_state(reference, ckpt.load())
 
 
 def test_an_attempt_killed_before_its_first_checkpoint_does_not_leave_its_run_running(store, tmp_path):
@@ -262,9 +243,8 @@ def test_cgan_encoder_resumes_across_its_phases_and_a_changed_config_starts_afre
                           deterministic=True, max_steps=4)
     assert train_expression(stopped, split, tmp_path / "run", tmp_path / "run.json")["steps"] == 4
     assert train_expression(cfg, split, tmp_path / "run", tmp_path / "run.json")["steps_this_session"] == 4
-    want = state_tensors(Checkpoint(tmp_path / "ref" / "checkpoints").load())
-    got = state_tensors(Checkpoint(tmp_path / "run" / "checkpoints").load())
-    assert [k for k in want if not torch.equal(want[k], got[k])] == []
+    assert_same_state(Checkpoint(tmp_path / "ref" / "checkpoints").load(),
+                      Checkpoint(tmp_path / "run" / "checkpoints").load())
     hist = Checkpoint(tmp_path / "run" / "checkpoints").load()["history"]
     assert "e_total" in hist[-1] and "g_total" in hist[0]  # both phases ran
 

@@ -32,7 +32,7 @@ from nirgan.io import file_sha256
 from nirgan.models.artifacts import save_pose_estimator
 from nirgan.models.pose_estimator import PoseEstimator
 from nirgan.stages import train as train_stage
-from pipeline_project import make_project
+from pipeline_project import running_stack
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -45,18 +45,9 @@ FLOW_TIMEOUT_S = 240
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    base = tmp_path_factory.mktemp("registry")
-    root = make_project(base / "project")
-    st = stack_mod.Stack(root=root, state=base / "state", prefect_port=stack_mod.free_port(),
-                         mlflow_port=stack_mod.free_port(), gpus=[None], pool_limit=1, worker_poll_seconds=1.0,
-                         ui=False)
-    try:
-        stack_mod.up(st)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("MLFLOW_TRACKING_URI", st.mlflow_uri)
-            yield st
-    finally:
-        stack_mod.down(st.state)
+    with running_stack(tmp_path_factory.mktemp("registry")) as st, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", st.mlflow_uri)
+        yield st
 
 
 @pytest.fixture(scope="module")

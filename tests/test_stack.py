@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline_project import make_project
+from pipeline_project import running_stack
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -53,16 +53,8 @@ def _kill(pid: int) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    base = tmp_path_factory.mktemp("stack")
-    root = make_project(base / "project")
-    st = stack_mod.Stack(root=root, state=base / "state", prefect_port=stack_mod.free_port(),
-                         mlflow_port=stack_mod.free_port(), gpus=[None], pool_limit=1, worker_poll_seconds=1.0,
-                         ui=False)
-    try:
-        stack_mod.up(st)
+    with running_stack(tmp_path_factory.mktemp("stack")) as st:
         yield st
-    finally:
-        stack_mod.down(st.state)
 
 
 # ----------------------------------------------------------------------- item 11: idempotent up

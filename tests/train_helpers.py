@@ -86,3 +86,39 @@ def state_tensors(state: dict) -> dict[str, "torch.Tensor"]:  # noqa: F821
     for key in ("nets", "ema", "optimizers"):
         walk(key, state[key])
     return out
+
+
+def kill9_when(proc, ready, timeout_s: float) -> None:
+    """SIGKILL the training process ``proc`` as soon as ``ready()`` holds (it must still be running
+    then), and reap it; the process is killed whatever happens."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.02)
+        assert proc.poll() is None, f"training process ended early: {proc.stderr.read()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def checkpointed_at_least(ckpt, step: int) -> bool:
+    """``ckpt`` (a Checkpoint) has a complete checkpoint of ``step`` or later."""
+    latest = ckpt.latest() if (ckpt.directory / "latest").exists() else None
+    return latest is not None and int(latest.stem.split("_")[1]) >= step
+
+
+def assert_same_state(want: dict, got: dict) -> None:
+    """Two checkpoints' networks, EMA and optimisers are bit-identical."""
+    import torch
+
+    a, b = state_tensors(want), state_tensors(got)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:5]}"
