@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -93,13 +94,15 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
                 "identity_l1", "identity_l1_random_z", "identity_cosine", "identity_cosine_random_z",
                 "identity_cosine_same_subject_real", "identity_cosine_different_subject_real",
                 "clean_precision", "clean_recall", "clean_iqr_precision", "clean_iqr_recall",
-                "clean_misalignment_precision", "clean_misalignment_recall"}
+                "clean_misalignment_precision", "clean_misalignment_recall",
+                "latent_code_rms_real", "latent_code_rms_sampled"}
     for base in ("realism_fid_nirfeat", "realism_kid_nirfeat", "realism_swd_laplacian"):
         expected |= {base, f"{base}_std", f"{base}_untrained", f"{base}_real_baseline"}
     for name in (*LABELS, "head", "gaze"):
-        expected |= {f"pose_real_{name}_mean", f"pose_gen_{name}_mean", f"pose_gen_{name}_mean_std"}
+        expected |= {f"pose_real_{name}_mean", f"pose_gen_{name}_mean", f"pose_gen_{name}_mean_std",
+                     f"pose_rec_{name}_mean"}
     for name in LABELS:
-        expected |= {f"pose_real_{name}_p90", f"pose_gen_{name}_p90"}
+        expected |= {f"pose_real_{name}_p90", f"pose_gen_{name}_p90", f"pose_rec_{name}_p90"}
     assert expected <= set(m), sorted(expected - set(m))
     numbers = {k: v for k, v in m.items() if k in expected}
     assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers.values()), numbers
@@ -118,6 +121,18 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     targets = torch.from_numpy(np.load(dirs["prepared"] / "target.npy")[test_rows["index"].to_numpy()])
     err = np.abs(predict(instrument, targets[:, None].float() / 127.5 - 1) - test_rows[list(LABELS)].to_numpy())
     assert err[:, 0].mean() == pytest.approx(m["pose_real_head_yaw_mean"], rel=1e-4)
+    # pose_rec reads G(y, E(x)): the test faces' own styles through the same generator
+    from nirgan.models.artifacts import load_encoder, load_sampler
+
+    sampler, (encoder, _) = load_sampler(dirs["models"] / "generator.pt"), load_encoder(dirs["models"] / "encoder.pt")
+    x = targets[:, None].float() / 127.5 - 1
+    sources = torch.from_numpy(np.load(dirs["prepared"] / "source.npy")[test_rows["index"].to_numpy()])
+    with torch.no_grad():
+        codes = encoder(x)
+    rec = sampler.generate(sources.permute(0, 3, 1, 2).float() / 127.5 - 1, codes, style=True)
+    err = np.abs(predict(instrument, rec) - test_rows[list(LABELS)].to_numpy())
+    assert err[:, 0].mean() == pytest.approx(m["pose_rec_head_yaw_mean"], rel=1e-4)
+    assert m["latent_code_rms_real"] == pytest.approx(float(codes.square().mean().sqrt()), rel=1e-5)
 
     plots = tmp_path / "plots"
     for name in ("samples.png", "interpolation.png", "arithmetic.png", "realism_diversity.json",
@@ -217,3 +232,10 @@ def test_label_conditioned_generation_train_to_evaluate(tmp_path, monkeypatch):
             # the labels matter: the network fed unscaled degrees draws other faces
             unscaled = np.concatenate(list(to_uint8(sampler.generator(src, sampler.style(z), degrees))), axis=1)
             assert np.abs(unscaled.astype(int) - drawn.astype(int)).mean() > 1
+
+
+def test_without_an_encoder_identity_and_pose_rec_are_unavailable_with_the_reason():
+    reason = "train.lambda_lr and train.lambda_ir are 0: the run has no latent encoder"
+    out = evaluate._identity(Config(), Path("models"), None, None, None, None, reason, torch.device("cpu"), None)
+    assert out == {"identity": "unavailable", "identity_reason": reason, "pose_rec": "unavailable",
+                   "pose_rec_reason": reason}

@@ -38,6 +38,9 @@ Attribute preservation, degrees (:mod:`nirgan.metrics.pose`)
   pose_gaze_from                   where the estimator reads gaze: its eye patches, or the face trunk
   pose_gen_<label>_mean / _p90[_std], pose_gen_head_mean, pose_gen_gaze_mean   the estimator on
                                G(y_i, z_i) against the SOURCE labels
+  pose_rec_<label>_mean / _p90, pose_rec_head_mean, pose_rec_gaze_mean   the same on
+                               G(y_i, E(x_i)), the style of the real test face instead of a
+                               drawn z; "unavailable" without E (pose_rec_reason)
 Utility, degrees (:mod:`nirgan.metrics.utility`): the evaluate stage's estimator recipe trained
   on generated images only (train-split sources and labels, evaluate.utility_latents z each) and
   tested on the real test targets (TSTR), beside the same recipe on the real train targets (TRTR)
@@ -61,6 +64,10 @@ Identity reconstruction, unseen test subjects (:mod:`nirgan.metrics.identity`)
   identity_cosine_same_subject_real, identity_cosine_different_subject_real   calibration on
                                real images: same test subject, and test vs other subjects
   identity_net                 which identity network embedded the faces
+  latent_code_rms_real, latent_code_rms_sampled   root mean square of E(x) over the test faces,
+                               and of the style generation draws (z, or L(z)): G is trained on
+                               both, so a large gap means sampling feeds G codes unlike the ones
+                               identity reconstruction taught it
 Cleaning quality on the twin (:mod:`nirgan.metrics.cleaning`): clean_precision, clean_recall,
   clean_iqr_*, clean_misalignment_*, clean_rules_*, clean_recall_<type>, counts.
 Bookkeeping: eval_test_pairs, eval_train_pairs, eval_seeds.

@@ -49,6 +49,21 @@ def reconstructions(sampler: Sampler, encoder: nn.Module, test: Split, batch_siz
     return x, rec, rand
 
 
+def code_scale(sampler: Sampler, encoder: nn.Module, x: torch.Tensor, batch_size: int, seed: int) -> dict[str, float]:
+    """Root mean square of the styles G reads on its two paths: E(x) of real faces (identity
+    reconstruction trains G on these) and the sampled style z or L(z) (what generation feeds it).
+
+    The thesis's E is trained to reconstruct, not to match the sampling prior, so the two can
+    sit at different scales; G then draws from z in a region only the adversarial term trained.
+    """
+    device = next(encoder.parameters()).device
+    with torch.no_grad():
+        codes = torch.cat([encoder(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    sampled = sampler.style_of(latents(len(x), sampler.latent_dim, 30_000 + seed))
+    return {"latent_code_rms_real": float(codes.float().square().mean().sqrt()),
+            "latent_code_rms_sampled": float(sampled.float().square().mean().sqrt())}
+
+
 def reconstruction_l1(x: torch.Tensor, rec: torch.Tensor, rand: torch.Tensor) -> dict[str, float]:
     # mean absolute pixel difference with images on [0, 1]
     return {"identity_l1": float((rec - x).abs().mean() / 2),

@@ -49,7 +49,7 @@ from nirgan.metrics import aggregate_draws, evaluate_cleaning
 from nirgan.metrics.data import Split, load_split
 from nirgan.metrics.feature_check import holdout_mask, subject_accuracy
 from nirgan.metrics.figures import SWEEPS, draw_figures, write_plot_data
-from nirgan.metrics.identity import reconstruction_cosines, reconstruction_l1, reconstructions
+from nirgan.metrics.identity import code_scale, reconstruction_cosines, reconstruction_l1, reconstructions
 from nirgan.metrics.judge import realism_judge
 from nirgan.metrics.pose import angle_errors
 from nirgan.metrics.realism import RealismReference, imagenet_networks, measure_draws
@@ -166,7 +166,8 @@ def run(
         lap(f"realism judge, {e.judge_seeds} seeds")
 
         # 5. identity reconstruction
-        metrics.update(_identity(cfg, model_dir, train, test, sampler, encoder, encoder_from, device))
+        metrics.update(_identity(cfg, model_dir, train, test, sampler, encoder, encoder_from, device,
+                                 estimator if labelled else None))
         lap("identity")
 
         # 6. cleaning quality against the twin's ground truth
@@ -245,12 +246,20 @@ def _identity_embedder(cfg: Config, model_dir: Path, train: Split, device: torch
 
 
 def _identity(cfg: Config, model_dir: Path, train: Split, test: Split, sampler: Any, encoder: Any,
-              encoder_from: str, device: torch.device) -> dict[str, Any]:
+              encoder_from: str, device: torch.device, estimator: PoseEstimator | None) -> dict[str, Any]:
     if encoder is None:
-        return {"identity": "unavailable", "identity_reason": encoder_from}
+        return {"identity": "unavailable", "identity_reason": encoder_from,
+                "pose_rec": "unavailable", "pose_rec_reason": encoder_from}
     e = cfg.evaluate
     x, rec, rand = reconstructions(sampler, encoder, test, e.batch_size, e.seed)
     out: dict[str, Any] = reconstruction_l1(x, rec, rand)
+    out.update(code_scale(sampler, encoder, x, e.batch_size, e.seed))
+    # pose_gen read on G(y, E(x)) instead of G(y, z): the same G and sources, the style of the
+    # real face. A gap to pose_gen is the cost of sampling z where G was not trained to draw.
+    if estimator is not None:
+        out.update(angle_errors(predict(estimator, rec), test.labels, "pose_rec"))
+    else:
+        out.update(pose_rec="unavailable", pose_rec_reason="pose/gaze labels are missing (NaN) in the split")
     embed, where = _identity_embedder(cfg, model_dir, train, device)
     if embed is None:
         out.update(identity_cosine="unavailable", identity_cosine_reason=where)
