@@ -83,6 +83,8 @@ def test_unreadable_params_file(tmp_path):
         ({"train": {"batch_size": 12.0}}, "train.batch_size"),
         ({"train": {"log_model": "yes"}}, "train.log_model"),
         ({"collect": {"max_pixels": 10**12}}, "collect.max_pixels"),
+        ({"train": {"lambda_kl": 0.01}}, "train.lambda_kl"),  # no identity reconstruction path to act on
+        ({"train": {"lambda_kl": 0.01, "lambda_ir": 1, "style_mapping": True}}, "train.lambda_kl"),
     ],
 )
 def test_values_that_used_to_fail_late_are_rejected_now(params, key):

@@ -12,6 +12,7 @@ from nirgan.losses import (
     discriminator_adversarial_loss,
     generator_adversarial_loss,
     identity_reconstruction_loss,
+    kl_to_standard_normal,
     latent_reconstruction_loss,
     make_image_distance,
     perceptual_loss,
@@ -107,6 +108,18 @@ def test_attribute_preservation_skips_unknown_labels():
     assert none_known.item() == 0 and none_known.requires_grad
 
 
+def test_kl_to_standard_normal_is_the_closed_form_of_torch_distributions():
+    mu = torch.tensor([[0.5, -1.0, 0.0], [2.0, 0.0, 0.1]])
+    logvar = torch.tensor([[0.0, -2.0, 1.0], [0.3, 0.0, -0.5]])
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(torch.zeros(3), torch.ones(3))
+    expected = torch.distributions.kl_divergence(q, p).sum(1).mean()  # summed over dims, mean over batch
+    assert kl_to_standard_normal(mu, logvar).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert kl_to_standard_normal(torch.zeros(4, 8), torch.zeros(4, 8)).item() == 0  # the prior itself
+    # a point-like posterior (the thesis's deterministic E, logvar -> -inf) is expensive
+    assert kl_to_standard_normal(torch.zeros(1, 8), torch.full((1, 8), -10.0)).item() > 30
+
+
 # ------------------------------------------------------------------------------------- R1
 def test_r1_is_positive_for_a_real_discriminator_and_zero_for_a_constant_one():
     d = init_weights(PatchDiscriminator(width=0.125), "xavier")
@@ -161,7 +174,8 @@ def _grad_norm(module: torch.nn.Module) -> float:
 @pytest.mark.parametrize(
     "loss_name",
     ["adv_original", "adv_least_squares", "adv_hinge", "perceptual_discriminator", "latent_reconstruction",
-     "style_diversity_l1", "style_diversity_discriminator", "identity_reconstruction", "attribute_preservation"],
+     "style_diversity_l1", "style_diversity_discriminator", "identity_reconstruction", "attribute_preservation",
+     "identity_reconstruction_kl"],
 )
 def test_every_generator_loss_sends_gradient_to_the_generator(loss_name):
     g, d, e = _tiny()
@@ -182,6 +196,12 @@ def test_every_generator_loss_sends_gradient_to_the_generator(loss_name):
         loss = style_diversity_loss(fake, g(src, z2), z1, z2, dist, "l1")
     elif loss_name == "identity_reconstruction":
         loss = identity_reconstruction_loss(x, g(src, e(x)), make_image_distance("l1"))
+    elif loss_name == "identity_reconstruction_kl":
+        e = LatentEncoder(latent_dim=8, width=0.125, variational=True)
+        mu, logvar = e(x, posterior=True)
+        code = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        loss = identity_reconstruction_loss(x, g(src, code), make_image_distance("l1")) + kl_to_standard_normal(
+            mu, logvar)
     else:
         pred = fake.mean(dim=(2, 3)).repeat(1, 5) * 30  # a stand-in "estimator": any function of G's output
         loss = attribute_preservation_loss(pred, torch.randn(2, 5) * 10)
@@ -189,5 +209,5 @@ def test_every_generator_loss_sends_gradient_to_the_generator(loss_name):
     assert torch.isfinite(loss)
     assert _grad_norm(g) > 0
     assert all(p.grad is None for p in d.parameters())  # frozen networks stay untouched
-    if loss_name in ("latent_reconstruction", "identity_reconstruction"):
+    if loss_name in ("latent_reconstruction", "identity_reconstruction", "identity_reconstruction_kl"):
         assert _grad_norm(e) > 0

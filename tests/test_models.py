@@ -25,6 +25,7 @@ from nirgan.models import (
     require_vgg19_weights,
     save_generator,
 )
+from nirgan.models.artifacts import load_encoder, save_encoder
 from nirgan.models.vgg19 import vgg19_weights_path
 from nirgan.training.auxiliary import train_identity_net
 
@@ -92,6 +93,22 @@ def test_latent_encoder_matches_table_3_6():
     assert z.shape == (2, 512)
     assert shapes == [(64, 64, 64), (128, 32, 32), (256, 16, 16), (512, 8, 8), (512, 4, 4), (512, 2, 2)]
     assert LatentEncoder(latent_dim=64)(_images(1, channels=1)).shape == (1, 64)
+    with pytest.raises(ValueError, match="not variational"):
+        e(_images(1, channels=1), posterior=True)
+
+
+def test_variational_latent_encoder_returns_its_posterior_mean_by_default(tmp_path):
+    e = init_weights(LatentEncoder(latent_dim=16, width=0.125, variational=True), "xavier").eval()
+    x = _images(2, channels=1)
+    mu, logvar = e(x, posterior=True)
+    assert mu.shape == logvar.shape == (2, 16) and not torch.equal(mu, logvar)
+    assert torch.equal(e(x), mu)  # LR, identity figures and inversion read the point estimate
+    save_encoder(tmp_path / "encoder.pt", e)
+    loaded, where = load_encoder(tmp_path / "encoder.pt")
+    assert loaded.variational and where == str(tmp_path / "encoder.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(x, posterior=True)[1], logvar)
+    assert build_networks(TrainConfig(lambda_ir=1, lambda_kl=0.01, width=0.125, latent_dim=16)).encoder.variational
 
 
 def test_style_mapping_matches_table_3_7():

@@ -36,6 +36,9 @@ CASES = [
                                   sd_latent_distance="l1"), {G, D}, {"g_sd"}),
     ("4.7-ED-LS-LR-2-IR-l1", dict(lambda_ir=1, ir_distance="l1"), {G, D, E}, {"g_lr", "g_ir"}),
     ("4.7-ED-LS-IR-identity", dict(lambda_lr=0, lambda_ir=1, ir_distance="identity"), {G, D, E}, {"g_ir"}),
+    # BicycleGAN's KL on E's posterior (not in the thesis), on the thesis's LR + IR configuration
+    ("Mult-LS-LR-IR-KL", dict(generator="multinorm", lambda_ir=1, lambda_kl=0.01), {G, D, E},
+     {"g_lr", "g_ir", "g_kl"}),
     ("4.8-ED-LS-LR-2-SM", dict(style_mapping=True), {G, D, E, L}, {"g_lr"}),
     ("5.2-R1-attr-labels", dict(r1_gamma=1.0, lambda_attr=0.1, condition_on_labels=True), {G, D, E},
      {"g_lr", "g_attr"}),

@@ -234,6 +234,9 @@ class TrainConfig(Section):
     sd_latent_distance: Literal["const", "l1"] = "l1"
     lambda_ir: float = Field(0.0, ge=0.0, description="identity reconstruction, eq. 3.3 (needs E)")
     ir_distance: Distance = "l1"
+    lambda_kl: float = Field(
+        0.0, ge=0.0, description="KL of E's posterior to N(0, I) on the identity reconstruction path (BicycleGAN's "
+        "cVAE-GAN, not in the thesis): makes the codes of real faces the z that sampling draws; needs lambda_ir")
     style_mapping: bool = Field(False, description="mapping network L, Table 3.7")
     latent_dim: int = Field(512, ge=1)
     width: float = Field(1.0, gt=0.0, le=4.0, description="channel multiplier on Tables 3.3-3.6 (1.0 = thesis)")
@@ -285,6 +288,12 @@ class TrainConfig(Section):
     def _consistent(self) -> TrainConfig:
         if self.epochs == 0:
             raise ValueError("train.epochs_fixed + train.epochs_decay must be at least 1")
+        if self.lambda_kl > 0 and self.lambda_ir == 0:
+            raise ValueError(f"train.lambda_kl = {self.lambda_kl} acts on the identity reconstruction path, which "
+                             "train.lambda_ir = 0 switches off; set train.lambda_ir > 0 or train.lambda_kl = 0")
+        if self.lambda_kl > 0 and self.style_mapping:
+            raise ValueError("train.lambda_kl pulls E's codes onto z ~ N(0, I), but with train.style_mapping E "
+                             "predicts the style s = L(z), whose distribution is learnt; use one or the other")
         return self
 
 

@@ -149,6 +149,17 @@ def identity_reconstruction_loss(x: torch.Tensor, x_rec: torch.Tensor, image_dis
     return image_distance(x, x_rec).mean()
 
 
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)), summed over dimensions, averaged over the batch.
+
+    BicycleGAN's L_KL (Zhu et al. 2017, eq. 3): it pulls the codes E gives real faces onto the
+    prior that sampling draws z from, so G(y, z) with z ~ N(0, I) lands where identity
+    reconstruction trained G, not in a region only the adversarial term has seen.
+    """
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(dim=1).mean()
+
+
 def attribute_preservation_loss(pred_labels: torch.Tensor, target_labels: torch.Tensor) -> torch.Tensor:
     """Thesis 5.2 future work: L1 between a pose/gaze estimator on G(y, z) and the source's labels.
 

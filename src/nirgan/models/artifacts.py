@@ -177,7 +177,8 @@ def load_sampler(path: str | Path, map_location: str | torch.device = "cpu") -> 
 # ------------------------------------------------------------------------------- encoder
 def save_encoder(path: str | Path, encoder: LatentEncoder | None, absent_reason: str = NO_ENCODER_REASON) -> None:
     payload = ({"absent": absent_reason} if encoder is None else
-               {"state_dict": _cpu(encoder), "latent_dim": int(encoder.latent_dim), "width": float(encoder.width)})
+               {"state_dict": _cpu(encoder), "latent_dim": int(encoder.latent_dim), "width": float(encoder.width),
+                "variational": bool(encoder.variational)})
     with atomic_file(path) as tmp:
         torch.save(payload, tmp)
 
@@ -190,7 +191,7 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
     payload = _load(path, "latent encoder")
     if "absent" in payload:
         return None, str(payload["absent"])
-    encoder = LatentEncoder(int(payload["latent_dim"]), float(payload["width"]))
+    encoder = LatentEncoder(int(payload["latent_dim"]), float(payload["width"]), bool(payload.get("variational", False)))
     encoder.load_state_dict(payload["state_dict"])
     return encoder.to(map_location).eval(), str(path)
 

@@ -55,7 +55,8 @@ def build_networks(train_cfg: TrainConfig, label_dim: int = 0) -> Networks:
     nets = Networks(
         generator=build_generator(train_cfg, label_dim),
         discriminator=PatchDiscriminator(width=train_cfg.width, label_dim=label_dim),
-        encoder=(LatentEncoder(latent_dim=train_cfg.latent_dim, width=train_cfg.width)
+        encoder=(LatentEncoder(latent_dim=train_cfg.latent_dim, width=train_cfg.width,
+                               variational=train_cfg.lambda_kl > 0)
                  if needs_encoder(train_cfg) else None),
         mapping=StyleMappingNetwork(train_cfg.latent_dim, train_cfg.latent_dim) if train_cfg.style_mapping else None,
         label_dim=label_dim,

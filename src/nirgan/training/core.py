@@ -25,6 +25,7 @@ from nirgan.losses import (
     discriminator_adversarial_loss,
     generator_adversarial_loss,
     identity_reconstruction_loss,
+    kl_to_standard_normal,
     latent_reconstruction_loss,
     make_image_distance,
     perceptual_loss,
@@ -105,11 +106,14 @@ def compute_g_loss(
     z1: torch.Tensor,
     z2: torch.Tensor | None,
     train_cfg: TrainConfig,
+    z_ir: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Generator half of Algorithm 2 and the full loss Eq. 3.5.
 
     L = L_adv + lambda_p L_p + lambda_lr L_lr + lambda_ir L_ir + lambda_sd L_sd (+ lambda_attr
-    L_attr, thesis 5.2). ``z2`` is the extra draw z* for style diversity (None when unused).
+    L_attr, thesis 5.2; + lambda_kl L_KL, BicycleGAN). ``z2`` is the extra draw z* for style
+    diversity (None when unused); ``z_ir`` the standard normal draw that samples E's posterior
+    on the identity reconstruction path (needed iff lambda_kl > 0).
     The discriminator, VGG, identity and estimator networks are read-only here: the trainer
     freezes them so no gradient is computed for their weights.
     """
@@ -162,7 +166,17 @@ def compute_g_loss(
         parts["g_sd"] = sd.detach()
 
     if train_cfg.lambda_ir > 0:
-        rec = nets.generator(source, nets.encoder(target), labels)
+        if train_cfg.lambda_kl > 0:
+            if z_ir is None:
+                raise ValueError("train.lambda_kl > 0: compute_g_loss needs z_ir, the draw that samples E's posterior")
+            mu, logvar = nets.encoder(target, posterior=True)
+            code = mu + z_ir.to(mu.dtype) * torch.exp(0.5 * logvar)
+            kl = kl_to_standard_normal(mu, logvar)
+            loss = loss + train_cfg.lambda_kl * kl
+            parts["g_kl"] = kl.detach()
+        else:
+            code = nets.encoder(target)
+        rec = nets.generator(source, code, labels)
         ir = identity_reconstruction_loss(target, rec, distance(train_cfg.ir_distance))
         loss = loss + train_cfg.lambda_ir * ir
         parts["g_ir"] = ir.detach()

@@ -192,11 +192,12 @@ class TrainSession(ResumableSession):
 
         z1 = self._latent()
         z2 = self._latent() if tc.lambda_sd > 0 else None
+        z_ir = self._latent() if tc.lambda_kl > 0 and tc.lambda_ir > 0 else None
         disc = self.raw["discriminator"]
         _set_requires_grad(disc, False)
         try:
             with self.autocast:
-                g_loss, g_parts = compute_g_loss(self.g_view, batch, z1, z2, tc)
+                g_loss, g_parts = compute_g_loss(self.g_view, batch, z1, z2, tc, z_ir)
             g_opts = [opt for name, opt in self.optimizers.items() if name != "discriminator"]
             for opt in g_opts:
                 opt.zero_grad(set_to_none=True)
