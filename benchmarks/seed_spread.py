@@ -89,6 +89,11 @@ def run_cell(root: Path, folder: Path, params: dict) -> tuple[dict, str]:
     return json.loads(metrics.read_text()), f"{time.perf_counter() - start:.0f} s"
 
 
+def values_of(runs: list[dict], figure: str) -> np.ndarray:
+    """The figure over the runs that report it as a number (older runs may lack newer keys)."""
+    return np.array([r[figure] for r in runs if isinstance(r.get(figure), (int, float))], dtype=float)
+
+
 def summarise(results: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, float]]]:
     """{arm: {figure: {mean, std, n[, diff, t, p]}}}; std is the sample std over seeds."""
     out: dict[str, dict[str, dict[str, float]]] = {}
@@ -96,14 +101,14 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, f
     for arm, runs in results.items():
         out[arm] = {}
         for fig in FIGURES:
-            values = np.array([r[fig] for r in runs if isinstance(r.get(fig), (int, float))], dtype=float)
+            values = values_of(runs, fig)
             if values.size == 0:
                 continue
             row = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1 else math.nan,
                    "n": int(values.size)}
             ref = out[first].get(fig)
             if arm != first and ref is not None:
-                ref_values = np.array([r[fig] for r in results[first]], dtype=float)
+                ref_values = values_of(results[first], fig)
                 row["diff"] = row["mean"] - ref["mean"]
                 if values.size > 1 and ref_values.size > 1:
                     t = stats.ttest_ind(values, ref_values, equal_var=False)
