@@ -72,7 +72,9 @@ def run_cell(root: Path, folder: Path, params: dict) -> tuple[dict, str]:
     metrics = folder / "metrics" / "eval.json"
     if metrics.exists() and (folder / "params.yaml").read_text() == text:
         return json.loads(metrics.read_text()), "reused"
-    if folder.exists():
+    if folder.is_symlink():
+        folder.unlink()  # a cell linked in from an earlier comparison, with other params
+    elif folder.exists():
         shutil.rmtree(folder)
     (folder / "data").mkdir(parents=True)
     for stage in DATA_STAGES:
