@@ -37,8 +37,8 @@ def same_and_different(emb: torch.Tensor, subjects: np.ndarray, other: torch.Ten
 
 
 def reconstructions(sampler: Sampler, encoder: nn.Module, test: Split, batch_size: int,
-                    seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x, G(y, E(x)), G(y, z)) for the test pairs (x target, y source), CPU, [-1, 1]."""
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, E(x), G(y, E(x)), G(y, z)) for the test pairs (x target, y source), CPU, images in [-1, 1]."""
     x, y = test.targets(), test.sources()
     labels = test.labels if sampler.label_dim else None
     device = next(encoder.parameters()).device
@@ -46,20 +46,18 @@ def reconstructions(sampler: Sampler, encoder: nn.Module, test: Split, batch_siz
         styles = torch.cat([encoder(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
     rec = sampler.generate(y, styles, labels, batch_size, style=True)
     rand = sampler.generate(y, latents(len(x), sampler.latent_dim, 20_000 + seed), labels, batch_size)
-    return x, rec, rand
+    return x, styles, rec, rand
 
 
-def code_scale(sampler: Sampler, encoder: nn.Module, x: torch.Tensor, batch_size: int, seed: int) -> dict[str, float]:
-    """Root mean square of the styles G reads on its two paths: E(x) of real faces (identity
-    reconstruction trains G on these) and the sampled style z or L(z) (what generation feeds it).
+def code_scale(sampler: Sampler, codes: torch.Tensor, seed: int) -> dict[str, float]:
+    """Root mean square of the styles G reads on its two paths: E(x) of real faces (``codes``;
+    identity reconstruction trains G on these) and the sampled style z or L(z) (what generation
+    feeds it), as many as there are codes.
 
     The thesis's E is trained to reconstruct, not to match the sampling prior, so the two can
     sit at different scales; G then draws from z in a region only the adversarial term trained.
     """
-    device = next(encoder.parameters()).device
-    with torch.no_grad():
-        codes = torch.cat([encoder(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
-    sampled = sampler.style_of(latents(len(x), sampler.latent_dim, 30_000 + seed))
+    sampled = sampler.style_of(latents(len(codes), sampler.latent_dim, 30_000 + seed))
     return {"latent_code_rms_real": float(codes.float().square().mean().sqrt()),
             "latent_code_rms_sampled": float(sampled.float().square().mean().sqrt())}
 

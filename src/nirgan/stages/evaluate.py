@@ -251,9 +251,9 @@ def _identity(cfg: Config, model_dir: Path, train: Split, test: Split, sampler: 
         return {"identity": "unavailable", "identity_reason": encoder_from,
                 "pose_rec": "unavailable", "pose_rec_reason": encoder_from}
     e = cfg.evaluate
-    x, rec, rand = reconstructions(sampler, encoder, test, e.batch_size, e.seed)
+    x, codes, rec, rand = reconstructions(sampler, encoder, test, e.batch_size, e.seed)
     out: dict[str, Any] = reconstruction_l1(x, rec, rand)
-    out.update(code_scale(sampler, encoder, x, e.batch_size, e.seed))
+    out.update(code_scale(sampler, codes, e.seed))
     # pose_gen read on G(y, E(x)) instead of G(y, z): the same G and sources, the style of the
     # real face. A gap to pose_gen is the cost of sampling z where G was not trained to draw.
     if estimator is not None:
