@@ -11,12 +11,15 @@ network access is needed.
     bash benchmarks/gpu_scale.sh                 # CUDA: >= 100 subjects, width 1.0, bf16, timed train
     python benchmarks/gpu_scale.py --smoke --out /tmp/x   # CPU, tiny: what tests/test_gpu_scale_smoke.py runs
 
-Sized for one device call of at most 9 minutes on an H100/H200 with a cold start (estimated,
-not yet run on a device: data about 1 min for 3,840 frames, ``--train-minutes`` (default 3.5) of
-training plus its setup, evaluation about 1 min, utility (6 estimator fits) and judge (12 fits)
-about 1.5 min, generation of 20,000 labelled images (the generate stage, end to end) well under
-a minute if the 5,000 images/s target holds). ``summary.json`` records every stage's seconds, so the first device run shows
-where to trim.
+Sized for one device call of at most 9 minutes on an H100/H200. Measured on an NVIDIA H200
+(2026-11-28, torch 2.11.0+cu130, 16 cores): wheel install and imports about 20 s, collect 60 s
+(3,840 frames), detect to split 19 s, train 188 s for ``--train-minutes 3``, evaluate 163 s with
+one utility seed (280 s with two: each seed fits three estimators). That run, with two utility
+seeds and the expression run after it, was cut off at 535 s in evaluate's last second, so the GPU
+size now fits one utility seed and leaves the expression run (``--expression-minutes``) to a call
+of its own. The generate stage (20,000 images) has not been timed on a device yet; it runs last,
+and ``_save_partial`` has already written everything before it into ``--out``. The device
+command, with the wheels from ``benchmarks/device_wheels.sh``, is in that script's header.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ GPU_PARAMS: dict = {
     "detect": {"device": "cuda", "batch_size": 256},
     "train": {"width": 1.0, "precision": "bf16", "device": "cuda", "batch_size": 64, "epochs_fixed": 200,
               "epochs_decay": 200, "log_every": 50, "checkpoint_every": 2000, "log_model": False},
-    "evaluate": {"device": "cuda", "seeds": 3, "estimator_epochs": 20, "utility_seeds": 2, "utility_latents": 1,
+    "evaluate": {"device": "cuda", "seeds": 3, "estimator_epochs": 20, "utility_seeds": 1, "utility_latents": 1,
                  "judge_seeds": 3, "judge_epochs": 20},
     # issue 11's throughput target (>= 5,000 images/s end to end): rig render on the CPU cores,
     # generation and label check on the GPU in bf16, PNG encoding, writing
@@ -130,6 +133,16 @@ def run_expression(root: Path, overrides: dict, minutes: float, out_dir: Path) -
             "figures": {k: v for k, v in figures.items() if not k.endswith("_reason")}}
 
 
+def _save_partial(out_dir: Path, summary: dict) -> None:
+    """What is measured so far, into out_dir, after every stage: a device call cut off by its time
+    limit still returns the stages it finished (the device tool brings back whatever is in $OUT)."""
+    for src, dst in (("metrics/train.json", "train.json"), ("metrics/eval.json", "eval.json"),
+                     ("plots/samples.png", "samples.png")):
+        if Path(src).exists():
+            shutil.copy2(src, out_dir / dst)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
 def run(out_dir: Path, smoke: bool, train_minutes: float, subjects: int | None, keep: Path | None,
         expression_minutes: float = 0.0) -> dict:
     from nirgan.cli import STAGES
@@ -160,6 +173,7 @@ def run(out_dir: Path, smoke: bool, train_minutes: float, subjects: int | None, 
             results[name] = STAGES[name](cfg)
             summary["stage_seconds"][name] = round(time.perf_counter() - t, 1)
             print(f"gpu_scale: {name} done in {summary['stage_seconds'][name]} s", flush=True)
+            _save_partial(out_dir, summary)
         train_json = json.loads(Path("metrics/train.json").read_text())
         eval_json = json.loads(Path("metrics/eval.json").read_text())
         pairs = sum(1 for _ in np.load("data/prepared/target.npy", mmap_mode="r"))
@@ -201,17 +215,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (the test's size)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_scale_out")))
-    ap.add_argument("--train-minutes", type=float, default=None, help="train.max_minutes (default 3.5, smoke 0.05)")
+    ap.add_argument("--train-minutes", type=float, default=None, help="train.max_minutes (default 3, smoke 0.05)")
     ap.add_argument("--subjects", type=int, default=None, help="twin subjects (default 120, smoke 4)")
     ap.add_argument("--expression-minutes", type=float, default=None,
-                    help="expression_train.max_minutes of the expression run; 0 skips it (default 1.5, smoke 0.05)")
+                    help="expression_train.max_minutes of the expression run; 0 skips it (default 0: a device call "
+                         "of its own; smoke 0.05)")
     ap.add_argument("--keep", type=Path, default=None, help="build the pipeline here and keep it")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    minutes = args.train_minutes if args.train_minutes is not None else (0.05 if args.smoke else 3.5)
+    minutes = args.train_minutes if args.train_minutes is not None else (0.05 if args.smoke else 3.0)
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("gpu_scale: no CUDA device; use --smoke for the CPU size")
-    expression = args.expression_minutes if args.expression_minutes is not None else (0.05 if args.smoke else 1.5)
+    expression = args.expression_minutes if args.expression_minutes is not None else (0.05 if args.smoke else 0.0)
     summary = run(args.out, args.smoke, minutes, args.subjects, args.keep, expression)
     print(json.dumps({k: summary.get(k) for k in ("device", "pairs", "train_steps", "train_epochs", "pairs_per_s",
                                                    "stage_seconds", "total_seconds", "generate")}, indent=1))
