@@ -1,0 +1,163 @@
+"""Where the rig lands in the image: rotation, projection and orthographic ray casting.
+
+``rotation``, ``gaze_vector``, ``project`` and ``iris_centres`` follow the conventions of the
+package docstring; ``_View`` holds the rays of one pose and casts the head, its fixed parts and
+the eyeballs, the shared geometry both renders are made from.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nirgan.twin.scene import (
+    APERTURE_H,
+    APERTURE_W,
+    APERTURE_Y,
+    BG,
+    EYE_R,
+    EYE_X,
+    EYE_Y,
+    EYE_Z,
+    FIXED_PARTS,
+    HEAD,
+    HEAD_C,
+    IRIS_COS,
+    PUPIL_COS,
+    Pose,
+)
+
+
+# ------------------------------------------------------------------------------ geometry
+def rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """Head-to-camera rotation (degrees), see the package docstring for the signs."""
+    y, p, r = (math.radians(v) for v in (yaw, -pitch, roll))
+    ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
+    rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
+    return (rz @ rx @ ry).astype(np.float32)
+
+
+def gaze_vector(gaze_yaw: float, gaze_pitch: float) -> np.ndarray:
+    gy, gp = math.radians(gaze_yaw), math.radians(gaze_pitch)
+    return np.array([math.sin(gy) * math.cos(gp), math.sin(gp), math.cos(gy) * math.cos(gp)], np.float32)
+
+
+def project(points: np.ndarray, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
+    """Head-unit points (N, 3) -> pixel (N, 2) and camera depth (N,)."""
+    cam = points @ rotation(pose.yaw, pose.pitch, pose.roll).T
+    px = np.stack([pose.x + pose.scale * cam[:, 0], pose.y - pose.scale * cam[:, 1]], axis=1)
+    return px, cam[:, 2]
+
+
+def iris_centres(pose: Pose) -> np.ndarray:
+    """Pixel (x, y) of both iris centres (image-left eye, i.e. head -x, first)."""
+    g = gaze_vector(pose.gaze_yaw, pose.gaze_pitch)
+    eyes = np.array([[-EYE_X, EYE_Y, EYE_Z], [EYE_X, EYE_Y, EYE_Z]], np.float32) + EYE_R * g
+    return project(eyes, pose)[0]
+
+
+def _coeffs(R: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> tuple[float, ...]:
+    """The ray/ellipsoid equation ``a s^2 + b s + c = 0`` with b and c as polynomials in (X, Y).
+
+    A ray through the camera-plane point (X, Y) is ``X u + Y v + s w`` in head coordinates
+    (u, v, w the rows of R); expanding the ellipsoid equation once per part keeps the
+    per-pixel work to a few multiply-adds on 2-D arrays.
+    """
+    u, v, w = R.astype(np.float64)
+    inv = 1.0 / axes.astype(np.float64) ** 2
+    c = centre.astype(np.float64)
+    return (
+        float(w * w @ inv),
+        float(2 * (u * w) @ inv), float(2 * (v * w) @ inv), float(-2 * (c * w) @ inv),
+        float((u * u) @ inv), float((v * v) @ inv), float(2 * (u * v) @ inv),
+        float(-2 * (u * c) @ inv), float(-2 * (v * c) @ inv), float((c * c) @ inv - 1),
+    )
+
+
+def _cast(R: np.ndarray, X: np.ndarray, Y: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """Camera depth of each ray's visible hit with an ellipsoid (-inf on a miss).
+
+    ``w`` points at the camera, so the larger root is the visible surface.
+    """
+    a, bx, by, b0, cxx, cyy, cxy, cx, cy, c0 = _coeffs(R, centre, axes)
+    b = bx * X + (by * Y + b0)
+    c = (cxx * X + cxy * Y + cx) * X + ((cyy * Y + cy) * Y + c0)
+    disc = b * b - (4 * a) * c
+    s = (np.sqrt(np.maximum(disc, 0)) - b) * (0.5 / a)
+    s[disc < 0] = -np.inf
+    return s.astype(np.float32, copy=False)
+
+
+class _View:
+    """The rays of one pose over the window of the frame the head can cover."""
+
+    def __init__(self, pose: Pose, width: int, height: int) -> None:
+        r = pose.scale
+        self.pose = pose
+        self.R = rotation(pose.yaw, pose.pitch, pose.roll)
+        self.x0 = int(np.clip(math.floor(pose.x - 1.8 * r), 0, width - 1))
+        self.x1 = int(np.clip(math.ceil(pose.x + 1.8 * r) + 1, self.x0 + 1, width))
+        self.y0 = int(np.clip(math.floor(pose.y - 1.85 * r), 0, height - 1))
+        self.y1 = height
+        self.X = ((np.arange(self.x0, self.x1, dtype=np.float32) - pose.x) / r)[None, :]
+        self.Y = ((pose.y - np.arange(self.y0, self.y1, dtype=np.float32)) / r)[:, None]
+        self.window = (slice(self.y0, self.y1), slice(self.x0, self.x1))
+        # The parts every head shares (nose, ears, neck), cast once per pose.
+        self.fixed = [(kind, _cast(self.R, self.X, self.Y, c, a), c, a) for kind, c, a in FIXED_PARTS]
+
+    def surface(self, head_axes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+        """Object id, depth and winning part index of each pixel in the window."""
+        parts = [(HEAD, _cast(self.R, self.X, self.Y, HEAD_C, head_axes), HEAD_C, head_axes), *self.fixed]
+        depth = parts[0][1].copy()
+        best = np.zeros(depth.shape, np.uint8)
+        for i, (_, d, _, _) in enumerate(parts[1:], start=1):
+            nearer = d > depth
+            depth[nearer] = d[nearer]
+            best[nearer] = i
+        kinds = np.array([k for k, *_ in parts], np.uint8)
+        obj = np.where(np.isfinite(depth), kinds[best], BG).astype(np.uint8)
+        return obj, depth, best, parts
+
+    def point(self, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s = np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)
+        u, v, w = self.R
+        return tuple(u[i] * self.X + v[i] * self.Y + w[i] * s for i in range(3))
+
+    def eyes(
+        self, obj: np.ndarray, nose_depth: np.ndarray, aperture: float, light: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Eye map (0 skin, 1 sclera, 2 iris, 3 pupil) and, given a head-frame light, eyeball Lambert.
+
+        The eyeball shows through the lid opening wherever the face is hit there and the
+        nose is not in front of it. Each eye is cast only in a small box around it.
+        """
+        eye = np.zeros(obj.shape, np.uint8)
+        lambert = np.zeros(obj.shape, np.float32) if light is not None else None
+        g = gaze_vector(self.pose.gaze_yaw, self.pose.gaze_pitch)
+        u, v, w = self.R
+        half = int(math.ceil(0.3 * self.pose.scale))
+        for sign in (-1.0, 1.0):
+            centre = np.array([sign * EYE_X, EYE_Y, EYE_Z], np.float32)
+            cx, cy = project(centre[None], self.pose)[0][0]
+            cols = slice(max(0, int(cx) - half - self.x0), max(0, int(cx) + half + 1 - self.x0))
+            rows = slice(max(0, int(cy) - half - self.y0), max(0, int(cy) + half + 1 - self.y0))
+            X, Y = self.X[:, cols], self.Y[rows]
+            if X.size == 0 or Y.size == 0:
+                continue
+            s = _cast(self.R, X, Y, centre, np.full(3, EYE_R, np.float32))
+            hit = np.isfinite(s)
+            s0 = np.where(hit, s, 0.0)
+            q = [u[i] * X + v[i] * Y + w[i] * s0 - centre[i] for i in range(3)]
+            dx = q[0] / APERTURE_W
+            opening = APERTURE_H * aperture * np.clip(1 - dx * dx, 0, 1) ** 0.7
+            inside = hit & (np.abs(dx) < 1) & (np.abs(q[1] + (EYE_Y - APERTURE_Y)) < opening) & (obj[rows, cols] != BG)
+            inside &= s >= nose_depth[rows, cols]
+            cosang = (q[0] * g[0] + q[1] * g[1] + q[2] * g[2]) / EYE_R
+            code = np.where(cosang > PUPIL_COS, 3, np.where(cosang > IRIS_COS, 2, 1)).astype(np.uint8)
+            eye[rows, cols] = np.where(inside, code, eye[rows, cols])
+            if lambert is not None:
+                lam = np.clip((q[0] * light[0] + q[1] * light[1] + q[2] * light[2]) / EYE_R, 0, 1)
+                lambert[rows, cols] = np.where(inside, lam, lambert[rows, cols])
+        return eye, lambert
