@@ -38,32 +38,43 @@ The tests (tests/test_orchestration.py) start the same stack through :func:`up` 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script (python flows/stack.py): make `flows` importable
     sys.path.insert(0, str(REPO))
 from flows.processes import alive as _alive  # noqa: E402
 from flows.processes import stop_groups as _stop_groups  # noqa: E402
+from flows.stack_prefect import AUTH_FILE, POOL, _flow_run_ids, _mark_crashed, setup_pool  # noqa: E402
+from flows.stack_services import (  # noqa: E402
+    BIN,
+    _capture,
+    _check_free,
+    _descendants,
+    _origins,
+    _pid_file,
+    _run,
+    _running,
+    _server_urls,
+    _wait_healthy,
+    _wait_workers,
+    free_port,  # noqa: F401 -- not used here: tests import it from flows.stack
+    start_mlflow,
+    start_prefect,
+    start_worker,
+    wait_mlflow,
+)
 
-BIN = Path(sys.executable).parent
-POOL = "gpu"
 DEPLOYMENT = "train-nir/gpu"
-ZOMBIE_AUTOMATION = "nirgan: crash flow runs without heartbeats"
-AUTH_FILE = "prefect-auth"
 
 
 @dataclass
@@ -128,16 +139,6 @@ class Stack:
         return env
 
 
-def _origins(port: int) -> str:
-    return f"http://127.0.0.1:{port},http://localhost:{port}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def detect_gpus() -> list[str | None]:
     listed = os.environ.get("NIRGAN_GPUS")
     if listed is not None:
@@ -150,140 +151,6 @@ def detect_gpus() -> list[str | None]:
         if proc.returncode == 0 and ids:
             return ids
     return [None]
-
-
-def _pid_file(stack: Stack, name: str) -> Path:
-    return stack.state / "pids" / f"{name}.pid"
-
-
-def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
-    (stack.state / "logs").mkdir(parents=True, exist_ok=True)
-    (stack.state / "pids").mkdir(parents=True, exist_ok=True)
-    log = open(stack.state / "logs" / f"{name}.log", "ab")
-    proc = subprocess.Popen(
-        cmd, cwd=cwd or stack.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    log.close()
-    _pid_file(stack, name).write_text(f"{proc.pid}\n")
-    return proc.pid
-
-
-def _wait_healthy(stack: Stack, name: str, url: str, expect: str, timeout: float = 120.0) -> float:
-    pid = int(_pid_file(stack, name).read_text())
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if not _alive(pid):
-            log = (stack.state / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{name} exited during start-up; end of its log:\n{log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if expect in resp.read().decode(errors="replace"):
-                    return time.monotonic() - start
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"{name} not healthy at {url} after {timeout:.0f} s (log: {stack.state / 'logs'})")
-
-
-def _run(cmd: list[str], env: dict[str, str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def _check_free(port: int, what: str) -> None:
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", port)) == 0:
-            raise RuntimeError(f"port {port} for {what} is taken; is a stack already up? (set the port env var)")
-
-
-def start_prefect(stack: Stack) -> int:
-    return _spawn(
-        stack,
-        "prefect-server",
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(stack.prefect_port)],
-        stack.env(),
-    )
-
-
-def start_mlflow(stack: Stack) -> int:
-    """MLflow server on a SQLite store with proxied artifacts (clients upload through it, so
-    workers on other machines need no shared disk)."""
-    env = stack.env()
-    mlflow_dir = stack.state / "mlflow"
-    (mlflow_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-    store = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
-    # Several processes opening a new SQLite store race in its migration: create it once, here.
-    _run([str(BIN / "mlflow"), "db", "upgrade", store], env, stack.root)
-    return _spawn(
-        stack,
-        "mlflow-server",
-        [
-            str(BIN / "mlflow"), "server",
-            "--backend-store-uri", store,
-            "--artifacts-destination", str(mlflow_dir / "artifacts"),
-            "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(stack.mlflow_port),
-            "--workers", "1",
-            # its own Host and origin only (MLflow's default also allows other local ports)
-            "--allowed-hosts", f"127.0.0.1:{stack.mlflow_port},localhost:{stack.mlflow_port}",
-            "--cors-allowed-origins", _origins(stack.mlflow_port),
-        ],
-        env,
-    )
-
-
-def wait_mlflow(stack: Stack) -> float:
-    return _wait_healthy(stack, "mlflow-server", f"{stack.mlflow_uri}/health", "OK")
-
-
-def _capture(fn, stack: Stack, out: list) -> None:
-    try:
-        out.append(fn(stack))
-    except BaseException as exc:  # noqa: BLE001 -- re-raised by the caller
-        out.append(exc)
-
-
-def start_worker(stack: Stack, index: int, gpu: str | None) -> int:
-    """A process worker taking one flow run at a time, pinned to ``gpu`` when given."""
-    worker_env = stack.env(
-        NIRGAN_CHECKOUT=str(stack.root),
-        PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(stack.heartbeat_seconds),
-        PREFECT_WORKER_QUERY_SECONDS=str(stack.worker_poll_seconds),
-    )
-    if gpu is not None:
-        worker_env["CUDA_VISIBLE_DEVICES"] = gpu
-    name = f"{socket.gethostname()}-{'gpu' + gpu if gpu is not None else f'cpu{index}'}"
-    cmd = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--limit", "1",
-           "--name", name]
-    return _spawn(stack, f"worker-{index}", cmd, worker_env)
-
-
-# What a live process of each kind runs (guards against a PID file naming a reused PID).
-_KINDS = {"prefect-server": (b"prefect", b"server"), "mlflow-server": (b"mlflow", b"server"), "worker": (b"worker",)}
-
-
-def _running(stack: Stack, name: str) -> bool:
-    """Whether the PID file of ``name`` names a live process of its kind (not whether it is healthy)."""
-    pid_file = _pid_file(stack, name)
-    if not pid_file.exists():
-        return False
-    pid = int(pid_file.read_text())
-    if not _alive(pid):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return all(marker in cmdline for marker in _KINDS[name.split("-")[0] if name.startswith("worker") else name])
-
-
-def _server_urls(stack: Stack) -> dict[str, tuple[str, str]]:
-    return {
-        "prefect-server": (f"{stack.prefect_api}/health", "true"),
-        "mlflow-server": (f"{stack.mlflow_uri}/health", "OK"),
-    }
 
 
 def up(stack: Stack) -> dict[str, float]:
@@ -377,35 +244,6 @@ def _stop_started(stack: Stack, started: list[str]) -> None:
             pid_file.unlink()
 
 
-def _api_post(api: str, path: str, body: dict[str, Any], auth: str | None, timeout: float) -> bytes:
-    headers = {"Content-Type": "application/json"}
-    if auth:
-        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
-    req = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(), headers=headers)
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.read()
-
-
-def _wait_workers(stack: Stack, env: dict[str, str], count: int, timeout: float = 90.0) -> None:
-    """Until ``count`` workers of the pool report ONLINE (their first heartbeat)."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        for i in range(count):
-            pid = int(_pid_file(stack, f"worker-{i}").read_text())
-            if not _alive(pid):
-                log = (stack.state / "logs" / f"worker-{i}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"worker-{i} exited during start-up:\n{log}")
-        try:
-            workers = json.loads(_api_post(stack.prefect_api, f"/work_pools/{POOL}/workers/filter", {},
-                                           stack.auth_string(), 5))
-            if sum(w.get("status") == "ONLINE" for w in workers) >= count:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{count} worker(s) not online after {timeout:.0f} s (logs in {stack.state / 'logs'})")
-
-
 def down(state: Path, grace: float = 20.0) -> list[str]:
     """Stop workers first (so no new run starts), then the servers; by PID and process group.
 
@@ -438,101 +276,6 @@ def down(state: Path, grace: float = 20.0) -> list[str]:
             pid_file.unlink()
             stopped.append(name)
     return stopped
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, pending = [], [pid]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            out.append(child)
-            pending.append(child)
-    return out
-
-
-def _flow_run_ids(pids: list[int]) -> list[str]:
-    ids = []
-    for pid in pids:
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for item in env:
-            if item.startswith(b"PREFECT__FLOW_RUN_ID="):
-                ids.append(item.split(b"=", 1)[1].decode())
-    return sorted(set(ids))
-
-
-def _mark_crashed(state: Path, flow_run_ids: list[str]) -> None:
-    info = state / "stack.json"
-    if not flow_run_ids or not info.exists():
-        return
-    api = json.loads(info.read_text())["prefect_api"]
-    auth = (state / AUTH_FILE).read_text().strip() if (state / AUTH_FILE).exists() else None
-    body = {"state": {"type": "CRASHED", "message": "stopped by make stack-down"}, "force": True}
-    for run_id in flow_run_ids:
-        try:
-            _api_post(api, f"/flow_runs/{run_id}/set_state", body, auth, 10)
-        except OSError:
-            pass
-
-
-def setup_pool(limit: int, within_seconds: int) -> None:
-    """The process work pool with its concurrency limit, and the zombie automation."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-    from prefect.exceptions import ObjectNotFound
-    from prefect.workers.process import ProcessWorker
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_work_pool(POOL)
-        except ObjectNotFound:
-            client.create_work_pool(
-                WorkPoolCreate(
-                    name=POOL, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
-                )
-            )
-        client.update_work_pool(POOL, WorkPoolUpdate(concurrency_limit=limit))
-    create_zombie_automation(within_seconds)
-
-
-def create_zombie_automation(within_seconds: int) -> str:
-    """Mark a flow run Crashed when its heartbeats stop (dead worker or machine), which frees its
-    work pool slot. From Prefect's "detect zombie flows" guide; runs inside the stack's env."""
-    from datetime import timedelta
-
-    from prefect.automations import Automation
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import EventTrigger, Posture
-    from prefect.events.schemas.events import ResourceSpecification
-
-    try:
-        Automation.read(name=ZOMBIE_AUTOMATION)
-        return "exists"
-    except ValueError:
-        pass
-    Automation(
-        name=ZOMBIE_AUTOMATION,
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.*"},
-            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=within_seconds),
-        ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, message="no heartbeat: worker or machine died")],
-    ).create()
-    return "created"
 
 
 def _from_env() -> Stack:

@@ -1,0 +1,111 @@
+"""The stack's Prefect side, done over the API of a running Prefect server: the process work
+pool and its concurrency limit, the automation that marks a flow run Crashed when its
+heartbeats stop, and, for ``down``, finding the flow runs in a worker's process tree (from
+their environment) and marking them Crashed.
+
+It starts no process, unlike flows/stack_services.py (the servers and workers), and decides
+nothing, unlike flows/stack.py (settings, ``up``/``down`` and the CLI), which calls these steps.
+It is the lowest of the stack's modules, so the names the others share (the pool, the auth
+file) are defined here. ``setup_pool`` runs inside the stack's environment, in one child
+interpreter (``python flows/stack.py setup-pool``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+POOL = "gpu"
+ZOMBIE_AUTOMATION = "nirgan: crash flow runs without heartbeats"
+AUTH_FILE = "prefect-auth"
+
+
+def _api_post(api: str, path: str, body: dict[str, Any], auth: str | None, timeout: float) -> bytes:
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    req = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read()
+
+
+def _flow_run_ids(pids: list[int]) -> list[str]:
+    ids = []
+    for pid in pids:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in env:
+            if item.startswith(b"PREFECT__FLOW_RUN_ID="):
+                ids.append(item.split(b"=", 1)[1].decode())
+    return sorted(set(ids))
+
+
+def _mark_crashed(state: Path, flow_run_ids: list[str]) -> None:
+    info = state / "stack.json"
+    if not flow_run_ids or not info.exists():
+        return
+    api = json.loads(info.read_text())["prefect_api"]
+    auth = (state / AUTH_FILE).read_text().strip() if (state / AUTH_FILE).exists() else None
+    body = {"state": {"type": "CRASHED", "message": "stopped by make stack-down"}, "force": True}
+    for run_id in flow_run_ids:
+        try:
+            _api_post(api, f"/flow_runs/{run_id}/set_state", body, auth, 10)
+        except OSError:
+            pass
+
+
+def setup_pool(limit: int, within_seconds: int) -> None:
+    """The process work pool with its concurrency limit, and the zombie automation."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(POOL)
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=POOL, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
+                )
+            )
+        client.update_work_pool(POOL, WorkPoolUpdate(concurrency_limit=limit))
+    create_zombie_automation(within_seconds)
+
+
+def create_zombie_automation(within_seconds: int) -> str:
+    """Mark a flow run Crashed when its heartbeats stop (dead worker or machine), which frees its
+    work pool slot. From Prefect's "detect zombie flows" guide; runs inside the stack's env."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        Automation.read(name=ZOMBIE_AUTOMATION)
+        return "exists"
+    except ValueError:
+        pass
+    Automation(
+        name=ZOMBIE_AUTOMATION,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.*"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=within_seconds),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message="no heartbeat: worker or machine died")],
+    ).create()
+    return "created"
