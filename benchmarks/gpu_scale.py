@@ -193,9 +193,7 @@ def run(out_dir: Path, smoke: bool, train_minutes: float, subjects: int | None, 
             summary["generate"] = {"images": made["images"], "seconds": summary["stage_seconds"]["generate"],
                                    "images_per_s": round(made["images"] / summary["stage_seconds"]["generate"], 1),
                                    "phase_seconds": {k: v for k, v in made.items() if k.endswith("_s")}}
-        for src, dst in (("metrics/eval.json", "eval.json"), ("metrics/train.json", "train.json"),
-                         ("plots/samples.png", "samples.png")):
-            shutil.copy2(src, out_dir / dst)
+        _save_partial(out_dir, summary)
         grids = sorted(Path("models/samples").glob("*.png"))
         if grids:
             shutil.copy2(grids[-1], out_dir / f"train_{grids[-1].name}")
