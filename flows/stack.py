@@ -166,6 +166,8 @@ def up(stack: Stack) -> dict[str, float]:
     t0 = time.monotonic()
     workers = [f"worker-{i}" for i in range(len(stack.gpus))]
     missing = [n for n in ("prefect-server", "mlflow-server", *workers) if not _running(stack, n)]
+    for name in missing:
+        _stop_survivors(stack, name)
     for name, (url, expect) in _server_urls(stack).items():
         if name not in missing:  # ours and alive: it must answer (it may still be starting)
             _wait_healthy(stack, name, url, expect, timeout=60.0)
@@ -190,6 +192,19 @@ def up(stack: Stack) -> dict[str, float]:
         )
     )
     return timings
+
+
+def _stop_survivors(stack: Stack, name: str) -> None:
+    """Stop what is left of a dead server's or worker's process group.
+
+    A server killed by its leader alone can leave a worker process holding its port for a while
+    (uvicorn workers under MLflow), and the restart would then find the port taken. The leader's
+    PID being free, no other process can lead a group with that id: the group holds only those
+    survivors. A live PID (reused by an unrelated program) is left alone.
+    """
+    pid_file = _pid_file(stack, name)
+    if pid_file.exists() and not _alive(pid := int(pid_file.read_text())):
+        _stop_groups([pid], 5.0)
 
 
 def _start_missing(
