@@ -39,7 +39,8 @@ DATA_STAGES = ("raw", "crops", "clean", "prepared", "split")
 FIGURES = (
     "pose_gen_head_mean", "pose_gen_gaze_mean", "pose_rec_head_mean", "pose_rec_gaze_mean",
     "utility_tstr_head_deg", "utility_tstr_gaze_deg", "utility_tstr_over_trtr_head", "utility_tstr_over_trtr_gaze",
-    "judge_auc", "judge_auc_curve_mean", "diversity_msssim", "latent_code_rms_real", "latent_code_rms_sampled",
+    "judge_auc", "judge_auc_few_shot", "judge_auc_untrained_few_shot", "diversity_msssim", "latent_code_rms_real",
+    "latent_code_rms_sampled",
 )
 
 

@@ -145,7 +145,7 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     assert {p["images"] for p in pose} == {"real", "generated"}
     assert pose[0]["mean_deg"] == m["pose_real_head_yaw_mean"] and pose[1]["p90_deg"] == m["pose_gen_head_yaw_p90"]
     curve = pd.read_csv(plots / "judge_curve.csv")
-    assert curve.columns[0] == "epoch" and "judge_auc" in curve.columns and len(curve) >= 2
+    assert curve.columns[0] == "images_per_class" and "judge_auc" in curve.columns and len(curve) >= 2
     assert curve["judge_auc"].iloc[-1] == pytest.approx(m["judge_auc"])
     sweep = pd.read_csv(plots / "sweep_head_yaw.csv")
     assert list(sweep.columns) == ["pair_id", "true_deg", "estimated_real_deg", "estimated_generated_deg"]

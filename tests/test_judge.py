@@ -18,7 +18,7 @@ from nirgan.metrics.judge import gaussian_blur, realism_judge, roc_auc, two_samp
 from nirgan.models import build_networks
 from real_pairs import load_pairs, lookup_generator, model_range
 
-SEEDS, EPOCHS = 3, 20
+SEEDS, EPOCHS, DRAWS = 3, 20, 2
 
 
 def test_roc_auc_is_the_pairwise_win_rate():
@@ -50,8 +50,8 @@ def figures(twin_prepared_128):
     torch.manual_seed(0)
     untrained = build_networks(tc).generator.eval()
     out, curve = realism_judge(real, model_range(sources.permute(0, 3, 1, 2)), np.concatenate([tr_l, te_l]),
-                        lookup_generator(sources, blobs), lambda s, z, lab: untrained(s, z, None), tc.latent_dim,
-                        seeds=SEEDS, epochs=EPOCHS)
+                               lookup_generator(sources, blobs), lambda s, z, lab: untrained(s, z, None), tc.latent_dim,
+                               seeds=SEEDS, epochs=EPOCHS, few_shot_draws=DRAWS)
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()})
     return {**out, "curve": curve}
 
@@ -82,29 +82,32 @@ def test_keys_and_spread(figures):
 def test_too_few_images_is_unavailable_with_a_reason():
     x = torch.zeros(5, 1, 32, 32)
     out, curve = realism_judge(x, torch.zeros(5, 3, 32, 32), None, None, None, 8)
-    assert curve == [] and out["judge_auc_curve_mean"] == "unavailable"
+    assert curve == [] and out["judge_auc_few_shot"] == "unavailable"
     assert out["judge_auc"] == out["judge_auc_real_vs_real_std"] == "unavailable"
     assert "8 real images" in out["judge_reason"]
 
 
-def test_learning_curve_is_graded_and_reported_per_arm(figures):
-    """The curve reads the same judges earlier: real vs real stays a coin toss all along, while
-    a slight blur is told apart sooner than not at all."""
+def test_few_shot_judges_are_graded_and_reported_per_arm(figures):
+    """Judges fitted to 2, 4 and 8 images per class: real vs real stays a coin toss, and blobs, an
+    untrained generator and a slight blur are each found from these few examples; the curve ends
+    with the full judge."""
     rows = figures["curve"]
-    assert {r["epoch"] for r in rows} == {1, 2, 5, 10, EPOCHS}
+    n_train = figures["judge_images_per_class_train"]
+    assert {r["images_per_class"] for r in rows} == {2, 4, 8, n_train}
     assert {r["arm"] for r in rows} == {"judge_auc", "judge_auc_real_vs_real", "judge_auc_blurred_real",
                                         "judge_auc_untrained"}
-    final = {r["arm"]: r["auc"] for r in rows if r["epoch"] == EPOCHS}
+    final = {r["arm"]: r["auc"] for r in rows if r["images_per_class"] == n_train}
     assert final["judge_auc"] == pytest.approx(figures["judge_auc"])
-    assert abs(figures["judge_auc_real_vs_real_curve_mean"] - 0.5) <= 0.15
-    assert figures["judge_auc_blurred_real_curve_mean"] > figures["judge_auc_real_vs_real_curve_mean"] + 0.1
-    assert figures["judge_curve_epochs"] == f"1,2,5,10,{EPOCHS}"
+    assert abs(figures["judge_auc_real_vs_real_few_shot"] - 0.5) <= 0.15
+    for arm in ("judge_auc", "judge_auc_untrained", "judge_auc_blurred_real"):
+        assert figures[f"{arm}_few_shot"] > figures["judge_auc_real_vs_real_few_shot"] + 0.1, arm
+    assert figures["judge_few_shot_images_per_class"] == "2,4,8" and figures["judge_few_shot_draws"] == DRAWS
 
 
-def test_reading_the_curve_does_not_change_the_judge():
-    """Scoring after early epochs draws from its own generator and leaves the weights alone."""
+def test_few_shot_judges_do_not_change_the_full_judge():
+    """The few-shot judges draw from generators of their own and train their own weights."""
     torch.manual_seed(0)
     a, b = torch.rand(24, 1, 32, 32) * 2 - 1, torch.rand(24, 1, 32, 32) * 1.6 - 0.8
     plain = two_sample_auc(a, b, seed=3, epochs=4)
-    read = two_sample_auc(a, b, seed=3, epochs=4, curve=(1, 2))
-    assert plain[0] == read[0] and sorted(read[3]) == [1, 2, 4] and sorted(plain[3]) == [4]
+    read = two_sample_auc(a, b, seed=3, epochs=4, few_shot=(2, 4, 12), few_shot_draws=1)
+    assert plain[0] == read[0] and sorted(read[3]) == [2, 4] and plain[3] == {}

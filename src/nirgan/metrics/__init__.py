@@ -54,9 +54,9 @@ Realism judge (:mod:`nirgan.metrics.judge`): a real-vs-generated CNN trained fro
   judge_auc_real_vs_real       disjoint real halves: the test's calibration, about 0.5
   judge_auc_blurred_real       real vs real blurred (Gaussian sigma 1.5 px at 128 px)
   judge_auc_untrained          real vs an untrained generator
-  <each>_curve_mean            the graded companion: the same judge's held-out AUC read after
-                               epochs 1, 2, 5, 10 and the last, averaged (its learning curve's
-                               area); tells generators apart when both end at AUC 1.0
+  <each>_few_shot              the graded companion: the same judge trained on only 2, 4 and 8
+                               images per class, held-out AUC averaged; tells generators apart
+                               when the full judge gives both AUC 1.0
 Identity reconstruction, unseen test subjects (:mod:`nirgan.metrics.identity`)
   identity_l1, identity_l1_random_z   mean |G(y, E(x)) - x| (and with a random z instead of E(x)),
                                pixels on [0, 1]
@@ -73,8 +73,8 @@ Cleaning quality on the twin (:mod:`nirgan.metrics.cleaning`): clean_precision, 
 Bookkeeping: eval_test_pairs, eval_train_pairs, eval_seeds.
 
 Plot files (``plots/``, for ``dvc plots``): realism_diversity.json [{metric, value, std}],
-pose_error.json [{series, attribute, images, mean_deg, p90_deg}], judge_curve.csv (epoch, one
-held-out AUC column per judge arm), sweep_<attr>.csv
+pose_error.json [{series, attribute, images, mean_deg, p90_deg}], judge_curve.csv (images_per_class,
+one held-out AUC column per judge arm), sweep_<attr>.csv
 (pair_id, true_deg, estimated_real_deg, estimated_generated_deg) for head_yaw, head_pitch,
 gaze_yaw, and the PNGs samples, sweep_<attr>, interpolation, arithmetic.
 """

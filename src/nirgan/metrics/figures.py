@@ -189,12 +189,12 @@ REALISM_DIVERSITY_KEYS = (
 
 
 def write_plot_data(out: Path, metrics: dict[str, Any], labelled: bool, judge_curve: list[dict[str, Any]]) -> None:
-    # one column per arm, one row per epoch: dvc's linear template draws each column as a line
+    # one column per arm, one row per training size: dvc's linear template draws each column as a line
     arms = sorted({r["arm"] for r in judge_curve})
-    by_epoch: dict[int, dict[str, Any]] = {}
+    by_size: dict[int, dict[str, Any]] = {}
     for r in judge_curve:
-        by_epoch.setdefault(r["epoch"], {"epoch": r["epoch"]})[r["arm"]] = r["auc"]
-    pd.DataFrame([by_epoch[e] for e in sorted(by_epoch)], columns=["epoch", *arms]).to_csv(
+        by_size.setdefault(r["images_per_class"], {"images_per_class": r["images_per_class"]})[r["arm"]] = r["auc"]
+    pd.DataFrame([by_size[k] for k in sorted(by_size)], columns=["images_per_class", *arms]).to_csv(
         out / "judge_curve.csv", index=False)
     bars = [{"metric": k, "value": metrics[k], "std": metrics.get(f"{k}_std", 0.0)}
             for k in REALISM_DIVERSITY_KEYS if isinstance(metrics.get(k), float)]

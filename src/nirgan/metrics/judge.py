@@ -24,25 +24,33 @@ Design
 - Held-out halves: each class is split again at random into a training half and a test half;
   the judge never sees the images it is scored on.
 - Seed s uses ``seed + s`` for the partition, the crops, the initial weights and the latents.
+- The few-shot judges: with a few hundred images per class the full judge tells every generator
+  we have trained on a CPU apart from real (AUC 1.0), the untrained one too, so it cannot rank
+  them. How FEW images it needs still differs: the same judge, trained to fit k = 2, 4 and 8
+  images per class (drawn from the training halves, 3 draws each, 120 steps) and scored on the
+  same held-out halves. A difference a judge finds from 2 examples is blatant; one it needs 8
+  or 200 for is subtler. These judges are trained to fit their images, so their reading is not
+  that of a barely trained net: the earlier graded reading (held-out AUC after epochs 1, 2, 5)
+  mostly reflected the random initial weights: 0.19 for the untrained generator after two
+  epochs on one seed, below chance.
 
 Keys (mean over seeds and population std):
   judge_auc[_std]                 real vs the judged generator's G(y, z), one z per source
   judge_auc_real_vs_real[_std]    the calibration: about 0.5 (its spread is the test's noise)
   judge_auc_blurred_real[_std]    real vs real blurred with sigma 1.5 px at 128 px
   judge_auc_untrained[_std]       real vs an untrained generator
-  <each of the above>_curve_mean[_std]   the graded companion: mean held-out AUC of the same
-                                  judge read after epochs 1, 2, 5, 10 and the last (the area under
-                                  its learning curve). Once both generators are told apart for
-                                  sure at the end (AUC 1.0), how soon they are still differs.
+  <each of the above>_few_shot[_std]   the graded companion: mean held-out AUC of the few-shot
+                                  judges over k = 2, 4, 8 (unavailable, with
+                                  judge_few_shot_reason, when the training half has no more than 2)
   judge_images_per_class_train, judge_images_per_class_test, judge_seeds, judge_blur_sigma_px,
-  judge_curve_epochs
+  judge_few_shot_images_per_class, judge_few_shot_draws, judge_few_shot_steps
 The AUC is the raw held-out one (not folded at 0.5): a value far below 0.5 means an undertrained
-or overfitted judge (seen with one epoch), not a realistic generator.
+or overfitted judge, not a realistic generator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -57,9 +65,12 @@ GenerateFn = Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
 
 BLUR_SIGMA_AT_128 = 1.5
 AUC_KEYS = ("judge_auc", "judge_auc_real_vs_real", "judge_auc_blurred_real", "judge_auc_untrained")
-# Held-out AUC is also read after these epochs: a judge that needs longer to tell a generator
-# apart is being shown a better one, which the saturated final AUC cannot say.
-CURVE_EPOCHS = (1, 2, 5, 10)
+# The few-shot judges: k images per class, FEW_SHOT_DRAWS draws of them per seed, trained for a
+# fixed number of steps (enough to fit k images; on the default run 240 steps kept the trained
+# generator below the untrained one at k = 4: 0.88 against 0.98).
+FEW_SHOT_IMAGES = (2, 4, 8)
+FEW_SHOT_DRAWS = 3
+FEW_SHOT_STEPS = 120
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -160,17 +171,46 @@ def _held_out_auc(judge: Judge, x_train: torch.Tensor, held_out: tuple[torch.Ten
     return roc_auc(scores[0].numpy(), scores[1].numpy())
 
 
+def _batches_by_epoch(n: int, epochs: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        yield from (order[i : i + batch_size] for i in range(0, n, batch_size))
+
+
+def _batches_by_step(n: int, steps: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    for _ in range(steps):
+        yield torch.randint(0, n, (min(batch_size, n),), generator=gen)
+
+
+def _fit(x_train: torch.Tensor, y_train: torch.Tensor, batches: Iterator[torch.Tensor], seed: int, lr: float,
+         width: int, crop: int, gen: torch.Generator, device: torch.device) -> Judge:
+    """A new judge (weights from ``seed``) trained by BCE on random crops of the given batches."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        judge = Judge(width).to(device)
+    opt = torch.optim.Adam(judge.parameters(), lr=lr, betas=(0.5, 0.999))
+    judge.train()
+    for idx in batches:
+        x = _crop_flip(x_train[idx], crop, gen).to(device)
+        loss = F.binary_cross_entropy_with_logits(judge(x), y_train[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return judge
+
+
 def two_sample_auc(class0: torch.Tensor, class1: torch.Tensor, seed: int = 0, epochs: int = 20,
                    batch_size: int = 32, lr: float = 1e-3, width: int = 16, crop: int | None = None,
-                   device: torch.device | str = "cpu", curve: Sequence[int] = ()
-                   ) -> tuple[float, int, int, dict[int, float]]:
+                   device: torch.device | str = "cpu", few_shot: Sequence[int] = (),
+                   few_shot_draws: int = FEW_SHOT_DRAWS) -> tuple[float, int, int, dict[int, float]]:
     """Train a :class:`Judge` on a random half of each class and score the other halves.
 
     ``class0`` / ``class1``: (n, 1, S, S) on [-1, 1]. Returns (held-out ROC AUC for "class 1",
-    training images per class, test images per class, {epoch: held-out AUC} after each epoch in
-    ``curve`` below ``epochs``); the two classes are cut to the same size. The curve's scoring
-    draws from its own generator and leaves the weights alone, so the final AUC is the same with
-    or without it.
+    training images per class, test images per class, {k: held-out AUC} for each k in
+    ``few_shot`` below the training half's size, each the mean over ``few_shot_draws`` judges
+    trained for FEW_SHOT_STEPS steps on k images per class drawn from the training halves, and
+    scored on the same held-out halves). The two classes are cut to the same size. The few-shot
+    judges draw from generators of their own: the full judge is the same with or without them.
     """
     n = min(len(class0), len(class1))
     if n < 4:
@@ -178,34 +218,29 @@ def two_sample_auc(class0: torch.Tensor, class1: torch.Tensor, seed: int = 0, ep
     gen = torch.Generator().manual_seed(seed)
     pick0, pick1 = torch.randperm(len(class0), generator=gen)[:n], torch.randperm(len(class1), generator=gen)[:n]
     n_train = n // 2
-    x_train = torch.cat([class0[pick0[:n_train]], class1[pick1[:n_train]]]).float()
+    train0, train1 = class0[pick0[:n_train]].float(), class1[pick1[:n_train]].float()
+    x_train = torch.cat([train0, train1])
     y_train = torch.cat([torch.zeros(n_train), torch.ones(n_train)])
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        judge = Judge(width).to(device)
-    opt = torch.optim.Adam(judge.parameters(), lr=lr, betas=(0.5, 0.999))
     crop = min(x_train.shape[-1], crop or max(16, x_train.shape[-1] // 2))
     held_out = (class0[pick0[n_train:]], class1[pick1[n_train:]])
-    curve_gen, learning = torch.Generator().manual_seed(seed + 7919), {}
-    judge.train()
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(x_train), generator=gen)
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            x = _crop_flip(x_train[idx], crop, gen).to(device)
-            loss = F.binary_cross_entropy_with_logits(judge(x), y_train[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if epoch in curve and epoch < epochs:
-            learning[epoch] = _held_out_auc(judge, x_train, held_out, crop, batch_size, curve_gen, device)
-            for m in judge.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.momentum = 0.1  # back to training's running average (reset again at the end)
-            judge.train()
-    learning[epochs] = _held_out_auc(judge, x_train, held_out, crop, batch_size, gen, device)
-    return learning[epochs], n_train, n - n_train, learning
+    judge = _fit(x_train, y_train, _batches_by_epoch(len(x_train), epochs, batch_size, gen), seed, lr, width, crop,
+                 gen, device)
+    auc = _held_out_auc(judge, x_train, held_out, crop, batch_size, gen, device)
+
+    few: dict[int, float] = {}
+    for k in (k for k in few_shot if k < n_train):
+        aucs = []
+        for draw in range(few_shot_draws):
+            g = torch.Generator().manual_seed(seed * 7919 + k * 101 + draw)
+            x = torch.cat([train0[torch.randperm(n_train, generator=g)[:k]],
+                           train1[torch.randperm(n_train, generator=g)[:k]]])
+            y = torch.cat([torch.zeros(k), torch.ones(k)])
+            small = _fit(x, y, _batches_by_step(len(x), FEW_SHOT_STEPS, batch_size, g), seed + draw, lr, width, crop,
+                         g, device)
+            aucs.append(_held_out_auc(small, x, held_out, crop, batch_size, g, device))
+        few[k] = float(np.mean(aucs))
+    return auc, n_train, n - n_train, few
 
 
 # ---------------------------------------------------------------------------- the measure
@@ -220,17 +255,21 @@ def _generated(generate: GenerateFn, sources: torch.Tensor, labels: np.ndarray, 
 def realism_judge(targets: torch.Tensor, sources: torch.Tensor, labels: np.ndarray | None,
                   generate: GenerateFn | None, generate_untrained: GenerateFn | None, latent_dim: int,
                   seeds: int = 3, epochs: int = 20, seed: int = 0, device: torch.device | str = "cpu",
-                  batch_size: int = 50) -> tuple[dict[str, object], list[dict[str, object]]]:
-    """The judge's AUCs (see the module docstring) and its learning curves.
+                  batch_size: int = 50, few_shot_draws: int = FEW_SHOT_DRAWS, baselines: bool = True
+                  ) -> tuple[dict[str, object], list[dict[str, object]]]:
+    """The judge's AUCs (see the module docstring) and its curve over training images.
 
     ``targets`` (N, 1, S, S) and ``sources`` (N, 3, S, S) on [-1, 1], row i of one paired with row
     i of the other; ``labels`` (N, 5) degrees for label-conditioned generators (else None).
     ``generate`` / ``generate_untrained`` map (sources, z, labels) to (n, 1, S, S) on [-1, 1]; an
-    arm whose callable is None is left out. The curve rows are {arm, epoch, auc, auc_std}.
+    arm whose callable is None is left out, and so are real vs real and blurred real without
+    ``baselines`` (a caller judging many generators on the same images needs them once). The
+    curve rows are {arm, images_per_class, auc, auc_std}: the few-shot judges' AUC for each k,
+    then the full judge's at its training size.
     """
     n = len(targets)
     if n < 8:
-        keys = AUC_KEYS + tuple(f"{k}_std" for k in AUC_KEYS) + tuple(f"{k}_curve_mean" for k in AUC_KEYS)
+        keys = AUC_KEYS + tuple(f"{k}_std" for k in AUC_KEYS) + tuple(f"{k}_few_shot" for k in AUC_KEYS)
         return {**{k: "unavailable" for k in keys}, "judge_reason": f"needs at least 8 real images, got {n}"}, []
     labels = np.full((n, 5), np.nan) if labels is None else np.asarray(labels, np.float64)
     sigma = blur_sigma(targets.shape[-1])
@@ -241,21 +280,26 @@ def realism_judge(targets: torch.Tensor, sources: torch.Tensor, labels: np.ndarr
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + s))
         p, q = order[: n // 2], order[n // 2 :]
         others = {"judge_auc_real_vs_real": lambda: targets[q],
-                  "judge_auc_blurred_real": lambda: gaussian_blur(targets[q], sigma)}
+                  "judge_auc_blurred_real": lambda: gaussian_blur(targets[q], sigma)} if baselines else {}
         for key, g in (("judge_auc", generate), ("judge_auc_untrained", generate_untrained)):
             if g is not None:
                 others[key] = lambda g=g: _generated(g, sources[q], labels[q.numpy()], latent_dim, seed + s, batch_size)
         for key, make in others.items():
-            auc, *sizes, learning = two_sample_auc(targets[p], make(), seed=seed + s, epochs=epochs, device=device,
-                                                   curve=CURVE_EPOCHS)
+            auc, *sizes, few = two_sample_auc(targets[p], make(), seed=seed + s, epochs=epochs, device=device,
+                                              few_shot=FEW_SHOT_IMAGES, few_shot_draws=few_shot_draws)
             draws.setdefault(key, []).append(auc)
-            draws.setdefault(f"{key}_curve_mean", []).append(float(np.mean(list(learning.values()))))
-            for epoch, value in learning.items():
-                curves.setdefault((key, epoch), []).append(value)
+            if few:
+                draws.setdefault(f"{key}_few_shot", []).append(float(np.mean(list(few.values()))))
+            for k, value in [*few.items(), (sizes[0], auc)]:
+                curves.setdefault((key, k), []).append(value)
     out: dict[str, object] = dict(aggregate_draws(draws))
+    shots = [k for k in FEW_SHOT_IMAGES if k < sizes[0]]
     out.update(judge_images_per_class_train=sizes[0], judge_images_per_class_test=sizes[1], judge_seeds=seeds,
-               judge_blur_sigma_px=sigma,
-               judge_curve_epochs=",".join(str(e) for e in [*(e for e in CURVE_EPOCHS if e < epochs), epochs]))
-    rows = [{"arm": key, "epoch": epoch, "auc": float(np.mean(v)), "auc_std": float(np.std(v))}
-            for (key, epoch), v in sorted(curves.items())]
+               judge_blur_sigma_px=sigma, judge_few_shot_images_per_class=",".join(map(str, shots)),
+               judge_few_shot_draws=few_shot_draws, judge_few_shot_steps=FEW_SHOT_STEPS)
+    if not shots:
+        out.update({f"{k}_few_shot": "unavailable" for k in AUC_KEYS if k in draws},
+                   judge_few_shot_reason=f"{sizes[0]} training images per class: none left out for a few-shot judge")
+    rows = [{"arm": key, "images_per_class": k, "auc": float(np.mean(v)), "auc_std": float(np.std(v))}
+            for (key, k), v in sorted(curves.items())]
     return out, rows
