@@ -21,9 +21,11 @@ only for the UI's own origin. Prefect 3.8 has no Host-header allow-list, so a DN
 page that reaches the API by a foreign Host is stopped by the auth string, not by a Host check.
 The MLflow server allows only its own Host (``--allowed-hosts``) and refuses state-changing
 requests from other origins (``--cors-allowed-origins``), except that MLflow 3.17 always admits
-``localhost``/``127.0.0.1`` origins on any port (other local web apps); it runs no commands. Every process gets its own session, so ``down`` stops each one
-with its children (uvicorn workers) by PID; for a worker it also stops the flow runs it started
-(they run in sessions of their own) and marks them Crashed.
+``localhost``/``127.0.0.1`` origins on any port (other local web apps); it runs no commands.
+Every process gets its own session, so ``down`` stops each one with its children (uvicorn
+workers) by PID; for a worker it also stops the flow runs it started (they run in sessions of
+their own) and marks them Crashed. ``up`` stops what is left of a dead one's session before it
+restarts it.
 
 Settings (environment, with defaults): NIRGAN_STACK_DIR=.stack, NIRGAN_STACK_ROOT (the project
 checkout the workers run; default: this repository), NIRGAN_PREFECT_PORT=4200,
