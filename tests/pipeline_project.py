@@ -53,7 +53,8 @@ EXPRESSION_MICRO_PARAMS: dict = {
     "split": {"test_fraction": 0.25},
     "expression_train": {"width": 0.25, "res_blocks": 1, "batch_size": 8, "steps": 4, "log_every": 2,
                          "checkpoint_every": 2, "sample_inputs": 2},
-    "evaluate": {"feature_epochs": 1, "judge_seeds": 1, "judge_epochs": 1},
+    "evaluate": {"feature_epochs": 1, "judge_seeds": 1, "judge_epochs": 1, "judge_few_shot_draws": 1,
+                 "judge_few_shot_steps": 5},
 }
 
 

@@ -75,6 +75,7 @@ def _fixture(root, with_mlflow: bool) -> dict:
 def _run(root, dirs):
     cfg = Config(evaluate=EvaluateConfig(
         seeds=2, batch_size=16, diversity_sources=2, diversity_latents=3, estimator_epochs=2, feature_epochs=1,
+        judge_few_shot_draws=1, judge_few_shot_steps=20,
     ))
     out = evaluate.run(cfg, dirs["raw"], dirs["crops"], dirs["clean"], dirs["prepared"], dirs["split"],
                        dirs["models"], root / "metrics" / "eval.json", root / "plots")
@@ -147,6 +148,8 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     curve = pd.read_csv(plots / "judge_curve.csv")
     assert curve.columns[0] == "images_per_class" and "judge_auc" in curve.columns and len(curve) >= 2
     assert curve["judge_auc"].iloc[-1] == pytest.approx(m["judge_auc"])
+    assert (m["judge_few_shot_draws"], m["judge_few_shot_steps"]) == (1, 20)  # the params reach the judge
+    assert 0.0 <= m["judge_auc_few_shot"] <= 1.0 and 0.0 <= m["judge_auc_untrained_few_shot"] <= 1.0
     sweep = pd.read_csv(plots / "sweep_head_yaw.csv")
     assert list(sweep.columns) == ["pair_id", "true_deg", "estimated_real_deg", "estimated_generated_deg"]
     assert sweep["true_deg"].is_monotonic_increasing

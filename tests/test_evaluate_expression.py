@@ -39,7 +39,8 @@ CONTRACT_KEYS = (
 def config(**train) -> Config:
     return Config.model_validate({
         "task": "expression", "collect": {"source": "expression_twin"},
-        "evaluate": {"device": "cpu", "fid": False, "feature_epochs": 3, "judge_seeds": 1, "judge_epochs": 3},
+        "evaluate": {"device": "cpu", "fid": False, "feature_epochs": 3, "judge_seeds": 1, "judge_epochs": 3,
+                     "judge_few_shot_draws": 1, "judge_few_shot_steps": 10},
         "expression_train": {"image_size": 32, "width": 0.25, "latent_dim": 16, "batch_size": 16, "steps": 20,
                              "log_every": 10, "checkpoint_every": 20, "device": "cpu", "sample_inputs": 2, **train},
     })

@@ -397,6 +397,8 @@ class EvaluateConfig(Section):
     utility_latents: int = Field(1, ge=1, description="TSTR: generated images per train source (k latents)")
     judge_seeds: int = Field(3, ge=1, description="realism judge: partitions and classifier seeds (mean and std)")
     judge_epochs: int = Field(20, ge=1, description="realism judge: passes over its training half")
+    judge_few_shot_draws: int = Field(3, ge=1, description="few-shot judges: draws per k (2, 4, 8 images) and seed")
+    judge_few_shot_steps: int = Field(120, ge=1, description="few-shot judges: training steps of each")
 
 
 # ------------------------------------------------------------------------------ generate

@@ -27,8 +27,8 @@ Design
 - The few-shot judges: with a few hundred images per class the full judge tells every generator
   we have trained on a CPU apart from real (AUC 1.0), the untrained one too, so it cannot rank
   them. How FEW images it needs still differs: the same judge, trained to fit k = 2, 4 and 8
-  images per class (drawn from the training halves, 3 draws each, 120 steps) and scored on the
-  same held-out halves. A difference a judge finds from 2 examples is blatant; one it needs 8
+  images per class (drawn from the training halves, 3 draws each, 120 steps by default) and
+  scored on the same held-out halves. A difference a judge finds from 2 examples is blatant; one it needs 8
   or 200 for is subtler. These judges are trained to fit their images, so their reading is not
   that of a barely trained net: the earlier graded reading (held-out AUC after epochs 1, 2, 5)
   mostly reflected the random initial weights: 0.19 for the untrained generator after two
@@ -67,7 +67,8 @@ BLUR_SIGMA_AT_128 = 1.5
 AUC_KEYS = ("judge_auc", "judge_auc_real_vs_real", "judge_auc_blurred_real", "judge_auc_untrained")
 # The few-shot judges: k images per class, FEW_SHOT_DRAWS draws of them per seed, trained for a
 # fixed number of steps (enough to fit k images; on the default run 240 steps kept the trained
-# generator below the untrained one at k = 4: 0.88 against 0.98).
+# generator below the untrained one at k = 4: 0.88 against 0.98). The evaluate stage passes its
+# params (evaluate.judge_few_shot_*, the same defaults).
 FEW_SHOT_IMAGES = (2, 4, 8)
 FEW_SHOT_DRAWS = 3
 FEW_SHOT_STEPS = 120
@@ -202,13 +203,14 @@ def _fit(x_train: torch.Tensor, y_train: torch.Tensor, batches: Iterator[torch.T
 def two_sample_auc(class0: torch.Tensor, class1: torch.Tensor, seed: int = 0, epochs: int = 20,
                    batch_size: int = 32, lr: float = 1e-3, width: int = 16, crop: int | None = None,
                    device: torch.device | str = "cpu", few_shot: Sequence[int] = (),
-                   few_shot_draws: int = FEW_SHOT_DRAWS) -> tuple[float, int, int, dict[int, float]]:
+                   few_shot_draws: int = FEW_SHOT_DRAWS, few_shot_steps: int = FEW_SHOT_STEPS
+                   ) -> tuple[float, int, int, dict[int, float]]:
     """Train a :class:`Judge` on a random half of each class and score the other halves.
 
     ``class0`` / ``class1``: (n, 1, S, S) on [-1, 1]. Returns (held-out ROC AUC for "class 1",
     training images per class, test images per class, {k: held-out AUC} for each k in
     ``few_shot`` below the training half's size, each the mean over ``few_shot_draws`` judges
-    trained for FEW_SHOT_STEPS steps on k images per class drawn from the training halves, and
+    trained for ``few_shot_steps`` steps on k images per class drawn from the training halves, and
     scored on the same held-out halves). The two classes are cut to the same size. The few-shot
     judges draw from generators of their own: the full judge is the same with or without them.
     """
@@ -236,7 +238,7 @@ def two_sample_auc(class0: torch.Tensor, class1: torch.Tensor, seed: int = 0, ep
             x = torch.cat([train0[torch.randperm(n_train, generator=g)[:k]],
                            train1[torch.randperm(n_train, generator=g)[:k]]])
             y = torch.cat([torch.zeros(k), torch.ones(k)])
-            small = _fit(x, y, _batches_by_step(len(x), FEW_SHOT_STEPS, batch_size, g), seed + draw, lr, width, crop,
+            small = _fit(x, y, _batches_by_step(len(x), few_shot_steps, batch_size, g), seed + draw, lr, width, crop,
                          g, device)
             aucs.append(_held_out_auc(small, x, held_out, crop, batch_size, g, device))
         few[k] = float(np.mean(aucs))
@@ -255,8 +257,8 @@ def _generated(generate: GenerateFn, sources: torch.Tensor, labels: np.ndarray, 
 def realism_judge(targets: torch.Tensor, sources: torch.Tensor, labels: np.ndarray | None,
                   generate: GenerateFn | None, generate_untrained: GenerateFn | None, latent_dim: int,
                   seeds: int = 3, epochs: int = 20, seed: int = 0, device: torch.device | str = "cpu",
-                  batch_size: int = 50, few_shot_draws: int = FEW_SHOT_DRAWS, baselines: bool = True
-                  ) -> tuple[dict[str, object], list[dict[str, object]]]:
+                  batch_size: int = 50, few_shot_draws: int = FEW_SHOT_DRAWS, few_shot_steps: int = FEW_SHOT_STEPS,
+                  baselines: bool = True) -> tuple[dict[str, object], list[dict[str, object]]]:
     """The judge's AUCs (see the module docstring) and its curve over training images.
 
     ``targets`` (N, 1, S, S) and ``sources`` (N, 3, S, S) on [-1, 1], row i of one paired with row
@@ -286,7 +288,8 @@ def realism_judge(targets: torch.Tensor, sources: torch.Tensor, labels: np.ndarr
                 others[key] = lambda g=g: _generated(g, sources[q], labels[q.numpy()], latent_dim, seed + s, batch_size)
         for key, make in others.items():
             auc, *sizes, few = two_sample_auc(targets[p], make(), seed=seed + s, epochs=epochs, device=device,
-                                              few_shot=FEW_SHOT_IMAGES, few_shot_draws=few_shot_draws)
+                                              few_shot=FEW_SHOT_IMAGES, few_shot_draws=few_shot_draws,
+                                              few_shot_steps=few_shot_steps)
             draws.setdefault(key, []).append(auc)
             if few:
                 draws.setdefault(f"{key}_few_shot", []).append(float(np.mean(list(few.values()))))
@@ -296,7 +299,7 @@ def realism_judge(targets: torch.Tensor, sources: torch.Tensor, labels: np.ndarr
     shots = [k for k in FEW_SHOT_IMAGES if k < sizes[0]]
     out.update(judge_images_per_class_train=sizes[0], judge_images_per_class_test=sizes[1], judge_seeds=seeds,
                judge_blur_sigma_px=sigma, judge_few_shot_images_per_class=",".join(map(str, shots)),
-               judge_few_shot_draws=few_shot_draws, judge_few_shot_steps=FEW_SHOT_STEPS)
+               judge_few_shot_draws=few_shot_draws, judge_few_shot_steps=few_shot_steps)
     if not shots:
         out.update({f"{k}_few_shot": "unavailable" for k in AUC_KEYS if k in draws},
                    judge_few_shot_reason=f"{sizes[0]} training images per class: none left out for a few-shot judge")

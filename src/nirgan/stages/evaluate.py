@@ -161,7 +161,8 @@ def run(
         judged, judge_curve = realism_judge(
             torch.cat([train.targets(), real_test]), torch.cat([train.sources(), test.sources()]),
             np.concatenate([train.labels, test.labels]), sampler.generate, untrained.generate, sampler.latent_dim,
-            seeds=e.judge_seeds, epochs=e.judge_epochs, seed=e.seed, device=device)
+            seeds=e.judge_seeds, epochs=e.judge_epochs, seed=e.seed, device=device,
+            few_shot_draws=e.judge_few_shot_draws, few_shot_steps=e.judge_few_shot_steps)
         metrics.update(judged)
         lap(f"realism judge, {e.judge_seeds} seeds")
 

@@ -216,7 +216,8 @@ def _realism(cfg: Config, split: ExpressionSplit, translator: ExpressionTranslat
         return translator.translate(sources, labels[:, 0].astype(np.int64), z=z)
 
     judge, _ = realism_judge(faces, faces, targets, generate, None, translator.latent_dim, seeds=e.judge_seeds,
-                          epochs=e.judge_epochs, seed=e.seed, device=device)
+                             epochs=e.judge_epochs, seed=e.seed, device=device, few_shot_draws=e.judge_few_shot_draws,
+                             few_shot_steps=e.judge_few_shot_steps)
     out: dict[str, Any] = {f"expr_{k}": v for k, v in judge.items() if not k.startswith("judge_auc_untrained")}
 
     real_test = to_model_input(split.test_images)
