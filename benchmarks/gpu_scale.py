@@ -69,7 +69,8 @@ SMOKE_EXPRESSION_PARAMS: dict = {
     "split": {"test_fraction": 0.25},
     "expression_train": {"width": 0.25, "res_blocks": 1, "batch_size": 4, "steps": 1000, "device": "cpu",
                          "log_every": 1, "checkpoint_every": 1000, "log_model": False},
-    "evaluate": {"device": "cpu", "feature_epochs": 1, "judge_seeds": 1, "judge_epochs": 1},
+    "evaluate": {"device": "cpu", "feature_epochs": 1, "judge_seeds": 1, "judge_epochs": 1,
+                 "judge_few_shot_draws": 1, "judge_few_shot_steps": 5},
 }
 # The smoke run: the same script on a CPU in about a minute.
 SMOKE_PARAMS: dict = {
@@ -82,7 +83,7 @@ SMOKE_PARAMS: dict = {
               "sample_sources": 2, "sample_latents": 2, "log_model": False},
     "evaluate": {"device": "cpu", "seeds": 1, "diversity_sources": 2, "diversity_latents": 2, "estimator_epochs": 1,
                  "feature_epochs": 1, "utility_seeds": 1, "utility_latents": 1, "judge_seeds": 1,
-                 "judge_epochs": 1},
+                 "judge_epochs": 1, "judge_few_shot_draws": 1, "judge_few_shot_steps": 5},
     "generate": {"count": 8, "shard_size": 4, "batch_size": 4},
 }
 

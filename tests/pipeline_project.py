@@ -41,6 +41,8 @@ MICRO_PARAMS: dict = {
         "diversity_latents": 2,
         "estimator_epochs": 1,
         "feature_epochs": 1,
+        "judge_few_shot_draws": 1,
+        "judge_few_shot_steps": 10,
     },
     "generate": {"count": 20, "shard_size": 10},
 }

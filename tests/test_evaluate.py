@@ -190,7 +190,8 @@ def test_label_conditioned_generation_train_to_evaluate(tmp_path, monkeypatch):
     dirs = _fixture(tmp_path, with_mlflow=False)
     trained = small_config(condition_on_labels=True, width=0.125, max_steps=3)
     cfg = trained.model_copy(update={"evaluate": EvaluateConfig(
-        seeds=1, batch_size=16, diversity_sources=2, diversity_latents=2, estimator_epochs=1, feature_epochs=1)})
+        seeds=1, batch_size=16, diversity_sources=2, diversity_latents=2, estimator_epochs=1, feature_epochs=1,
+        judge_seeds=1, judge_epochs=2, judge_few_shot_draws=1, judge_few_shot_steps=10)})
     train_stage.run(cfg, dirs["prepared"], dirs["split"], dirs["models"], tmp_path / "metrics" / "train.json")
     out = evaluate.run(cfg, dirs["raw"], dirs["crops"], dirs["clean"], dirs["prepared"], dirs["split"],
                        dirs["models"], tmp_path / "metrics" / "eval.json", tmp_path / "plots")
