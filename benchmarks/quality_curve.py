@@ -72,8 +72,11 @@ def main() -> None:
 
     pools = (torch.cat([train.targets(), test.targets()]), torch.cat([train.sources(), test.sources()]),
              np.concatenate([train.labels, test.labels]))
+    e = cfg.evaluate
+    judge_settings = dict(seeds=1, epochs=e.judge_epochs, seed=e.seed, few_shot_draws=e.judge_few_shot_draws,
+                          few_shot_steps=e.judge_few_shot_steps)
     if args.judge:
-        baselines, _ = realism_judge(*pools, None, None, cfg.train.latent_dim, seeds=1, seed=cfg.evaluate.seed)
+        baselines, _ = realism_judge(*pools, None, None, cfg.train.latent_dim, **judge_settings)
         print(json.dumps({k: v for k, v in baselines.items() if k.startswith("judge_auc")}), flush=True)
 
     session = TrainSession(cfg, load_data(prepared, split, device, cfg.train.sample_sources), device)
@@ -88,8 +91,8 @@ def main() -> None:
                "pose_real_head_mean": round(real["real_head_mean"], 2),
                "pose_real_gaze_mean": round(real["real_gaze_mean"], 2)}
         if args.judge:
-            judged, _ = realism_judge(*pools, sampler.generate, None, cfg.train.latent_dim, seeds=1,
-                                      seed=cfg.evaluate.seed, baselines=False)
+            judged, _ = realism_judge(*pools, sampler.generate, None, cfg.train.latent_dim, baselines=False,
+                                      **judge_settings)
             row.update({k: round(judged[k], 3) for k in ("judge_auc", "judge_auc_few_shot")})
         rows.append(row)
         print(json.dumps(row), flush=True)
