@@ -69,7 +69,6 @@ from flows.stack_services import (  # noqa: E402
     _server_urls,
     _wait_healthy,
     _wait_workers,
-    free_port,  # noqa: F401 -- not used here: tests import it from flows.stack
     start_mlflow,
     start_prefect,
     start_worker,

@@ -118,10 +118,11 @@ def running_stack(base: Path) -> Iterator:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from flows import stack as stack_mod
+    from flows.stack_services import free_port
 
     root = make_project(base / "project")
-    st = stack_mod.Stack(root=root, state=base / "state", prefect_port=stack_mod.free_port(),
-                         mlflow_port=stack_mod.free_port(), gpus=[None], pool_limit=1, worker_poll_seconds=1.0,
+    st = stack_mod.Stack(root=root, state=base / "state", prefect_port=free_port(),
+                         mlflow_port=free_port(), gpus=[None], pool_limit=1, worker_poll_seconds=1.0,
                          ui=False)
     try:
         stack_mod.up(st)

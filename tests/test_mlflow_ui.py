@@ -25,6 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from flows import stack as stack_mod  # noqa: E402
+from flows.stack_services import free_port  # noqa: E402
 
 CHROMIUM_FLAGS = [
     "--headless=new",
@@ -60,7 +61,7 @@ def chromium_binary() -> str:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("mlflow-ui")
-    stack = stack_mod.Stack(root=REPO, state=base / "stack", mlflow_port=stack_mod.free_port())
+    stack = stack_mod.Stack(root=REPO, state=base / "stack", mlflow_port=free_port())
     try:
         stack_mod.start_mlflow(stack)
         stack_mod.wait_mlflow(stack)

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from flows import drill  # noqa: E402
 from flows import stack as stack_mod  # noqa: E402
+from flows.stack_services import free_port  # noqa: E402
 
 STAGES = ["collect", "detect", "clean", "augment", "split", "train", "evaluate", "generate"]
 DEPLOYMENT = "train-nir/gpu"
@@ -119,8 +120,8 @@ def orchestra(tmp_path_factory):
     stack = stack_mod.Stack(
         root=root,
         state=base / "stack",
-        prefect_port=stack_mod.free_port(),
-        mlflow_port=stack_mod.free_port(),
+        prefect_port=free_port(),
+        mlflow_port=free_port(),
         gpus=[None, None],  # two workers competing for the pool's single slot
         pool_limit=1,
         worker_poll_seconds=1.0,

@@ -37,6 +37,7 @@ from pipeline_project import running_stack
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from flows import stack as stack_mod  # noqa: E402
+from flows.stack_services import free_port  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]
 NAME = tracking.REGISTERED_MODEL
@@ -142,7 +143,7 @@ def test_unknown_reference_is_a_config_error_naming_it(stack, trained, tmp_path,
 
 
 def test_unreachable_server_is_a_service_error(stack, trained, tmp_path, monkeypatch):
-    dead = f"http://127.0.0.1:{stack_mod.free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
     t0 = time.monotonic()
     with pytest.raises(ServiceError) as err:

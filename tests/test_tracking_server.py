@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from train_helpers import make_dataset, small_config, write_params
 
-from flows.stack import free_port
+from flows.stack_services import free_port
 from nirgan.training.checkpoint import Checkpoint
 
 BIN = Path(sys.executable).parent
