@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nirgan import twin
+from nirgan.twin import exact
 from nirgan.config import ExpressionTwinConfig, TwinConfig
 
 Expression = twin.Expression
@@ -112,16 +113,17 @@ def render_expressions(cfg: ExpressionTwinConfig) -> Iterator[ExpressionFrame]:
         rng = np.random.default_rng([cfg.seed, 40, i])
         poses = twin.make_trajectory(rng, n, cfg.width, cfg.height)
         t = np.linspace(0, 1, n)
-        exposure = 1 + 0.12 * np.sin(2 * np.pi * rng.uniform(1.0, 2.0) * t + rng.uniform(0, 2 * np.pi))
+        exposure = 1 + 0.12 * exact.sin(2 * np.pi * rng.uniform(1.0, 2.0) * t + rng.uniform(0, 2 * np.pi))
         order = rng.permutation(np.repeat(np.arange(len(cfg.expressions)), cfg.frames_per_expression))
         seen = dict.fromkeys(cfg.expressions, 0)
         for k, pose in enumerate(poses):
             name = cfg.expressions[order[k]]
             intensity = float(rng.uniform(cfg.intensity_low, cfg.intensity_high))
             controls = draw_controls(name, intensity, rng)
-            view = twin._View(pose, cfg.width, cfg.height)
-            clean = twin.render_target(view, subj, cam, cfg.width, cfg.height, controls)
-            image = twin._camera(clean, cam, rng, float(exposure[k]))
+            with exact.scalar_opencv():
+                view = twin._View(pose, cfg.width, cfg.height)
+                clean = twin.render_target(view, subj, cam, cfg.width, cfg.height, controls)
+                image = twin._camera(clean, cam, rng, float(exposure[k]))
             yield ExpressionFrame(subj.name, cam.name, name, seen[name], image, intensity, controls, pose)
             seen[name] += 1
 

@@ -1,14 +1,15 @@
 """The built-in digital twin: paired rig renders and NIR-like faces with known labels.
 
 No real NIR face data is public, so ``collect`` defaults to this generator (DESIGN.md,
-"The built-in digital twin"). Everything is numpy + OpenCV on one core and is fully
-determined by ``TwinConfig`` (the seed included).
+"The built-in digital twin"). Everything is numpy + OpenCV, fully determined by
+``TwinConfig`` (the seed included), and the same bytes on every x86-64 CPU (``exact``) and
+for any number of worker processes (``render_dataset(cfg, workers=n)``).
 
 API
 ---
-``render_dataset(twin_cfg: TwinConfig) -> Iterator[TwinPair]``
+``render_dataset(twin_cfg: TwinConfig, workers: int = 1) -> Iterator[TwinPair]``
     every pair of every recording (one recording per subject and camera), in order
-    subject, camera, frame. ``count_pairs(twin_cfg)`` says how many there will be.
+    subject, camera, frame; ``workers`` processes render recordings side by side. ``count_pairs(twin_cfg)`` says how many there will be.
 ``TwinPair``
     ``source`` (H, W, 3) uint8 RGB rig render; ``target`` (H, W) uint8 NIR-like face;
     ``subject``, ``camera``, ``frame``; ``labels`` {name: degrees} for ``LABELS``;

@@ -8,6 +8,7 @@ decides which frames get which of ``DISTURBANCES`` and ``_occlude``, ``_blur`` a
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from nirgan.config import TwinConfig
 from nirgan.labels import LABELS
+from nirgan.twin import exact
 from nirgan.twin.geometry import _View, iris_centres
 from nirgan.twin.render import _camera, render_source, render_target
 from nirgan.twin.scene import Pose, make_cameras, make_subjects, make_trajectory
@@ -74,7 +76,7 @@ def _occlude(img: np.ndarray, pose: Pose, rng: np.random.Generator) -> np.ndarra
     angle = rng.uniform(-60, 60)
     centre = np.array([pose.x + rng.uniform(-0.5, 0.5) * s, pose.y + rng.uniform(-0.2, 0.7) * s])
     cv2.ellipse(mask, (int(centre[0]), int(centre[1])), (int(0.75 * s), int(0.6 * s)), angle, 0, 360, 1.0, -1)
-    direction = np.array([math.cos(math.radians(angle - 90)), math.sin(math.radians(angle - 90))])
+    direction = np.array([exact.cos1(math.radians(angle - 90)), exact.sin1(math.radians(angle - 90))])
     across = np.array([-direction[1], direction[0]])
     for f in range(4):
         base = centre + direction * 0.5 * s + across * (f - 1.5) * 0.3 * s
@@ -91,12 +93,12 @@ def _blur(img: np.ndarray, pose: Pose, rng: np.random.Generator) -> np.ndarray:
     kernel[length // 2, :] = 1.0
     rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), rng.uniform(0, 180), 1.0)
     kernel = cv2.warpAffine(kernel, rot, (length, length))
-    kernel /= kernel.sum()
+    kernel /= np.float32(math.fsum(kernel.ravel().tolist()))  # a sum in a fixed order
     return cv2.GaussianBlur(cv2.filter2D(img, -1, kernel), (0, 0), 0.08 * pose.scale) * 1.6
 
 
 def _misalign(pose: Pose, rng: np.random.Generator, width: int, height: int) -> Pose:
-    shift = 0.6 * pose.scale * np.array([math.cos(a := rng.uniform(0, 2 * math.pi)), math.sin(a)])
+    shift = 0.6 * pose.scale * np.array([exact.cos1(a := rng.uniform(0, 2 * math.pi)), exact.sin1(a)])
     return Pose(
         pose.yaw + rng.choice([-1, 1]) * rng.uniform(15, 25),
         pose.pitch,
@@ -114,40 +116,67 @@ def count_pairs(twin_cfg: TwinConfig) -> int:
     return twin_cfg.subjects * twin_cfg.cameras * twin_cfg.frames
 
 
-def render_dataset(twin_cfg: TwinConfig) -> Iterator[TwinPair]:
-    """Every pair of the twin, recording by recording (deterministic in ``twin_cfg``)."""
-    subjects = make_subjects(twin_cfg)
-    cameras = make_cameras(twin_cfg)
-    plan = _plan_disturbances(twin_cfg)
+def render_dataset(twin_cfg: TwinConfig, workers: int = 1) -> Iterator[TwinPair]:
+    """Every pair of the twin, recording by recording (deterministic in ``twin_cfg``).
+
+    Recordings are independent (each has its own random stream), so ``workers`` processes
+    render them side by side; the pairs come out in the same order and the same bytes
+    whatever the number of workers.
+    """
+    recordings = [(i, j) for i in range(twin_cfg.subjects) for j in range(twin_cfg.cameras)]
+    if workers <= 1 or len(recordings) <= 1:
+        for rec in recordings:
+            yield from _render_recording(twin_cfg, *rec)
+        return
+    # fork keeps start-up cheap (the parent has numpy and cv2 loaded); each child renders
+    # whole recordings, and imap hands them back in order.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(min(workers, len(recordings)), initializer=_worker_init) as pool:
+        for pairs in pool.imap(_render_recording_star, [(twin_cfg, *rec) for rec in recordings]):
+            yield from pairs
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)  # one process per core already
+
+
+def _render_recording_star(args: tuple[TwinConfig, int, int]) -> list[TwinPair]:
+    return list(_render_recording(*args))
+
+
+def _render_recording(twin_cfg: TwinConfig, i: int, j: int) -> Iterator[TwinPair]:
+    """The frames of subject ``i`` on camera ``j``."""
+    subj = make_subjects(twin_cfg)[i]
+    cam = make_cameras(twin_cfg)[j]
+    kinds = _plan_disturbances(twin_cfg)[(i, j)]
     gains = {"overexposure": 2.6, "underexposure": 0.3}
-    for i, subj in enumerate(subjects):
-        for j, cam in enumerate(cameras):
-            rng = np.random.default_rng([twin_cfg.seed, 4, i, j])
-            poses = make_trajectory(rng, twin_cfg.frames, twin_cfg.width, twin_cfg.height)
-            # The camera's auto-exposure drifts slowly around its gain during a recording.
-            t = np.linspace(0, 1, twin_cfg.frames)
-            exposure = 1 + 0.12 * np.sin(2 * np.pi * rng.uniform(1.0, 2.0) * t + rng.uniform(0, 2 * np.pi))
-            for f, pose in enumerate(poses):
-                kind = plan[(i, j)].get(f, "none")
-                view = _View(pose, twin_cfg.width, twin_cfg.height)
-                clean = render_target(view, subj, cam, twin_cfg.width, twin_cfg.height)
-                if kind == "occlusion":
-                    clean = _occlude(clean, pose, rng)
-                elif kind == "blur":
-                    clean = _blur(clean, pose, rng)
-                target = _camera(clean, cam, rng, exposure[f] * gains.get(kind, 1.0))
-                if kind == "misaligned":
-                    view = _View(_misalign(pose, rng, twin_cfg.width, twin_cfg.height), twin_cfg.width, twin_cfg.height)
-                source = render_source(view, subj.glasses, twin_cfg.width, twin_cfg.height)
-                labels = dict(zip(LABELS, (pose.yaw, pose.pitch, pose.roll, pose.gaze_yaw, pose.gaze_pitch)))
-                yield TwinPair(
-                    subject=subj.name,
-                    camera=cam.name,
-                    frame=f,
-                    source=source,
-                    target=target,
-                    labels=labels,
-                    glasses=subj.glasses,
-                    disturbance=kind,
-                    eyes=iris_centres(pose),
-                )
+    rng = np.random.default_rng([twin_cfg.seed, 4, i, j])
+    poses = make_trajectory(rng, twin_cfg.frames, twin_cfg.width, twin_cfg.height)
+    # The camera's auto-exposure drifts slowly around its gain during a recording.
+    t = np.linspace(0, 1, twin_cfg.frames)
+    exposure = 1 + 0.12 * exact.sin(2 * np.pi * rng.uniform(1.0, 2.0) * t + rng.uniform(0, 2 * np.pi))
+    for f, pose in enumerate(poses):
+        kind = kinds.get(f, "none")
+        with exact.scalar_opencv():
+            view = _View(pose, twin_cfg.width, twin_cfg.height)
+            clean = render_target(view, subj, cam, twin_cfg.width, twin_cfg.height)
+            if kind == "occlusion":
+                clean = _occlude(clean, pose, rng)
+            elif kind == "blur":
+                clean = _blur(clean, pose, rng)
+            target = _camera(clean, cam, rng, exposure[f] * gains.get(kind, 1.0))
+            if kind == "misaligned":
+                view = _View(_misalign(pose, rng, twin_cfg.width, twin_cfg.height), twin_cfg.width, twin_cfg.height)
+            source = render_source(view, subj.glasses, twin_cfg.width, twin_cfg.height)
+        labels = dict(zip(LABELS, (pose.yaw, pose.pitch, pose.roll, pose.gaze_yaw, pose.gaze_pitch)))
+        yield TwinPair(
+            subject=subj.name,
+            camera=cam.name,
+            frame=f,
+            source=source,
+            target=target,
+            labels=labels,
+            glasses=subj.glasses,
+            disturbance=kind,
+            eyes=iris_centres(pose),
+        )

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from nirgan.twin import exact
 from nirgan.twin.scene import (
     APERTURE_H,
     APERTURE_W,
@@ -32,21 +33,21 @@ from nirgan.twin.scene import (
 # ------------------------------------------------------------------------------ geometry
 def rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """Head-to-camera rotation (degrees), see the package docstring for the signs."""
-    y, p, r = (math.radians(v) for v in (yaw, -pitch, roll))
-    ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
-    rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
-    rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
-    return (rz @ rx @ ry).astype(np.float32)
+    (cy, cp, cr), (sy, sp, sr) = (exact.cos(np.radians([yaw, -pitch, roll])), exact.sin(np.radians([yaw, -pitch, roll])))
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    return exact.matmul(exact.matmul(rz, rx), ry).astype(np.float32)
 
 
 def gaze_vector(gaze_yaw: float, gaze_pitch: float) -> np.ndarray:
-    gy, gp = math.radians(gaze_yaw), math.radians(gaze_pitch)
-    return np.array([math.sin(gy) * math.cos(gp), math.sin(gp), math.cos(gy) * math.cos(gp)], np.float32)
+    (cy, cp), (sy, sp) = exact.cos(np.radians([gaze_yaw, gaze_pitch])), exact.sin(np.radians([gaze_yaw, gaze_pitch]))
+    return np.array([sy * cp, sp, cy * cp], np.float32)
 
 
 def project(points: np.ndarray, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
     """Head-unit points (N, 3) -> pixel (N, 2) and camera depth (N,)."""
-    cam = points @ rotation(pose.yaw, pose.pitch, pose.roll).T
+    cam = exact.matmul(points, rotation(pose.yaw, pose.pitch, pose.roll).T)
     px = np.stack([pose.x + pose.scale * cam[:, 0], pose.y - pose.scale * cam[:, 1]], axis=1)
     return px, cam[:, 2]
 
@@ -68,11 +69,12 @@ def _coeffs(R: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> tuple[float,
     u, v, w = R.astype(np.float64)
     inv = 1.0 / axes.astype(np.float64) ** 2
     c = centre.astype(np.float64)
+    dot = exact.dot
     return (
-        float(w * w @ inv),
-        float(2 * (u * w) @ inv), float(2 * (v * w) @ inv), float(-2 * (c * w) @ inv),
-        float((u * u) @ inv), float((v * v) @ inv), float(2 * (u * v) @ inv),
-        float(-2 * (u * c) @ inv), float(-2 * (v * c) @ inv), float((c * c) @ inv - 1),
+        dot(w * w, inv),
+        dot(2 * (u * w), inv), dot(2 * (v * w), inv), dot(-2 * (c * w), inv),
+        dot(u * u, inv), dot(v * v, inv), dot(2 * (u * v), inv),
+        dot(-2 * (u * c), inv), dot(-2 * (v * c), inv), dot(c * c, inv) - 1,
     )
 
 
@@ -151,7 +153,7 @@ class _View:
             s0 = np.where(hit, s, 0.0)
             q = [u[i] * X + v[i] * Y + w[i] * s0 - centre[i] for i in range(3)]
             dx = q[0] / APERTURE_W
-            opening = APERTURE_H * aperture * np.clip(1 - dx * dx, 0, 1) ** 0.7
+            opening = APERTURE_H * aperture * exact.power(np.clip(1 - dx * dx, 0, 1), 0.7)
             inside = hit & (np.abs(dx) < 1) & (np.abs(q[1] + (EYE_Y - APERTURE_Y)) < opening) & (obj[rows, cols] != BG)
             inside &= s >= nose_depth[rows, cols]
             cosang = (q[0] * g[0] + q[1] * g[1] + q[2] * g[2]) / EYE_R

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from nirgan.twin import exact
 from nirgan.twin.geometry import _View, project
 from nirgan.twin.scene import (
     APERTURE_H,
@@ -59,9 +60,9 @@ def _target_surface(view: _View, subj: Subject, cam: Camera, expr: Expression = 
     obj, depth, best, parts = view.surface(subj.head_axes)
     x, y, z = view.point(depth)
     # Lights into head coordinates, so normals never need rotating.
-    light = view.R.T @ cam.light
+    light = exact.matmul(view.R.T, cam.light)
     half = cam.light + np.array([0, 0, 1], np.float32)
-    half = view.R.T @ (half / np.linalg.norm(half))
+    half = exact.matmul(view.R.T, half / np.float32(exact.norm(half)))
     centres = np.array([c for _, _, c, _ in parts], np.float32)
     inv = np.array([1 / a**2 for _, _, _, a in parts], np.float32)
     nx = (x - centres[best, 0]) * inv[best, 0]
@@ -81,15 +82,15 @@ def _glasses_geometry() -> list[np.ndarray]:
     t = np.linspace(0, 2 * np.pi, 41)
     lines = []
     for sign in (-1.0, 1.0):
-        x = sign * 0.41 + 0.27 * np.cos(t)
-        y = 0.03 + 0.18 * np.sign(np.sin(t)) * np.abs(np.sin(t)) ** 0.8
+        x = sign * 0.41 + 0.27 * exact.cos(t)
+        y = 0.03 + 0.18 * np.sign(exact.sin(t)) * exact.power(np.abs(exact.sin(t)), 0.8)
         off = np.abs(x) - 0.41
         z = 1.24 - 0.25 * off.clip(0, None) - 0.05 * off**2
         lines.append(np.stack([x, y, z], 1))
         arm = np.linspace(0, 1, 12)[:, None]
         lines.append(np.array([sign * 0.68, 0.08, 1.14]) * (1 - arm) + np.array([sign * 0.99, 0.12, 0.0]) * arm)
     bx = np.linspace(-0.14, 0.14, 9)
-    lines.append(np.stack([bx, 0.09 + 0.03 * np.cos(bx / 0.14 * np.pi / 2), np.full_like(bx, 1.23)], 1))
+    lines.append(np.stack([bx, 0.09 + 0.03 * exact.cos(bx / 0.14 * np.pi / 2), np.full_like(bx, 1.23)], 1))
     return [line.astype(np.float32) for line in lines]
 
 
@@ -210,7 +211,7 @@ def _features(
     factor = np.where(front, 1 - 0.4 * socket, 1.0)
     # Lid line and lashes along the upper edge of the opening, a softer line below.
     ex = (ax - EYE_X) / APERTURE_W
-    lid = APERTURE_H * _aperture(subj, expr) * np.clip(1 - ex * ex, 0, 1) ** 0.7
+    lid = APERTURE_H * _aperture(subj, expr) * exact.power(np.clip(1 - ex * ex, 0, 1), 0.7)
     upper = (y - APERTURE_Y) - lid
     factor = np.where(front & (np.abs(ex) < 1.12) & (upper > -0.005) & (upper < 0.028), factor * 0.35, factor)
     lower = (APERTURE_Y - y) - lid
@@ -226,7 +227,7 @@ def _features(
         factor = np.where(crease, factor * 0.55, factor)
     if expr.nose_wrinkle > 0:  # creases across the bridge, between and below the eyes
         # bunched skin shades the whole bridge; a few creases cross it
-        creases = np.abs(np.sin((y - EYE_Y + 0.05) * (np.pi / 0.1))) > 0.6
+        creases = np.abs(exact.sin((y - EYE_Y + 0.05) * (np.pi / 0.1))) > 0.6
         bridge = (front | (obj == NOSE)) & (ax < 0.18) & (y < EYE_Y + 0.1) & (y > EYE_Y - 0.3)
         factor = np.where(bridge, factor * (1 - 0.25 * expr.nose_wrinkle), factor)
         factor = np.where(bridge & creases, factor * (1 - 0.4 * expr.nose_wrinkle), factor)
@@ -254,8 +255,8 @@ def render_target(
     """The NIR-like face as float32 on a 0..255 scale, before the camera's gain and noise."""
     sf = _target_surface(view, subj, cam, expression)
     alb = _albedo(sf, subj, _face_window(view, sf.obj.shape), expression)
-    lambert = sf.lambert**1.3
-    face = 255.0 * (alb * (0.12 + 0.88 * lambert) + 0.12 * sf.spec**40 * (sf.obj != BG))
+    lambert = exact.power(sf.lambert, 1.3)
+    face = 255.0 * (alb * (0.12 + 0.88 * lambert) + 0.12 * exact.power(sf.spec, 40) * (sf.obj != BG))
 
     rows = np.linspace(-1, 1, height, dtype=np.float32)[:, None]
     cols = np.linspace(-1, 1, width, dtype=np.float32)[None, :]

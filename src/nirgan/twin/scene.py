@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from nirgan.config import TwinConfig
+from nirgan.twin import exact
 
 # Trajectory limits in degrees (a driver's head and eyes, thesis-like ranges).
 LIMITS = {"head_yaw": 35.0, "head_pitch": 20.0, "head_roll": 15.0, "gaze_yaw": 20.0, "gaze_pitch": 20.0}
@@ -31,8 +32,8 @@ NECK_A = np.array([0.6, 0.95, 0.62], np.float32)
 EYE_X, EYE_Y, EYE_Z, EYE_R = 0.40, 0.05, 0.89, 0.19
 APERTURE_W, APERTURE_H = 0.17, 0.08  # half-width/height of the lid opening
 APERTURE_Y = EYE_Y - 0.015  # a relaxed upper lid covers the top of the iris
-IRIS_COS = math.cos(math.radians(28.0))
-PUPIL_COS = math.cos(math.radians(11.0))
+IRIS_COS = exact.cos1(math.radians(28.0))
+PUPIL_COS = exact.cos1(math.radians(11.0))
 SCALE = 0.225  # pixels per head unit, as a fraction of the frame's shorter side
 
 # objects in the id map
@@ -114,7 +115,9 @@ class Pose:
 
 # ------------------------------------------------------------------- identities & cameras
 def _texture(rng: np.random.Generator, shape: tuple[int, int], out: int = 96) -> np.ndarray:
-    return cv2.resize(rng.random(shape).astype(np.float32), (out, out), interpolation=cv2.INTER_CUBIC)
+    noise = rng.random(shape).astype(np.float32)
+    with exact.scalar_opencv():
+        return cv2.resize(noise, (out, out), interpolation=cv2.INTER_CUBIC)
 
 
 def make_subjects(twin_cfg: TwinConfig) -> list[Subject]:
@@ -159,7 +162,7 @@ def make_cameras(twin_cfg: TwinConfig) -> list[Camera]:
                 noise=rng.uniform(1.5, 4.5),
                 background=rng.uniform(18.0, 45.0),
                 background_slope=(rng.uniform(-12, 12), rng.uniform(-12, 12)),
-                light=light / np.linalg.norm(light),
+                light=light / np.float32(exact.norm(light)),
             )
         )
     return cams
@@ -173,7 +176,7 @@ def _smooth(rng: np.random.Generator, t: np.ndarray, amplitude: float) -> np.nda
     # forth, so per-recording statistics have no long tails for a cleaner to trip over.
     freq = rng.uniform(0.7, 1.5, 2)
     phase = rng.uniform(0, 2 * np.pi, 2)
-    wave = sum(w * np.sin(2 * np.pi * f * t + p) for w, f, p in zip(weights, freq, phase))
+    wave = sum(w * exact.sin(2 * np.pi * f * t + p) for w, f, p in zip(weights, freq, phase))
     return amplitude * rng.uniform(0.7, 1.0) * wave / weights.sum()
 
 
