@@ -77,7 +77,7 @@ def test_dataset_loads_with_pandas_and_a_ten_line_torch_dataset(dataset):
     assert len(labels) == 240 and labels["file"].is_unique and labels["index"].tolist() == list(range(240))
     assert sorted(labels["shard"].unique()) == [0, 1, 2]
 
-    class NIRFaces(torch.utils.data.Dataset):  # the README's ten lines
+    class NIRFaces(torch.utils.data.Dataset):  # docs/generate.md's ten lines
         def __init__(self, root):
             self.root, self.rows = Path(root), pd.read_parquet(Path(root) / "labels.parquet")
 
