@@ -1,10 +1,12 @@
 """Training of the thesis's CGAN framework (3.2, Algorithm 2), one module per job:
 
-    trainer.py      train(): the run top-down, and the loop
+    trainer.py      train(): the NIR run's setup, top-down (expression_trainer.py: the expression one's)
+    loop.py         the loop both families run: budget, meter, non-finite stop, checkpoints, grids
+    fingerprint.py  resume by content: the data's and the training step's code's digests
     session.py      TrainSession: networks, optimisers, RNGs, one iteration, the whole state
     core.py         compute_d_loss / compute_g_loss: one iteration's losses, pure functions
     data.py         the training split on the device
-    resume.py       configuration checks and the fingerprint a checkpoint must match
+    resume.py       the NIR configuration checks and its fingerprint
     auxiliary.py    the pose estimator's and identity net's training loops
     frozen_networks.py  the frozen networks the losses read (trained or reloaded for the run)
     export.py       model files, metrics and the MLflow model at the end of a run

@@ -12,6 +12,7 @@ import torch
 from nirgan.augmentation import to_model_range
 from nirgan.io import read_table
 from nirgan.labels import LABELS
+from nirgan.training.fingerprint import data_digest
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TrainData:
     sample_source: torch.Tensor
     sample_target: torch.Tensor
     sample_labels: torch.Tensor
+    digest: str = ""  # of the arrays above (nirgan.training.fingerprint.data_digest)
 
     @property
     def size(self) -> int:
@@ -72,15 +74,22 @@ def load_data(prepared_dir: Path, split_dir: Path, device: torch.device, sample_
     grid = test if len(test) else train
     grid_idx = grid["index"].to_numpy()[:sample_count]
 
+    # What the run trains on, in its order: the resume fingerprint's data part. (The grid's
+    # inputs are left out: train.sample_sources may change on resumption.)
+    trained = {"source": np.ascontiguousarray(source[idx]), "target": np.ascontiguousarray(target[idx]),
+               "labels": _labels_of(train),
+               "subjects": train["subject"].astype(str).to_numpy() if "subject" in train else np.zeros(len(train), str)}
+
     def to_dev(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
     return TrainData(
-        source=to_dev(source[idx]),
-        target=to_dev(target[idx]),
-        labels=to_dev(_labels_of(train)),
-        subjects=train["subject"].astype(str).to_numpy() if "subject" in train else np.zeros(len(train), str),
+        source=to_dev(trained["source"]),
+        target=to_dev(trained["target"]),
+        labels=to_dev(trained["labels"]),
+        subjects=trained["subjects"],
         sample_source=to_model_range(to_dev(source[grid_idx]).permute(0, 3, 1, 2)),
         sample_target=to_model_range(to_dev(target[grid_idx])[:, None]),
         sample_labels=to_dev(_labels_of(grid.iloc[: len(grid_idx)])),
+        digest=data_digest(trained),
     )

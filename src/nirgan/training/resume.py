@@ -1,21 +1,17 @@
-"""What may be resumed: the configuration checks made before any work, and the fingerprint a
-checkpoint must share with the current run to be continued."""
+"""What may be resumed in a NIR run: the configuration checks made before any work, and the
+fingerprint a checkpoint must share with the current run to be continued."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-from pathlib import Path
 from typing import Any
 
 from nirgan.config import Config
-from nirgan.training.checkpoint import Checkpoint
 from nirgan.training.core import distances_in_use
 from nirgan.training.data import TrainData
-from nirgan.training.distributed import DistInfo, barrier
+from nirgan.training.fingerprint import fingerprint
 
-log = logging.getLogger("nirgan.train")
+# The module whose import closure is the step's code (networks, losses, schedule, EMA, ...).
+SESSION_MODULE = "nirgan.training.session"
 
 # Config fields that may change between a run and its resumption without invalidating it.
 RESUMABLE_CHANGES = frozenset({
@@ -43,52 +39,8 @@ def check_config(cfg: Config, world_size: int) -> None:
             raise ValueError(f"train.perceptual_layers {bad}: the discriminator has blocks 1..{n_blocks}")
 
 
-def code_hash() -> str:
-    """The source of everything that defines the step's math (networks, losses, augmentation,
-    the auxiliary networks' training).
-
-    A resumed run must not silently continue under changed model code (dvc repro reruns the
-    stage after such a change and would otherwise find a finished checkpoint).
-    """
-    pkg = Path(__file__).resolve().parents[1]
-    files = sorted([*(pkg / "models").glob("*.py"), pkg / "losses.py", pkg / "training" / "core.py",
-                    pkg / "training" / "auxiliary.py", pkg / "training" / "diff_augment.py", pkg / "augmentation.py"])
-    h = hashlib.sha256()
-    for f in files:
-        if f.exists():
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def fingerprint(cfg: Config, data: TrainData) -> dict[str, Any]:
-    """What a checkpoint must share with the current run to be resumed."""
-    train = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in RESUMABLE_CHANGES}
-    return {"train": train, "augment": cfg.augment.model_dump(mode="json"), "pairs": data.size,
-            "image_size": data.image_size, "code": code_hash()}
-
-
-def fingerprint_hash(fp: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def resumable_state(ckpt: Checkpoint, fp: dict[str, Any], out_dir: Path, info: DistInfo) -> dict[str, Any] | None:
-    """The latest checkpoint's state if it matches ``fp``; else None, with the stale checkpoints
-    and run files removed (rank 0) so that nothing of the earlier run is picked up."""
-    state = ckpt.load() if ckpt.latest() is not None else None
-    if state is not None and state.get("fingerprint") != fingerprint_hash(fp):
-        old = state.get("fingerprint_data", {})
-        diff = sorted(k for k in set(old.get("train", {})) | set(fp["train"])
-                      if old.get("train", {}).get(k) != fp["train"].get(k))
-        other = [k for k in ("augment", "pairs", "image_size", "code") if old.get(k) != fp[k]]
-        log.warning("checkpoint %s was made with a different configuration, data or model code "
-                    "(train keys: %s; also: %s); starting afresh", ckpt.latest(), diff or "-", other or "-")
-        barrier(info)
-        if info.is_main:
-            ckpt.clear()
-        state = None
-    if state is None and info.is_main:
-        for stale in RUN_FILES:
-            (out_dir / stale).unlink(missing_ok=True)
-    barrier(info)
-    return state
+def nir_fingerprint(cfg: Config, data: TrainData) -> dict[str, Any]:
+    """What a NIR checkpoint must share with the current run to be resumed
+    (:mod:`nirgan.training.fingerprint`): the train and augment sections, the data, the step's code."""
+    return fingerprint(cfg.train.model_dump(mode="json"), RESUMABLE_CHANGES, data.digest, SESSION_MODULE,
+                       augment=cfg.augment.model_dump(mode="json"), image_size=data.image_size)

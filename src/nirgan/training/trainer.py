@@ -1,11 +1,13 @@
-"""The training run: thesis Algorithm 2 with the Table 3.8 schedule, resumable and fast.
+"""The NIR training run: thesis Algorithm 2 with the Table 3.8 schedule, resumable and fast.
 
-:func:`train` reads top-down: devices, checks, data, the checkpoint to resume from, the
-session (``nirgan.training.session``: networks, optimisers, RNGs and one step), the loop,
-and the export (``nirgan.training.export``). The jobs live in their own modules:
+:func:`train` is the setup, read top-down: devices, checks, data, the checkpoint to resume
+from, the session (``nirgan.training.session``: networks, optimisers, RNGs and one step), the
+loop both families share (``nirgan.training.loop``), and the export (``nirgan.training.export``).
+The jobs live in their own modules:
 
-    data.py       the training split on the device          resume.py     checks and fingerprints
+    data.py       the training split on the device          resume.py     checks and the fingerprint
     session.py    TrainSession: state and one iteration       auxiliary.py  estimator / identity net
+    loop.py       budget, meter, non-finite stop, checkpoints  fingerprint.py  resume by content
     export.py     model files, metrics, MLflow model          checkpoint.py the whole state on disk
 
 Speed. The uint8 training arrays are moved once to the training device and indexed there
@@ -33,135 +35,32 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from tqdm import tqdm
 
 from nirgan import devices, tracking
 from nirgan.config import Config
 from nirgan.io import write_image
 from nirgan.training.checkpoint import Checkpoint
 from nirgan.training.data import load_data
-from nirgan.training.distributed import DistInfo, barrier, init_distributed
+from nirgan.training.distributed import init_distributed
 from nirgan.training.export import export_run, thesis_name
-from nirgan.training.resume import check_config, fingerprint, fingerprint_hash, resumable_state
+from nirgan.training.fingerprint import resumable_state
+from nirgan.training.loop import LoopSpec, NonFiniteLossError, RunRecord, run_loop
+from nirgan.training.resume import RUN_FILES, check_config, nir_fingerprint
 from nirgan.training.session import TrainSession
 
 log = logging.getLogger("nirgan.train")
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+__all__ = ["NonFiniteLossError", "resolve_device", "train"]
 
 
 def resolve_device(choice: str) -> torch.device:
     return devices.resolve_device(choice, "train.device")
-
-
-# ------------------------------------------------------------------------ the loop
-class LossMeter:
-    """Loss parts summed on the device; the first non-finite step per part tracked on the device."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.names: list[str] | None = None
-        self.sum = self.first_bad = None
-        self.count = 0
-
-    def add(self, parts: dict[str, torch.Tensor], step: int) -> None:
-        if self.names is None:
-            self.names = sorted(parts)
-            self.sum = torch.zeros(len(self.names), device=self.device)
-            self.first_bad = torch.full((len(self.names),), -1, dtype=torch.long, device=self.device)
-        vec = torch.stack([parts[n].float() for n in self.names])
-        self.sum += vec
-        self.first_bad = torch.where(~torch.isfinite(vec) & (self.first_bad < 0), step, self.first_bad)
-        self.count += 1
-
-    def fetch(self, info: DistInfo) -> tuple[dict[str, float], dict[str, int]]:
-        """Means since the last fetch and {loss: first bad step}; the one host sync. Resets."""
-        if self.names is None or self.count == 0:
-            return {}, {}
-        bad = self.first_bad.clone()
-        if info.enabled:
-            dist.all_reduce(self.sum, op=dist.ReduceOp.SUM)
-            self.sum /= info.world_size
-            # Every rank must stop together, or the others would hang in the next collective.
-            flag = torch.where(bad < 0, torch.iinfo(torch.long).max, bad)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            bad = torch.where(flag == torch.iinfo(torch.long).max, -1, flag)
-        packed = torch.cat([self.sum / self.count, bad.float()]).cpu()
-        n = len(self.names)
-        means = {name: float(packed[i]) for i, name in enumerate(self.names)}
-        first_bad = {name: int(packed[n + i]) for i, name in enumerate(self.names) if packed[n + i] >= 0}
-        self.sum.zero_()
-        self.count = 0
-        return means, first_bad
-
-
-def _raise_non_finite(first_bad: dict[str, int], ckpt: Checkpoint) -> None:
-    name, step = min(first_bad.items(), key=lambda kv: kv[1])
-    last = ckpt.latest()
-    keep = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
-    raise NonFiniteLossError(
-        f"non-finite loss: {name} became NaN/inf at step {step + 1} "
-        f"(also: {sorted(first_bad)}); training stopped, {keep}. Lower the learning rates or "
-        "enable train.r1_gamma, then rerun to resume from that checkpoint."
-    )
-
-
-@dataclass
-class RunRecord:
-    """What the loop keeps besides the session: the run's identity, loss history and timing."""
-
-    fingerprint: dict[str, Any]
-    run_id: str | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
-    elapsed_before: float = 0.0
-    t0: float = field(default_factory=time.perf_counter)
-    t_window: float = 0.0
-    step_window: int = 0
-
-    def resume_from(self, state: dict[str, Any]) -> None:
-        self.history = list(state.get("history", []))
-        self.run_id = state.get("mlflow_run_id")
-        self.elapsed_before = float(state.get("elapsed_s", 0.0))
-
-    def start(self, step: int) -> None:
-        self.t0 = self.t_window = time.perf_counter()
-        self.step_window = step
-
-    def record(self, session: TrainSession, means: dict[str, float], is_main: bool) -> None:
-        """One row of the loss history: the means since the last row, learning rates, throughput."""
-        if session.cuda:
-            torch.cuda.synchronize(session.device)
-        now = time.perf_counter()
-        pairs_per_s = (session.step - self.step_window) * session.global_batch / max(now - self.t_window, 1e-9)
-        self.t_window, self.step_window = now, session.step
-        row = {"step": session.step, "epoch": session.step / session.steps_per_epoch, **means,
-               **session.learning_rates(), "pairs_per_s": pairs_per_s}
-        self.history.append(row)
-        if is_main:
-            tracking.log_metrics({k: v for k, v in row.items() if k != "step"}, step=session.step)
-
-    @property
-    def last_losses(self) -> dict[str, float]:
-        """The loss means of the last history row, also when that row was restored from a
-        checkpoint (a rerun of a finished run trains no step but keeps its figures)."""
-        row = self.history[-1] if self.history else {}
-        return {k: v for k, v in row.items() if k not in ("step", "epoch", "pairs_per_s") and not k.startswith("lr_")}
-
-    def checkpoint_fields(self, session: TrainSession) -> dict[str, Any]:
-        return dict(fingerprint=fingerprint_hash(self.fingerprint), fingerprint_data=self.fingerprint,
-                    history=self.history, mlflow_run_id=self.run_id,
-                    elapsed_s=self.elapsed_before + time.perf_counter() - self.t0,
-                    config=session.tc.model_dump(mode="json"))
 
 
 def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metrics_path: Path) -> dict[str, Any]:
@@ -183,9 +82,9 @@ def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metri
         raise ValueError(f"{prepared_dir}: prepared images are {data.image_size}px but augment.image_size is "
                          f"{cfg.augment.image_size}; rerun the augment stage")
     ckpt = Checkpoint(out_dir / "checkpoints")
-    record = RunRecord(fingerprint(cfg, data))
+    record = RunRecord(nir_fingerprint(cfg, data), cfg.train.model_dump(mode="json"))
     previous_run = ckpt.recorded_run() if info.is_main else None
-    state = resumable_state(ckpt, record.fingerprint, out_dir, info)
+    state = resumable_state(ckpt, record.fingerprint, out_dir, info, RUN_FILES)
 
     session = TrainSession(cfg, data, device, info, aux_dir=out_dir)
     if state is not None:
@@ -209,7 +108,13 @@ def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metri
             tracking.write_run_info(out_dir / "mlflow_run.json", run)
             ckpt.record_run(run.info.run_id)
             record.run_id = run.info.run_id
-        result = _loop(session, ckpt, record, end_step, out_dir, info)
+        spec = LoopSpec(end_step=end_step, log_every=tc.log_every, checkpoint_every=tc.checkpoint_every,
+                        max_minutes=tc.max_minutes, unit="pairs",
+                        advice="Lower the learning rates or enable train.r1_gamma, then rerun to resume from "
+                               "that checkpoint.",
+                        grid=lambda: _log_grid(session, out_dir), grid_at="epoch",
+                        grid_missing=lambda: not (out_dir / "samples" / _grid_name(session)).exists())
+        result = run_loop(session, ckpt, record, spec, info)
         if info.is_main:
             result.update(export_run(session, cfg, out_dir, metrics_path, record.history, result, record.run_id))
     return result
@@ -232,83 +137,6 @@ def _restore_grids(ckpt: Checkpoint, out_dir: Path, upto_step: int) -> None:
             kept.unlink()
         elif not (samples / kept.name[len(GRID_PREFIX):]).exists():
             shutil.copyfile(kept, samples / kept.name[len(GRID_PREFIX):])
-
-
-def _loop(session: TrainSession, ckpt: Checkpoint, record: RunRecord, end_step: int, out_dir: Path,
-          info: DistInfo) -> dict[str, Any]:
-    tc = session.tc
-    meter = LossMeter(session.device)
-    start_step = session.step
-    record.start(session.step)
-    bar = tqdm(total=end_step, initial=session.step, desc="train", disable=None if info.is_main else True)
-    while session.step < end_step:
-        parts = session.train_step()
-        meter.add(parts, session.step - 1)
-        bar.update(1)
-        # The wall budget is checked where the loop syncs anyway (log and checkpoint steps).
-        at_end = session.step == end_step or (
-            session.step % min(tc.log_every, tc.checkpoint_every) == 0
-            and _over_budget(tc.max_minutes, record.elapsed_before + time.perf_counter() - record.t0, session.device, info))
-        if session.step % tc.checkpoint_every == 0 or at_end:
-            _checkpoint(session, ckpt, meter, record, info)
-        elif session.step % tc.log_every == 0:
-            means, bad = meter.fetch(info)
-            record.record(session, means, info.is_main)
-            if bad:
-                _raise_non_finite(bad, ckpt)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k.endswith("total")})
-        if info.is_main and (session.step % session.steps_per_epoch == 0 or at_end):
-            _log_grid(session, out_dir)
-        if at_end:
-            break
-    bar.close()
-    if info.is_main and session.step == start_step and not (out_dir / "samples" / _grid_name(session)).exists():
-        # Resumed a finished run whose grid was not kept (a checkpoint from before grids were
-        # kept beside it): draw the final grid again, the stage's declared output.
-        _log_grid(session, out_dir)
-    wall = time.perf_counter() - record.t0
-    steps_run = session.step - start_step
-    return {
-        "steps": session.step,
-        "steps_this_session": steps_run,
-        "epochs": session.step / session.steps_per_epoch,
-        "pairs_per_s": steps_run * session.global_batch / wall if steps_run else float("nan"),
-        "wall_s": wall,
-        "total_wall_s": record.elapsed_before + wall,
-        "losses": record.last_losses,
-        "world_size": info.world_size,
-        "device": str(session.device),
-    }
-
-
-def _checkpoint(session: TrainSession, ckpt: Checkpoint, meter: LossMeter, record: RunRecord, info: DistInfo) -> None:
-    """Save the whole state; never one whose losses or weights went non-finite."""
-    means, bad = meter.fetch(info)
-    if means:
-        record.record(session, means, info.is_main)
-    if bad:
-        _raise_non_finite(bad, ckpt)
-    if not bool(session.parameters_finite()):
-        raise NonFiniteLossError(f"non-finite weights at step {session.step}; not checkpointing. "
-                                 f"The last good checkpoint is {ckpt.latest()}")
-    if info.is_main:
-        state = session.state_dict()
-        state.update(record.checkpoint_fields(session))
-        ckpt.save(state, session.step)
-    barrier(info)
-
-
-def _over_budget(max_minutes: float | None, elapsed_s: float, device: torch.device, info: DistInfo) -> bool:
-    """``train.max_minutes`` spent (resumed time included). Under DDP the main rank's clock
-    decides for all, so every rank stops after the same step."""
-    if max_minutes is None:
-        return False
-    over = elapsed_s >= max_minutes * 60
-    if info.enabled:
-        flag = torch.tensor([float(over)], device=device)
-        torch.distributed.broadcast(flag, src=0)
-        over = bool(flag.item())
-    return over
 
 
 def _grid_name(session: TrainSession) -> str:
