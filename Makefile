@@ -9,10 +9,12 @@ RUN    := PATH="$(BIN):$$PATH"
 .PHONY: venv repro test check-params clean-venv browser
 .DEFAULT_GOAL := repro
 
+# --no-compile: byte-compiling every installed module took a third of the install (433 s against
+# 270 s, measured side by side on a loaded 2-core machine); Python compiles what it imports.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'
 	$(BIN)/python -m pip check
 	touch $@
 
