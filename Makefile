@@ -10,7 +10,7 @@ RUN    := PATH="$(BIN):$$PATH"
 .DEFAULT_GOAL := repro
 
 # --no-compile: byte-compiling every installed module took a third of the install (433 s against
-# 270 s, measured side by side on a loaded 2-core machine); Python compiles what it imports.
+# 270 s, one after the other on a loaded 2-core machine); Python compiles what it imports.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
