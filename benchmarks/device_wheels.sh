@@ -5,12 +5,15 @@
 # (importlib.metadata.packages_distributions over sys.modules) minus the image's own packages;
 # mlflow, pydantic and facenet-pytorch with what they import.
 #   bash benchmarks/device_wheels.sh
-# then, as the device command (carry: [".whl"]):
-#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
-#   export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 PYTHON=python3 && bash benchmarks/gpu_scale.sh
+# then, as the device command (carry: [".whl"]; gpu_scale.sh installs them into /tmp/site as its
+# first phase, inside its deadline):
+#   PYTHON=python3 bash benchmarks/gpu_scale.sh --deadline-s 420
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+if [ -d .git ]; then  # keep the wheels out of `git status` (a worktree's .git is a file: skip)
+    mkdir -p .git/info
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+fi
 names=(GitPython Mako SQLAlchemy alembic annotated-types cachetools cffi cryptography databricks-sdk
        facenet-pytorch fastapi gitdb google-auth importlib_metadata mlflow mlflow-skinny mlflow-tracing
        opentelemetry-api opentelemetry-proto opentelemetry-sdk opentelemetry-semantic-conventions orjson

@@ -11,7 +11,9 @@ In one process on one device, for each batch size: pairs/s and achieved TFLOP/s 
 
 Both train the default configuration (ED-LS-LR-2, Table 3.8) on random uint8 pairs; FLOPs are
 counted with ``torch.utils.flop_counter.FlopCounterMode`` on one eager step of each (forward
-and backward of every network, as the step runs them). It prints a table and the ratios.
+and backward of every network, as the step runs them). It prints each row of the table the
+moment it is measured (pairs/s, TFLOP/s and the fraction of the card's dense bf16 peak, where
+``gpu_scale_figures`` knows the card), then the ratios.
 
     python benchmarks/train_speed.py                          # CUDA: batch 12 and 256, thesis width
     python benchmarks/train_speed.py --batch 12 --width 0.25 --size 64 --steps 5   # small CPU run
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from gpu_scale_figures import peak_bf16_tflops
 from nirgan.config import parse_config
 from nirgan.losses import discriminator_adversarial_loss, generator_adversarial_loss, latent_reconstruction_loss
 from nirgan.training.data import TrainData
@@ -142,7 +145,29 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    peak, peak_note = peak_bf16_tflops(name) if device.type == "cuda" else (None, "CPU: no tensor-core peak")
+    # Each row is printed the moment it is measured: a cold compile can take minutes per batch size.
+    print(f"device: {name}; width {args.width}, {args.size}x{args.size}, compile={args.compile}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up; peak bf16 "
+          f"{f'{peak:.0f} TFLOP/s' if peak else 'unavailable'} ({peak_note})", flush=True)
+    print(f"{'batch':>6} {'impl':>11} {'pairs/s':>10} {'GFLOP/pair':>11} {'TFLOP/s':>9} {'of peak':>8} "
+          f"{'warm-up s':>9}", flush=True)
     rows = []
+
+    def row(batch: int, impl: str, step: Callable[[], None], flops: float) -> None:
+        t0 = time.perf_counter()
+        sec = timed(step, args.steps, args.warmup, device)
+        # the warm-up holds the compile (cold, the first time) and cudnn's autotuning
+        warmup_s = time.perf_counter() - t0 - sec * args.steps
+        r = dict(batch=batch, impl=impl, pairs_per_s=batch / sec, gflop_per_pair=flops / batch / 1e9,
+                 tflops=flops / sec / 1e12, warmup_s=warmup_s)
+        r["peak_fraction"] = r["tflops"] / peak if peak else None
+        rows.append(r)
+        share = f"{r['peak_fraction']:.1%}" if peak else "n/a"
+        print(f"{batch:>6} {impl:>11} {r['pairs_per_s']:>10.1f} {r['gflop_per_pair']:>11.2f} {r['tflops']:>9.3f} "
+              f"{share:>8} {warmup_s:>9.1f}", flush=True)
+
     for batch in args.batch:
         data = synthetic_data(max(4 * batch, 64), args.size, device)
         # FLOPs of the same step run eagerly (the counter does not see inside compiled graphs).
@@ -150,26 +175,16 @@ def main(argv: list[str] | None = None) -> dict:
         flops = count_flops(eager.train_step)
         session = TrainSession(make_config(args, batch, fast=True, compile_=args.compile), data, device) \
             if args.compile != "none" else eager
-        sec = timed(session.train_step, args.steps, args.warmup, device)
-        rows.append(dict(batch=batch, impl="trainer", pairs_per_s=batch / sec, gflop_per_pair=flops / batch / 1e9,
-                         tflops=flops / sec / 1e12))
+        row(batch, "trainer", session.train_step, flops)
         del session, eager
         if not args.skip_plain:
             plain = PlainStep(make_config(args, batch, fast=False), data, device)
             flops_p = count_flops(plain)
-            sec_p = timed(plain, args.steps, args.warmup, device)
-            rows.append(dict(batch=batch, impl="plain fp32", pairs_per_s=batch / sec_p,
-                             gflop_per_pair=flops_p / batch / 1e9, tflops=flops_p / sec_p / 1e12))
+            row(batch, "plain fp32", plain, flops_p)
             del plain
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; width {args.width}, {args.size}x{args.size}, compile={args.compile}, "
-          f"{args.steps} timed steps after {args.warmup} warm-up")
-    print(f"{'batch':>6} {'impl':>11} {'pairs/s':>10} {'GFLOP/pair':>11} {'TFLOP/s':>9}")
-    for r in rows:
-        print(f"{r['batch']:>6} {r['impl']:>11} {r['pairs_per_s']:>10.1f} {r['gflop_per_pair']:>11.2f} {r['tflops']:>9.3f}")
     ratios = {}
     for batch in args.batch:
         t = next(r for r in rows if r["batch"] == batch and r["impl"] == "trainer")
@@ -177,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
         if p:
             ratios[batch] = t["pairs_per_s"] / p["pairs_per_s"]
             print(f"batch {batch}: trainer / plain fp32 = {ratios[batch]:.2f}x pairs/s")
-    result = {"device": name, "args": vars(args), "rows": rows, "ratios": ratios}
+    result = {"device": name, "peak_bf16_tflops": peak, "peak_note": peak_note, "args": vars(args), "rows": rows,
+              "ratios": ratios}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
