@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from nirgan import twin
-from nirgan.config import TwinConfig, parse_config
+from nirgan.config import DataError, TwinConfig, parse_config
 from nirgan.io import read_image, read_table, write_image
 from nirgan.labels import LABELS
 from nirgan.stages import collect
@@ -74,11 +74,11 @@ def test_decompression_bomb_is_rejected_as_too_large_without_decoding(tmp_path: 
 def test_max_pixels_and_downscaling_at_read(tmp_path: Path):
     root = tmp_path / "in"
     pairs = _pairs_folder(root, subjects=2, frames=1)  # 256 x 256 twin frames
-    # one pixel under the frame size: every image is too large
+    # one pixel under the frame size: every image is too large, which leaves no pair (issue 23)
     out = tmp_path / "raw_small_limit"
-    collect.run(_folder_cfg(root, max_pixels=256 * 256 - 1), out)
-    assert set(_reasons(out).values()) == {"too_large"} and len(_reasons(out)) == 4
-    assert read_table(out / "manifest.parquet").empty
+    with pytest.raises(DataError, match=r"no usable pair \(4 files rejected: \{'too_large': 4\}\)"):
+        collect.run(_folder_cfg(root, max_pixels=256 * 256 - 1), out)
+    assert not out.exists()
     # under the limit but over the working side: downscaled at read, the pair stays aligned
     out = tmp_path / "raw_side"
     collect.run(_folder_cfg(root, max_side=128), out)

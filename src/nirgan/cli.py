@@ -1,9 +1,14 @@
 """Command line: ``nirgan stage <name>`` runs one pipeline stage on the default paths.
 
 dvc.yaml calls these commands; the paths here are the ones declared there as deps and
-outs. ``nirgan check-params`` validates params.yaml (and that the data paths it names
-exist) without running anything. ``nirgan export`` writes the trained generator for use
-outside Python (:mod:`nirgan.models.export_formats`). ``nirgan generate [--count N] [--model REF] [--out DIR]
+outs. ``nirgan check-params`` validates params.yaml without running anything: types, ranges
+and finiteness, that the data paths it names exist and the labels table has the columns collect
+needs, that every device it asks for is on this machine, and that every params key the
+dvc.yaml beside it declares is in the file (DVC would otherwise stop at that stage, late).
+``nirgan export`` writes the trained generator for use outside Python
+(:mod:`nirgan.models.export_formats`; it never replaces a file or folder that is not an export).
+``nirgan promote`` outside a project needs ``MLFLOW_TRACKING_URI``: it never creates a new
+``mlflow.db`` where it happens to run. ``nirgan generate [--count N] [--model REF] [--out DIR]
 [--spec YAML]`` writes a labelled dataset (params ``generate``, overridden by the spec file's
 keys and then by the flags).
 
@@ -33,6 +38,7 @@ from nirgan.config import (
     load_config,
     parse_config,
 )
+from nirgan.cores import size_threads
 
 RAW = Path("data/raw")
 CROPS = Path("data/crops")
@@ -82,6 +88,62 @@ STAGES: dict[str, Callable[[Config], dict[str, Any]]] = {
 }
 
 
+def _check_table_columns(cfg: Config, origin: str) -> None:
+    """collect.labels has the columns collect needs, by its header alone (nothing else is read),
+    so a wrong table stops check-params rather than collect."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from nirgan.labels import LABELS
+
+    c = cfg.collect
+    if c.labels is None or c.path is None or c.source in ("twin", "expression_twin", "fer2013"):
+        return
+    path = c.labels if c.labels.exists() or c.labels.is_absolute() else c.path / c.labels
+    source = c.source
+    needed = ("file", "subject") if source == "label_folders" else ("pair_id", *LABELS)
+    try:
+        if path.suffix.lower() == ".csv":
+            columns = list(pd.read_csv(path, nrows=0).columns)
+        elif path.suffix.lower() in (".parquet", ".pq"):
+            columns = list(pq.read_schema(path).names)
+        else:
+            raise ConfigError(f"{origin}: collect.labels: {path} must be .csv or .parquet")
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{origin}: collect.labels: cannot read {path}: {str(exc).splitlines()[0]}") from None
+    missing = [col for col in needed if col not in columns]
+    if missing:
+        raise ConfigError(f"{origin}: collect.labels: {path} lacks column(s) {', '.join(missing)} "
+                          f"(collect.source {source} needs {', '.join(needed)}; it has {', '.join(map(str, columns))})")
+
+
+_MISSING = object()
+
+
+def _check_declared_params(params: Path) -> None:
+    """Every params key that the dvc.yaml beside ``params`` declares for a stage is in the file.
+    DVC itself checks a stage's keys only when it reaches that stage: a params file without
+    ``detect:`` would otherwise fail at detect, after collect's work, however valid it is."""
+    pipeline = params.parent / "dvc.yaml"
+    if not pipeline.is_file():
+        return
+    data = yaml.safe_load(params.read_text()) or {}
+    stages = (yaml.safe_load(pipeline.read_text()) or {}).get("stages") or {}
+    for name, stage in stages.items():
+        for entry in (stage or {}).get("params") or []:
+            # "section" or "section.key" in params.yaml, or {file: [keys]} in another file
+            keys = [entry] if isinstance(entry, str) else (entry or {}).get(params.name) or []
+            for key in keys:
+                node: Any = data
+                for part in key.split("."):  # a key written as null is there (DVC tracks it)
+                    node = node[part] if isinstance(node, dict) and part in node else _MISSING
+                if node is _MISSING:
+                    raise ConfigError(f"{params}: {key}: missing, and stage {name} of {pipeline} declares it "
+                                      f"(write the section, even as '{key.split('.')[-1]}: {{}}' for its defaults)")
+
+
 def _export(cfg: Config, args: argparse.Namespace) -> int:
     from nirgan.models import export_formats
 
@@ -96,6 +158,9 @@ def _export(cfg: Config, args: argparse.Namespace) -> int:
     for fmt, name in card["files"].items():
         print(f"{Path(args.out) / name}: max |{fmt} - eager| {card['parity_max_abs_diff'][fmt]}")
     return 0
+_GENERATE_FLAGS = {"count": "--count", "model": "--model", "out_dir": "--out"}
+
+
 def _generate_config(cfg: Config, args: argparse.Namespace) -> Config:
     """params.yaml's ``generate``, then the spec file's keys, then the flags; validated as one section."""
     section = cfg.generate.model_dump(mode="json")
@@ -111,9 +176,11 @@ def _generate_config(cfg: Config, args: argparse.Namespace) -> Config:
         if not isinstance(spec, dict):
             raise ConfigError(f"{args.spec}: a spec is a mapping of generate keys")
         section.update(spec["generate"] if set(spec) == {"generate"} else spec)  # with or without the header
-    for key in ("count", "model", "out_dir"):
-        if getattr(args, key) is not None:
-            section[key] = getattr(args, key)
+    parse_config({"generate": section}, origin=origin)  # so a bad file is blamed on the file
+    flags = {key: getattr(args, key) for key in _GENERATE_FLAGS if getattr(args, key) is not None}
+    if flags:
+        section.update(flags)
+        origin = "the command line (" + " ".join(f"{_GENERATE_FLAGS[k]} {v}" for k, v in flags.items()) + ")"
     return cfg.model_copy(update={"generate": parse_config({"generate": section}, origin=origin).generate})
 
 
@@ -142,8 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "promote":
             return _promote(args)
         cfg = load_config(args.params)
+        try:  # torch/OpenMP pools sized to this process's cores, not the host's (nirgan.cores)
+            size_threads()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if args.command == "check-params":
+            from nirgan.devices import check_devices
+
             check_data_paths(cfg, origin=args.params)
+            _check_table_columns(cfg, args.params)
+            check_devices(cfg, origin=args.params)
+            _check_declared_params(Path(args.params))
             print(f"{args.params}: ok")
             return 0
         if args.command == "export":
@@ -174,8 +250,17 @@ def _add_promote(sub: Any) -> None:
 
 def _promote(args: argparse.Namespace) -> int:
     """``nirgan promote``: one line ``nirgan-generator@champion: 2 -> 3`` (``none`` when unset)."""
+    import os
+
     from nirgan import tracking
 
+    root = tracking.repo_root()
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not any(
+            (root / name).exists() for name in ("params.yaml", "dvc.yaml", "mlflow.db")):
+        # the default store is the project's mlflow.db: here it would be a new, empty one
+        raise ConfigError(f"{root}: not inside a nirgan project (no params.yaml or dvc.yaml here or above) and "
+                          "MLFLOW_TRACKING_URI is not set; run promote in the project, or point "
+                          "MLFLOW_TRACKING_URI at its tracking server")
     old = tracking.alias_version(args.alias)
     new = tracking.promote(args.from_alias, args.alias, args.version)
     print(f"{tracking.REGISTERED_MODEL}@{args.alias}: {old or 'none'} -> {new}"

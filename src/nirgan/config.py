@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 class Section(BaseModel):
     # strict: a YAML string never becomes a number or a bool ("2.0" for a float is an error);
     # an int still fills a float field, and Path/tuple fields opt out (YAML has no such types).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # No field means anything by .inf or .nan: an infinite learning rate is a typo found now,
+    # not a diverged run after minutes of training.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ConfigError(ValueError):
@@ -44,11 +46,17 @@ class ServiceError(RuntimeError):
     """A service the run needs (the MLflow tracking server) is unreachable: one line, exit code 3."""
 
 
+# Seeds feed numpy's legacy seeding too, which takes 0 .. 2**32 - 1.
+SEED_MAX = 2**32 - 1
+# An Adam step moves each weight by about the learning rate: above 1 it leaves any weight's scale.
+LR_MAX = 1.0
+
+
 # ----------------------------------------------------------------------------- collect
 class TwinConfig(Section):
     """The built-in digital twin (see ``nirgan.twin``)."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     subjects: int = Field(10, ge=2, description="persistent identities")
     cameras: int = Field(2, ge=1, description="cameras per subject; each has its own gain and noise")
     frames: int = Field(30, ge=4, description="frames per recording (one recording per subject and camera)")
@@ -68,7 +76,7 @@ FER2013_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "
 class ExpressionTwinConfig(Section):
     """The built-in twin rendering expressions (see ``nirgan.twin_expression``)."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     subjects: int = Field(12, ge=2, description="persistent identities (the NIR twin's subjects of this seed)")
     cameras: int = Field(2, ge=1, description="cameras; each subject is filmed by one, in turn")
     frames_per_expression: int = Field(5, ge=1, description="frames of each expression per subject")
@@ -211,7 +219,7 @@ class SplitConfig(Section):
         "subject", description="subject: disjoint subjects (default); random: thesis 3.1.6, 90/10 by pair"
     )
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
 # ------------------------------------------------------------------------------- train
@@ -248,10 +256,10 @@ class TrainConfig(Section):
     max_minutes: float | None = Field(
         None, gt=0.0, description="wall budget: stop (and checkpoint) after the first step past it; resumed time counts"
     )
-    lr_g: float = Field(1.5e-4, gt=0.0)
-    lr_d: float = Field(4.5e-4, gt=0.0)
-    lr_e: float = Field(1.5e-4, gt=0.0)
-    lr_l: float = Field(4.5e-6, gt=0.0)
+    lr_g: float = Field(1.5e-4, gt=0.0, le=LR_MAX)
+    lr_d: float = Field(4.5e-4, gt=0.0, le=LR_MAX)
+    lr_e: float = Field(1.5e-4, gt=0.0, le=LR_MAX)
+    lr_l: float = Field(4.5e-6, gt=0.0, le=LR_MAX)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
     init: Literal["xavier", "kaiming", "default"] = "xavier"
@@ -273,7 +281,7 @@ class TrainConfig(Section):
         "none", description="torch.compile mode for the trained networks; reduce-overhead adds CUDA graphs"
     )
     deterministic: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     num_workers: int = Field(0, ge=0)
     log_every: int = Field(50, ge=1, description="steps between loss logs (one host sync each)")
     checkpoint_every: int = Field(500, ge=1)
@@ -315,8 +323,9 @@ class ExpressionTrainConfig(Section):
     conv_dim: int = Field(32, ge=4, description="StarGAN first-layer filters (Imperial ch. 8: 32; Choi: 64)")
     res_blocks: int = Field(6, ge=0, description="StarGAN residual blocks (Choi: 6; Imperial: 3 to 5)")
     d_layers: int | None = Field(None, ge=1, description="StarGAN D strided layers; None = log2(S) - 2")
-    upsample: Literal["transposed", "nearest"] = Field(
-        "transposed", description="StarGAN G up-sampling: transposed convs (the paper) or nearest + conv")
+    upsample: Literal["transposed", "nearest", "bilinear"] = Field(
+        "transposed", description="G up-sampling (stargan, cgan, cgan_encoder): transposed convs (the papers) or a "
+        "nearest / bilinear x2 resize + conv (no checkerboard; issue 25)")
     adversarial: Literal["wgan_gp", "least_squares"] | None = Field(
         None, description="StarGAN adversarial loss; None = wgan_gp (the paper)")
     n_critic: int | None = Field(None, ge=1, description="D updates per G update; None = 5 for wgan_gp, else 1")
@@ -327,9 +336,9 @@ class ExpressionTrainConfig(Section):
     lambda_image: float = Field(1.0, ge=0.0, description="KTH eq. 14 (encoder phase)")
     encoder_fraction: float = Field(
         0.3, gt=0.0, lt=1.0, description="cgan_encoder: share of the steps that train E with G frozen (KTH 2.2: after G)")
-    lr_g: float | None = Field(None, gt=0.0)
-    lr_d: float | None = Field(None, gt=0.0)
-    lr_e: float | None = Field(None, gt=0.0)
+    lr_g: float | None = Field(None, gt=0.0, le=LR_MAX)
+    lr_d: float | None = Field(None, gt=0.0, le=LR_MAX)
+    lr_e: float | None = Field(None, gt=0.0, le=LR_MAX)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
     lr_decay_fraction: float = Field(
@@ -349,7 +358,7 @@ class ExpressionTrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "bf16"
     deterministic: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     sample_inputs: int = Field(6, ge=1, description="fixed test faces in the sample grid (rows; columns = labels)")
@@ -367,7 +376,7 @@ class ExpressionTrainConfig(Section):
 
 # ---------------------------------------------------------------------------- evaluate
 class EvaluateConfig(Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     seeds: int = Field(3, ge=1, description="draws for random-dependent metrics (mean and std)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(50, ge=1)
@@ -421,7 +430,7 @@ class GenerateConfig(Section):
     reproducible on its own."""
 
     count: int = Field(200, ge=1, description="images in the dataset")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     latents_per_source: int = Field(1, ge=1, description="consecutive images that share a source row (diversity)")
     image_size: int = Field(128, ge=64, multiple_of=32, description="side of the sources and images")
     shard_size: int = Field(100, ge=1, description="images per shard (the unit of atomic writes and of retries)")
@@ -542,3 +551,20 @@ def check_data_paths(cfg: Config, origin: str = "params") -> None:
         labels = c.labels if c.labels.exists() or c.labels.is_absolute() else c.path / c.labels
         if not labels.is_file():
             raise ConfigError(f"{origin}: collect.labels: {c.labels} does not exist (looked here and under {c.path})")
+
+
+def stage_params(cfg: Config, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The params a stage declares in dvc.yaml (sections or dotted keys, e.g. ``("train",
+    "augment.image_size")``), nested as in params.yaml: what it logs to MLflow as its params.
+
+    Dumped by pydantic's own ``BaseModel.model_dump``: logging the declared keys is not a use of
+    them, and tests/test_stage_params.py, which measures what each stage reads by running it,
+    must not count it as one."""
+    include: dict[str, Any] = {}
+    for key in keys:
+        *parents, last = key.split(".")
+        node = include
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = True
+    return BaseModel.model_dump(cfg, mode="json", include=include)

@@ -9,14 +9,28 @@ import random
 import numpy as np
 import torch
 
+from nirgan.config import Config, ConfigError
+
+# Every params key that names a device; check-params proves each one is there.
+DEVICE_KEYS: tuple[str, ...] = ("detect.device", "train.device", "expression_train.device", "evaluate.device")
+
 
 def resolve_device(choice: str, key: str = "device") -> torch.device:
-    """``auto`` picks CUDA when present; asking for ``cuda`` without one fails naming ``key``."""
+    """``auto`` picks CUDA when present; asking for ``cuda`` without one is a params error
+    (:class:`ConfigError`, exit 2) naming ``key``."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{key} is 'cuda' but no CUDA device is available")
+        raise ConfigError(f"{key} is 'cuda' but no CUDA device is available on this machine")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(choice)
+
+
+def check_devices(cfg: Config, origin: str = "params") -> None:
+    """Every device the params ask for is on this machine (``nirgan check-params``), so a run
+    that passes does not stop at train or evaluate for want of a GPU."""
+    for key in DEVICE_KEYS:
+        section, field = key.split(".")
+        resolve_device(getattr(getattr(cfg, section), field), f"{origin}: {key}")
 
 
 def configure_torch(deterministic: bool, seed: int, device: torch.device) -> None:

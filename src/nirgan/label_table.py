@@ -22,7 +22,7 @@ import pandas as pd
 from nirgan.config import DataError
 from nirgan.labels import LABELS
 
-_FRAME = re.compile(r"(\d+)$")
+_FRAME = re.compile(r"(?<!\d)(\d{1,18})$")  # as collect reads file names: an int64 frame
 
 
 def canonical_pair_id(raw: str) -> str | None:

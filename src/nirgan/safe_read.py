@@ -9,9 +9,13 @@ file is bad, so the caller can put it in a rejects table and go on:
     before anything is opened: a link resolving outside ``root`` is ``outside_root`` (a linked
     folder outside gives one row per entry in it, listed, never opened); a dangling link
     ``unreadable``; a FIFO, socket or device ``special_file``; a folder linking to itself
-    ``link_loop``.
+    ``link_loop``; a name starting with ``.`` (macOS ``._*`` AppleDouble files, ``.DS_Store``),
+    or anything inside such a folder, ``hidden_file``; a path that is not valid UTF-8 (a folder
+    copied from an old file system) ``undecodable_name``, named in rejects with ``\\xNN`` escapes.
 ``inspect_image(path, mode, max_pixels, max_side)``
-    checks the magic bytes (``zero_byte``, ``not_an_image``, ``truncated``), reads width and
+    checks the magic bytes (``zero_byte``, ``not_an_image``, ``truncated``: a PNG whose chunks
+    stop before IEND, a JPEG whose segments stop before its end marker; bytes *after* the end,
+    as some cameras and editors append, are ignored), reads width and
     height from the header without decoding (``too_large`` over ``max_pixels``), decodes (JPEG at
     1/2, 1/4 or 1/8 when that still leaves ``max_side``), drops alpha, converts 16-bit to 8-bit,
     checks or converts channels for ``mode`` (``grey``: 1-channel NIR, a colour image is
@@ -46,10 +50,30 @@ import pandas as pd
 
 from nirgan.config import DataError
 from nirgan.label_table import read_label_table
-from nirgan.labels import LABELS
+from nirgan.labels import LABEL_BOUNDS, LABELS
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-FRAME = re.compile(r"(\d+)$")
+# Trailing digits, at most 18 so the frame number fits the manifest's int64 column; a longer
+# run of digits (``99999999999999999999.png``) names no frame.
+FRAME = re.compile(r"(?<!\d)(\d{1,18})$")
+# Reasons input_files gives to names that are no frame at all (they claim no frame number).
+SKIPPED = frozenset({"hidden_file", "undecodable_name"})
+# JPEG markers that end entropy-coded data: 0xFF then anything but a stuffed 0x00 or a restart.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def printable(text: str) -> str:
+    """A path or id as a table can store it: bytes that were not UTF-8 (Python keeps them as
+    lone surrogates) become ``\\xNN`` escapes instead of failing the Parquet write."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def decodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Rejects:
@@ -60,7 +84,8 @@ class Rejects:
         self.rows: list[dict[str, Any]] = []
 
     def add(self, path: str, sample: str | None, reason: str) -> None:
-        self.rows.append({"path": path, self.id_column: sample, "reason": reason})
+        sample = printable(sample) if sample is not None else None
+        self.rows.append({"path": printable(path), self.id_column: sample, "reason": reason})
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["path", self.id_column, "reason"]).astype("object")
@@ -106,10 +131,16 @@ class PairLabels:
             name = str(path)
         out, rows = read_label_table(path, "collect.labels")
         labels = cls(out, rows, name)
-        nan = out[list(LABELS)].isna().any(axis=1)
-        for pid in out.index[nan]:
-            labels.rejected.append((f"{name}:{labels.rows[pid]}", pid, "label_missing_value"))
-        labels.table = out[~nan]
+        values = out[list(LABELS)].to_numpy("float64")
+        nan = np.isnan(values).any(axis=1)
+        infinite = ~nan & ~np.isfinite(values).all(axis=1)
+        bounds = np.array([LABEL_BOUNDS[k] for k in LABELS])
+        outside = ~nan & ~infinite & (np.abs(values) > bounds).any(axis=1)
+        for mask, reason in ((nan, "label_missing_value"), (infinite, "label_not_finite"),
+                             (outside, "label_out_of_range")):
+            for pid in out.index[mask]:
+                labels.rejected.append((f"{name}:{labels.rows[pid]}", pid, reason))
+        labels.table = out[~(nan | infinite | outside)]
         return labels
 
     def finish(self, kept: set[str], rejects: Rejects, log: dict[str, Any]) -> None:
@@ -149,9 +180,17 @@ def input_files(root: Path, tops: tuple[str, ...] | None = None) -> list[Entry]:
                 entries.append(Entry(offered / Path(dirpath, name).relative_to(real), "outside_root"))
             dirs.sort()
 
-    def walk(directory: Path, ancestors: frozenset[Path]) -> None:
+    def walk(directory: Path, ancestors: frozenset[Path], inherited: str | None = None) -> None:
         for entry in sorted(os.scandir(directory), key=lambda e: e.name):
             path = Path(entry.path)
+            # A hidden name is metadata another tool left (macOS ._* and .DS_Store, .git):
+            # listed so it is accounted for, never opened, never taken for a frame. The same
+            # goes for everything inside a hidden or undecodable folder.
+            skip = inherited or ("hidden_file" if entry.name.startswith(".") else None)
+            skip = skip or (None if decodable(entry.name) else "undecodable_name")
+            if skip and not entry.is_dir(follow_symlinks=False):
+                entries.append(Entry(path, skip))
+                continue
             real = Path(os.path.realpath(path))
             if entry.is_symlink():
                 if not os.path.lexists(real) or not real.exists():
@@ -168,7 +207,7 @@ def input_files(root: Path, tops: tuple[str, ...] | None = None) -> list[Entry]:
                 if real in ancestors:
                     entries.append(Entry(path, "link_loop"))
                 else:
-                    walk(path, ancestors | {real})
+                    walk(path, ancestors | {real}, skip)
             elif stat.S_ISREG(mode):
                 entries.append(Entry(path))
             else:
@@ -231,6 +270,43 @@ def fit(img: np.ndarray, max_side: int) -> np.ndarray:
 Mode = Literal["grey", "rgb", "to_grey"]
 
 
+def _png_complete(data: bytes) -> bool:
+    """The chunks, followed by their lengths alone (nothing decoded), reach IEND; bytes after it
+    are not the image's and do not matter."""
+    pos = 8
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == b"IEND":
+            return True
+        pos += 12 + length
+    return False
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """The segments, followed by their lengths and through each scan's entropy-coded data,
+    reach the end marker (FFD9); bytes after it do not matter."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length field
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # a scan: its data runs to the next real marker
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                return False
+            pos = found.start()
+    return data[pos:pos + 2] == b"\xff\xd9"
+
+
 def inspect_image(path: Path, mode: Mode, max_pixels: int, max_side: int) -> Image | str:
     """Decode one input image as ``mode`` says (module docstring); a reject reason string when it is bad."""
     try:
@@ -241,11 +317,11 @@ def inspect_image(path: Path, mode: Mode, max_pixels: int, max_side: int) -> Ima
         return "zero_byte"
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         kind = "png"
-        if b"IEND" not in data[-32:]:
+        if not _png_complete(data):
             return "truncated"
     elif data.startswith(b"\xff\xd8\xff"):
         kind = "jpeg"
-        if b"\xff\xd9" not in data[-32:]:
+        if not _jpeg_complete(data):
             return "truncated"
     elif data[:2] == b"BM" or data[:4] in (b"II*\x00", b"MM\x00*") or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
         kind = "other"

@@ -30,7 +30,8 @@ def dataset_card(spec: GenerateConfig, model: dict, shards: int, counts: dict, g
         "label_check": ({"estimator": "label_estimator.pt (evaluate's pose/gaze instrument)",
                          "threshold_deg": spec.max_label_error_deg, "mean_abs_error_deg": mean_error}
                         if mean_error is not None else
-                        {"estimator": "unavailable", "reason": "the model has no label_estimator.pt"}),
+                        {"estimator": "unavailable",
+                         "reason": model.get("label_estimator_reason") or "the model has no label_estimator.pt"}),
         "eval_metrics": metrics if metrics else "unavailable",
         **({} if metrics else {"eval_metrics_reason": model.get("metrics_reason", "the model carries no eval metrics")}),
         "layout": {"images": "images/<shard:05d>/<index:08d>.png (8-bit grey)", "labels": "labels.parquet",

@@ -48,7 +48,7 @@ from nirgan.detection.mtcnn import FastMTCNN
 from nirgan.io import read_image, write_json
 from nirgan.generation.spec import read_label_table
 from nirgan.label_table import read_label_table as read_pair_labels
-from nirgan.labels import LABELS
+from nirgan.labels import LABEL_BOUNDS, LABELS
 
 LABEL_COLUMNS: tuple[str, ...] = (*LABELS, "glasses")
 # The range the twin's trajectories cover (hence what the generator was trained on), degrees.
@@ -271,6 +271,8 @@ def _frames_in(folder: Path) -> dict[int, list[Path]]:
     found: dict[int, list[Path]] = {}
     if folder.is_dir():
         for path in sorted(folder.iterdir()):
+            if path.name.startswith("."):  # macOS ._* AppleDouble files and the like, as collect skips them
+                continue
             digits = len(path.stem) - len(path.stem.rstrip("0123456789"))
             if path.suffix.lower() in _IMAGE_EXTS and digits:
                 found.setdefault(int(path.stem[-digits:]), []).append(path)
@@ -316,6 +318,10 @@ def folder_rig(rig_path: Path, labels_path: Path, image_size: int) -> tuple[Fold
         for key in LABEL_COLUMNS:
             if pd.isna(row[key]):
                 raise DataError(f"{where}, {key}: missing value")
+        for key in LABELS:
+            if not math.isfinite(row[key]) or abs(row[key]) > LABEL_BOUNDS[key]:
+                raise DataError(f"{where}, {key}: {row[key]:g} degrees is outside the rig's domain "
+                                f"[{-LABEL_BOUNDS[key]:g}, {LABEL_BOUNDS[key]:g}] (nirgan.labels.LABEL_BOUNDS)")
         recording, _, frame = pid.rpartition("/")
         candidates = listed.setdefault(recording, _frames_in(base / recording)).get(int(frame), [])
         if len(candidates) != 1:

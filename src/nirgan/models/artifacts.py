@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nirgan.config import ExpressionTrainConfig, TrainConfig
+from nirgan.config import DataError, ExpressionTrainConfig, TrainConfig
 from nirgan.io import atomic_file
 from nirgan.models.expression.build import build_expression_networks
 from nirgan.models.expression.translator import ExpressionTranslator
@@ -48,10 +48,33 @@ def _cpu(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _load(path: Path, what: str) -> dict:
+    """The file's payload, read with ``weights_only=True`` (a model file may come from anyone).
+
+    A file that is not one (empty, garbage, a pickle of arbitrary objects) is a one-line
+    :class:`DataError`. torch's own message is not passed on: for such a pickle it advises
+    ``weights_only=False``, which would run whatever code the file carries.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no {what} file (run the train stage first)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a {what} file") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle is a bad file, never a bug here
+        empty = path.is_file() and path.stat().st_size == 0
+        why = "an empty file" if empty else f"not a {what} file nirgan wrote ({type(exc).__name__})"
+        raise DataError(f"{path}: cannot load the {what}: {why}") from None
+
+
+def _build(path: Path, what: str, build):  # noqa: ANN001, ANN202
+    """``build()`` turns a payload into a network; a payload of the wrong shape is a bad file."""
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a usable {what} file: {first[:200]}") from None
 
 
 # ------------------------------------------------------------------------------- sampler
@@ -137,7 +160,7 @@ def _generator_payload(path: Path) -> dict:
     payload = _load(path, "generator")
     missing = {"state_dict", "train_config", "label_dim"} - set(payload) if isinstance(payload, dict) else {"all keys"}
     if missing:
-        raise ValueError(f"{path}: not a nirgan generator file, missing {sorted(missing)}")
+        raise DataError(f"{path}: not a nirgan generator file, missing {sorted(missing)}")
     return payload
 
 
@@ -145,11 +168,15 @@ def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -
     """G alone from generator.pt, in eval mode; its training config is ``.train_config``."""
     path = Path(path)
     payload = _generator_payload(path)
-    train_cfg = TrainConfig.model_validate(payload["train_config"])
-    generator = build_generator(train_cfg, int(payload["label_dim"]))
-    generator.load_state_dict(payload["state_dict"])
-    generator.train_config = train_cfg
-    return generator.to(map_location).eval()
+
+    def build() -> ImageGenerator:
+        train_cfg = TrainConfig.model_validate(payload["train_config"])
+        generator = build_generator(train_cfg, int(payload["label_dim"]))
+        generator.load_state_dict(payload["state_dict"])
+        generator.train_config = train_cfg
+        return generator
+
+    return _build(path, "generator", build).to(map_location).eval()
 
 
 def load_sampler(path: str | Path, map_location: str | torch.device = "cpu") -> Sampler:
@@ -164,10 +191,10 @@ def load_sampler(path: str | Path, map_location: str | torch.device = "cpu") -> 
     mapping = None
     if train_cfg.style_mapping:
         if "mapping_state_dict" not in payload:
-            raise KeyError(f"{path}: the run uses a style mapping network (train.style_mapping) but the file "
-                           "has no mapping_state_dict")
+            raise DataError(f"{path}: the run uses a style mapping network (train.style_mapping) but the file "
+                            "has no mapping_state_dict")
         mapping = StyleMappingNetwork(train_cfg.latent_dim, train_cfg.latent_dim)
-        mapping.load_state_dict(payload["mapping_state_dict"])
+        _build(path, "generator", lambda: mapping.load_state_dict(payload["mapping_state_dict"]))
         mapping = mapping.to(map_location)
     sampler = Sampler(generator, mapping, payload.get("label_scale", LABEL_SCALE)).eval()
     sampler.train_config = train_cfg
@@ -189,11 +216,16 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
     if not path.exists():
         return None, f"{path} is missing (run the train stage)"
     payload = _load(path, "latent encoder")
-    if "absent" in payload:
+    if isinstance(payload, dict) and "absent" in payload:
         return None, str(payload["absent"])
-    encoder = LatentEncoder(int(payload["latent_dim"]), float(payload["width"]), bool(payload.get("variational", False)))
-    encoder.load_state_dict(payload["state_dict"])
-    return encoder.to(map_location).eval(), str(path)
+
+    def build() -> LatentEncoder:
+        encoder = LatentEncoder(int(payload["latent_dim"]), float(payload["width"]),
+                                bool(payload.get("variational", False)))
+        encoder.load_state_dict(payload["state_dict"])
+        return encoder
+
+    return _build(path, "latent encoder", build).to(map_location).eval(), str(path)
 
 
 # ------------------------------------------------------------------- auxiliary networks
@@ -213,15 +245,20 @@ def absent_reason(path: str | Path) -> str | None:
     path = Path(path)
     if not path.exists():
         return f"{path} is missing"
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = _load(path, "model")
     return str(blob["absent"]) if isinstance(blob, dict) and "absent" in blob else None
 
 
 def load_pose_estimator(path: str | Path, map_location: str | torch.device = "cpu") -> PoseEstimator:
-    blob = torch.load(path, map_location=map_location, weights_only=True)
-    model = PoseEstimator(**blob["config"])
-    model.load_state_dict(blob["state_dict"])
-    return model.eval()
+    path = Path(path)
+    blob = _load(path, "pose estimator")
+
+    def build() -> PoseEstimator:
+        model = PoseEstimator(**blob["config"])
+        model.load_state_dict(blob["state_dict"])
+        return model
+
+    return _build(path, "pose estimator", build).eval()
 
 
 def save_identity_net(net: IdentityNet, path: str | Path) -> None:
@@ -231,10 +268,15 @@ def save_identity_net(net: IdentityNet, path: str | Path) -> None:
 
 def load_identity_net(path: str | Path, map_location: str | torch.device = "cpu") -> IdentityNet:
     """Frozen (eval mode, no grad), as a distance or an instrument wants it."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    net = IdentityNet(blob["num_subjects"], blob["embed_dim"])
-    net.load_state_dict(blob["state_dict"])
-    return net.to(map_location).eval().requires_grad_(False)
+    path = Path(path)
+    blob = _load(path, "identity network")
+
+    def build() -> IdentityNet:
+        net = IdentityNet(blob["num_subjects"], blob["embed_dim"])
+        net.load_state_dict(blob["state_dict"])
+        return net
+
+    return _build(path, "identity network", build).to(map_location).eval().requires_grad_(False)
 
 
 # --------------------------------------------------------------------- expression models
@@ -259,18 +301,22 @@ def load_expression_translator(path: str | Path, map_location: str | torch.devic
     missing = ({"kind", "names", "image_size", "latent_dim", "config", "generator"} - set(payload)
                if isinstance(payload, dict) else {"all keys"})
     if missing:
-        raise ValueError(f"{path}: not a nirgan expression generator file, missing {sorted(missing)}")
-    cfg = ExpressionTrainConfig.model_validate(payload["config"])
-    with torch.random.fork_rng(devices=[]):
-        nets = build_expression_networks(cfg, len(payload["names"]))
-    nets.generator.load_state_dict(payload["generator"])
-    encoder = None
-    if payload["kind"] == "cgan_encoder":
-        if "encoder" not in payload:
-            raise ValueError(f"{path}: a cgan_encoder file without its encoder E")
-        encoder = nets.encoder
-        encoder.load_state_dict(payload["encoder"])
-    translator = ExpressionTranslator(payload["kind"], nets.generator, payload["names"], int(payload["image_size"]),
-                                      int(payload["latent_dim"]), encoder)
-    translator.config = cfg
-    return translator.to(map_location).eval()
+        raise DataError(f"{path}: not a nirgan expression generator file, missing {sorted(missing)}")
+
+    def build() -> ExpressionTranslator:
+        cfg = ExpressionTrainConfig.model_validate(payload["config"])
+        with torch.random.fork_rng(devices=[]):
+            nets = build_expression_networks(cfg, len(payload["names"]))
+        nets.generator.load_state_dict(payload["generator"])
+        encoder = None
+        if payload["kind"] == "cgan_encoder":
+            if "encoder" not in payload:
+                raise DataError(f"{path}: a cgan_encoder file without its encoder E")
+            encoder = nets.encoder
+            encoder.load_state_dict(payload["encoder"])
+        translator = ExpressionTranslator(payload["kind"], nets.generator, payload["names"],
+                                          int(payload["image_size"]), int(payload["latent_dim"]), encoder)
+        translator.config = cfg
+        return translator
+
+    return _build(path, "expression generator", build).to(map_location).eval()

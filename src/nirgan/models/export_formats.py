@@ -20,12 +20,17 @@ The batch n is dynamic; S is fixed at export (``augment.image_size`` of the run)
                               parity measured right after export: max |format - eager| on
                               random inputs at batch 1 and 3 (or why it is unavailable)
 
-The directory is replaced atomically.
+The directory is replaced atomically, and only when it is one: a new or empty folder, or a
+previous export (it has export.json). Anything else at ``out_dir`` (a file of the user's, a
+folder of other things) is refused with :class:`~nirgan.config.OutputError` before any work, as
+is a place that cannot be written; a generator file that cannot be loaded is a
+:class:`~nirgan.config.DataError`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
 import warnings
 from collections.abc import Sequence
@@ -35,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nirgan.config import OutputError
 from nirgan.io import atomic_dir, file_sha256, write_json
 from nirgan.labels import LABELS
 from nirgan.models.artifacts import Sampler, load_sampler
@@ -128,9 +134,30 @@ def parse_formats(text: str) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
+def _claim(out_dir: Path) -> None:
+    """``out_dir`` is ours to replace (module docstring) and its parent can be written."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise OutputError(f"{out_dir}: exists and is not a folder; --out names the export folder, which is "
+                          "replaced whole, so choose a new one (the file is left as it is)")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "export.json").is_file():
+        raise OutputError(f"{out_dir}: exists and is not a nirgan export (no export.json); choose an empty or "
+                          "new --out (its contents are left as they are)")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _output_error(out_dir, exc) from None
+    if not os.access(out_dir.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{out_dir}: cannot write the export: permission denied on {out_dir.parent}")
+
+
+def _output_error(out_dir: Path, exc: OSError) -> OutputError:
+    return OutputError(f"{out_dir}: cannot write the export: {exc.strerror or exc} ({exc.filename or out_dir})")
+
+
 def export_generator(model_path: Path, out_dir: Path, formats: Sequence[str], image_size: int) -> dict[str, Any]:
     """Write ``formats`` of generator.pt's sampler into ``out_dir`` (see the module docstring)."""
-    model_path = Path(model_path)
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    _claim(out_dir)  # before the minutes of exporting
     sampler = load_sampler(model_path).cpu().eval()
     module = _Signature(sampler).eval()
     names = input_names(sampler)
@@ -148,6 +175,15 @@ def export_generator(model_path: Path, out_dir: Path, formats: Sequence[str], im
         "files": {}, "parity_max_abs_diff": {},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
+    try:
+        _write(sampler, module, names, args, card, out_dir, formats, image_size)
+    except OSError as exc:
+        raise _output_error(out_dir, exc) from None
+    return card
+
+
+def _write(sampler: Sampler, module: nn.Module, names: list[str], args: tuple[torch.Tensor, ...],
+           card: dict[str, Any], out_dir: Path, formats: Sequence[str], image_size: int) -> None:
     with atomic_dir(out_dir) as tmp, torch.no_grad():
         for fmt in formats:
             path = tmp / FILES[fmt]
@@ -163,4 +199,3 @@ def export_generator(model_path: Path, out_dir: Path, formats: Sequence[str], im
             except ImportError as exc:
                 card["parity_max_abs_diff"][fmt] = f"unavailable: {exc}"
         write_json(tmp / "export.json", card)
-    return card

@@ -31,7 +31,8 @@ numbers the labels. Label names are the data's own, sorted, so the same set gets
 indices whatever order its files came in. Outputs (``data/prepared``, written atomically):
     ``images.npy``        uint8 (N, S, S) grey faces
     ``manifest.parquet``  ``sample_id, subject, label, label_index, index`` (row in images.npy),
-                          ``usage``, ``image_path`` (the crop, relative to ``data/crops``)
+                          ``usage``, ``image_path`` (the crop, relative to ``data/crops``),
+                          ``sha256`` (collect's, of the image; split finds leaks by it)
     ``labels.json``       ``{"names": [...], "counts": {name: n}}``, names in label_index order
     ``preview.png``       the first few images of each label, one row per label
     ``rejects.parquet``   ``sample_id, path, reason`` for crops that could not be read
@@ -51,7 +52,7 @@ import torch
 from tqdm import tqdm
 
 from nirgan.augmentation import paired_augment, to_model_range
-from nirgan.config import AugmentConfig, Config
+from nirgan.config import AugmentConfig, Config, DataError
 from nirgan.io import atomic_dir, read_image, read_table, stage_log, write_image, write_json, write_table
 from nirgan.labels import LABELS
 
@@ -111,8 +112,11 @@ def run(cfg: Config, crops_dir: Path, clean_dir: Path, out_dir: Path) -> dict[st
     clean = read_table(clean_dir / "manifest.parquet")
     missing = sorted({"pair_id", "source_path", "target_path"} - set(clean.columns))
     if missing:
-        raise KeyError(f"{clean_dir / 'manifest.parquet'}: missing columns {missing}")
+        raise DataError(f"{clean_dir / 'manifest.parquet'}: missing columns {missing}")
 
+    if clean.empty:  # every pair went at detect or clean: say so, not a reshape error
+        raise DataError(f"{clean_dir / 'manifest.parquet'}: no pair left to prepare (0 rows; the rejects tables of "
+                        "data/raw, data/crops and data/clean say why)")
     with stage_log("augment", pairs=len(clean)) as counts, atomic_dir(out_dir) as tmp:
         rows = list(clean.itertuples(index=False))
         sources = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
@@ -139,7 +143,7 @@ def run(cfg: Config, crops_dir: Path, clean_dir: Path, out_dir: Path) -> dict[st
             ))
             ok[i] = False
         if not ok.any():
-            raise ValueError(f"{clean_dir / 'manifest.parquet'}: no usable pair ({len(rows)} rows, all rejected)")
+            raise DataError(f"{clean_dir / 'manifest.parquet'}: no usable pair ({len(rows)} rows, all rejected)")
         if not ok.all():
             sources, targets, mu = sources[ok], targets[ok], mu[ok]
         mu0 = float(a.target_mean) if a.target_mean is not None else float(mu.mean())
@@ -208,7 +212,7 @@ def _run_expression(size: int, crops_dir: Path, clean_dir: Path, out_dir: Path) 
     clean = read_table(clean_dir / "manifest.parquet")
     missing = sorted({"sample_id", "subject", "label", "image_path"} - set(clean.columns))
     if missing:
-        raise KeyError(f"{clean_dir / 'manifest.parquet'}: missing columns {missing}")
+        raise DataError(f"{clean_dir / 'manifest.parquet'}: missing columns {missing}")
     with stage_log("augment", images=len(clean)) as counts, atomic_dir(out_dir) as tmp:
         with ThreadPoolExecutor(max_workers=4) as pool:
             loaded = list(pool.map(lambda p: _load_grey(crops_dir / p, size), clean["image_path"]))
@@ -216,7 +220,7 @@ def _run_expression(size: int, crops_dir: Path, clean_dir: Path, out_dir: Path) 
         rejects = [dict(sample_id=sid, path=p, reason=x) for sid, p, x in zip(clean["sample_id"], clean["image_path"], loaded)
                    if isinstance(x, str)]
         if not ok.any():
-            raise ValueError(f"{clean_dir / 'manifest.parquet'}: no usable image ({len(clean)} rows, all rejected)")
+            raise DataError(f"{clean_dir / 'manifest.parquet'}: no usable image ({len(clean)} rows, all rejected)")
         images = np.stack([x for x in loaded if isinstance(x, np.ndarray)])
         manifest = clean[ok].reset_index(drop=True)
         names = sorted(manifest["label"].unique())
@@ -224,7 +228,7 @@ def _run_expression(size: int, crops_dir: Path, clean_dir: Path, out_dir: Path) 
         manifest["index"] = np.arange(len(manifest), dtype=np.int64)
         if "usage" not in manifest:
             manifest["usage"] = ""
-        manifest = manifest[EXPRESSION_COLUMNS]
+        manifest = manifest[EXPRESSION_COLUMNS + (["sha256"] if "sha256" in manifest else [])]
         label_counts = {n: int(v) for n, v in manifest["label"].value_counts().reindex(names).items()}
 
         np.save(tmp / "images.npy", images)

@@ -7,7 +7,8 @@ Sources (``collect.source``)
             (NIR) paired by relative path with ``source/<subject>_<camera>/<frame>.<ext>`` (rig
             render). The subject is everything before the last ``_`` of the directory name, so
             a camera name has no ``_``; the frame number is the trailing digits of the file
-            name (``12.png``, ``00012.png`` and ``frame_12.png`` are frame 12).
+            name (``12.png``, ``00012.png`` and ``frame_12.png`` are frame 12; at most 18
+            digits). Hidden files (``.DS_Store``, macOS ``._00012.png``) are skipped.
 ``videos``  ``collect.path`` with ``target/<subject>_<camera>.<ext>`` and
             ``source/<subject>_<camera>.<ext>`` (any container OpenCV reads: mp4, avi, mkv ...);
             every ``collect.video_frame_step``-th frame, paired by frame index.
@@ -15,8 +16,12 @@ An optional labels table ``collect.labels`` (CSV or Parquet; a relative path is 
 in the working directory, then under ``collect.path``) gives labels by ``pair_id``; it must
 have the columns ``pair_id`` and ``head_yaw, head_pitch, head_roll, gaze_yaw, gaze_pitch``
 (``glasses`` optional). Its pair ids may name frames as the files do (``alice_cam1/12``).
-Pairs it does not list get NaN labels. A table row with a missing (NaN) label, or naming no
-kept pair, is not used and becomes a rejects row (see below); a table that cannot be used at
+Labels are degrees inside the rig's geometric domain (:data:`nirgan.labels.LABEL_BOUNDS`: head
+yaw and pitch within +-90, roll within +-180, gaze within +-90). Pairs it does not list get NaN
+labels, and the stage warns with their count when only some pairs are labelled (pose figures
+and generate's label check need every pair labelled). A table row with a missing (NaN), an
+infinite or an out-of-domain label, or naming no kept pair, is not used and becomes a rejects
+row (see below); a table that cannot be used at
 all (missing column, repeated ``pair_id``, text in a label column, a malformed pair id) stops
 the stage with a one-line :class:`~nirgan.config.DataError` naming the file, row and key.
 "Row" is the line of a CSV file (the header is row 1), or the 1-based row of a Parquet file.
@@ -27,6 +32,9 @@ rejected without being opened; a linked folder outside it gives one row per file
 Image sizes come from the file header before any decoding: over ``collect.max_pixels`` is
 ``too_large``; over ``collect.max_side`` (longer side) the image is area-downscaled at read,
 so the stages after collect never see more than ``max_side`` x ``max_side``.
+
+Zero kept pairs stop the stage with a one-line :class:`~nirgan.config.DataError` giving the
+reject counts (nothing is written), rather than handing detect an empty set.
 
 Raw input is never modified: kept images are copied byte for byte when they already are
 8-bit PNGs with the right channels and within ``max_side``, otherwise decoded, converted
@@ -46,7 +54,8 @@ Outputs (``out_dir``, written atomically)
     ``collect.path``), ``pair_id`` (None when the path does not name a pair), ``reason``, one of
     ``zero_byte``          empty file
     ``not_an_image``       not a PNG/JPEG/BMP/TIFF/WebP file, whatever its name says
-    ``truncated``          a PNG without its IEND chunk or a JPEG without its end marker
+    ``truncated``          a PNG whose chunks end before IEND or a JPEG whose segments end before
+                           its end marker (bytes after the end are ignored, not a reason)
     ``unreadable``         a file that cannot be read (e.g. a dangling link) or an image
                            OpenCV cannot decode
     ``wrong_channels``     a colour target (NIR is 1-channel) or a grey source (the rig is RGB);
@@ -56,7 +65,10 @@ Outputs (``out_dir``, written atomically)
                            the shorter video)
     ``partner_rejected``   the other image of the pair was rejected
     ``bad_directory_name`` the directory (or video) name is not ``<subject>_<camera>``
-    ``bad_frame_name``     the file name has no trailing frame number
+    ``bad_frame_name``     the file name has no trailing frame number (or one over 18 digits)
+    ``hidden_file``        a name starting with ``.`` (``._*`` AppleDouble, ``.DS_Store``) or a
+                           file in such a folder; never opened
+    ``undecodable_name``   a file or folder name that is not UTF-8 (``path`` shows ``\\xNN``)
     ``duplicate_frame``    a second file with the same frame number in the same directory
     ``unexpected_location`` not at ``<domain>/<subject>_<camera>/<file>`` (folder) or
                            ``<domain>/<file>`` (videos)
@@ -67,6 +79,8 @@ Outputs (``out_dir``, written atomically)
     ``special_file``       a FIFO, socket or device file; never opened
     ``link_loop``          a linked folder that contains itself
     ``label_missing_value`` a labels table row with a NaN label (``path`` is ``<table>:<row>``)
+    ``label_not_finite``   a labels table row with an infinite label
+    ``label_out_of_range`` a labels table row with a label outside ``LABEL_BOUNDS``
     ``label_without_pair`` a labels table row whose pair is not kept (absent or rejected)
     Every file under ``target/`` and ``source/`` is either in a kept pair or in this table,
     and so is every row of the labels table that is not used.
@@ -102,9 +116,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from nirgan.config import FER2013_LABELS, CollectConfig, Config, ConfigError, DataError, check_data_paths
+from nirgan.cores import available_cores
 from nirgan.io import atomic_dir, file_sha256, stage_log, write_image, write_table
+from nirgan.io import log as io_log
 from nirgan.labels import LABELS
-from nirgan.safe_read import FRAME, IMAGE_EXTS, Mode, PairLabels, Rejects, fit, input_files, inspect_image
+from nirgan.safe_read import (
+    FRAME, IMAGE_EXTS, SKIPPED, Mode, PairLabels, Rejects, fit, input_files, inspect_image,
+)
 
 MANIFEST_COLUMNS = [
     "pair_id", "subject", "camera", "frame", "source_path", "target_path", "source_sha256", "target_sha256",
@@ -194,9 +212,19 @@ def _finish(
     log: dict[str, Any],
     extra: dict[str, pd.DataFrame] | None = None,
     labels: PairLabels | None = None,
+    root: Path | None = None,
 ) -> dict[str, Any]:
+    if not writer.rows:
+        reasons = pd.Series([r["reason"] for r in rejects.rows], dtype=object).value_counts().to_dict()
+        raise DataError(f"{root}: no usable pair ({len(rejects.rows)} files rejected: {reasons})")
     if labels is not None:
         labels.finish({row["pair_id"] for row in writer.rows}, rejects, log)
+        unlabelled = sum(np.isnan(row["head_yaw"]) for row in writer.rows)
+        if unlabelled:
+            # evaluate's pose figures and generate's label check need every pair labelled
+            io_log.warning("collect: %d of %d pairs have no labels in %s (see rejects.parquet)",
+                           unlabelled, len(writer.rows), labels.name)
+        log["unlabelled"] = unlabelled
     write_table(writer.manifest(), out / "manifest.parquet")
     write_table(rejects.frame(), out / "rejects.parquet")
     for name, table in (extra or {}).items():
@@ -214,7 +242,7 @@ def _collect_twin(cfg: Config, out_dir: Path) -> dict[str, Any]:
     truth = []
     with stage_log("collect", source="twin", pairs=total) as log, atomic_dir(out_dir) as out:
         writer = _Writer(out, None)
-        for pair in tqdm(twin.render_dataset(tcfg), total=total, desc="collect twin", disable=None):
+        for pair in tqdm(twin.render_dataset(tcfg, workers=available_cores()), total=total, desc="collect twin", disable=None):
             writer.add(pair.subject, pair.camera, pair.frame, {"target": pair.target, "source": pair.source})
             row = writer.rows[-1]
             row.update(pair.labels)
@@ -235,6 +263,9 @@ def _collect_folder(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
         path = entry.path
         rel = path.relative_to(root)
         domain = rel.parts[0]
+        if entry.rejected in SKIPPED:  # not a frame at all: it claims no frame number
+            rejects.add(rel.as_posix(), None, entry.rejected)
+            continue
         if len(rel.parts) != 3 or (parsed := parse_recording(rel.parts[1])) is None \
                 or (m := FRAME.search(path.stem)) is None or path.suffix.lower() not in IMAGE_EXTS:
             # a rejected entry keeps its own reason; the layout reasons are for the rest
@@ -282,7 +313,7 @@ def _collect_folder(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
             downscaled += max(images["target"].shape) > ccfg.max_side
             writer.add(*key, {d: images[d].data for d in DOMAINS})
         log["downscaled"] = downscaled
-        return _finish(out, writer, rejects, log, labels=labels)
+        return _finish(out, writer, rejects, log, labels=labels, root=root)
 
 
 # ----------------------------------------------------------------------------- expression
@@ -391,7 +422,7 @@ def _collect_videos(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
                 for cap in caps.values():
                     if not isinstance(cap, str):
                         cap.release()
-        return _finish(out, writer, rejects, log, labels=labels)
+        return _finish(out, writer, rejects, log, labels=labels, root=root)
 
 
 def _pair_videos(

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from nirgan import tracking
 from nirgan.config import Config, ConfigError
+from nirgan.cores import available_cores
 from nirgan.devices import resolve_device
 from nirgan.generation.dataset import PHASES, finalize, plan_dataset, write_shards
 from nirgan.io import file_sha256, stage_log
-from nirgan.models.artifacts import absent_reason
+from nirgan.models.artifacts import absent_reason, load_sampler
 
 log = logging.getLogger("nirgan.generate")
 
@@ -41,9 +41,11 @@ def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
         device = str(resolve_device("auto", "generate"))
         with tempfile.TemporaryDirectory(prefix="nirgan-model-") as fetched:
             model = resolve_model(ref, Path(fetched), metrics_path)
+            load_sampler(model["generator"])  # a bad file stops here, before the out folder or the rig exist
+            announce(cfg, model)
             plan = plan_dataset(cfg, out_dir, model)
             seconds = dict.fromkeys(PHASES, 0.0)
-            workers = cfg.generate.workers or (len(os.sched_getaffinity(0)) if device == "cpu" else 1)
+            workers = cfg.generate.workers or (available_cores() if device == "cpu" else 1)
             for shard in write_shards(plan, device, workers):
                 for phase, s in shard.get("seconds", {}).items():
                     seconds[phase] += s
@@ -56,12 +58,31 @@ def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
     return {**dict(counts), "card": card}
 
 
+def announce(cfg: Config, model: dict) -> list[str]:
+    """Warn, before any work, where the dataset rests on something a user may not expect: the
+    built-in rig's sources for a model trained on other data, or no label check at all."""
+    notes = []
+    if cfg.generate.rig == "twin" and cfg.collect.source != "twin":
+        notes.append(f"generate: the sources are the built-in twin rig's renders (generate.rig: twin), but the model "
+                     f"was trained on collect.source={cfg.collect.source} data; for your own rig set generate.rig: "
+                     "folder and generate.rig_path")
+    if model.get("label_estimator") is None:
+        reason = model.get("label_estimator_reason") or "the model has no label_estimator.pt"
+        notes.append(f"generate: no label check ({reason}); the labels are the requested ones, unverified")
+    for note in notes:
+        log.warning(note)
+    return notes
+
+
 def resolve_model(ref: str, dest: Path, metrics_path: Path | None = None) -> dict:
     """The model files and identity of ``ref``, as :func:`nirgan.tracking.fetch_model` returns them."""
     if ref.startswith(REGISTRY_PREFIX):
         model = tracking.fetch_model(ref, dest)
-        if model["label_estimator"] is not None and absent_reason(model["label_estimator"]):
-            model["label_estimator"] = None  # evaluate had no labels: it logged an "absent" record
+        if model["label_estimator"] is None:
+            model["label_estimator_reason"] = f"version {model['version']} logged no label_estimator.pt"
+        elif reason := absent_reason(model["label_estimator"]):
+            # evaluate had no (or only some) labels: it logged an "absent" record saying why
+            model["label_estimator"], model["label_estimator_reason"] = None, reason
         return model
     folder = Path(ref)
     generator = folder / "generator.pt"
@@ -70,7 +91,8 @@ def resolve_model(ref: str, dest: Path, metrics_path: Path | None = None) -> dic
                           f"model such as {REGISTRY_PREFIX}nirgan-generator@champion)")
     estimator = folder / "label_estimator.pt"
     info = tracking.read_run_info(folder / "mlflow_run.json") or {}
-    model = {"generator": generator, "label_estimator": None if absent_reason(estimator) else estimator,
+    reason = absent_reason(estimator)  # the file may say why evaluate trained none
+    model = {"generator": generator, "label_estimator": None if reason else estimator, "label_estimator_reason": reason,
              "name": str(generator), "version": f"local:{file_sha256(generator)[:12]}", "run_id": info.get("run_id"),
              "metrics": {}}
     if metrics_path is not None and Path(metrics_path).is_file():

@@ -16,9 +16,16 @@ The test set holds un-augmented originals only: the rows index the prepared arra
 augmentation exists only as ``nirgan.augmentation.paired_augment``, which training applies on
 the fly to training batches. Consumers of the test set use ``to_model_range`` instead.
 
+Exact duplicates: a test row whose image bytes (the raw target's ``target_sha256``, or an
+expression image's ``sha256``) are also in the training set is a leak that no subject rule can
+see (the same file kept under two subject names), so it is dropped from the test set and listed
+in ``duplicates.parquet`` (``<id>``, ``duplicate_of`` (a training row), ``reason``).
+Duplicates within one set are only counted. Source renders are not compared: the one rig
+renders the same pose identically for every subject.
+
 Outputs (``data/split``, written atomically): ``train.parquet``, ``test.parquet`` (prepared
-manifest rows, ``index`` included) and ``summary.json`` (counts, subjects per set, strategy,
-seed).
+manifest rows, ``index`` included), ``duplicates.parquet`` and ``summary.json`` (counts,
+subjects per set, strategy, seed, duplicates).
 
 Expression data (``task: expression``), in this order of precedence:
 - rows with a FER2013 ``usage`` follow it: ``Training`` trains, ``PublicTest`` and
@@ -38,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nirgan.config import Config, SplitConfig
+from nirgan.config import Config, DataError, SplitConfig
 from nirgan.io import atomic_dir, read_table, stage_log, write_json, write_table
 
 
@@ -55,7 +62,7 @@ def choose_test_subjects(
     the goal even when subjects have very different numbers of pairs.
     """
     if len(pairs_per_subject) < 2:
-        raise ValueError(
+        raise DataError(
             f"split.strategy=subject needs at least 2 subjects, the prepared data has "
             f"{len(pairs_per_subject)} ({list(pairs_per_subject.index)}); use split.strategy=random"
         )
@@ -84,7 +91,7 @@ def split_rows(manifest: pd.DataFrame, strategy: str, test_fraction: float, seed
     """Boolean mask of the test rows."""
     n = len(manifest)
     if n < 2:
-        raise ValueError(f"split needs at least 2 pairs, the prepared data has {n}")
+        raise DataError(f"split needs at least 2 pairs, the prepared data has {n}")
     if strategy == "subject":
         test_subjects = choose_test_subjects(manifest.groupby("subject").size(), test_fraction, seed)
         return manifest["subject"].isin(test_subjects).to_numpy()
@@ -96,6 +103,30 @@ def split_rows(manifest: pd.DataFrame, strategy: str, test_fraction: float, seed
     raise ValueError(f"split.strategy: unknown strategy {strategy!r}")
 
 
+def drop_leaks(manifest: pd.DataFrame, test: np.ndarray, hash_column: str, id_column: str,
+               where: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, dict[str, Any]]:
+    """Test rows whose bytes are also in the training set leave the split (module docstring).
+
+    Returns the new test mask, the mask of rows kept, the ``duplicates`` rows and summary counts.
+    """
+    columns = [id_column, "duplicate_of", "reason"]
+    if hash_column not in manifest:
+        return test, np.ones(len(manifest), bool), pd.DataFrame(columns=columns).astype(object), {
+            "duplicates": f"unavailable: the manifest has no {hash_column} column"}
+    digest = manifest[hash_column].astype(str).to_numpy()
+    first_train = dict(zip(digest[~test][::-1], manifest[id_column].to_numpy()[~test][::-1]))
+    leak = test & np.array([d in first_train for d in digest])
+    rows = [{id_column: pid, "duplicate_of": first_train[d], "reason": "same image bytes as a training row"}
+            for pid, d in zip(manifest[id_column].to_numpy()[leak], digest[leak])]
+    kept_test = test & ~leak
+    if test.any() and not kept_test.any():
+        raise DataError(f"{where}: every test row ({int(test.sum())}) is a byte-identical copy of a training row")
+    within = {name: int(pd.Series(digest[mask]).duplicated().sum()) for name, mask in
+              (("train", ~test), ("test", kept_test))}
+    return kept_test, ~leak, pd.DataFrame(rows, columns=columns).astype(object), {
+        "duplicates_dropped_from_test": int(leak.sum()), "duplicates_within": within}
+
+
 def run(cfg: Config, prepared_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Split the prepared pairs into train.parquet and test.parquet (+ summary.json)."""
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
@@ -105,22 +136,26 @@ def run(cfg: Config, prepared_dir: Path, out_dir: Path) -> dict[str, Any]:
     manifest = read_table(prepared_dir / "manifest.parquet")
     missing = sorted({"pair_id", "subject", "index"} - set(manifest.columns))
     if missing:
-        raise KeyError(f"{prepared_dir / 'manifest.parquet'}: missing columns {missing}")
+        raise DataError(f"{prepared_dir / 'manifest.parquet'}: missing columns {missing}")
 
     with stage_log("split", pairs=len(manifest)) as counts:
         test = split_rows(manifest, s.strategy, s.test_fraction, s.seed)
-        train_df = manifest[~test].reset_index(drop=True)
+        test, kept, duplicates, dup_summary = drop_leaks(manifest, test, "target_sha256", "pair_id",
+                                                         prepared_dir / "manifest.parquet")
+        train_df = manifest[kept & ~test].reset_index(drop=True)
         test_df = manifest[test].reset_index(drop=True)
         train_subjects = sorted(train_df["subject"].unique())
         test_subjects = sorted(test_df["subject"].unique())
         with atomic_dir(out_dir) as tmp:
             write_table(train_df, tmp / "train.parquet")
             write_table(test_df, tmp / "test.parquet")
+            write_table(duplicates, tmp / "duplicates.parquet")
             write_json(tmp / "summary.json", dict(
+                **dup_summary,
                 strategy=s.strategy,
                 seed=s.seed,
                 test_fraction_requested=s.test_fraction,
-                test_fraction=len(test_df) / len(manifest),
+                test_fraction=len(test_df) / (len(train_df) + len(test_df)),
                 n_pairs=len(manifest),
                 n_train=len(train_df),
                 n_test=len(test_df),
@@ -131,7 +166,7 @@ def run(cfg: Config, prepared_dir: Path, out_dir: Path) -> dict[str, Any]:
                 "paired_augment is applied on the fly to training batches only",
             ))
         counts.update(
-            train=len(train_df), test=len(test_df),
+            train=len(train_df), test=len(test_df), duplicates_dropped=len(duplicates),
             subjects_train=len(train_subjects), subjects_test=len(test_subjects),
         )
     return dict(counts)
@@ -158,25 +193,29 @@ def _run_expression(s: SplitConfig, prepared_dir: Path, out_dir: Path) -> dict[s
     manifest = read_table(prepared_dir / "manifest.parquet")
     missing = sorted({"sample_id", "subject", "label", "label_index", "index"} - set(manifest.columns))
     if missing:
-        raise KeyError(f"{prepared_dir / 'manifest.parquet'}: missing columns {missing}")
+        raise DataError(f"{prepared_dir / 'manifest.parquet'}: missing columns {missing}")
     with stage_log("split", images=len(manifest)) as counts:
         test, decided = expression_test_rows(manifest, s.strategy, s.test_fraction, s.seed)
-        train_df = manifest[~test].reset_index(drop=True)
+        test, kept, duplicates, dup_summary = drop_leaks(manifest, test, "sha256", "sample_id",
+                                                         prepared_dir / "manifest.parquet")
+        train_df = manifest[kept & ~test].reset_index(drop=True)
         test_df = manifest[test].reset_index(drop=True)
         if train_df.empty or test_df.empty:
-            raise ValueError(f"{prepared_dir / 'manifest.parquet'}: the split left an empty set "
+            raise DataError(f"{prepared_dir / 'manifest.parquet'}: the split left an empty set "
                              f"(train {len(train_df)}, test {len(test_df)}; decided {decided})")
         train_subjects = sorted(set(train_df["subject"]) - {""})
         test_subjects = sorted(set(test_df["subject"]) - {""})
         with atomic_dir(out_dir) as tmp:
             write_table(train_df, tmp / "train.parquet")
             write_table(test_df, tmp / "test.parquet")
+            write_table(duplicates, tmp / "duplicates.parquet")
             write_json(tmp / "summary.json", dict(
+                **dup_summary,
                 task="expression",
                 strategy=s.strategy,
                 seed=s.seed,
                 test_fraction_requested=s.test_fraction,
-                test_fraction=len(test_df) / len(manifest),
+                test_fraction=len(test_df) / (len(train_df) + len(test_df)),
                 n_images=len(manifest),
                 n_train=len(train_df),
                 n_test=len(test_df),
@@ -188,5 +227,5 @@ def _run_expression(s: SplitConfig, prepared_dir: Path, out_dir: Path) -> dict[s
                 subjects_in_both=sorted(set(train_subjects) & set(test_subjects)),
                 test_set="un-augmented prepared images: rows index prepared/images.npy",
             ))
-        counts.update(train=len(train_df), test=len(test_df), **decided)
+        counts.update(train=len(train_df), test=len(test_df), duplicates_dropped=len(duplicates), **decided)
     return dict(counts)
