@@ -8,6 +8,7 @@ cgan run, a real temporary MLflow store.
   accuracy (its faces keep their own label, and the targets are always another one) while the
   classifier's real accuracy is high, and its identity cosine is that of the face with itself;
 - cgan's identity figure is "unavailable" with its reason.
+The stripe hack that passes the classifier but not the auditor is in test_expression_audit.py.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ CONTRACT_KEYS = (
     "expr_swd_laplacian", "expr_swd_laplacian_real_baseline", "expr_fid", "expr_diversity_within_label",
     "expr_diversity_within_label_real", "expr_diversity_translations_within_label", "expr_label_coverage",
     *(f"expr_target_accuracy_{n}" for n in NAMES), *(f"expr_classifier_real_accuracy_{n}" for n in NAMES),
+    # issue 25: the auditor, relative accuracy and its flags, perturbations, high frequencies, judge baselines
+    "expr_audit_target_accuracy", "expr_audit_real_accuracy", "expr_audit_relative_accuracy",
+    "expr_target_accuracy_relative", "expr_target_accuracy_labels_above_real", "expr_audit_target_accuracy_labels_above_real",
+    "expr_target_accuracy_blur", "expr_target_accuracy_resize", "expr_audit_target_accuracy_blur",
+    "expr_classifier_real_accuracy_blur", "expr_audit_real_accuracy_resize", "expr_hf_share_ratio",
+    "expr_hf_share_real", "expr_hf_labels_textured", "expr_judge_full_informative", "expr_judge_few_shot_informative",
+    *(f"expr_audit_relative_accuracy_{n}" for n in NAMES),
 )
 
 
@@ -76,6 +84,11 @@ def test_a_label_ignoring_translator_scores_near_zero_while_the_classifier_is_ri
     assert metrics["expr_target_accuracy"] <= 0.1, metrics["expr_target_accuracy"]
     assert metrics["expr_translations"] == len(split.test_labels) * (len(NAMES) - 1)
     assert metrics["expr_label_coverage"] == 0.0
+    # the auditor agrees: real faces read right, the untranslated ones never as their target
+    assert metrics["expr_audit_real_accuracy"] >= 0.9 and metrics["expr_audit_target_accuracy"] <= 0.1, metrics
+    assert metrics["expr_audit_target_accuracy_labels_above_real"] == "none"
+    # the input's own spectrum: no texture added
+    assert metrics["expr_hf_share_ratio"] == pytest.approx(1.0) and metrics["expr_hf_labels_textured"] == "none"
     # the output is the input: the identity net sees the same face, closer than any other real frame
     assert metrics["expr_identity_cos_translated"] == pytest.approx(1.0, abs=1e-5)
     assert metrics["expr_identity_cos_same_subject"] > metrics["expr_identity_cos_diff_subject"]

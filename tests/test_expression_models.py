@@ -59,16 +59,20 @@ def test_network_shapes(size, n_labels):
     n = 2
     x = torch.rand(n, 1, size, size) * 2 - 1
     y = torch.arange(n) % n_labels
-    for upsample in ("nearest", "transposed"):
+    for upsample in ("nearest", "bilinear", "transposed"):
         g, d = build_stargan(n_labels, size, conv_dim=32, width=0.25, res_blocks=1, d_layers=None, upsample=upsample)
         out = g(x, y)
         assert out.shape == (n, 1, size, size) and out.abs().max() <= 1
     src, cls = d(x)
     assert src.shape == (n, 1, 4, 4) and cls.shape == (n, n_labels)  # log2(S) - 2 layers: a 4x4 patch map
 
+    z = torch.rand(n, 20) * 2 - 1
+    for upsample in ("nearest", "bilinear"):
+        cfg = ExpressionTrainConfig(model="cgan", image_size=size, width=0.125, latent_dim=20, upsample=upsample)
+        out = build_expression_networks(cfg, n_labels).generator(z, y)
+        assert out.shape == (n, 1, size, size) and out.abs().max() <= 1
     cfg = ExpressionTrainConfig(model="cgan_encoder", image_size=size, width=0.125, latent_dim=20)
     nets = build_expression_networks(cfg, n_labels)
-    z = torch.rand(n, 20) * 2 - 1
     assert nets.generator(z, y).shape == (n, 1, size, size)
     assert nets.discriminator(x, y).shape == (n,)
     e = nets.encoder(x)
@@ -86,6 +90,27 @@ def test_network_shapes(size, n_labels):
                                             np.array([0, n_labels - 1, 1])))
         with pytest.raises(ValueError, match=f"0..{n_labels - 1}"):
             t.translate(images, np.array([0, n_labels, 1]))
+
+
+@pytest.mark.parametrize(("kernel", "stride_pad"), [(4, (2, 1, 0)), (5, (2, 2, 1))])  # StarGAN's, the cGAN's
+def test_resize_conv_draws_no_checkerboard_where_a_transposed_conv_does(kernel, stride_pad):
+    """Issue 25: on a constant map (a flat cheek) a stride-2 transposed conv gives the pixels of
+    one parity other kernel taps than the others: a period-2 pattern no training removes for free.
+    The resize-conv gives every interior pixel the same output."""
+    from nirgan.models.expression.stargan import resize_conv
+
+    torch.manual_seed(0)
+    flat = torch.ones(1, 8, 8, 8)
+    stride, pad, out_pad = stride_pad
+    transposed = torch.nn.ConvTranspose2d(8, 4, kernel, stride=stride, padding=pad, output_padding=out_pad, bias=False)
+    with torch.no_grad():
+        t = transposed(flat)[:, :, 3:-3, 3:-3]
+        assert t.shape[-1] == 10
+        assert (t.amax((2, 3)) - t.amin((2, 3))).min() > 1e-3  # every channel is patterned
+        for mode in ("nearest", "bilinear"):
+            r = resize_conv(8, 4, 3, mode)(flat)[:, :, 3:-3, 3:-3]
+            assert r.shape == t.shape
+            assert (r.amax((2, 3)) - r.amin((2, 3))).max() < 1e-5, mode
 
 
 def test_translator_contract_per_model():

@@ -10,6 +10,9 @@ accuracy on real test faces (:func:`accuracy`), which bounds what a translation 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,13 +39,23 @@ def train_expression_classifier(images: np.ndarray | torch.Tensor, labels: np.nd
     """A classifier of real faces (uint8 (n, S, S) or float (n, 1, S, S)) into ``num_labels`` labels:
     ``epochs`` passes, at least ``min_steps`` batches (a small set needs more passes)."""
     x = to_model_input(images)
+    return fit_classifier(lambda: ExpressionClassifier(num_labels, x.shape[-1]), x, labels, _augment, epochs,
+                          batch_size, lr, seed, min_steps, device)
+
+
+def fit_classifier(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, labels: np.ndarray,
+                   augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], epochs: int, batch_size: int,
+                   lr: float, seed: int, min_steps: int, device: str | torch.device) -> Any:
+    """``make_model()`` (built from the seeded global RNG) fitted by Adam with a one-cycle schedule
+    over ``augment``-ed batches of (x, labels): the same inputs give the same classifier. Shared by
+    the classifier and the auditor (:mod:`nirgan.metrics.expression_audit`)."""
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     if len(y) != len(x) or len(y) == 0:
         raise ValueError(f"classifier training needs one label per face; got {len(x)} faces, {len(y)} labels")
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ExpressionClassifier(num_labels, x.shape[-1]).to(device)
+        model = make_model().to(device)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         steps = max(min_steps, epochs * max(1, len(x) // batch_size))
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -52,7 +65,7 @@ def train_expression_classifier(images: np.ndarray | torch.Tensor, labels: np.nd
             order = torch.randperm(len(x), generator=g)
             for i in range(0, max(len(x) - batch_size, 0) + 1, batch_size):
                 idx = order[i : i + batch_size]
-                loss = F.cross_entropy(model(_augment(x[idx], g).to(device)), y[idx].to(device))
+                loss = F.cross_entropy(model(augment(x[idx], g).to(device)), y[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -64,7 +77,7 @@ def train_expression_classifier(images: np.ndarray | torch.Tensor, labels: np.nd
 
 
 @torch.no_grad()
-def predict_labels(model: ExpressionClassifier, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+def predict_labels(model: torch.nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Label indices (n,) for faces given as uint8 (n, S, S) or float (n, 1, S, S) in [-1, 1]."""
     x = to_model_input(images)
     device = next(model.parameters()).device
@@ -73,7 +86,7 @@ def predict_labels(model: ExpressionClassifier, images: np.ndarray | torch.Tenso
     return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 
 
-def accuracy(model: ExpressionClassifier, images: np.ndarray | torch.Tensor, labels: np.ndarray) -> float:
+def accuracy(model: torch.nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray) -> float:
     labels = np.asarray(labels)
     return float((predict_labels(model, images) == labels).mean()) if len(labels) else float("nan")
 

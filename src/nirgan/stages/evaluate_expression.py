@@ -13,6 +13,20 @@ Keys (a figure that cannot be computed is "unavailable" with a ``<key>_reason``)
   expr_target_accuracy[_<label>]  share of translations of every test face to every OTHER label
                               (n x (C - 1)) that the classifier rates as the target; cgan ignores its
                               input, so for it these are samples G(z, label) (expr_translation_input)
+  expr_target_accuracy_relative[_<label>]  translated / real accuracy of that label (issue 25);
+                              expr_target_accuracy_labels_above_real[_count] names the labels read
+                              better translated than real: a classifier hack, warned in the log
+  <real or target key>_blur, _resize   the same readings after a 1 px blur (at 64 px) and a 2x
+                              down-up resize, which expressions survive and stripes do not
+  expr_audit_real_accuracy[_<label>], expr_audit_target_accuracy[_<label>],
+  expr_audit_relative_accuracy[_<label>], expr_audit_target_accuracy_labels_above_real[_count],
+  expr_audit_*_blur, expr_audit_*_resize   the same from the auditor
+                              (nirgan.metrics.expression_audit): another architecture and seed,
+                              trained with blur, resize and noise, that the generator never saw.
+                              The figure to trust is expr_audit_relative_accuracy
+  expr_hf_share_real, expr_hf_share_translated, expr_hf_share_ratio[_<label>]   share of spectral
+                              energy above half Nyquist; expr_hf_labels_textured: labels whose
+                              translations carry 1.5x the real faces' share (stripes, checkerboard)
   expr_label_coverage         share of labels whose outputs are rated as that label >= 50 % of the
                               time; expr_labels_not_covered names the others
   expr_identity_cos_translated    identity-embedding cosine of input and translation
@@ -22,6 +36,9 @@ Keys (a figure that cannot be computed is "unavailable" with a ``<key>_reason``)
   expr_judge_auc[_std], expr_judge_auc_real_vs_real[_std], expr_judge_auc_blurred_real[_std]
                               the realism judge (nirgan.metrics.judge): real faces vs faces translated
                               to a random other label; 0.5 = indistinguishable
+  expr_judge_full_informative, expr_judge_few_shot_informative   false (with a _reason) where that
+                              judge's blurred-real baseline AUC is under 0.75: it cannot tell blur,
+                              so its reading of the translations says nothing
   expr_fid_clsfeat[_real_baseline]   Frechet distance on the classifier's pooled features, test
                               faces vs translations (baseline: vs the real train faces)
   expr_swd_laplacian[_real_baseline] ProGAN's SWD (x1e3) on the same pairs
@@ -50,6 +67,7 @@ from nirgan.devices import resolve_device
 from nirgan.expression_data import ExpressionSplit, load_expression_split
 from nirgan.io import atomic_dir, stage_log, write_image, write_json
 from nirgan.metrics import expression as m
+from nirgan.metrics import expression_audit as audit
 from nirgan.metrics.expression_figures import confusion_png, first_of_each_label, samples_grid, translation_grid
 from nirgan.metrics.features import frechet_distance, sliced_wasserstein_laplacian
 from nirgan.metrics.fid import inception_features, load_fid_inception, resolve_fid
@@ -63,6 +81,7 @@ log = logging.getLogger("nirgan.evaluate_expression")
 
 COVERAGE_THRESHOLD = 0.5
 DIVERSITY_DRAWS = 10  # z draws (or inputs, or real faces) per label for the MS-SSIM figures
+JUDGE_BLUR_FLOOR = 0.75  # a judge reading whose blurred-real baseline AUC is lower is marked not informative
 
 
 def run(cfg: Config, prepared_dir: Path, split_dir: Path, model_dir: Path, metrics_path: Path,
@@ -104,25 +123,33 @@ def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: Express
                            "expr_translation_input": ("ignored: cgan draws G(z, label), so its translations are samples"
                                                       if translator.kind == "cgan" else "the test face")}
 
-    # 1. the classifier, on real test faces and on every test face sent to every other label
+    # 1. the classifier, on real test faces and on every test face sent to every other label; then
+    # the auditor, a reader the generator never saw (issue 25), and both after a blur and a resize
     clf = m.train_expression_classifier(split.train_images, split.train_labels, c, seed=e.seed, device=device)
-    real_pred = m.predict_labels(clf, split.test_images)
-    real_conf = m.confusion(split.test_labels, real_pred, c)
-    out["expr_classifier_real_accuracy"] = float((real_pred == split.test_labels).mean())
-    out.update(m.per_label_accuracy(real_conf, names, "expr_classifier_real_accuracy"))
     t("classifier")
     rows, targets = m.translation_targets(split.test_labels, c)
     translated = translator.translate(split.test_images[rows], targets, z=_uniform_z(translator, len(rows), e.seed))
-    pred = m.predict_labels(clf, translated)
-    conf = m.confusion(targets, pred, c)
-    out["expr_target_accuracy"] = float((pred == targets).mean()) if len(targets) else float("nan")
+    real_test = to_model_input(split.test_images)
+    classifier_reading, conf, real_conf = audit.reading(
+        clf, real_test, split.test_labels, translated, targets, names, "expr_classifier_real_accuracy",
+        "expr_target_accuracy", "expr_target_accuracy_relative")
+    out.update(classifier_reading)
     out["expr_translations"] = len(targets)
-    out.update(m.per_label_accuracy(conf, names, "expr_target_accuracy"))
     coverage, missed = m.label_coverage(conf, COVERAGE_THRESHOLD)
     out.update(expr_label_coverage=coverage, expr_label_coverage_threshold=COVERAGE_THRESHOLD,
                expr_labels_not_covered=",".join(names[i] for i in missed) or "none")
     out["_confusion"] = {"translated": conf.tolist(), "real_test": real_conf.tolist()}
     t(f"target-label accuracy ({len(targets)} translations)")
+    auditor = audit.train_expression_auditor(split.train_images, split.train_labels, c,
+                                             seed=e.seed + audit.AUDIT_SEED_OFFSET, device=device)
+    auditor_reading, audit_conf, _ = audit.reading(
+        auditor, real_test, split.test_labels, translated, targets, names, "expr_audit_real_accuracy",
+        "expr_audit_target_accuracy", "expr_audit_relative_accuracy")
+    out.update(auditor_reading, expr_audit_reader=f"ExpressionAuditor (stride-1 5x5, max-pooled), seed "
+               f"{e.seed + audit.AUDIT_SEED_OFFSET}, trained here on the real train split with blur, resize and noise")
+    out["_confusion"]["translated_audit"] = audit_conf.tolist()
+    out.update(audit.high_frequency(real_test, translated, targets, names))
+    t("auditor, perturbations and high-frequency share")
 
     # 2. identity preservation
     out.update(_identity(cfg, split, translator, rows, translated, device))
@@ -219,6 +246,7 @@ def _realism(cfg: Config, split: ExpressionSplit, translator: ExpressionTranslat
                              epochs=e.judge_epochs, seed=e.seed, device=device, few_shot_draws=e.judge_few_shot_draws,
                              few_shot_steps=e.judge_few_shot_steps)
     out: dict[str, Any] = {f"expr_{k}": v for k, v in judge.items() if not k.startswith("judge_auc_untrained")}
+    out.update(_judge_informative(out))
 
     real_test = to_model_input(split.test_images)
     feats_test = m.classifier_features(clf, real_test)
@@ -243,6 +271,24 @@ def _realism(cfg: Config, split: ExpressionSplit, translator: ExpressionTranslat
         out["expr_fid"] = frechet_distance(real_f, inception_features(inception, translated, e.batch_size))
         out["expr_fid_real_baseline"] = frechet_distance(
             real_f, inception_features(inception, to_model_input(split.train_images), e.batch_size))
+    return out
+
+
+def _judge_informative(judge: dict[str, Any]) -> dict[str, Any]:
+    """Whether each judge reading (full, few-shot) can tell blurred real faces from real ones, its own
+    baseline; a judge that cannot (few-shot at 48-64 px: 0.59) says nothing about a generator."""
+    out: dict[str, Any] = {}
+    for which, key in (("full", "expr_judge_auc_blurred_real"), ("few_shot", "expr_judge_auc_blurred_real_few_shot")):
+        name, value = f"expr_judge_{which}_informative", judge.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            out[name], out[f"{name}_reason"] = False, f"{key} is unavailable: no baseline to read it against"
+        elif value < JUDGE_BLUR_FLOOR:
+            out[name] = False
+            out[f"{name}_reason"] = (f"{key} = {value:.2f} < {JUDGE_BLUR_FLOOR}: this judge cannot tell blurred real "
+                                     "faces from real ones, so its reading of translations is not informative")
+            log.warning("evaluate_expression: %s", out[f"{name}_reason"])
+        else:
+            out[name] = True
     return out
 
 

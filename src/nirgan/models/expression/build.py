@@ -27,7 +27,7 @@ def build_expression_networks(cfg: ExpressionTrainConfig, num_labels: int) -> Ex
         g, d = build_stargan(num_labels, cfg.image_size, cfg.conv_dim, cfg.width, cfg.res_blocks, cfg.d_layers,
                              cfg.upsample)
         return ExpressionNetworks(g, d)  # PyTorch's default init, as Choi et al.'s code
-    g = init_dcgan(CGANGenerator(num_labels, cfg.image_size, cfg.latent_dim, cfg.width))
+    g = init_dcgan(CGANGenerator(num_labels, cfg.image_size, cfg.latent_dim, cfg.width, cfg.upsample))
     d = init_dcgan(CGANDiscriminator(num_labels, cfg.image_size, cfg.width))
     e = init_dcgan(LatentEncoder(cfg.image_size, cfg.latent_dim, cfg.width)) if cfg.model == "cgan_encoder" else None
     return ExpressionNetworks(g, d, e)

@@ -13,6 +13,9 @@ from a dense projection to 4x4 and has log2(S/4) stride-2 layers, channels halvi
 stride-2 layers and adds one per doubling beyond 64, so its dense layer always reads an 8x8 map.
 ``width`` scales every channel count (1.0 = the paper). The output is tanh in [-1, 1] (the
 paper used [0, 1] and reported no difference for [-1, 1]); every model of nirgan shares that range.
+``upsample="nearest"`` or ``"bilinear"`` replaces each stride-2 transposed conv by that x2 resize
+and a 5x5 conv (the paper's kernel; Odena et al.'s remedy for the checkerboard that a 5-over-2
+transposed conv draws: :func:`~nirgan.models.expression.stargan.resize_conv`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import math
 
 import torch
 from torch import nn
+
+from nirgan.models.expression.stargan import UPSAMPLING, resize_conv
 
 LEAK = 0.2  # KTH 2.3 (DCGAN's slope); Milan names "leaky ReLU" without a slope
 
@@ -39,8 +44,11 @@ def _ch(c: int, width: float) -> int:
 class CGANGenerator(nn.Module):
     """G(z, y): (n, latent_dim) and label indices (n,) -> (n, 1, S, S) in [-1, 1]."""
 
-    def __init__(self, num_labels: int, image_size: int = 64, latent_dim: int = 100, width: float = 1.0):
+    def __init__(self, num_labels: int, image_size: int = 64, latent_dim: int = 100, width: float = 1.0,
+                 upsample: str = "transposed"):
         super().__init__()
+        if upsample not in UPSAMPLING:
+            raise ValueError(f"unknown cGAN upsampling {upsample!r}; expected one of {', '.join(UPSAMPLING)}")
         n_up = _check_size(image_size) - 2
         self.num_labels, self.image_size, self.latent_dim = num_labels, image_size, latent_dim
         chans = [_ch(max(64, 256 >> i), width) for i in range(n_up)]
@@ -51,8 +59,9 @@ class CGANGenerator(nn.Module):
         layers: list[nn.Module] = []
         c_in = chans[0]
         for c_out in chans[1:] + [chans[-1]]:
-            layers += [nn.ConvTranspose2d(c_in, c_out, 5, stride=2, padding=2, output_padding=1, bias=False),
-                       nn.BatchNorm2d(c_out), nn.LeakyReLU(LEAK)]
+            up = (nn.ConvTranspose2d(c_in, c_out, 5, stride=2, padding=2, output_padding=1, bias=False)
+                  if upsample == "transposed" else resize_conv(c_in, c_out, 5, upsample))
+            layers += [up, nn.BatchNorm2d(c_out), nn.LeakyReLU(LEAK)]
             c_in = c_out
         layers += [nn.ConvTranspose2d(c_in, 1, 5, stride=1, padding=2), nn.Tanh()]
         self.body = nn.Sequential(*layers)

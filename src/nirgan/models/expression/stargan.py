@@ -6,9 +6,9 @@ authors' code (Choi et al. 2018, "StarGAN", appendix A, Tables 4 and 5) on 48x48
 first layer's filters lowered from 64 to 32 and 3 to 5 residual blocks / strided layers:
 - G: the target label as c constant maps concatenated with the image; 7x7 conv; two 4x4
   stride-2 down-sampling convs; ``res_blocks`` residual blocks (3x3 conv, IN, ReLU, 3x3 conv, IN);
-  two 4x4 stride-2 transposed convs (``upsample="nearest"``: nearest-neighbour doubling and a
+  two 4x4 stride-2 transposed convs (``upsample="nearest"`` or ``"bilinear"``: that doubling and a
   3x3 conv instead, Odena et al.'s remedy for the checkerboard that transposed convs draw at small
-  widths); 7x7 conv to the image; tanh. Instance norm (affine) and
+  widths; see :func:`resize_conv`); 7x7 conv to the image; tanh. Instance norm (affine) and
   ReLU throughout (Table 4).
 - D: ``d_layers`` 4x4 stride-2 convs with leaky ReLU (0.01) and no normalisation, doubling the
   channels; then two heads (Table 5): D_src, a 3x3 conv to one channel, i.e. a PatchGAN map of
@@ -36,6 +36,19 @@ def _instance_norm(channels: int) -> nn.Module:
     return nn.GroupNorm(channels, channels)
 
 
+UPSAMPLING = ("transposed", "nearest", "bilinear")
+
+
+def resize_conv(c_in: int, c_out: int, kernel: int, mode: str) -> nn.Module:
+    """x2 up-sampling as a resize (``mode`` nearest or bilinear) and a stride-1 conv (Odena et al.
+    2016, "Deconvolution and checkerboard artifacts"): every output pixel sees the same number of
+    input pixels, so no periodic pattern comes from the layer itself. A transposed conv whose kernel
+    is not a multiple of its stride (5 over 2 in the cGAN) overlaps unevenly and draws one."""
+    up = nn.Upsample(scale_factor=2, mode=mode) if mode == "nearest" else nn.Upsample(
+        scale_factor=2, mode=mode, align_corners=False)
+    return nn.Sequential(up, nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False))
+
+
 class ResidualBlock(nn.Module):
     """Choi et al. Table 4's residual block: conv-IN-ReLU-conv-IN plus the input."""
 
@@ -56,8 +69,8 @@ class StarGANGenerator(nn.Module):
 
     def __init__(self, num_labels: int, conv_dim: int = 32, res_blocks: int = 6, upsample: str = "transposed"):
         super().__init__()
-        if upsample not in ("transposed", "nearest"):
-            raise ValueError(f"unknown StarGAN upsampling {upsample!r}; expected transposed or nearest")
+        if upsample not in UPSAMPLING:
+            raise ValueError(f"unknown StarGAN upsampling {upsample!r}; expected one of {', '.join(UPSAMPLING)}")
         if num_labels < 2:
             raise ValueError(f"StarGAN translates between domains: it needs at least 2 labels, got {num_labels}")
         self.num_labels = num_labels
@@ -71,7 +84,7 @@ class StarGANGenerator(nn.Module):
         layers += [ResidualBlock(c) for _ in range(res_blocks)]
         for _ in range(2):
             up = (nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1, bias=False) if upsample == "transposed" else
-                  nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c // 2, 3, padding=1, bias=False)))
+                  resize_conv(c, c // 2, 3, upsample))
             layers += [up, _instance_norm(c // 2), nn.ReLU(inplace=True)]
             c //= 2
         layers += [nn.Conv2d(c, 1, 7, padding=3, bias=False), nn.Tanh()]
