@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def compare(old: dict, new: dict, k: float, rel: float) -> tuple[list[str], int, int]:
     lines, identical, outside = [], 0, 0
     for name in sorted(set(old) | set(new)):
+        if name.startswith("evaluate_seconds_"):
+            continue  # timings, not figures
         a, b = old.get(name), new.get(name)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
             if a != b:

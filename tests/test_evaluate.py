@@ -164,9 +164,20 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluate")}
     assert {"evaluate/samples.png", "evaluate/eval.json"} <= artifacts
 
-    # same inputs, same seeds: same figures
+    # each phase's wall seconds, and they add up to the stage's
+    phases = {k: v for k, v in m.items() if k.startswith("evaluate_seconds_") and k != "evaluate_seconds_total"}
+    assert set(phases) == {f"evaluate_seconds_{p}" for p in ("load", "estimator", "draws", "utility", "judge",
+                                                                  "identity", "cleaning", "figures")}
+    assert all(v >= 0 for v in phases.values()) and phases["evaluate_seconds_judge"] > 0
+    assert sum(phases.values()) == pytest.approx(m["evaluate_seconds_total"], abs=0.1)
+
+    # same inputs, same seeds: same figures (the seconds are not figures)
     _, again = _run(tmp_path, dirs)
-    assert again == m
+
+    def figures(metrics: dict) -> dict:
+        return {k: v for k, v in metrics.items() if not k.startswith("evaluate_seconds_")}
+
+    assert figures(again) == figures(m)
 
 
 @pytest.mark.timeout(600)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nirgan.config import TrainConfig
-from nirgan.metrics.judge import gaussian_blur, realism_judge, roc_auc, two_sample_auc
+from nirgan.metrics.judge import Judge, JudgeBank, gaussian_blur, realism_judge, roc_auc, two_sample_auc
 from nirgan.models import build_networks
 from real_pairs import load_pairs, lookup_generator, model_range
 
@@ -111,3 +112,27 @@ def test_few_shot_judges_do_not_change_the_full_judge():
     plain = two_sample_auc(a, b, seed=3, epochs=4)
     read = two_sample_auc(a, b, seed=3, epochs=4, few_shot=(2, 4, 12), few_shot_draws=1)
     assert plain[0] == read[0] and sorted(read[3]) == [2, 4] and plain[3] == {}
+
+
+def test_a_judge_bank_is_its_judges_side_by_side():
+    """A bank starts from its judges' own weights and, given each judge's images in its channel,
+    computes what each judge computes alone: outputs, and the gradients of the summed per-judge
+    losses (Adam is elementwise, so the same gradients make the same steps)."""
+    judges = []
+    for seed in (3, 4, 5):
+        torch.manual_seed(seed)
+        judges.append(Judge(8))
+    bank = JudgeBank(judges)
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    y = (torch.rand(6, 3) > 0.5).float()
+    out, alone = bank(x), [j(x[:, g : g + 1]) for g, j in enumerate(judges)]
+    assert torch.allclose(out, torch.stack(alone, 1), atol=1e-5)
+    F.binary_cross_entropy_with_logits(out, y, reduction="none").mean(0).sum().backward()
+    for g, logits in enumerate(alone):
+        F.binary_cross_entropy_with_logits(logits, y[:, g]).backward()
+    for grouped, *alone in zip(bank.parameters(), *(j.parameters() for j in judges), strict=True):
+        expected = torch.cat([p.grad for p in alone])
+        assert torch.allclose(grouped.grad, expected, rtol=1e-4, atol=1e-6), grouped.shape
+    # and the running statistics the two BatchNorm layers kept are each judge's own
+    norms = [m for m in bank.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert torch.allclose(norms[0].running_mean, torch.cat([j.body[3].running_mean for j in judges]), atol=1e-6)

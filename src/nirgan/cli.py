@@ -49,6 +49,9 @@ MODELS = Path("models")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 GENERATED = Path("data/generated")
+# where the stages' atomic writes leave temporary siblings when killed (nirgan.io.sweep_stale)
+OUTPUT_PARENTS = (Path("."), Path("data"), MODELS, METRICS, PLOTS, GENERATED, GENERATED / "images",
+                  GENERATED / "shards")
 
 
 def _stage(module: str) -> Callable[..., dict[str, Any]]:
@@ -229,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             _stage("generate")(cfg, out_dir=Path(cfg.generate.out_dir), model_ref=cfg.generate.model,
                                metrics_path=METRICS / "eval.json")
             return 0
+        from nirgan.io import sweep_stale
+
+        sweep_stale(*OUTPUT_PARENTS)  # a stage DVC restored from its cache ran no code to clean its own
         STAGES[args.name](cfg)
     except (ConfigError, DataError, OutputError, FileNotFoundError) as exc:  # a missing input names its file
         print(f"nirgan: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -50,3 +50,20 @@ def available_cores(env: dict[str, str] | None = None, cgroup_root: Path = Path(
             raise ValueError(f"{ENV}={raw!r} must be at least 1")
         cores = min(cores, wanted)
     return max(1, cores)
+
+
+def size_threads(env: dict[str, str] | None = None) -> int:
+    """Size torch's intra-op pool (which is also its OpenMP and MKL pool) to :func:`available_cores`,
+    and pass the count on to child processes; an ``OMP_NUM_THREADS`` the user set is never raised.
+    Called once at the start of every ``nirgan`` command. Returns the thread count."""
+    import torch
+
+    env = os.environ if env is None else env
+    cores = available_cores(env)
+    pinned = env.get("OMP_NUM_THREADS", "").strip()
+    if pinned.isdigit() and int(pinned) >= 1:
+        cores = min(cores, int(pinned))
+    torch.set_num_threads(cores)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(name, str(cores))  # read by a child's runtimes when they load, not by ours
+    return cores

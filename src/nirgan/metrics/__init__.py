@@ -71,6 +71,9 @@ Identity reconstruction, unseen test subjects (:mod:`nirgan.metrics.identity`)
 Cleaning quality on the twin (:mod:`nirgan.metrics.cleaning`): clean_precision, clean_recall,
   clean_iqr_*, clean_misalignment_*, clean_rules_*, clean_recall_<type>, counts.
 Bookkeeping: eval_test_pairs, eval_train_pairs, eval_seeds.
+Wall seconds (not figures: they differ from run to run): evaluate_seconds_<phase> for load,
+  estimator, draws, utility, judge, identity, cleaning, figures, and evaluate_seconds_total
+  (everything before MLflow logging, whose seconds are in the stage log).
 
 Plot files (``plots/``, for ``dvc plots``): realism_diversity.json [{metric, value, std}],
 pose_error.json [{series, attribute, images, mean_deg, p90_deg}], judge_curve.csv (images_per_class,

@@ -64,7 +64,6 @@ factor applied before MTCNN); ``rejects.parquet`` is ``sample_id, path, reason``
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,9 +74,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from nirgan import devices, io
+from nirgan.cores import available_cores
 from nirgan.config import Config, DetectConfig
 from nirgan.detection.crop import crop_box, cut
 from nirgan.detection.mtcnn import Faces, FastMTCNN
@@ -204,8 +203,8 @@ def run(cfg: Config, raw_dir: Path, out_dir: Path) -> dict[str, int]:
     with (
         io.stage_log("detect", pairs=len(rows)) as counts,
         io.atomic_dir(out_dir) as tmp,
-        ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 1))) as pool,
-        tqdm(total=len(rows), desc="detect", unit="pair", disable=None) as bar,
+        ThreadPoolExecutor(max_workers=max(2, min(8, available_cores()))) as pool,
+        io.progress(total=len(rows), desc="detect", unit="pair") as bar,
     ):
         writing: list[tuple[dict[str, Any], dict[str, Any], Future[str | None]]] = []
         for batch, targets in _batches(rows, raw_dir, dcfg.batch_size, pool):
@@ -283,7 +282,7 @@ def _run_expression(dcfg: DetectConfig, raw_dir: Path, out_dir: Path) -> dict[st
         kept.append(out)
 
     with io.stage_log("detect", images=len(rows)) as counts, io.atomic_dir(out_dir) as tmp:
-        for start in tqdm(range(0, len(rows), dcfg.batch_size), desc="detect", unit="batch", disable=None):
+        for start in io.progress(range(0, len(rows), dcfg.batch_size), desc="detect", unit="batch"):
             batch = rows[start : start + dcfg.batch_size]
             images = [_read_target(raw_dir / r["image_path"]) for r in batch]
             for row, img in zip(batch, images):

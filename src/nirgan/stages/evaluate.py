@@ -78,14 +78,16 @@ LABEL_ESTIMATOR = "label_estimator.pt"  # the instrument, kept for generate's la
 
 
 class _Laps:
-    """Logs how long each part of the stage took."""
+    """Logs how long each part of the stage took, and keeps it as ``evaluate_seconds_<phase>``."""
 
     def __init__(self) -> None:
         self.started = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
 
-    def __call__(self, what: str) -> None:
+    def __call__(self, phase: str, what: str) -> None:
         now = time.perf_counter()
         log.info("evaluate: %s (%.1f s)", what, now - self.last)
+        self.seconds[f"evaluate_seconds_{phase}"] = round(now - self.last, 2)
         self.last = now
 
     def total(self) -> float:
@@ -123,6 +125,7 @@ def run(
         encoder, encoder_from = load_encoder(model_dir / "encoder.pt", map_location=device)
         inception, lp, metrics = imagenet_networks(cfg, device)
         metrics.update(eval_test_pairs=len(test), eval_train_pairs=len(train), eval_seeds=e.seeds)
+        lap("load", "inputs and networks loaded")
         real_test = test.targets()
         labelled = bool(np.isfinite(test.labels).all() and np.isfinite(train.labels).all())
 
@@ -133,7 +136,7 @@ def run(
             save_pose_estimator(estimator, model_dir / LABEL_ESTIMATOR)
         else:
             save_absent(model_dir / LABEL_ESTIMATOR, "the split has no pose/gaze labels: no label estimator")
-        lap("pose estimator trained")
+        lap("estimator", "pose estimator trained" if labelled else "feature network trained (no pose/gaze labels)")
         metrics["pose_gaze_from"] = ("eye patches (keypoints from the sources' eye colour code)" if estimator.eyes
                                      else "face trunk only (the sources carry no eye colour code)")
         est_pred_real = predict(estimator, real_test)
@@ -147,7 +150,7 @@ def run(
         # 2. draws: realism (trained, untrained, real baseline), pose on generated, diversity
         draws, first_fakes = measure_draws(ref, sampler, untrained, train, test, labelled, e)
         metrics.update(aggregate_draws(draws))
-        lap(f"{e.seeds} draws")
+        lap("draws", f"{e.seeds} draws")
 
         # 3. utility: the same estimator recipe trained on generated images, tested on real ones
         metrics.update(tstr(
@@ -155,7 +158,8 @@ def run(
             untrained.generate, sampler.latent_dim, _estimator_recipe(cfg), resolution=_estimator_resolution(cfg, train),
             train_subjects=train.subjects, seeds=e.utility_seeds, latents=e.utility_latents, z_seed=e.seed,
             device=device, trtr_first=estimator))
-        lap(f"utility (TSTR), {e.utility_seeds} seeds")
+        lap("utility", f"utility (TSTR) not run: {metrics['utility_reason']}" if "utility_reason" in metrics
+            else f"utility (TSTR), {e.utility_seeds} seeds")
 
         # 4. the realism judge: a real-vs-generated classifier on held-out halves
         judged, judge_curve = realism_judge(
@@ -164,27 +168,33 @@ def run(
             seeds=e.judge_seeds, epochs=e.judge_epochs, seed=e.seed, device=device,
             few_shot_draws=e.judge_few_shot_draws, few_shot_steps=e.judge_few_shot_steps)
         metrics.update(judged)
-        lap(f"realism judge, {e.judge_seeds} seeds")
+        lap("judge", f"realism judge not run: {judged['judge_reason']}" if "judge_reason" in judged
+            else f"realism judge, {e.judge_seeds} seeds")
 
         # 5. identity reconstruction
         metrics.update(_identity(cfg, model_dir, train, test, sampler, encoder, encoder_from, device,
                                  estimator if labelled else None))
-        lap("identity")
+        lap("identity", f"identity not run: {metrics['identity_reason']}" if "identity_reason" in metrics
+            else "identity")
 
         # 6. cleaning quality against the twin's ground truth
         metrics.update(evaluate_cleaning(raw_dir, crops_dir, clean_dir))
-        lap("cleaning")
+        lap("cleaning", f"cleaning not measured: {metrics['clean_reason']}" if "clean_reason" in metrics
+            else "cleaning")
 
         # 7. figures and dvc plot data
         with atomic_dir(plots_dir) as tmp:
             draw_figures(tmp, test, train, sampler, encoder, estimator, first_fakes, est_pred_real, labelled, e.seed)
             write_plot_data(tmp, metrics, labelled, judge_curve)
-        lap("figures")
+        lap("figures", "figures")
         # JSON has no NaN: an undefined figure (e.g. the precision of a rule that flagged nothing) is null.
         metrics = {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in metrics.items()}
+        # Wall seconds per phase; MLflow's come after this file is written and logged with the
+        # run, so they are in the stage log only.
+        metrics.update(lap.seconds, evaluate_seconds_total=round(lap.total(), 2))
         write_json(metrics_path, metrics)
         run_id = tracking.log_evaluation(model_dir / "mlflow_run.json", metrics, Path(plots_dir), Path(metrics_path))
-        lap("mlflow")
+        lap("mlflow", "mlflow")
         counts.update(keys=len(metrics), mlflow_run=run_id or "none", seconds=round(lap.total(), 1),
                       **({"encoder_from": encoder_from} if encoder is not None else {}))
     return dict(counts)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nirgan import tracking
-from nirgan.config import Config, ConfigError
+from nirgan.config import Config, ConfigError, stage_params
 from nirgan.cores import available_cores
 from nirgan.devices import resolve_device
 from nirgan.generation.dataset import PHASES, finalize, plan_dataset, write_shards
@@ -31,6 +31,9 @@ from nirgan.models.artifacts import absent_reason, load_sampler
 log = logging.getLogger("nirgan.generate")
 
 REGISTRY_PREFIX = "models:/"
+# The generate stage's params in dvc.yaml, and the params of its MLflow run (tests/test_stage_params.py
+# checks the three agree with what the stage reads).
+PARAMS = ("generate", "detect.margin", "detect.crop_size", "detect.min_face_size", "detect.min_probability", "collect")
 
 
 def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
@@ -52,7 +55,7 @@ def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
                 log.info("generate: shard %d/%d %s (%d images, %d dropped)", shard["shard"] + 1, plan.n_shards,
                          "already complete" if shard["skipped"] else "written", shard["images"], shard["dropped"])
             card = finalize(plan)
-        tracking.log_dataset(model.get("run_id"), out_dir, card)
+        tracking.log_dataset(model.get("run_id"), out_dir, card, params=stage_params(cfg, PARAMS))
         counts.update(images=card["counts"]["images"], dropped=card["counts"]["dropped"],
                       model_version=model["version"], **{f"{p}_s": round(s, 2) for p, s in seconds.items()})
     return {**dict(counts), "card": card}
