@@ -10,7 +10,10 @@ its own working copy and drives DVC stage by stage:
    the requested revision (default: the checkout's HEAD), with the checkout's DVC cache as its
    cache, so earlier runs' outputs and run-cache are reused and several runs never share a
    workspace. The overrides are written into the pipeline's ``params.yaml`` in that copy (what
-   ``dvc exp run -S`` does) and validated with ``nirgan check-params`` before any stage runs.
+   ``dvc exp run -S`` does) and validated with ``nirgan check-params`` before any stage runs. A
+   kept (failed) workspace of the same run (revision, pipeline, overrides: a Prefect retry of
+   this flow run, or a resubmission) lends it its newest training checkpoints, so train resumes
+   (``workspace.adopt_checkpoints``; the trainer's fingerprint decides whether they apply).
 2. one task run per stage in the pipeline's dvc.yaml order: ``dvc repro --single-item <stage>``
    in the pipeline's folder. A stage whose inputs did not change is restored from the run-cache
    instead of recomputed. A failed stage is retried ``orchestrate.retries`` times (params.yaml);
@@ -21,6 +24,10 @@ its own working copy and drives DVC stage by stage:
    failure. With ``NIRGAN_EXP_GIT_REMOTE`` set, the checkout also pushes it to that git remote;
    with a DVC remote configured, the workspace pulls before and pushes after (data, run-cache).
 4. a markdown artifact with the pipeline's metrics file and the MLflow run's link.
+
+The flow run itself outlives its worker: its output goes to a log file, not the worker's pipe
+(``processes.detach_flow_run``). At its start it ends the MLflow runs that flow runs now over left
+RUNNING (a killed worker's, or one that failed while MLflow was down), and at its end its own.
 
 The stage subprocesses run the workspace's own code (``PYTHONPATH=<workspace>/src``) with the
 worker's virtual environment, and get the MLflow tags' inputs as environment variables
@@ -57,8 +64,9 @@ _REPO = str(Path(__file__).resolve().parents[1])
 if _REPO not in sys.path:  # run as a script (python flows/train_nir.py): make `flows` importable
     sys.path.insert(0, _REPO)
 from flows import workspace  # noqa: E402
-from flows.processes import stream  # noqa: E402
+from flows.processes import detach_flow_run, stream  # noqa: E402
 from flows.report import eval_markdown  # noqa: E402
+from flows.stack_prefect import flow_run_states  # noqa: E402
 from nirgan import tracking  # noqa: E402
 from nirgan.config import OrchestrateConfig  # noqa: E402
 
@@ -79,14 +87,31 @@ class RunFailed(RuntimeError):
     state's message, which ``prefect deployment run --watch`` and the UI show."""
 
 
-def _fail(step: str, exc: BaseException, run_info: Path | None) -> RunFailed:
+def _fail(step: str, exc: BaseException, run_info: Path | None, flow_run_id: str, uri: str) -> RunFailed:
     """One line for the final state; the pipeline's MLflow run, if left RUNNING by the failed
-    stage (killed, or the server was down when it failed), is ended as FAILED."""
+    stage (killed, or the server was down when it failed), is ended as FAILED, and so is any
+    other run of this flow run (a retried stage's first attempt)."""
     cause = getattr(exc, "cause", None) or " ".join(str(exc).split()) or type(exc).__name__
     info = tracking.read_run_info(run_info) if run_info is not None else None
     if info:
         tracking.end_stale_run(info.get("run_id"), "FAILED", info.get("tracking_uri"), reason=f"{step}: {cause}")
+    _end_own_runs(flow_run_id, "FAILED", uri)
     return RunFailed(f"{step} failed: {cause}"[:1000])
+
+
+def _end_own_runs(flow_run_id: str, state: str, uri: str) -> None:
+    """End what this flow run leaves RUNNING in MLflow as it ends in ``state``. If the server is
+    down now, the next flow run or ``make stack`` does it (:func:`_end_stale_runs`)."""
+    tracking.reconcile_runs(lambda ids: {flow_run_id: state}, uri)
+
+
+def _end_stale_runs(uri: str) -> None:
+    """The next start after a fault: end the MLflow runs of flow runs that are over (a killed
+    worker's, or one that failed while the tracking server was down)."""
+    api = os.environ.get("PREFECT_API_URL")
+    if api:  # not in an ephemeral (serverless) run: its flow runs are not on any server
+        auth = os.environ.get("PREFECT_API_AUTH_STRING")
+        tracking.reconcile_runs(lambda ids: flow_run_states(api, auth, ids), uri)
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float | None = None) -> str:
@@ -143,17 +168,21 @@ def run_pipeline(pipeline: Pipeline, overrides: dict[str, Any] | None, experimen
     """Reproduce ``pipeline`` with ``overrides`` (dotted params keys, as ``dvc exp run -S``) as the
     DVC experiment ``experiment`` (default: the flow run's name) on git ``revision`` (default: the
     worker checkout's HEAD). Called inside a flow."""
+    run_id = str(runtime_flow_run.id or f"local-{os.getpid()}")
+    checkout = Path(workspace.git(["rev-parse", "--show-toplevel"], Path.cwd()))
+    detach_flow_run(checkout, run_id)  # first: a dead worker's pipes must not kill this flow run
     logger = get_run_logger()
     overrides = dict(overrides or {})
-    run_id = str(runtime_flow_run.id or f"local-{os.getpid()}")
     run_name = runtime_flow_run.name or run_id
     experiment = experiment or re.sub(r"[^A-Za-z0-9_-]+", "-", run_name)
-    checkout = Path(workspace.git(["rev-parse", "--show-toplevel"], Path.cwd()))
+    # Without a server every run of this checkout shares its SQLite store, not the workspace's.
+    mlflow_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{checkout / 'mlflow.db'}"
+    _end_stale_runs(mlflow_uri)
 
     try:
         prep = prepare_workspace(checkout, run_id, revision, overrides, experiment, pipeline.folder)
     except Exception as exc:  # noqa: BLE001 - every failure ends as one line
-        raise _fail("prepare-workspace", exc, None) from exc
+        raise _fail("prepare-workspace", exc, None, run_id, mlflow_uri) from exc
     ws = Path(prep["workspace"])
     here = ws / pipeline.folder
     run_info = here / "models" / "mlflow_run.json"
@@ -165,8 +194,7 @@ def run_pipeline(pipeline: Pipeline, overrides: dict[str, Any] | None, experimen
         "PREFECT__FLOW_RUN_ID": run_id,
         "NIRGAN_FLOW_RUN_NAME": run_name,
         "NIRGAN_WORK_POOL": _work_pool_name(runtime_flow_run.id),
-        # Without a server every run of this checkout shares its SQLite store, not the workspace's.
-        "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{checkout / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": mlflow_uri,
     }
     timeout_s = orchestrate.stage_timeout_minutes * 60 if orchestrate.stage_timeout_minutes else None
     done: list[dict[str, Any]] = []
@@ -184,7 +212,8 @@ def run_pipeline(pipeline: Pipeline, overrides: dict[str, Any] | None, experimen
         step = "save-experiment"
         save_experiment(str(ws), checkout, experiment, pipeline.folder)
     except Exception as exc:  # noqa: BLE001 - every failure ends as one line
-        raise _fail(step, exc, run_info) from exc
+        raise _fail(step, exc, run_info, run_id, mlflow_uri) from exc
+    _end_own_runs(run_id, "COMPLETED", mlflow_uri)  # a retried stage's first attempt, if left RUNNING
 
     metrics_path = here / pipeline.metrics
     markdown = eval_markdown(pipeline.flow, experiment, prep["baseline"], overrides, metrics_path, run_info, done)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 import tempfile
@@ -34,11 +35,13 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as runtime_flow_run
 
 _REPO = Path(__file__).resolve().parents[1]
 for _path in (str(_REPO / "src"), str(_REPO)):  # this checkout's code, also when run as a script
     if _path not in sys.path:
         sys.path.insert(0, _path)
+from flows.processes import detach_flow_run  # noqa: E402
 from flows.report import dataset_markdown  # noqa: E402
 from flows.workspace import set_dotted  # noqa: E402
 from nirgan import tracking  # noqa: E402
@@ -135,9 +138,10 @@ def generate_nir(overrides: dict[str, Any] | None = None, count: int | None = No
     """Generate ``count`` labelled images (default: ``generate.count``) with ``model`` (default:
     ``generate.model``; a folder or ``models:/nirgan-generator@<alias>``), ``overrides`` being
     dotted params keys (``{"generate.head_yaw": {"low": -30, "high": 30}}``)."""
+    checkout = Path.cwd()  # the deployment's pull step: the worker's checkout
+    detach_flow_run(checkout, str(runtime_flow_run.id or f"local-{os.getpid()}"))  # outlive a dead worker
     logger = get_run_logger()
     start = time.monotonic()
-    checkout = Path.cwd()  # the deployment's pull step: the worker's checkout
     try:
         cfg = load_params(checkout, dict(overrides or {}), count, model)
     except Exception as exc:  # noqa: BLE001 - every failure ends as one line

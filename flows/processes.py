@@ -1,12 +1,15 @@
-"""The flows' child processes: run a command with its output streamed line by line, and stop
-whole process groups (SIGTERM, a grace period, SIGKILL). Shared by ``train_nir`` (stage
-commands) and ``stack`` (servers and workers)."""
+"""The flows' child processes: run a command with its output streamed line by line, stop
+whole process groups (SIGTERM, a grace period, SIGKILL), and cut a flow run's output loose from
+the worker that started it. Shared by ``train_nir`` (stage commands) and ``stack`` (servers and
+workers)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +35,47 @@ def one_line_cause(lines: list[str]) -> str:
         if hits:
             return hits[-1]
     return text[-1] if text else "(no output)"
+
+
+def detach_output(log_path: Path) -> bool:
+    """If stdout is a pipe, send this process's stdout and stderr to ``log_path`` instead.
+
+    A process worker starts each flow run with its output piped to the worker. When the worker
+    dies (kill -9), the flow run goes on, but its next log line raises a broken pipe and the
+    flow crashes, killing the stage it was waiting for. Called first in a flow, this makes the
+    flow run outlive its worker: its output goes to a file (its logs still go to the Prefect
+    API), and one line in the worker's log says where. Returns whether it detached.
+    """
+    try:
+        if not stat.S_ISFIFO(os.fstat(1).st_mode):
+            return False  # a terminal or a file: no reader that can die
+    except OSError:
+        return False
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        print(f"flow run output continues in {log_path}", flush=True)
+        sys.stderr.flush()
+    except OSError:  # the reader is already gone
+        pass
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    # Python ignores SIGPIPE already (writes raise instead); make sure no library changed that.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    return True
+
+
+def detach_flow_run(checkout: Path, run_id: str) -> bool:
+    """:func:`detach_output` into ``<NIRGAN_FLOW_LOG_DIR>/<run_id>.log`` (the stack's workers:
+    ``.stack/logs/flow-runs``; else ``<checkout>/.dvc/tmp/nirgan-logs``), for a flow run a worker
+    started (it sets PREFECT__FLOW_RUN_ID); a flow run in this process (``python flows/...``,
+    maybe piped to ``tee``) keeps its output."""
+    if not os.environ.get("PREFECT__FLOW_RUN_ID"):
+        return False
+    folder = Path(os.environ.get("NIRGAN_FLOW_LOG_DIR") or checkout / ".dvc" / "tmp" / "nirgan-logs")
+    return detach_output(folder / f"{run_id}.log")
 
 
 def alive(pid: int) -> bool:

@@ -2,11 +2,12 @@
 
     python flows/stack.py up      # what `make stack` runs
     python flows/stack.py down    # what `make stack-down` runs: workers first, then servers
-    python flows/stack.py status
+    python flows/stack.py status  # `make stack-status`: exit 1 unless every process is up
 
 Everything lives under a git-ignored state folder (``.stack/`` by default): PREFECT_HOME with
 the Prefect server's SQLite database, the MLflow SQLite store and artifact directory, one log
-and one PID file per process, and ``prefect-auth`` (mode 0600), the stack's API auth string.
+per process, one record per process (``pids/<name>.pid``: PID, process group, port, health
+check; flows/stack_record.py), and ``prefect-auth`` (mode 0600), the stack's API auth string.
 
 ``up`` on a running stack is safe: a process whose PID file names a live process of the right
 kind (and, for a server, a healthy one) is kept; only what is missing or dead is started, so
@@ -19,9 +20,10 @@ the per-stack auth string (``PREFECT_SERVER_API_AUTH_STRING``; workers and the C
 ``PREFECT_API_AUTH_STRING`` from :meth:`Stack.env`, the UI asks for it once), and answers CORS
 only for the UI's own origin. Prefect 3.8 has no Host-header allow-list, so a DNS-rebinding
 page that reaches the API by a foreign Host is stopped by the auth string, not by a Host check.
-The MLflow server allows only its own Host (``--allowed-hosts``) and refuses state-changing
-requests from other origins (``--cors-allowed-origins``), except that MLflow 3.17 always admits
-``localhost``/``127.0.0.1`` origins on any port (other local web apps); it runs no commands.
+MLflow 3.17 admits state-changing requests from every ``localhost`` origin, so the MLflow
+server listens on a Unix socket behind a gate that serves its port (flows/mlflow_gate.py): the
+stack's token (``mlflow-token``, mode 0600; ``MLFLOW_TRACKING_TOKEN`` from :meth:`Stack.env`,
+the UI's login password), its own Host, and no other web page's ``Origin``.
 Every process gets its own session, so ``down`` stops each one with its children (uvicorn
 workers) by PID; for a worker it also stops the flow runs it started (they run in sessions of
 their own) and marks them Crashed. ``up`` stops what is left of a dead one's session before it
@@ -29,12 +31,11 @@ restarts it.
 
 Settings (environment, with defaults): NIRGAN_STACK_DIR=.stack, NIRGAN_STACK_ROOT (the project
 checkout the workers run; default: this repository), NIRGAN_PREFECT_PORT=4200,
-NIRGAN_MLFLOW_PORT=5000, NIRGAN_GPUS (comma-separated GPU ids, one worker pinned to each with
-CUDA_VISIBLE_DEVICES; default: every GPU nvidia-smi lists, or one unpinned worker without GPUs),
+NIRGAN_MLFLOW_PORT=5000 (the recorded ports win while the stack runs), NIRGAN_GPUS
+(comma-separated GPU ids, one worker pinned to each with CUDA_VISIBLE_DEVICES; default: every GPU
+nvidia-smi lists, or one unpinned worker without GPUs),
 NIRGAN_POOL_LIMIT (the work pool's concurrency limit; default: the number of workers),
 NIRGAN_HEARTBEAT_SECONDS=30 (flow run heartbeats; a run silent for 3 beats is marked Crashed).
-
-The tests (tests/test_orchestration.py) start the same stack through :func:`up` on free ports.
 """
 
 from __future__ import annotations
@@ -54,11 +55,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script (python flows/stack.py): make `flows` importable
     sys.path.insert(0, str(REPO))
+from flows import stack_record  # noqa: E402
 from flows.processes import alive as _alive  # noqa: E402
 from flows.processes import stop_groups as _stop_groups  # noqa: E402
-from flows.stack_prefect import AUTH_FILE, POOL, _flow_run_ids, _mark_crashed, setup_pool  # noqa: E402
+from flows.stack_prefect import (AUTH_FILE, POOL, _flow_run_ids, _mark_crashed, flow_run_states,  # noqa: E402
+                                 renew_heartbeat_windows, setup_pool)
 from flows.stack_services import (  # noqa: E402
     BIN,
+    MLFLOW_TOKEN_FILE,
     _capture,
     _check_free,
     _descendants,
@@ -100,17 +104,11 @@ class Stack:
 
     def auth_string(self) -> str:
         """The Prefect API's ``user:password``, made once per stack state folder (mode 0600)."""
-        path = self.state / AUTH_FILE
-        if not path.exists():
-            self.state.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(f"nirgan:{secrets.token_urlsafe(24)}\n")
-        return path.read_text().strip()
+        return stack_record.secret(self.state / AUTH_FILE, lambda: f"nirgan:{secrets.token_urlsafe(24)}")
+
+    def mlflow_token(self) -> str:
+        """What MLflow's gate wants (flows/mlflow_gate.py), made once per stack state folder (mode 0600)."""
+        return stack_record.secret(self.state / MLFLOW_TOKEN_FILE, lambda: secrets.token_urlsafe(24))
 
     @property
     def api_auth(self) -> tuple[str, str]:
@@ -134,6 +132,7 @@ class Stack:
             PREFECT_UI_ENABLED="true" if self.ui else "false",
             PREFECT_CLI_PROMPT="false",
             MLFLOW_TRACKING_URI=self.mlflow_uri,
+            MLFLOW_TRACKING_TOKEN=self.mlflow_token(),
             DVC_NO_ANALYTICS="1",
         )
         env.update(extra)
@@ -178,21 +177,40 @@ def up(stack: Stack) -> dict[str, float]:
         _check_free(stack.mlflow_port, "MLflow")
     limit = stack.pool_limit or len(stack.gpus)
     started: list[str] = []
+    # Heartbeats sent while the Prefect server was down must not count against a live run.
+    renewed = renew_heartbeat_windows(stack.state / "prefect", 3 * stack.heartbeat_seconds) \
+        if "prefect-server" in missing else 0
     try:
         if missing:
             _start_missing(stack, env, missing, started, limit, timings)
     except BaseException:
         _stop_started(stack, started)
         raise
+    # A restart is the next start after a fault: end the MLflow runs that the fault left RUNNING.
+    ended = _reconcile(stack) if started else []
     timings["total_s"] = time.monotonic() - t0
     (stack.state / "stack.json").write_text(
         json.dumps(
             {"prefect_api": stack.prefect_api, "mlflow": stack.mlflow_uri, "root": str(stack.root),
-             "workers": len(stack.gpus), "pool_limit": limit, "started": started, "timings": timings},
+             "workers": len(stack.gpus), "pool_limit": limit, "started": started, "timings": timings,
+             "ended_stale_mlflow_runs": ended, "heartbeat_windows_renewed": renewed},
             indent=2,
         )
     )
     return timings
+
+
+def _reconcile(stack: Stack) -> list[str]:
+    """End the MLflow runs still RUNNING whose flow run is over (see nirgan.tracking.reconcile_runs)."""
+    from nirgan import tracking
+
+    previous = os.environ.get("MLFLOW_TRACKING_TOKEN", "")
+    os.environ["MLFLOW_TRACKING_TOKEN"] = stack.mlflow_token()  # the MLflow client reads it from here
+    try:
+        return tracking.reconcile_runs(lambda ids: flow_run_states(stack.prefect_api, stack.auth_string(), ids),
+                                       stack.mlflow_uri)
+    finally:
+        os.environ["MLFLOW_TRACKING_TOKEN"] = previous
 
 
 def _stop_survivors(stack: Stack, name: str) -> None:
@@ -204,8 +222,8 @@ def _stop_survivors(stack: Stack, name: str) -> None:
     survivors. A live PID (reused by an unrelated program) is left alone.
     """
     pid_file = _pid_file(stack, name)
-    if pid_file.exists() and not _alive(pid := int(pid_file.read_text())):
-        _stop_groups([pid], 5.0)
+    if pid_file.exists() and not _alive((record := stack_record.read(pid_file))["pid"]):
+        _stop_groups([record["pgid"]], 5.0)
 
 
 def _start_missing(
@@ -256,7 +274,7 @@ def _stop_started(stack: Stack, started: list[str]) -> None:
     for name in sorted(started, key=lambda n: not n.startswith("worker")):
         pid_file = _pid_file(stack, name)
         if pid_file.exists():
-            _stop_groups([int(pid_file.read_text())], 20.0)
+            _stop_groups([stack_record.read(pid_file)["pgid"]], 20.0)
             pid_file.unlink()
 
 
@@ -272,8 +290,10 @@ def down(state: Path, grace: float = 20.0) -> list[str]:
         return []
     stopped = []
     for pid_file in sorted(pids.glob("worker-*.pid")):
-        pid = int(pid_file.read_text())
-        tree = [pid, *_descendants(pid)]
+        record = stack_record.read(pid_file)
+        pid = record["pid"]
+        # the recorded group too: a dead worker's leader has no descendants to find
+        tree = [pid, *_descendants(pid), *stack_record.group_members(record["pgid"])]
         interrupted = _flow_run_ids(tree)
         groups = []
         for member in tree:
@@ -288,7 +308,7 @@ def down(state: Path, grace: float = 20.0) -> list[str]:
     for name in ("prefect-server", "mlflow-server"):
         pid_file = pids / f"{name}.pid"
         if pid_file.exists():
-            _stop_groups([int(pid_file.read_text())], grace)
+            _stop_groups([stack_record.read(pid_file)["pgid"]], grace)
             pid_file.unlink()
             stopped.append(name)
     return stopped
@@ -296,11 +316,12 @@ def down(state: Path, grace: float = 20.0) -> list[str]:
 
 def _from_env() -> Stack:
     root = Path(os.environ.get("NIRGAN_STACK_ROOT") or REPO).resolve()
+    state = Path(os.environ.get("NIRGAN_STACK_DIR", root / ".stack")).resolve()
     return Stack(
         root=root,
-        state=Path(os.environ.get("NIRGAN_STACK_DIR", root / ".stack")).resolve(),
-        prefect_port=int(os.environ.get("NIRGAN_PREFECT_PORT", 4200)),
-        mlflow_port=int(os.environ.get("NIRGAN_MLFLOW_PORT", 5000)),
+        state=state,
+        prefect_port=stack_record.port(state, "prefect-server", "NIRGAN_PREFECT_PORT", 4200),
+        mlflow_port=stack_record.port(state, "mlflow-server", "NIRGAN_MLFLOW_PORT", 5000),
         gpus=detect_gpus(),
         pool_limit=int(os.environ["NIRGAN_POOL_LIMIT"]) if os.environ.get("NIRGAN_POOL_LIMIT") else None,
         heartbeat_seconds=int(os.environ.get("NIRGAN_HEARTBEAT_SECONDS", 30)),
@@ -310,18 +331,19 @@ def _from_env() -> Stack:
 NEXT_STEPS = """\
 nirgan stack is up (state, logs and PIDs in {state}):
   Prefect UI  {prefect_ui}
-  MLflow UI   {mlflow}
+  MLflow UI   {mlflow}   (log in: any user name, password in {state}/mlflow-token)
   workers     {workers} on pool '{pool}' (limit {limit})
 
-1. environment for your shell (the Prefect API wants the stack's auth string; the UI asks for it):
+1. environment for your shell (both APIs want the stack's secrets; the UIs ask for them):
      source .venv/bin/activate; export PREFECT_API_URL={api} MLFLOW_TRACKING_URI={mlflow}
-     export PREFECT_API_AUTH_STRING="$(cat {state}/prefect-auth)"
+     export PREFECT_API_AUTH_STRING="$(cat {state}/prefect-auth)" MLFLOW_TRACKING_TOKEN="$(cat {state}/mlflow-token)"
 2. run train-nir with an override (twice, to have two runs to compare):
      prefect deployment run {deployment} --param overrides='{{"train.max_steps": 20}}' --watch
      prefect deployment run {deployment} --param overrides='{{"train.max_steps": 40}}' \\
          --param experiment=steps-40 --watch
    then `dvc exp show` lists both experiments.
-3. open {mlflow}, experiment 'nirgan': tick both runs, Compare.
+3. open {mlflow}/#/experiments?workflowType=machine_learning (the ML view; MLflow opens on GenAI),
+   experiment 'nirgan': tick both runs, Compare: their samples_epoch_NNN.png grids side by side.
 4. promote the evaluated version and generate a dataset from it:
      nirgan promote; prefect deployment run generate-nir/gpu --param count=1000 \\
          --param model=models:/nirgan-generator@champion --watch
@@ -345,7 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "setup-pool":
         setup_pool(args.limit, args.within)
         return 0
-    stack = _from_env()
+    try:
+        stack = _from_env()
+    except RuntimeError as exc:
+        print(f"stack: {exc}", file=sys.stderr)
+        return 1
     if args.command == "up":
         try:
             timings = up(stack)  # on failure it has stopped what it started, and only that
@@ -368,9 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "down":
         print("stopped:", ", ".join(down(stack.state)) or "nothing")
     else:
-        for pid_file in sorted((stack.state / "pids").glob("*.pid")):
-            pid = int(pid_file.read_text())
-            print(f"{pid_file.stem:16s} pid {pid:7d} {'running' if _alive(pid) else 'dead'}")
+        lines, ok = stack_record.status(stack.state)
+        print("\n".join(lines))
+        return 0 if ok else 1
     return 0
 
 

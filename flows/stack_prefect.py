@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,56 @@ def _mark_crashed(state: Path, flow_run_ids: list[str]) -> None:
             _api_post(api, f"/flow_runs/{run_id}/set_state", body, auth, 10)
         except OSError:
             pass
+
+
+def flow_run_states(api: str, auth: str | None, ids: list[str]) -> dict[str, str]:
+    """The state type (COMPLETED, CRASHED, ...) of each of ``ids`` the server knows."""
+    valid = []
+    for run_id in ids:
+        try:
+            valid.append(str(uuid.UUID(run_id)))
+        except ValueError:  # a local run's id ("local-<pid>"): not this server's
+            continue
+    states = {}
+    for start in range(0, len(valid), 200):  # the API's largest page
+        chunk = valid[start:start + 200]
+        body = {"flow_runs": {"id": {"any_": chunk}}, "limit": len(chunk)}
+        for run in json.loads(_api_post(api, "/flow_runs/filter", body, auth, 30)):
+            if run.get("state"):
+                states[run["id"]] = run["state"]["type"]
+    return states
+
+
+def renew_heartbeat_windows(prefect_home: Path, within_seconds: int) -> int:
+    """Before a Prefect server (re)starts on its database: give every flow run the zombie
+    automation watches a fresh window of ``within_seconds`` from now; returns how many.
+
+    The automation keeps, per flow run, a window that ends ``within`` after its last heartbeat.
+    Heartbeats sent while the server was down are lost, so at restart every window of a live run
+    has already ended, and the automation marked the runs Crashed seconds later (issue 24: a
+    67-s outage crashed a run that went on, and freed its slot). A live run's next heartbeat
+    renews its window; a run that really died during the outage is still crashed, one window
+    after the restart. The server is down here, so its SQLite database is written directly.
+    """
+    import sqlite3
+    from datetime import datetime, timedelta, timezone
+
+    db = prefect_home / "prefect.db"
+    if not db.exists():
+        return 0
+    # Prefect stores its timestamps in SQLite as naive UTC text in this format (sqlite.DATETIME).
+    end = (datetime.now(timezone.utc) + timedelta(seconds=within_seconds)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        with con:
+            cur = con.execute(
+                'UPDATE automation_bucket SET "end" = ? WHERE "end" < ? AND automation_id IN '
+                "(SELECT id FROM automation WHERE name = ?)", (end, end, ZOMBIE_AUTOMATION))
+            return cur.rowcount
+    except sqlite3.OperationalError:  # no such table yet: a database the server never migrated
+        return 0
+    finally:
+        con.close()
 
 
 def setup_pool(limit: int, within_seconds: int) -> None:

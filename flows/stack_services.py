@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flows import stack_record
 from flows.processes import alive as _alive
 from flows.stack_prefect import POOL, _api_post
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from flows.stack import Stack
 
 BIN = Path(sys.executable).parent
+MLFLOW_TOKEN_FILE = "mlflow-token"  # the MLflow gate's token (flows/mlflow_gate.py), mode 0600
 
 
 def _origins(port: int) -> str:
@@ -40,23 +42,26 @@ def free_port() -> int:
 
 
 def _pid_file(stack: Stack, name: str) -> Path:
-    return stack.state / "pids" / f"{name}.pid"
+    return stack_record.pid_path(stack.state, name)
 
 
-def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
+def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str], port: int | None = None,
+           health: tuple[str, str] | None = None) -> int:
+    """Start ``cmd`` in a session of its own, its output in ``logs/<name>.log``, and record it
+    (PID, process group, port, health check: flows/stack_record.py)."""
     (stack.state / "logs").mkdir(parents=True, exist_ok=True)
-    (stack.state / "pids").mkdir(parents=True, exist_ok=True)
     log = open(stack.state / "logs" / f"{name}.log", "ab")
     proc = subprocess.Popen(
-        cmd, cwd=cwd or stack.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        cmd, cwd=stack.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     log.close()
-    _pid_file(stack, name).write_text(f"{proc.pid}\n")
+    url, expect = health or (None, None)
+    stack_record.write(stack.state, name, proc.pid, port, url, expect)
     return proc.pid
 
 
 def _wait_healthy(stack: Stack, name: str, url: str, expect: str, timeout: float = 120.0) -> float:
-    pid = int(_pid_file(stack, name).read_text())
+    pid = stack_record.pid(stack.state, name)
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if not _alive(pid):
@@ -80,9 +85,8 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path, check: bool = True) -> 
 
 
 def _check_free(port: int, what: str) -> None:
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", port)) == 0:
-            raise RuntimeError(f"port {port} for {what} is taken; is a stack already up? (set the port env var)")
+    if stack_record.port_taken(port):
+        raise RuntimeError(f"port {port} for {what} is taken; is a stack already up? (set the port env var)")
 
 
 def start_prefect(stack: Stack) -> int:
@@ -91,22 +95,30 @@ def start_prefect(stack: Stack) -> int:
         "prefect-server",
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(stack.prefect_port)],
         stack.env(),
+        stack.prefect_port,
+        _server_urls(stack)["prefect-server"],
     )
 
 
 def start_mlflow(stack: Stack) -> int:
     """MLflow server on a SQLite store with proxied artifacts (clients upload through it, so
-    workers on other machines need no shared disk)."""
+    workers on other machines need no shared disk), on a Unix socket behind its gate
+    (flows/mlflow_gate.py: the stack's token, no other web page), which serves the port."""
     env = stack.env()
     mlflow_dir = stack.state / "mlflow"
     (mlflow_dir / "artifacts").mkdir(parents=True, exist_ok=True)
     store = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
     # Several processes opening a new SQLite store race in its migration: create it once, here.
     _run([str(BIN / "mlflow"), "db", "upgrade", store], env, stack.root)
+    sock = mlflow_dir / "mlflow.sock"
+    stack.mlflow_token()
+    gate = [sys.executable, str(Path(__file__).with_name("mlflow_gate.py")), "--port", str(stack.mlflow_port),
+            "--socket", str(sock), "--token-file", str(stack.state / MLFLOW_TOKEN_FILE), "--"]
     return _spawn(
         stack,
         "mlflow-server",
         [
+            *gate,
             str(BIN / "mlflow"), "server",
             "--backend-store-uri", store,
             "--artifacts-destination", str(mlflow_dir / "artifacts"),
@@ -116,8 +128,11 @@ def start_mlflow(stack: Stack) -> int:
             # its own Host and origin only (MLflow's default also allows other local ports)
             "--allowed-hosts", f"127.0.0.1:{stack.mlflow_port},localhost:{stack.mlflow_port}",
             "--cors-allowed-origins", _origins(stack.mlflow_port),
+            "--uvicorn-opts", f"--uds {sock}",  # no port: only the gate reaches it
         ],
         env,
+        stack.mlflow_port,
+        _server_urls(stack)["mlflow-server"],
     )
 
 
@@ -136,6 +151,7 @@ def start_worker(stack: Stack, index: int, gpu: str | None) -> int:
     """A process worker taking one flow run at a time, pinned to ``gpu`` when given."""
     worker_env = stack.env(
         NIRGAN_CHECKOUT=str(stack.root),
+        NIRGAN_FLOW_LOG_DIR=str(stack.state / "logs" / "flow-runs"),  # flows/processes.py: detach_flow_run
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(stack.heartbeat_seconds),
         PREFECT_WORKER_QUERY_SECONDS=str(stack.worker_poll_seconds),
     )
@@ -156,7 +172,7 @@ def _running(stack: Stack, name: str) -> bool:
     pid_file = _pid_file(stack, name)
     if not pid_file.exists():
         return False
-    pid = int(pid_file.read_text())
+    pid = stack_record.read(pid_file)["pid"]
     if not _alive(pid):
         return False
     try:
@@ -178,7 +194,7 @@ def _wait_workers(stack: Stack, env: dict[str, str], count: int, timeout: float 
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         for i in range(count):
-            pid = int(_pid_file(stack, f"worker-{i}").read_text())
+            pid = stack_record.pid(stack.state, f"worker-{i}")
             if not _alive(pid):
                 log = (stack.state / "logs" / f"worker-{i}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"worker-{i} exited during start-up:\n{log}")

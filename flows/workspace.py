@@ -10,6 +10,7 @@ task's log; see :func:`flows.processes.stream`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,8 @@ from flows.processes import CommandError
 from nirgan.config import OrchestrateConfig
 
 RUNS_DIR = Path(".dvc/tmp/nirgan-runs")
+CHECKPOINTS = Path("models") / "checkpoints"  # the trainer's, in the pipeline's folder (dvc.yaml: persist)
+KEY_FILE = "nirgan-run-key"                   # in a workspace's .git: its run_key
 Run = Callable[[list[str], Path, dict[str, str]], str]
 
 
@@ -101,8 +104,10 @@ def create(checkout: Path, run_id: str, sha: str, overrides: dict[str, Any], run
     """
     runs = Path(os.environ.get("NIRGAN_RUNS_DIR") or checkout / RUNS_DIR)
     ws = runs / run_id
+    previous = ws.with_name(f"{run_id}.previous")  # a retried flow run's own failed workspace
     if ws.exists():
-        shutil.rmtree(ws)
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(ws, previous)
     ws.parent.mkdir(parents=True, exist_ok=True)
     git(["clone", "--quiet", "--shared", "--no-checkout", str(checkout), str(ws)], checkout)
     git(["checkout", "--quiet", "--detach", sha], ws)
@@ -127,12 +132,51 @@ def create(checkout: Path, run_id: str, sha: str, overrides: dict[str, Any], run
         params_path.write_text(yaml.safe_dump(params, sort_keys=False))
         log(f"overrides: {json.dumps(overrides, sort_keys=True)}")
     run(["nirgan", "check-params"], here, tool_env({"PYTHONPATH": str(ws / "src")}))
+    key = run_key(sha, folder, overrides)
+    (ws / ".git" / KEY_FILE).write_text(key + "\n")  # inside .git: never part of the experiment
+    adopted = adopt_checkpoints(runs, ws, key, folder)
+    if adopted is not None:
+        log(f"checkpoints of an earlier attempt of this run copied from {adopted}: train resumes from them")
+    shutil.rmtree(previous, ignore_errors=True)
     if dvc_remote_configured(ws):
         run(["dvc", "pull", "--run-cache", "--allow-missing", "dvc.yaml"], here, env)
 
     stages = list((yaml.safe_load((here / "dvc.yaml").read_text()) or {}).get("stages") or {})
     orchestrate = OrchestrateConfig.model_validate(params.get("orchestrate") or {})
     return {"workspace": str(ws), "stages": stages, "orchestrate": orchestrate.model_dump()}
+
+
+def run_key(sha: str, folder: str, overrides: dict[str, Any]) -> str:
+    """What makes two flow runs the same run: revision, pipeline and overrides. A retry (same
+    flow run) or a resubmission has it; the trainer's own content fingerprint then decides
+    whether a checkpoint found this way really applies, and starts afresh when not."""
+    text = json.dumps([sha, os.path.normpath(folder), overrides], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def adopt_checkpoints(runs: Path, ws: Path, key: str, folder: str) -> Path | None:
+    """Copy the newest checkpoints of a kept workspace with the same :func:`run_key` (a failed
+    attempt's: a successful run deletes its workspace) into ``ws``; returns where from.
+
+    Prefect's retry of a flow run recreates its workspace and a resubmission makes a new one, so
+    without this a crashed or failed training would start again from step 0. Copied, not moved:
+    another flow run with the same key may still be training in its workspace.
+    """
+    found = []
+    for other in runs.iterdir() if runs.is_dir() else []:
+        key_file = other / ".git" / KEY_FILE
+        latest = other / folder / CHECKPOINTS / "latest"
+        if other == ws or not key_file.is_file() or key_file.read_text().strip() != key or not latest.is_file():
+            continue
+        found.append((latest.stat().st_mtime, other))
+    if not found:
+        return None
+    newest = max(found)[1]
+    target = ws / folder / CHECKPOINTS
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # hidden files are a killed writer's temporaries, never named by `latest`
+    shutil.copytree(newest / folder / CHECKPOINTS, target, ignore=shutil.ignore_patterns(".*"), dirs_exist_ok=True)
+    return newest
 
 
 def uncached_outputs(ws: Path, folder: str = ".") -> list[str]:

@@ -70,9 +70,10 @@ def mlflow_server(tmp_path_factory):
         stack_mod.down(stack.state)
 
 
-def _log_runs(uri: str, monkeypatch) -> tuple[str, list[tuple[str, dict[str, float]]]]:
+def _log_runs(uri: str, token: str, monkeypatch) -> tuple[str, list[tuple[str, dict[str, float]]]]:
     """Two runs through nirgan.tracking (the trainer's own code path), with distinct metrics."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)  # the stack's MLflow gate wants it
     import mlflow
 
     from nirgan.config import Config
@@ -160,7 +161,7 @@ def missing_values(text: str, runs: list[tuple[str, dict[str, float]]]) -> list[
 
 def test_compare_two_runs_in_chromium(mlflow_server, tmp_path, monkeypatch):
     chromium = chromium_binary()
-    exp_id, runs = _log_runs(mlflow_server.mlflow_uri, monkeypatch)
+    exp_id, runs = _log_runs(mlflow_server.mlflow_uri, mlflow_server.mlflow_token(), monkeypatch)
     query = urllib.parse.urlencode(
         {"runs": json.dumps([r for r, _ in runs]), "experiments": json.dumps([exp_id])}
     )
@@ -179,6 +180,10 @@ def test_compare_two_runs_in_chromium(mlflow_server, tmp_path, monkeypatch):
             page = next(t for t in json.loads(resp.read()) if t["type"] == "page")
         tools = DevTools(page["webSocketDebuggerUrl"])
         tools.call("Page.enable")
+        # logged in, as a user is after the gate's Basic prompt (the token as password)
+        login = base64.b64encode(f"nirgan:{mlflow_server.mlflow_token()}".encode()).decode()
+        tools.call("Network.enable")
+        tools.call("Network.setExtraHTTPHeaders", headers={"Authorization": f"Basic {login}"})
         tools.call("Page.navigate", url=url)
 
         deadline, text, missing = time.monotonic() + 90, "", ["(not loaded)"]

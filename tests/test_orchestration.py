@@ -130,7 +130,9 @@ def orchestra(tmp_path_factory):
     try:
         timings = stack_mod.up(stack)
         print(f"\nstack up: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
-        yield Orchestra(root, stack)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_TOKEN", stack.mlflow_token())  # the stack's MLflow gate wants it
+            yield Orchestra(root, stack)
     finally:
         stopped = stack_mod.down(stack.state)
         print(f"stopped by PID: {stopped}")

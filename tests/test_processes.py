@@ -1,5 +1,7 @@
-"""flows.processes.stream: a command outlives the process that follows its output (issue 12
-item 10: a killed worker took its flow run, whose stage then died of a broken pipe)."""
+"""flows.processes: a command outlives the process that follows its output (issue 12 item 10: a
+killed worker took its flow run, whose stage then died of a broken pipe), and a flow run outlives
+the worker that reads its output (issue 24: its first log line after the worker's kill -9 raised
+a broken pipe, and the flow crashed with its stage)."""
 
 from __future__ import annotations
 
@@ -59,3 +61,42 @@ def test_stream_returns_output_and_raises_one_line_cause(tmp_path):
         assert exc.cause.endswith("exited with 2: nirgan: params.yaml: train.x: bad"), exc.cause
     else:
         raise AssertionError("no CommandError")
+
+
+FLOW_RUN = textwrap.dedent("""
+    import logging, sys, time
+    from pathlib import Path
+    from flows.processes import detach_output
+    log_path, go, marker = map(Path, sys.argv[1:4])
+    print("ready", flush=True)
+    assert detach_output(log_path)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO)  # like Prefect's console handler
+    while not go.exists():
+        time.sleep(0.05)
+    for i in range(200):  # well past a pipe buffer, had it still been the pipe
+        print(f"stage line {i}", flush=True)
+        logging.getLogger("flow").info("log line %d", i)
+    marker.write_text("done")
+""")
+
+
+def test_a_flow_run_outlives_the_reader_of_its_output(tmp_path):
+    """The worker's end of the flow run's pipes closed (what its kill -9 does): the flow run's
+    next lines must not kill it; they land in the log file."""
+    log_path, go, marker = tmp_path / "logs" / "flow.log", tmp_path / "go", tmp_path / "done"
+    flow_run = subprocess.Popen([sys.executable, "-c", FLOW_RUN, str(log_path), str(go), str(marker)], cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'src'}"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert flow_run.stdout.readline().strip() == "ready"
+        assert flow_run.stdout.readline().startswith("flow run output continues in")
+        flow_run.stdout.close()  # the reader is gone
+        flow_run.stderr.close()
+        go.write_text("")
+        assert flow_run.wait(timeout=60) == 0, log_path.read_text(errors="replace")[-2000:]
+    finally:
+        if flow_run.poll() is None:
+            flow_run.kill()
+    assert marker.read_text() == "done"
+    text = log_path.read_text()
+    assert "stage line 199" in text and "log line 199" in text

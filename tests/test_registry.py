@@ -48,6 +48,7 @@ FLOW_TIMEOUT_S = 240
 def stack(tmp_path_factory):
     with running_stack(tmp_path_factory.mktemp("registry")) as st, pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", st.mlflow_uri)
+        mp.setenv("MLFLOW_TRACKING_TOKEN", st.mlflow_token())  # the stack's MLflow gate wants it
         yield st
 
 
@@ -191,7 +192,7 @@ def test_generate_nir_deployment_writes_exactly_count_images(stack, trained, tmp
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`nirgan.kind` = 'generated-dataset'")
     assert len(runs) == 1, [r.info.run_name for r in runs]
     run = runs[0]
-    assert run.info.run_name == f"generate-{out.name}" and run.info.status == "FINISHED"
+    assert run.info.run_name == f"dataset {out.name} from {NAME} v2" and run.info.status == "FINISHED"
     assert run.data.tags["generator_version"] == "2" and run.data.tags["generator_run_id"] == trained["run_id"]
     (dataset_input,) = run.inputs.dataset_inputs
     assert json.loads(dataset_input.dataset.source) == {"uri": str(out.resolve())}

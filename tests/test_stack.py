@@ -1,5 +1,5 @@
-"""`make stack` against its own running stack, and the stack's loopback security (issue 12,
-items 11 and 15). Real Prefect and MLflow servers and a real worker on free 127.0.0.1 ports,
+"""`make stack` against its own running stack, its record of what it started (issue 24 item 3),
+and the stack's loopback security (issue 12, items 11 and 15). Real Prefect and MLflow servers and a real worker on free 127.0.0.1 ports,
 over a throwaway copy of the project; everything is stopped by PID at the end.
 
 The checks run in order on one stack (starting one costs most of a minute on 2 cores).
@@ -11,10 +11,13 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
 import time
+import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -25,13 +28,15 @@ from pipeline_project import running_stack
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from flows import stack as stack_mod  # noqa: E402
+from flows import stack_record  # noqa: E402
+from flows.stack_services import free_port  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 FOREIGN = "http://evil.example"
 
 
 def _pids(stack: stack_mod.Stack) -> dict[str, int]:
-    return {p.stem: int(p.read_text()) for p in sorted((stack.state / "pids").glob("*.pid"))}
+    return {name: record["pid"] for name, record in stack_record.records(stack.state).items()}
 
 
 def _started(stack: stack_mod.Stack) -> list[str]:
@@ -74,7 +79,8 @@ def _squat(port: int, timeout: float = 30.0) -> socket.socket:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with running_stack(tmp_path_factory.mktemp("stack")) as st:
+    with running_stack(tmp_path_factory.mktemp("stack")) as st, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_TOKEN", st.mlflow_token())  # this process's MLflow client, as the stack's own
         yield st
 
 
@@ -125,16 +131,168 @@ def test_a_port_taken_by_another_program_fails_and_stops_nothing(stack):
     assert _all_alive(_pids(stack))
 
 
-def test_the_cli_on_a_running_stack_keeps_it(stack):
-    """`python flows/stack.py up` (what `make stack` runs) with the stack's settings."""
-    before = _pids(stack)
-    env = {**os.environ, "NIRGAN_STACK_DIR": str(stack.state), "NIRGAN_STACK_ROOT": str(stack.root),
-           "NIRGAN_PREFECT_PORT": str(stack.prefect_port), "NIRGAN_MLFLOW_PORT": str(stack.mlflow_port),
-           "NIRGAN_GPUS": "", "NIRGAN_POOL_LIMIT": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "flows" / "stack.py"), "up"], env=env, capture_output=True,
+def _cli(stack: stack_mod.Stack, command: str, **extra: str) -> subprocess.CompletedProcess:
+    """`python flows/stack.py <command>` (what `make stack`/`make stack-status` run) with the stack's
+    state folder and checkout, and none of the port variables unless given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NIRGAN_")}
+    env.update(NIRGAN_STACK_DIR=str(stack.state), NIRGAN_STACK_ROOT=str(stack.root), NIRGAN_GPUS="",
+               NIRGAN_POOL_LIMIT="1", **extra)
+    return subprocess.run([sys.executable, str(REPO / "flows" / "stack.py"), command], env=env, capture_output=True,
                           text=True, timeout=300)
+
+
+def _status_line(stack: stack_mod.Stack, name: str) -> tuple[int, str]:
+    proc = _cli(stack, "status")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(name)]
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    return proc.returncode, lines[0]
+
+
+def _wait(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_the_record_holds_pid_group_and_port_and_status_tells_the_truth(stack):
+    """Issue 24: MLflow's leader killed alone left its uvicorn serving while status said "dead".
+    Now the leader is MLflow's gate (flows/mlflow_gate.py), which serves the port itself: killed
+    alone, nothing answers, and status names the processes its group left behind."""
+    record = stack_record.read(stack.state / "pids" / "mlflow-server.pid")
+    assert record["pgid"] == record["pid"] and record["port"] == stack.mlflow_port
+    assert stack_record.read(stack.state / "pids" / "prefect-server.pid")["port"] == stack.prefect_port
+    code, line = _status_line(stack, "mlflow-server")
+    assert code == 0 and line.endswith("running, healthy") and f"port {stack.mlflow_port}" in line, line
+
+    leader = record["pid"]
+    assert [m for m in stack_record.group_members(leader) if m != leader], "the gate runs no MLflow server"
+    try:
+        os.kill(leader, signal.SIGKILL)  # the leader only: the MLflow server it started lives on
+        _wait(lambda: not stack_mod._alive(leader), "the MLflow leader did not die")
+        left = [m for m in stack_record.group_members(leader) if m != leader]
+        assert not stack_record.healthy(f"{stack.mlflow_uri}/health", "OK")  # the gate served the port
+        code, line = _status_line(stack, "mlflow-server")
+        assert code == 1 and "dead, leaving processes" in line and str(left[0]) in line, line
+
+        os.killpg(leader, signal.SIGKILL)  # now the whole group: nothing serves
+        _wait(lambda: not stack_record.group_members(leader), "the MLflow group did not die")
+        code, line = _status_line(stack, "mlflow-server")
+        assert code == 1 and line.endswith("dead"), line
+        prefect = _status_line(stack, "prefect-server")[1]
+        assert prefect.endswith("running, healthy"), prefect
+    finally:
+        stack_mod.up(stack)
+    assert _started(stack) == ["mlflow-server"]
+    assert _status_line(stack, "mlflow-server")[0] == 0
+
+
+def _flow_run(api: httpx.Client, flow_id: str, state: str) -> str:
+    run = api.post("/flow_runs/", json={"flow_id": flow_id, "name": f"probe-{state.lower()}"})
+    run.raise_for_status()
+    run_id = run.json()["id"]
+    api.post(f"/flow_runs/{run_id}/set_state", json={"state": {"type": state}, "force": True}).raise_for_status()
+    return run_id
+
+
+def test_a_restart_ends_the_mlflow_runs_of_flow_runs_that_are_over(stack):
+    """Issue 24: a worker killed mid-run (or a failure during an MLflow outage) left the run RUNNING
+    forever. The next start ends it (KILLED for a crashed flow run, with the reason as a tag) and
+    leaves alone the runs of flow runs still running or unknown to this server."""
+    from mlflow.tracking import MlflowClient
+
+    api = httpx.Client(base_url=stack.prefect_api, auth=httpx.BasicAuth(*stack.api_auth), timeout=30)
+    flow = api.post("/flows/", json={"name": "reconcile-probe"})
+    flow.raise_for_status()
+    crashed, failed, running = (_flow_run(api, flow.json()["id"], s) for s in ("CRASHED", "FAILED", "RUNNING"))
+    unknown = "00000000-0000-4000-8000-000000000024"
+    client = MlflowClient(stack.mlflow_uri)
+    exp = client.get_experiment_by_name("nirgan")
+    exp_id = exp.experiment_id if exp else client.create_experiment("nirgan")
+    runs = {fr: client.create_run(exp_id, tags={"prefect_flow_run_id": fr}).info.run_id
+            for fr in (crashed, failed, running, unknown)}
+    try:
+        _kill(_pids(stack)["worker-0"])  # the fault; `up` is the next start
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("MLFLOW_TRACKING_TOKEN")  # as in the shell `make stack` runs in
+            stack_mod.up(stack)
+        assert _started(stack) == ["worker-0"]
+        status = {fr: client.get_run(r).info.status for fr, r in runs.items()}
+        assert status == {crashed: "KILLED", failed: "FAILED", running: "RUNNING", unknown: "RUNNING"}, status
+        why = client.get_run(runs[crashed]).data.tags["ended_by"]
+        assert crashed in why and "CRASHED" in why, why
+        recorded = json.loads((stack.state / "stack.json").read_text())["ended_stale_mlflow_runs"]
+        assert sorted(recorded) == sorted([runs[crashed], runs[failed]])
+    finally:
+        for run_id in runs.values():
+            client.set_terminated(run_id, "KILLED")
+
+
+def _heartbeat_windows(stack: stack_mod.Stack, flow_run_id: str, end: str | None = None) -> list[str]:
+    """The ends of the zombie automation's windows for one flow run, in Prefect's database;
+    with ``end``, set them first (only while the server is down)."""
+    con = sqlite3.connect(stack.state / "prefect" / "prefect.db", timeout=30)
+    try:
+        with con:
+            if end is not None:
+                con.execute('UPDATE automation_bucket SET "end" = ? WHERE bucketing_key LIKE ?', (end, f"%{flow_run_id}%"))
+            return [row[0] for row in con.execute('SELECT "end" FROM automation_bucket WHERE bucketing_key LIKE ?',
+                                                  (f"%{flow_run_id}%",))]
+    finally:
+        con.close()
+
+
+def _heartbeat(api: httpx.Client, flow_run_id: str) -> None:
+    """What a live flow run sends every NIRGAN_HEARTBEAT_SECONDS."""
+    event = {"id": str(uuid.uuid4()), "occurred": datetime.now(timezone.utc).isoformat(),
+             "event": "prefect.flow-run.heartbeat", "resource": {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}"}}
+    api.post("/events", json=[event]).raise_for_status()
+
+
+def test_a_prefect_server_restart_does_not_crash_a_live_run(stack):
+    """Issue 24: 8 s after a 67-s outage the no-heartbeat automation marked a running flow run
+    Crashed (and freed its slot): the heartbeats it sent during the outage were lost, so its
+    window had ended. A restart by `up` gives every watched run a fresh window."""
+    api = httpx.Client(base_url=stack.prefect_api, auth=httpx.BasicAuth(*stack.api_auth), timeout=30)
+    flow = api.post("/flows/", json={"name": "heartbeat-probe"})
+    flow.raise_for_status()
+    live = _flow_run(api, flow.json()["id"], "RUNNING")
+    try:
+        _heartbeat(api, live)
+        _wait(lambda: _heartbeat_windows(stack, live), "the automation opened no window for the run", 90)
+        _kill(_pids(stack)["prefect-server"])
+        # The outage outlasts the window (90 s by default); what it leaves in the database is a
+        # window that ended during it, written here instead of waiting it out.
+        ended = (datetime.now(timezone.utc) - timedelta(seconds=5)).strftime("%Y-%m-%d %H:%M:%S.%f")
+        _heartbeat_windows(stack, live, end=ended)
+        stack_mod.up(stack)
+        assert _started(stack) == ["prefect-server"]
+        assert json.loads((stack.state / "stack.json").read_text())["heartbeat_windows_renewed"] >= 1
+        # The run goes on and heartbeats again; the automation evaluates every 5 s.
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 30:
+            _heartbeat(api, live)
+            state = api.get(f"/flow_runs/{live}").json()["state"]
+            assert state["type"] == "RUNNING", state
+            time.sleep(3)
+    finally:
+        api.post(f"/flow_runs/{live}/set_state", json={"state": {"type": "COMPLETED"}, "force": True})
+
+
+def test_the_cli_on_a_running_stack_keeps_it_without_the_port_variables(stack):
+    """`make stack` in a new shell, against a stack started on other ports: it reads the ports
+    from the record (issue 24: it waited 60 s on :4200 and failed)."""
+    before = _pids(stack)
+    t0 = time.monotonic()
+    proc = _cli(stack, "up")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "already running" in proc.stdout
+    assert "already running" in proc.stdout and f"127.0.0.1:{stack.mlflow_port}" in proc.stdout, proc.stdout
+    assert time.monotonic() - t0 < 50
+    assert _pids(stack) == before and _all_alive(before)
+    # a port variable that contradicts the running stack is one line, and changes nothing
+    other = _cli(stack, "up", NIRGAN_MLFLOW_PORT=str(stack.mlflow_port + 1))
+    assert other.returncode == 1 and f"port {stack.mlflow_port}" in other.stderr, other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1 and "Traceback" not in other.stderr
     assert _pids(stack) == before and _all_alive(before)
 
 
@@ -165,10 +323,50 @@ def test_prefect_refuses_foreign_origins_and_unauthenticated_calls(stack):
 
 def test_mlflow_refuses_foreign_host_and_origin(stack):
     url = f"{stack.mlflow_uri}/api/2.0/mlflow/experiments/search"
-    assert httpx.post(url, json={"max_results": 1}, timeout=10).status_code == 200
-    host = httpx.post(url, json={"max_results": 1}, headers={"Host": "evil.example"}, timeout=10)
+    auth = httpx.BasicAuth("anyone", stack.mlflow_token())
+    assert httpx.post(url, json={"max_results": 1}, auth=auth, timeout=10).status_code == 200
+    host = httpx.post(url, json={"max_results": 1}, auth=auth, headers={"Host": "evil.example"}, timeout=10)
     assert host.status_code in (400, 403), host.text
-    # (MLflow 3.17 always admits localhost origins, whatever --cors-allowed-origins says)
-    origin = httpx.post(url, json={"max_results": 1}, headers={"Origin": FOREIGN}, timeout=10)
+    origin = httpx.post(url, json={"max_results": 1}, auth=auth, headers={"Origin": FOREIGN}, timeout=10)
     assert origin.status_code == 403, origin.text
     assert origin.headers.get("access-control-allow-origin") in (None, "")
+
+
+def test_mlflow_wants_the_token_and_no_other_local_page_can_change_it(stack):
+    """Issue 24 item 5: a page served on 127.0.0.1:8999 created an experiment and moved a registry
+    alias (MLflow 3.17 admits every localhost origin). Behind the gate: no token, no access (a
+    fresh browser is asked to log in); another loopback origin is refused even with the token
+    (what a logged-in browser would attach); the stack's own clients pass."""
+    from mlflow.tracking import MlflowClient
+
+    api = f"{stack.mlflow_uri}/api/2.0/mlflow"
+    token = stack.mlflow_token()
+    assert stat.S_IMODE((stack.state / "mlflow-token").stat().st_mode) == 0o600
+    assert stack.env()["MLFLOW_TRACKING_TOKEN"] == token
+
+    bare = httpx.post(f"{api}/experiments/create", json={"name": "no-token"}, timeout=10)
+    assert bare.status_code == 401 and bare.headers["www-authenticate"].startswith("Basic "), bare.text
+    assert httpx.get(f"{stack.mlflow_uri}/", timeout=10).status_code == 401  # the UI: the login prompt
+    assert httpx.get(f"{stack.mlflow_uri}/health", timeout=10).text.strip() == "OK"  # the probe stays open
+
+    client = MlflowClient(stack.mlflow_uri)  # MLFLOW_TRACKING_TOKEN, as workers and the CLI have it
+    model = client.create_registered_model("gate-probe")
+    source = client.create_experiment("gate-probe-source")
+    run = client.create_run(source)
+    client.create_model_version(model.name, f"runs:/{run.info.run_id}/m", run.info.run_id)
+    client.create_model_version(model.name, f"runs:/{run.info.run_id}/m", run.info.run_id)
+    client.set_registered_model_alias(model.name, "champion", "1")
+
+    other = f"http://127.0.0.1:{free_port()}"  # another local web app's page
+    for token_sent in (None, httpx.BasicAuth("anyone", token), httpx.BasicAuth("anyone", "guess")):
+        hostile = {"Origin": other, "Sec-Fetch-Site": "same-site"}
+        made = httpx.post(f"{api}/experiments/create", json={"name": "hostile"}, headers=hostile, auth=token_sent,
+                          timeout=10)
+        moved = httpx.post(f"{api}/registered-models/alias", headers=hostile, auth=token_sent, timeout=10,
+                           json={"name": model.name, "alias": "champion", "version": "2"})
+        assert made.status_code == 403 and moved.status_code == 403, (made.text, moved.text)
+    assert client.get_experiment_by_name("hostile") is None
+    assert client.get_model_version_by_alias(model.name, "champion").version == "1"
+    own = httpx.post(f"{api}/experiments/search", json={"max_results": 1}, timeout=10,
+                     headers={"Origin": stack.mlflow_uri}, auth=httpx.BasicAuth("anyone", token))
+    assert own.status_code == 200, own.text  # the UI's own requests pass

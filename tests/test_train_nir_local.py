@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -85,3 +86,44 @@ def test_a_failed_run_says_why_in_one_line_in_its_final_state(tmp_path):
     assert "RunFailed: prepare-workspace failed: " in message, message
     assert "nirgan: " in message and "augment.image_size" in message, message
     assert "\\n" not in message and "last lines" not in message, message
+
+
+@pytest.mark.timeout(300)
+def test_a_retry_or_a_resubmission_finds_the_failed_attempts_checkpoints(tmp_path):
+    """Issue 24: Prefect's retry of a flow run deleted its failed workspace with the checkpoints,
+    and a resubmission started train from step 0. Now a new workspace of the same run (same
+    revision, pipeline and overrides) gets the newest checkpoints of a kept one; the trainer's
+    fingerprint then decides whether they apply (tests/test_train.py)."""
+    from flows import workspace
+
+    root = make_project(tmp_path / "project")
+    sha = run(["git", "rev-parse", "HEAD"], root).stdout.strip()
+    logs: list[str] = []
+
+    def create(run_id: str, overrides: dict) -> Path:
+        runner = lambda cmd, cwd, env: run(cmd, cwd, env).stdout  # noqa: E731
+        return Path(workspace.create(root, run_id, sha, overrides, runner, logs.append)["workspace"])
+
+    overrides = {"train.max_steps": 5}
+    first = create("run-a", overrides)
+    ckpt = first / "models" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "step_00000002.pt").write_bytes(b"the state at step 2")
+    (ckpt / "latest").write_text("step_00000002.pt\n")
+    (ckpt / ".step_00000004.pt.tmp-1").write_bytes(b"torn")  # a killed writer's temporary
+    assert not any("copied from" in line for line in logs)
+
+    retried = create("run-a", overrides)  # Prefect's retry: the same flow run again
+    kept = retried / "models" / "checkpoints"
+    assert retried == first and (kept / "latest").read_text() == "step_00000002.pt\n"
+    assert (kept / "step_00000002.pt").read_bytes() == b"the state at step 2"
+    assert not (kept / ".step_00000004.pt.tmp-1").exists() and not first.with_name("run-a.previous").exists()
+    assert any("copied from" in line for line in logs), logs
+
+    resubmitted = create("run-b", overrides)  # a new flow run of the same run
+    assert (resubmitted / "models" / "checkpoints" / "latest").read_text() == "step_00000002.pt\n"
+    # the key file and the copied checkpoints are nothing git (and so the experiment) sees
+    assert run(["git", "status", "--porcelain"], resubmitted).stdout.splitlines() == [" M params.yaml"]
+
+    other = create("run-c", {"train.max_steps": 6})  # another run: starts afresh
+    assert not (other / "models" / "checkpoints").exists()

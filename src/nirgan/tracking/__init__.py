@@ -33,6 +33,7 @@ from nirgan.tracking.runs import (
     log_model_files,
     log_sample_grid,
     read_run_info,
+    reconcile_runs,
     resume_run,
     set_tag,
     start_run,
@@ -61,6 +62,6 @@ __all__ = [
     "MODEL_FILES", "REGISTERED_MODEL", "REGISTERED_MODELS", "RunTerminated", "TrackingUnavailable", "alias_version", "end_stale_run", "ensure_store",
     "experiment_name", "fetch_model", "flatten", "git_commit", "log_artifact", "log_dataset", "log_evaluation",
     "log_generator_model", "log_metrics", "log_model_files", "log_sample_grid", "parse_ref", "promote",
-    "read_run_info", "register_generator", "repo_root", "resume_run", "run_name", "run_tags", "set_alias",
+    "read_run_info", "reconcile_runs", "register_generator", "repo_root", "resume_run", "run_name", "run_tags", "set_alias",
     "set_tag", "start_run", "tracking_uri", "write_run_info",
 ]

@@ -87,7 +87,12 @@ def register_generator(run_id: str, task: str = "nir") -> str | None:
     if run.info.status != "FINISHED":
         log.warning("MLflow run %s is %s: its generator is not registered", run_id, run.info.status)
         return None
-    return mlflow.register_model(uri, REGISTERED_MODELS[task]).version
+    version = mlflow.register_model(uri, REGISTERED_MODELS[task]).version
+    # The registry's version list shows its description and tags, not the run it came from.
+    client = MlflowClient(ensure_store())
+    client.update_model_version(REGISTERED_MODELS[task], version, description=f"run {run.info.run_name} ({run_id})")
+    client.set_model_version_tag(REGISTERED_MODELS[task], version, "run_name", run.info.run_name or run_id)
+    return version
 
 
 # ------------------------------------------------------------------------------- aliases
@@ -219,11 +224,21 @@ def _download(client: Any, run: Any, filename: str, dest: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- datasets
-def log_dataset(run_id: str | None, dataset_dir: Path, card: Mapping[str, Any]) -> str:
+def dataset_run_name(dataset_dir: Path, model: Mapping[str, Any]) -> str:
+    """``[<experiment>: ]dataset <folder> from <model> v<version>``: every train-nir run's generate
+    stage writes a folder named ``generated``, so the folder alone named them all alike."""
+    source = f"{model['name']} v{model['version']}" if model.get("name") and model.get("version") else "a local model"
+    experiment = os.environ.get("DVC_EXP_NAME")
+    return f"{experiment + ': ' if experiment else ''}dataset {dataset_dir.name} from {source}"
+
+
+def log_dataset(run_id: str | None, dataset_dir: Path, card: Mapping[str, Any],
+                params: Mapping[str, Any] | None = None) -> str:
     """Record a generated dataset in MLflow: a new run ``generate-<dir name>`` in the experiment,
     with ``labels.parquet`` as a dataset input (context ``generated``, source = the dataset
     folder: MLflow keeps the reference and the schema, not the images), the card
-    (``dataset.json``) and the contact sheet as artifacts, the spec as params, the card's counts
+    (``dataset.json``) and the contact sheet as artifacts, ``params`` (the generate stage's declared
+    params; default: the card's spec) as params, the card's counts
     as metrics, and tags naming the generator: ``generator_run_id`` (``run_id``, the run that
     trained it; None for a local model folder), ``generator_version``, ``generator_name``.
     Returns the new run's id."""
@@ -240,7 +255,7 @@ def log_dataset(run_id: str | None, dataset_dir: Path, card: Mapping[str, Any]) 
     spec = card.get("spec") if isinstance(card.get("spec"), Mapping) else {}
     counts = {f"count.{k}": float(v) for k, v in (card.get("counts") or {}).items()
               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    with start_run({"generate": spec}, run_name=f"generate-{dataset_dir.name}", system_metrics=False,
+    with start_run({"generate": spec} if params is None else params, run_name=dataset_run_name(dataset_dir, model), system_metrics=False,
                    tags=tags, consequence=_NOT_RECORDED) as run:
         try:
             # MLflow warns that its local-source class is registered twice, and that integer columns

@@ -20,7 +20,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,52 @@ def end_stale_run(run_id: str | None, status: str = "KILLED", uri: str | None = 
         return False
 
 
+# What a RUNNING MLflow run becomes when the Prefect flow run it belongs to is over.
+ENDED_WITH_FLOW = {"COMPLETED": "FAILED", "FAILED": "FAILED", "CRASHED": "KILLED", "CANCELLED": "KILLED"}
+
+
+def running_runs_by_flow_run(uri: str | None = None) -> dict[str, list[str]]:
+    """The RUNNING runs of every experiment that carry a ``prefect_flow_run_id`` tag, by that id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(ensure_store(uri))
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found: dict[str, list[str]] = {}
+    if experiments:
+        for run in client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=5000):
+            flow_run = run.data.tags.get("prefect_flow_run_id")
+            if flow_run:
+                found.setdefault(flow_run, []).append(run.info.run_id)
+    return found
+
+
+def reconcile_runs(flow_states: Callable[[list[str]], Mapping[str, str]], uri: str | None = None) -> list[str]:
+    """End the RUNNING runs whose Prefect flow run is over, and tag why (``ended_by``).
+
+    A run stays RUNNING when its process died with its flow run (a killed worker) or could not
+    end it (the tracking server was down when it failed); a retried stage can leave its first
+    attempt's run so beside the second. ``flow_states`` maps flow run ids to Prefect state types
+    (COMPLETED, FAILED, CRASHED, ...); a run of a flow run it does not know, or that still runs,
+    is left alone (it may be running on another machine). A finished flow's leftover run ends
+    FAILED, a crashed or cancelled one's KILLED (:data:`ENDED_WITH_FLOW`). Returns the ended
+    run ids. Never raises: this is cleanup, done again at the next start.
+    """
+    try:
+        by_flow_run = running_runs_by_flow_run(uri)
+        states = dict(flow_states(sorted(by_flow_run))) if by_flow_run else {}
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not look for stale MLflow runs: %s", str(exc).splitlines()[0][:200] if str(exc) else exc)
+        return []
+    ended = []
+    for flow_run, run_ids in sorted(by_flow_run.items()):
+        state = states.get(flow_run)
+        if state not in ENDED_WITH_FLOW:
+            continue
+        reason = f"still RUNNING when its Prefect flow run {flow_run} was {state}"
+        ended += [r for r in run_ids if end_stale_run(r, ENDED_WITH_FLOW[state], uri, reason=reason)]
+    return ended
+
+
 def write_run_info(path: Path, run: Any) -> None:
     write_json(path, {
         "run_id": run.info.run_id,
@@ -204,8 +250,10 @@ def log_sample_grid(path: Path, epoch: int, step: int) -> None:
     """Log one epoch's sample grid so that runs compare image by image.
 
     Twice: as an image series (``mlflow.log_image`` key ``samples``, step = training step; the
-    run page's image slider), and as ``samples/epoch_XXX.png``, a path shared by every run that
-    reached that epoch, so the compare page lists it among the common artifacts.
+    run page's image slider), and as ``samples_epoch_XXX.png`` at the artifact root, a path
+    shared by every run that reached that epoch: MLflow's compare page looks for common
+    artifacts at the root only (in a ``samples/`` folder it said "No common artifacts to
+    display"), and there it shows the grids of the compared runs side by side.
     """
     import mlflow
     from PIL import Image
@@ -214,9 +262,9 @@ def log_sample_grid(path: Path, epoch: int, step: int) -> None:
         with Image.open(path) as image:
             mlflow.log_image(image.copy(), key="samples", step=step)
         with tempfile.TemporaryDirectory() as tmp:
-            fixed = Path(tmp) / f"epoch_{epoch:03d}.png"
+            fixed = Path(tmp) / f"samples_epoch_{epoch:03d}.png"
             shutil.copyfile(path, fixed)
-            mlflow.log_artifact(str(fixed), artifact_path="samples")
+            mlflow.log_artifact(str(fixed))
     except Exception as exc:  # noqa: BLE001
         raise _unavailable(exc) from exc
 

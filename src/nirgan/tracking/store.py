@@ -173,9 +173,17 @@ def _experiment_id(client: Any, uri: str, task: str = "nir") -> str:
 
 
 def run_name(default: str) -> str:
-    """The DVC experiment's name (``DVC_EXP_NAME``: set by ``dvc exp run`` and by the train-nir
-    flow) so that runs are found by the experiment they belong to; else ``default``."""
-    return os.environ.get("DVC_EXP_NAME") or default
+    """A name a user tells runs apart by in the UI: the DVC experiment's (``DVC_EXP_NAME``: set by
+    ``dvc exp run`` and by the train-nir flow), the configuration ``default`` names (the thesis
+    config, the expression model) and the short git revision it ran on (``DVC_EXP_BASELINE_REV``,
+    else HEAD; left out when unknown): ``steps-40 (ED-LS-LR-2, 1a2b3c4)``, else
+    ``ED-LS-LR-2 (1a2b3c4)``. Runs are found by their tags (``dvc_exp_name``), not by this."""
+    revision = os.environ.get("DVC_EXP_BASELINE_REV") or git_commit()
+    short = revision[:7] if revision and revision != "unknown" else ""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    if experiment:
+        return f"{experiment} ({', '.join(filter(None, [default, short]))})"
+    return f"{default} ({short})" if short else default
 
 
 def _is_connection_error(exc: BaseException) -> bool:
