@@ -15,6 +15,7 @@ defaults (20 epochs, few-shot 2/4/8 images x 3 draws x 120 steps) with ``--seeds
     python benchmarks/evaluate_speed.py                      # judge before/after, about 3 CPU minutes
     python benchmarks/evaluate_speed.py --estimator 15       # and the pose/gaze estimator, before/after
     python benchmarks/evaluate_speed.py --seeds 1 --stage    # and the stage's phases on the twin
+    python benchmarks/evaluate_speed.py --seeds 0 --estimator-bank 15   # utility fits: alone vs one bank
 
 Times depend on what else runs on the machine: compare the two columns of one run. CPU seconds
 (process time) are less distorted by other jobs than wall seconds when torch runs one thread.
@@ -152,6 +153,39 @@ def compare_estimators(data: Path, epochs: int, repeats: int = 2) -> dict:
     return rows
 
 
+def compare_estimator_bank(data: Path, epochs: int, seeds: int = 2) -> dict:
+    """The utility (TSTR) phase's fits (``seeds`` x 3 arms, less TRTR's first seed, which is the
+    instrument) one after another and as one :class:`nirgan.training.auxiliary.EstimatorBank`,
+    in this process on the same inputs, with their figures. The "generators" are the judge's."""
+    from real_pairs import load_pairs
+
+    from nirgan.metrics.utility import FIGURES, RATIOS, tstr
+    from nirgan.training.auxiliary import EstimatorTraining, train_pose_estimator
+
+    tr_t, tr_s, tr_l, tr_subj = load_pairs(data, "train")
+    te_t, _, te_l, _ = load_pairs(data, "test")
+    _, _, _, blurred, untrained, latent_dim = judge_inputs(data)  # they answer any train or test source
+    recipe = EstimatorTraining(epochs=epochs, seed=1000, subject_weight=0.0)  # the evaluate stage's
+    instrument = train_pose_estimator(tr_t, tr_s, torch.as_tensor(tr_l, dtype=torch.float32), None, recipe,
+                                      resolution=64)
+    rows = {}
+    for name, bank in (("one after another", False), ("bank", True)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        figures = tstr(tr_t, tr_s, tr_l, te_t, te_l, blurred, untrained, latent_dim, recipe, resolution=64,
+                       train_subjects=tr_subj, seeds=seeds, trtr_first=instrument, bank=bank)
+        rows[name] = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, **figures}
+        print(f"estimators {name}: {rows[name]['seconds']:.1f} s wall, {rows[name]['cpu_seconds']:.1f} s CPU",
+              flush=True)
+    names = list(rows)
+    print(f"\n{'figure':36s} {names[0]:>18s} {names[1]:>18s}")
+    for k in FIGURES + RATIOS:
+        print(f"{k:36s} {rows[names[0]][k]:18.3f} {rows[names[1]][k]:18.3f}")
+    for what in ("seconds", "cpu_seconds"):
+        a, b = rows[names[0]][what], rows[names[1]][what]
+        print(f"{what:36s} {a:18.1f} {b:18.1f}   bank / one after another {b / a:.2f}x")
+    return rows
+
+
 def stage_phases(data: Path, tmp: Path) -> dict:
     """The evaluate stage (params.yaml's evaluate section) on the twin with an untrained default
     generator; returns its evaluate_seconds_* keys."""
@@ -183,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--draws", type=int, default=3, help="few-shot draws per k (evaluate.judge_few_shot_draws: 3)")
     ap.add_argument("--estimator", type=int, default=0, metavar="EPOCHS",
                     help="also time the pose/gaze estimator's training, before and after (evaluate: 15 epochs)")
+    ap.add_argument("--estimator-bank", type=int, default=0, metavar="EPOCHS",
+                    help="also time the utility phase's estimator fits one after another and as one bank")
     ap.add_argument("--stage", action="store_true", help="also run the whole evaluate stage and print its phases")
     ap.add_argument("--json", type=Path, help="write the results here as well")
     args = ap.parse_args(argv)
@@ -194,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"judge": compare_judges(data, args.seeds, args.draws)} if args.seeds else {}
     if args.estimator:
         out["estimator"] = compare_estimators(data, args.estimator)
+    if args.estimator_bank:
+        out["estimator_bank"] = compare_estimator_bank(data, args.estimator_bank)
     if args.stage:
         with tempfile.TemporaryDirectory() as tmp:
             out["stage"] = stage_phases(data, Path(tmp))

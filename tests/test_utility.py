@@ -4,12 +4,16 @@ image (the mean real train target), from which no pose or gaze can be learnt."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from nirgan.metrics.utility import FIGURES, RATIOS, tstr
-from nirgan.training.auxiliary import EstimatorTraining, train_pose_estimator
+from nirgan.training import auxiliary
+from nirgan.training.auxiliary import EstimatorBank, EstimatorTraining, train_pose_estimator, train_pose_estimators
+from nirgan.models.pose_estimator import predict
 from real_pairs import load_pairs, lookup_generator, model_range
 
 # the evaluate stage's recipe (stages/evaluate.py _estimator), with fewer epochs
@@ -67,3 +71,61 @@ def test_unlabelled_data_is_unavailable_with_a_reason():
     out = tstr(targets, sources, labels, targets, labels, never, never, 8, SETTINGS)
     assert all(out[k] == "unavailable" for k in FIGURES + RATIOS)
     assert "NaN" in out["utility_reason"]
+
+
+def test_a_bank_of_estimators_computes_what_each_would_alone(twin_prepared_128):
+    # In float64, so that a summation order cannot hide a difference: two estimators with eye
+    # patches, of their own seeds, each on its own augmented batch of its own images (real and
+    # inverted faces), one training step. The bank's losses, every gradient and the BatchNorm
+    # statistics it keeps are each member's own.
+    tr_t, tr_s, tr_l, tr_subj = load_pairs(twin_prepared_128, "train")
+    labels = torch.as_tensor(tr_l, dtype=torch.float32)
+    codes = torch.as_tensor(np.unique(tr_subj, return_inverse=True)[1])
+    recipe = EstimatorTraining(seed=5, subject_weight=0.1)  # the subject head's loss included
+    members = [auxiliary._prepare(t, tr_s, labels, codes, EstimatorTraining(seed=s, subject_weight=0.1), 24, 128,
+                                  torch.device("cpu"), 64) for t, s in ((tr_t, 1), (255 - tr_t, 2))]
+    models = [m.double() for m, _ in members]
+    assert all(m.eyes for m in models)
+    batches = [{k: v.double() if v.is_floating_point() else v for k, v in fit.batch(torch.arange(32) + 7 * g,
+                                                                                    True).items()}
+               for g, (_, fit) in enumerate(members)]
+    alone = [copy.deepcopy(m).train() for m in models]
+    assert not torch.equal(alone[0].trunk[0].weight, alone[1].trunk[0].weight)  # each from its own seed
+    bank = EstimatorBank(models)
+    losses = bank.loss(batches, recipe)
+    losses.sum().backward()
+    for g, model in enumerate(alone):
+        loss = auxiliary._loss(model, batches[g], recipe)
+        loss.backward()
+        assert losses[g].item() == pytest.approx(loss.item(), rel=1e-12)
+        for name, p in model.named_parameters():
+            assert p.grad is not None, name  # every part learns, the subject head too
+            assert torch.allclose(bank.params[name].grad[g], p.grad, rtol=1e-9, atol=1e-12), name
+        for name, b in model.named_buffers():
+            assert torch.allclose(bank.buffers[name][g].double(), b.double(), rtol=1e-9, atol=1e-12), name
+    assert not torch.allclose(bank.buffers["trunk.1.running_mean"][0], bank.buffers["trunk.1.running_mean"][1])
+
+
+def test_a_bank_fit_starts_and_learns_as_the_separate_fits(twin_prepared_128):
+    # The whole recipe, two epochs of 8 + a skipped 1-image batch: initial weights, batch orders
+    # and augmentation streams are each member's own, so float rounding is the only difference.
+    tr_t, tr_s, tr_l, _ = load_pairs(twin_prepared_128, "train")
+    tr_t, tr_s, labels = tr_t[:17], tr_s[:17], torch.as_tensor(tr_l[:17], dtype=torch.float32)
+    recipes = [EstimatorTraining(epochs=2, batch_size=8, seed=s, subject_weight=0.0) for s in (3, 4)]
+    targets = [tr_t, 255 - tr_t]
+    alone = [train_pose_estimator(t, tr_s, labels, None, r, resolution=64) for t, r in zip(targets, recipes)]
+    after_alone = torch.get_rng_state()
+    banked = train_pose_estimators(targets, tr_s, labels, None, recipes, resolution=64)
+    assert torch.equal(torch.get_rng_state(), after_alone)  # the caller's global RNG left as the fits leave it
+    test = model_range(tr_t[:, None])
+    for a, b in zip(alone, banked):
+        assert not b.training and b.layout == torch.channels_last
+        diff = torch.cat([(b.state_dict()[k].double() - v.double()).abs().flatten()
+                          for k, v in a.state_dict().items() if v.is_floating_point()])
+        # Adam normalises each step, so a weight whose gradient is rounding noise may step the other
+        # way (at most 2 x lr a step); measured: max 5e-4, 1 weight in 10^4 beyond 1e-4
+        assert diff.max() < 2e-3 and (diff > 1e-4).double().mean() < 1e-3
+        assert np.abs(predict(a, test) - predict(b, test)).max() < 0.01  # degrees (measured 1e-4)
+    assert np.abs(predict(alone[0], test) - predict(alone[1], test)).max() > 0.5  # the seeds differ far more
+    with pytest.raises(ValueError, match="recipe but the seed"):
+        train_pose_estimators(targets, tr_s, labels, None, [recipes[0], EstimatorTraining(epochs=3)], resolution=64)

@@ -16,6 +16,12 @@ images are paired with their sources, so all three arms keep that supervision an
 in the images the estimator reads. Seed s retrains the estimator with ``settings.seed + s`` and
 draws the latents from ``z_seed + s``.
 
+The default run fits 5 estimators here (2 seeds x 3 arms; TRTR's first seed is the stage's
+instrument). On a GPU those of one data size train as one
+:class:`~nirgan.training.auxiliary.EstimatorBank` (each from its own seed and random streams, so
+it learns what it would alone; G times fewer kernel launches); on a CPU one after another, which
+is faster there (benchmarks/evaluate_speed.py --estimator-bank: the bank took 1.3x the CPU time).
+
 Keys (degrees; ``<arm>`` is tstr, trtr, tstr_untrained; mean over seeds and population std, as
 :func:`nirgan.metrics.aggregate_draws`):
   utility_<arm>_head_deg[_std]   mean abs error over head yaw/pitch/roll on the real test targets
@@ -35,8 +41,8 @@ import torch
 
 from nirgan.metrics import aggregate_draws
 from nirgan.metrics.pose import angle_errors
-from nirgan.models.pose_estimator import predict
-from nirgan.training.auxiliary import EstimatorTraining, train_pose_estimator
+from nirgan.models.pose_estimator import PoseEstimator, predict
+from nirgan.training.auxiliary import EstimatorTraining, train_pose_estimator, train_pose_estimators
 
 # (sources (n, 3, S, S) on [-1, 1], z (n, d), labels (n, 5) degrees) -> images (n, 1, S, S) on [-1, 1]
 GenerateFn = Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
@@ -75,6 +81,32 @@ def generate_for_sources(generate: GenerateFn, sources: torch.Tensor, labels: np
     return torch.cat(out)
 
 
+def _use_bank(bank: bool | None, device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda" if bank is None else bank
+
+
+def _fit_all(fits: list[tuple[torch.Tensor, EstimatorTraining]], sources: torch.Tensor, labels: np.ndarray,
+             codes: torch.Tensor | None, resolution: int | None, device: torch.device | str,
+             bank: bool) -> list[PoseEstimator]:
+    """The estimators of ``fits`` (images uint8 (n * k, S, S) with k latents per source, recipe),
+    in order: one after another, or those of one k as one bank."""
+    models: dict[int, PoseEstimator] = {}
+    by_k: dict[int, list[int]] = {}
+    for i, (images, _) in enumerate(fits):
+        by_k.setdefault(len(images) // len(sources), []).append(i)
+    for k, members in by_k.items():
+        data = (sources.repeat_interleave(k, 0), torch.as_tensor(np.repeat(labels, k, 0), dtype=torch.float32),
+                None if codes is None else codes.repeat_interleave(k, 0))
+        if bank:
+            fitted = train_pose_estimators([fits[i][0] for i in members], *data, [fits[i][1] for i in members],
+                                           device=device, resolution=resolution)
+        else:
+            fitted = [train_pose_estimator(fits[i][0], *data, fits[i][1], device=device, resolution=resolution)
+                      for i in members]
+        models.update(zip(members, fitted, strict=True))
+    return [models[i] for i in range(len(fits))]
+
+
 def tstr(
     train_targets: torch.Tensor,
     train_sources: torch.Tensor,
@@ -93,6 +125,7 @@ def tstr(
     device: torch.device | str = "cpu",
     batch_size: int = 50,
     trtr_first: torch.nn.Module | None = None,
+    bank: bool | None = None,
 ) -> dict[str, object]:
     """TSTR, TRTR and untrained-generator TSTR (see the module docstring).
 
@@ -102,7 +135,9 @@ def tstr(
     the subject names, used only if the recipe weighs its subject head. ``trtr_first``: an
     estimator already trained with this very recipe on these real train pairs with
     ``settings.seed`` (the evaluate stage's instrument); it stands in for the TRTR arm's first
-    seed instead of training the same network again.
+    seed instead of training the same network again. ``bank``: fit the estimators of one data
+    size as one :class:`~nirgan.training.auxiliary.EstimatorBank` (each learns what it would
+    alone); default: on a GPU only, where it saves kernel launches (on a CPU it is slower).
     """
     train_labels, test_labels = np.asarray(train_labels, np.float64), np.asarray(test_labels, np.float64)
     if len(train_targets) < 2 or len(test_targets) < 1:
@@ -116,30 +151,25 @@ def tstr(
     if train_subjects is not None:
         codes = torch.as_tensor(np.unique(np.asarray(train_subjects).astype(str), return_inverse=True)[1])
     test_images = _model_range(test_targets[:, None])
-    draws: dict[str, list[float]] = {}
+    # every fit of every seed and arm: (arm, images, recipe); TRTR's first seed is the instrument
+    fits: list[tuple[str, torch.Tensor, EstimatorTraining | None]] = []
     for s in range(seeds):
         recipe = replace(settings, seed=settings.seed + s)
-        arms = {
-            "tstr": generate_for_sources(generate, train_sources, train_labels, latents, latent_dim,
-                                         z_seed + s, batch_size),
-            "trtr": train_targets,
-            "tstr_untrained": generate_for_sources(generate_untrained, train_sources, train_labels, latents,
-                                                   latent_dim, z_seed + s, batch_size),
-        }
-        for arm, images in arms.items():
-            k = len(images) // len(train_sources)
+        for arm, generator in (("tstr", generate), ("trtr", None), ("tstr_untrained", generate_untrained)):
             if arm == "trtr" and s == 0 and trtr_first is not None:
-                model = trtr_first
-            else:
-                model = train_pose_estimator(
-                    images, train_sources.repeat_interleave(k, 0),
-                    torch.as_tensor(np.repeat(train_labels, k, 0), dtype=torch.float32),
-                    None if codes is None else codes.repeat_interleave(k, 0),
-                    recipe, device=device, resolution=resolution,
-                )
-            err = angle_errors(predict(model, test_images), test_labels, "e")
-            draws.setdefault(f"utility_{arm}_head_deg", []).append(err["e_head_mean"])
-            draws.setdefault(f"utility_{arm}_gaze_deg", []).append(err["e_gaze_mean"])
+                fits.append((arm, train_targets, None))
+                continue
+            images = train_targets if generator is None else generate_for_sources(
+                generator, train_sources, train_labels, latents, latent_dim, z_seed + s, batch_size)
+            fits.append((arm, images, recipe))
+    models = _fit_all([(images, recipe) for _, images, recipe in fits if recipe is not None], train_sources,
+                      train_labels, codes, resolution, device, _use_bank(bank, device))
+    draws: dict[str, list[float]] = {}
+    for arm, _, recipe in fits:
+        model = trtr_first if recipe is None else models.pop(0)
+        err = angle_errors(predict(model, test_images), test_labels, "e")
+        draws.setdefault(f"utility_{arm}_head_deg", []).append(err["e_head_mean"])
+        draws.setdefault(f"utility_{arm}_gaze_deg", []).append(err["e_gaze_mean"])
     out: dict[str, object] = dict(aggregate_draws(draws))
     for what in ("head", "gaze"):
         out[f"utility_tstr_over_trtr_{what}"] = out[f"utility_tstr_{what}_deg"] / max(out[f"utility_trtr_{what}_deg"],

@@ -123,9 +123,10 @@ class EyePatchNet(nn.Module):
                                  *block(2 * width, 4 * width, 2))
         cells = -(-PATCH[0] // 4) * -(-PATCH[1] // 4)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * width * cells, 64), nn.ReLU(True), nn.Linear(64, 4))
+        self.layout = torch.channels_last  # see PoseEstimator.layout
 
     def forward(self, patch: torch.Tensor) -> torch.Tensor:
-        return self.head(self.net(patch.contiguous(memory_format=torch.channels_last))).view(-1, 2, 2)
+        return self.head(self.net(patch.contiguous(memory_format=self.layout))).view(-1, 2, 2)
 
 
 # ---------------------------------------------------------------------------------- the net
@@ -157,6 +158,9 @@ class PoseEstimator(nn.Module):
             self.to_gaze = nn.Sequential(nn.Linear(13, 64), nn.ReLU(True), nn.Linear(64, 64), nn.ReLU(True),
                                          nn.Linear(64, 2))
         self.to(memory_format=torch.channels_last)  # conv weights; .to(device) and load_state_dict keep it
+        # the inputs' layout; a bank of estimators under torch.func.vmap (which cannot lay out
+        # channels_last) sets torch.contiguous_format (nirgan.training.auxiliary.EstimatorBank)
+        self.layout = torch.channels_last
 
     def config(self) -> dict:
         return dict(image_size=self.image_size, width=self.width, feature_dim=self.feature_dim,
@@ -172,7 +176,7 @@ class PoseEstimator(nn.Module):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="area")
         # channels_last: the trunk's convolutions (the first has one input channel) run faster so
         # on both CPU (oneDNN) and GPU; the weights are laid out so in __init__
-        return F.relu(self.to_features(self.trunk(x.contiguous(memory_format=torch.channels_last)).flatten(1)))
+        return F.relu(self.to_features(self.trunk(x.contiguous(memory_format=self.layout)).flatten(1)))
 
     def outputs(self, x: torch.Tensor, openings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One pass: ``angles`` (normalised; gaze from the eye patches when ``eyes``),

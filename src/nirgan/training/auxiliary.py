@@ -13,14 +13,16 @@ needs on rank 0 (or reloads it when resuming) and shares it with the other ranks
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from nirgan.augmentation import paired_augment
@@ -81,6 +83,112 @@ def _masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     return (loss * mask).sum() / mask.sum().clamp_min(1)
 
 
+def _standardisation(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(labels with unknowns zeroed, known mask, mean, std) of (N, 5) degrees.
+
+    Flips mirror the labels, so the standardisation is taken over both signs. Unknown angles
+    (NaN) are left out of the loss; with none known only the subject head learns, which still
+    gives the realism features something to see."""
+    known = torch.isfinite(labels)
+    labels = torch.where(known, labels, torch.zeros_like(labels)).float()
+    both = torch.cat([labels, labels * torch.tensor(FLIP_SIGN)])
+    both_known = torch.cat([known, known]).float()
+    count = both_known.sum(0).clamp_min(1.0)
+    mean = (both * both_known).sum(0) / count
+    std = (((both - mean) ** 2 * both_known).sum(0) / count).sqrt().clamp_min(1e-3)
+    std = torch.where(both_known.sum(0) > 1, std, torch.ones_like(std))
+    return labels, known, mean, std
+
+
+@dataclass
+class _Fit:
+    """What one estimator's training reads: its data, its label standardisation, its two
+    random streams (batch order; augmentation and jitter draws) and its recipe."""
+
+    targets: torch.Tensor
+    sources: torch.Tensor
+    labels: torch.Tensor
+    known: torch.Tensor
+    subjects: torch.Tensor | None
+    mean: torch.Tensor
+    std: torch.Tensor
+    settings: EstimatorTraining
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        self.gen = torch.Generator().manual_seed(self.settings.seed)
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(self.settings.seed)
+        self.aug_cfg = augment_without_rotation(self.targets.shape[-1])
+
+    def batch(self, idx: torch.Tensor, eyes: bool) -> dict[str, torch.Tensor]:
+        """One augmented training batch: ``x``, standardised ``y`` and its ``mask``; with eyes the
+        true keypoints ``kp`` / ``kp_valid`` and the jittered ``openings`` that place the patches."""
+        device, size, settings = self.device, self.targets.shape[-1], self.settings
+        src = self.sources[idx.to(self.sources.device)].to(device).permute(0, 3, 1, 2).float().div(255.0)
+        tgt = self.targets[idx.to(self.targets.device)].to(device)[:, None].float().div(255.0)
+        src, x, y = paired_augment(src, tgt, self.labels[idx].to(device), self.aug_cfg, self.aug_gen)
+        x = photometric_jitter(x, settings.photometric, self.aug_gen)
+        out = dict(x=x, y=(y - self.mean.to(device)) / self.std.to(device), mask=self.known[idx].to(device))
+        if eyes:
+            kp, kp_valid = eye_keypoints(src)
+            kp = (kp + 0.5) * 128 / size - 0.5  # pixels of a 128 crop
+            true_openings = kp[:, 1::2]
+            jitter = (torch.rand(true_openings.shape, generator=self.aug_gen, device=device) * 2 - 1) * settings.jitter
+            out.update(kp=kp, kp_valid=kp_valid, openings=true_openings + jitter)
+        if self.subjects is not None and settings.subject_weight > 0:
+            out.update(subjects=self.subjects[idx].to(device))
+        return out
+
+
+def _loss(model: PoseEstimator, batch: dict[str, torch.Tensor], settings: EstimatorTraining) -> torch.Tensor:
+    """The estimator's training loss on one batch (see :func:`train_pose_estimator`); a pure
+    function of the model and the batch, so a bank evaluates it per member under ``vmap``."""
+    y, mask = batch["y"], batch["mask"]
+    if not model.eyes:
+        out = model.outputs(batch["x"])
+        loss = _masked_smooth_l1(out["trunk_angles"], y, mask, 0.5)
+    else:
+        kp, kp_valid = batch["kp"], batch["kp_valid"]
+        out = model.outputs(batch["x"], openings=batch["openings"])
+        loss = _masked_smooth_l1(out["trunk_angles"], y, mask, 0.5)
+        loss = loss + settings.keypoint_weight * (
+            _masked_smooth_l1(out["openings"] / 4, kp[:, 1::2] / 4, kp_valid[:, 1::2, None], 1.0)
+            + _masked_smooth_l1(out["keypoints"], kp, kp_valid[..., None], 1.0))
+        loss = loss + settings.gaze_weight * _masked_smooth_l1(out["angles"][:, GAZE], y[:, GAZE], mask[:, GAZE], 0.5)
+    if "subjects" in batch:
+        loss = loss + settings.subject_weight * F.cross_entropy(out["subject"], batch["subjects"])
+    return loss
+
+
+def _prepare(targets: torch.Tensor, sources: torch.Tensor, labels: torch.Tensor, subjects: torch.Tensor | None,
+             settings: EstimatorTraining, width: int, feature_dim: int, device: torch.device,
+             resolution: int | None) -> tuple[PoseEstimator, _Fit]:
+    """One estimator's initial network (from ``settings.seed``, through the global RNG, as it
+    always was) and what its training reads."""
+    labels = labels.detach().float().cpu()
+    subjects = subjects.detach().long().cpu() if subjects is not None else None
+    torch.manual_seed(settings.seed)
+    n_subjects = int(subjects.max()) + 1 if subjects is not None else 0
+    model = PoseEstimator(resolution or targets.shape[-1], width, feature_dim, n_subjects,
+                          eyes=has_eye_code(sources)).to(device)
+    labels, known, mean, std = _standardisation(labels)
+    model.label_mean.copy_(mean.to(device))
+    model.label_std.copy_(std.to(device))
+    return model, _Fit(targets, sources, labels, known, subjects, mean, std, settings, device)
+
+
+def _schedule(params, settings: EstimatorTraining, n: int) -> tuple[torch.optim.Optimizer, object]:
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=settings.lr, total_steps=settings.epochs * math.ceil(n / settings.batch_size), pct_start=0.2)
+    return opt, sched
+
+
+def _batch_starts(n: int, settings: EstimatorTraining) -> list[int]:
+    # a last batch of one image is skipped (BatchNorm needs two)
+    return [s for s in range(0, n, settings.batch_size) if min(n, s + settings.batch_size) - s >= 2]
+
+
 def train_pose_estimator(
     targets: torch.Tensor,
     sources: torch.Tensor,
@@ -104,67 +212,117 @@ def train_pose_estimator(
     area-downsampled images and the eye patches are read at full size.
     """
     device = torch.device(device)
-    labels = labels.detach().float().cpu()
-    subjects = subjects.detach().long().cpu() if subjects is not None else None
-    torch.manual_seed(settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)  # batch order
-    aug_gen = torch.Generator(device=device).manual_seed(settings.seed)  # augmentation and jitter draws
-    n, size = targets.shape[0], targets.shape[-1]
-    n_subjects = int(subjects.max()) + 1 if subjects is not None else 0
-    model = PoseEstimator(resolution or size, width, feature_dim, n_subjects, eyes=has_eye_code(sources)).to(device)
-    # Flips mirror the labels, so the standardisation is taken over both signs.
-    # Unknown angles (NaN) are left out of the loss; with none known only the subject head
-    # learns, which still gives the realism features something to see.
-    known = torch.isfinite(labels)
-    labels = torch.where(known, labels, torch.zeros_like(labels)).float()
-    both = torch.cat([labels, labels * torch.tensor(FLIP_SIGN)])
-    both_known = torch.cat([known, known]).float()
-    count = both_known.sum(0).clamp_min(1.0)
-    mean = (both * both_known).sum(0) / count
-    std = (((both - mean) ** 2 * both_known).sum(0) / count).sqrt().clamp_min(1e-3)
-    std = torch.where(both_known.sum(0) > 1, std, torch.ones_like(std))
-    model.label_mean.copy_(mean.to(device))
-    model.label_std.copy_(std.to(device))
-    aug_cfg = augment_without_rotation(size)
-    steps_per_epoch = math.ceil(n / settings.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.2
-    )
+    model, fit = _prepare(targets, sources, labels, subjects, settings, width, feature_dim, device, resolution)
+    n = targets.shape[0]
+    opt, sched = _schedule(model.parameters(), settings, n)
     model.train()
     for _ in tqdm(range(settings.epochs), desc="pose estimator", disable=None):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, settings.batch_size):
-            idx = order[start : start + settings.batch_size]
-            if len(idx) < 2:
-                continue
-            src = sources[idx.to(sources.device)].to(device).permute(0, 3, 1, 2).float().div(255.0)
-            tgt = targets[idx.to(targets.device)].to(device)[:, None].float().div(255.0)
-            src, x, y = paired_augment(src, tgt, labels[idx].to(device), aug_cfg, aug_gen)
-            x = photometric_jitter(x, settings.photometric, aug_gen)
-            y, mask = (y - mean.to(device)) / std.to(device), known[idx].to(device)
-            if not model.eyes:
-                out = model.outputs(x)
-                loss = _masked_smooth_l1(out["trunk_angles"], y, mask, 0.5)
-            else:
-                kp, kp_valid = eye_keypoints(src)
-                kp = (kp + 0.5) * 128 / size - 0.5  # pixels of a 128 crop
-                true_openings = kp[:, 1::2]
-                jitter = (torch.rand(true_openings.shape, generator=aug_gen, device=device) * 2 - 1) * settings.jitter
-                out = model.outputs(x, openings=true_openings + jitter)
-                loss = _masked_smooth_l1(out["trunk_angles"], y, mask, 0.5)
-                loss = loss + settings.keypoint_weight * (
-                    _masked_smooth_l1(out["openings"] / 4, true_openings / 4, kp_valid[:, 1::2, None], 1.0)
-                    + _masked_smooth_l1(out["keypoints"], kp, kp_valid[..., None], 1.0))
-                loss = loss + settings.gaze_weight * _masked_smooth_l1(out["angles"][:, GAZE], y[:, GAZE],
-                                                                       mask[:, GAZE], 0.5)
-            if subjects is not None and settings.subject_weight > 0:
-                loss = loss + settings.subject_weight * F.cross_entropy(out["subject"], subjects[idx].to(device))
+        order = torch.randperm(n, generator=fit.gen)
+        for start in _batch_starts(n, settings):
+            loss = _loss(model, fit.batch(order[start : start + settings.batch_size], model.eyes), settings)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
     return model.eval()
+
+
+class _MemberLoss(nn.Module):
+    """An estimator whose forward is its training loss: what the bank maps over its members."""
+
+    def __init__(self, model: PoseEstimator):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor], settings: EstimatorTraining) -> torch.Tensor:
+        return _loss(self.model, batch, settings)
+
+
+class EstimatorBank:
+    """G :class:`PoseEstimator` s of one architecture as one network: their weights and BatchNorm
+    statistics stacked (``torch.func.stack_module_state``), one forward for all through ``vmap``
+    over ``functional_call`` (convolutions become grouped ones, BatchNorm normalises each member's
+    batch on its own). Member g reads batch g and returns its own loss, so the summed losses give
+    each member its own gradient."""
+
+    def __init__(self, models: Sequence[PoseEstimator]):
+        self.models = list(models)
+        self.params, self.buffers = torch.func.stack_module_state(self.models)
+        self.base = copy.deepcopy(self.models[0])
+        self.base.layout = torch.contiguous_format  # vmap cannot lay out channels_last
+        if self.base.eyes:
+            self.base.patch_net.layout = torch.contiguous_format
+        self.base.train()
+        self.eyes = self.base.eyes
+        self._loss = _MemberLoss(self.base)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.params.values())
+
+    def loss(self, batches: Sequence[dict[str, torch.Tensor]], settings: EstimatorTraining) -> torch.Tensor:
+        """(G,) each member's :func:`_loss` on its batch, in training mode (running statistics updated)."""
+        def member(p: dict, b: dict, batch: dict) -> torch.Tensor:
+            state = {f"model.{k}": v for k, v in {**p, **b}.items()}
+            return torch.func.functional_call(self._loss, state, (batch, settings), strict=True)
+
+        stacked = {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
+        return torch.func.vmap(member)(self.params, self.buffers, stacked)
+
+    @torch.no_grad()
+    def unstack(self) -> list[PoseEstimator]:
+        """The members as separate networks with the bank's weights and statistics, in eval mode."""
+        for g, model in enumerate(self.models):
+            model.load_state_dict({k: v[g] for k, v in {**self.params, **self.buffers}.items()})
+        return [m.eval() for m in self.models]
+
+
+def train_pose_estimators(
+    targets: Sequence[torch.Tensor],
+    sources: torch.Tensor,
+    labels: torch.Tensor,
+    subjects: torch.Tensor | None,
+    settings: Sequence[EstimatorTraining],
+    width: int = 24,
+    feature_dim: int = 128,
+    device: torch.device | str = "cpu",
+    resolution: int | None = None,
+) -> list[PoseEstimator]:
+    """G estimators fitted as one bank, each as :func:`train_pose_estimator` would fit it alone on
+    ``targets[g]`` with ``settings[g]`` (the same sources, labels and subjects for all; the recipes
+    may differ in their seed only).
+
+    Member g starts from the weights its seed gives, draws its batches and augmentation from its
+    own generators, has its own BatchNorm statistics and its own loss mean; the members' losses
+    are summed, so each gets its own gradient, and AdamW is elementwise, so each learns what it
+    would alone (up to float summation order). The bank is ``torch.func.stack_module_state`` +
+    ``vmap`` over ``functional_call``: one kernel per layer for all members, which pays where
+    kernel launches dominate (a GPU); on a CPU the grouped convolutions it becomes are slower than
+    G plain ones (benchmarks/evaluate_speed.py --estimator), so the evaluate stage banks on GPUs only.
+    """
+    device = torch.device(device)
+    if len({t.shape for t in targets}) != 1 or len({replace(s, seed=0) for s in settings}) != 1:
+        raise ValueError("train_pose_estimators: members must share their data shape and recipe but the seed")
+    if len(targets) != len(settings):
+        raise ValueError(f"train_pose_estimators: {len(targets)} target sets for {len(settings)} recipes")
+    # the initial networks in member order, each from its seed: the global RNG ends where fitting
+    # them one after another would leave it (training draws from the members' own generators only)
+    members = [_prepare(t, sources, labels, subjects, s, width, feature_dim, device, resolution)
+               for t, s in zip(targets, settings, strict=True)]
+    models, fits = [m for m, _ in members], [f for _, f in members]
+    bank, recipe, n = EstimatorBank(models), settings[0], targets[0].shape[0]
+    opt, sched = _schedule(bank.parameters(), recipe, n)
+    for _ in tqdm(range(recipe.epochs), desc=f"pose estimators x{len(models)}", disable=None):
+        orders = [torch.randperm(n, generator=f.gen) for f in fits]
+        for start in _batch_starts(n, recipe):
+            batches = [f.batch(o[start : start + recipe.batch_size], bank.eyes)
+                       for f, o in zip(fits, orders, strict=True)]
+            loss = bank.loss(batches, recipe).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return bank.unstack()
+
 
 # -------------------------------------------------------------------------- identity net
 def _identity_augmenter(device: torch.device, seed: int):
@@ -235,3 +393,4 @@ def train_identity_net(
     log.info("identity net: %d subjects, %d images, %d epochs, paired augmentation, last batch loss %.3f acc %.2f",
              num_subjects, len(targets), epochs, float(loss.detach()), float(accuracy))
     return net.eval().requires_grad_(False)
+
