@@ -1,10 +1,11 @@
 """The code's structure, checked statically (ast, no imports run):
 
 - the deps of dvc.yaml and of pipelines/expression/dvc.yaml cover each stage's import closure
-  inside src/, so a change to any module a stage runs makes ``dvc repro`` rerun that stage (and
-  declared code deps all matter);
+  inside src/, so a change to any module a stage runs makes ``dvc repro`` rerun that stage, and
+  every declared code dep is in it (a folder dep: every .py file under it), so no change reruns a
+  stage for nothing (tests/test_stage_params.py does the same for params);
 - imports run only downward through the layers of the design, and none is hidden from this
-  check (importlib / __import__), except the CLI's dispatch to the stages.
+  check (importlib / __import__), the CLI's dispatch to the stages included.
 """
 
 from __future__ import annotations
@@ -144,12 +145,33 @@ def test_dvc_deps_cover_the_stages_import_closure(dvc_file, stage):
                          f"would leave stale outputs that `dvc repro` calls up to date): {missing}")
 
 
+def declared_code(dep: str) -> list[str]:
+    """The source files a src/ dep stands for: the file, or every .py file under the folder."""
+    path = ROOT / dep
+    if path.is_dir():
+        return sorted(str(p.relative_to(ROOT)) for p in path.rglob("*.py"))
+    return [dep] if path.is_file() else []
+
+
 @pytest.mark.parametrize(("dvc_file", "stage"), DVC_STAGES)
 def test_dvc_code_deps_all_run(dvc_file, stage):
-    """A declared src/ dep the stage never imports reruns the stage for nothing (or no longer exists)."""
+    """A declared src/ dep the stage never imports reruns the stage for nothing (or no longer exists).
+    A folder dep is exact: every .py file under it is in the stage's import closure, since a change
+    to any file in the folder reruns the stage."""
     files = {str(p.relative_to(ROOT)) for p in import_closure(stage_modules()[stage])}
-    stale = [d for d in dvc_deps(dvc_file)[stage] if d.startswith("src/") and not any(covered(f, [d]) for f in files)]
-    assert not stale, f"{dvc_file} stage {stage!r} declares code it does not run: {stale}"
+    code = [d for d in dvc_deps(dvc_file)[stage] if d.startswith("src/")]
+    gone = [d for d in code if not declared_code(d)]
+    assert not gone, f"{dvc_file} stage {stage!r} declares code that does not exist: {gone}"
+    stale = [f for d in code for f in declared_code(d) if f not in files]
+    assert not stale, (f"{dvc_file} stage {stage!r} declares code it does not run (list the files it imports "
+                       f"instead of their folder): {stale}")
+
+
+def test_a_folder_dep_counts_every_file_in_it():
+    """The checker itself: a folder stands for all of its modules, a file for itself."""
+    assert "src/nirgan/twin/render.py" in declared_code("src/nirgan/twin")
+    assert "src/nirgan/twin/__init__.py" in declared_code("src/nirgan/twin")
+    assert declared_code("src/nirgan/io.py") == ["src/nirgan/io.py"] and declared_code("src/nirgan/nothing.py") == []
 
 
 def _layer(name: str) -> tuple[float, str]:
@@ -176,8 +198,6 @@ def test_no_hidden_imports():
     """importlib / __import__ hide a dependency from the import graph (and from dvc.yaml's deps)."""
     hidden = []
     for path in sorted((SRC / PACKAGE).rglob("*.py")):
-        if path == SRC / PACKAGE / "cli.py":  # dispatches `nirgan stage <name>`; its targets are checked above
-            continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
             if "importlib" in names or (isinstance(node, ast.ImportFrom) and node.module == "importlib") or \

@@ -448,8 +448,12 @@ class GenerateConfig(Section):
         'or "models:/nirgan-generator/<version>" (MLflow registry)',
     )
     rig: Literal["twin", "folder"] = "twin"
-    rig_path: str | None = Field(None, description="folder rig: a folder of pre-framed source renders")
-    rig_labels: str | None = Field(None, description="folder rig: its labels table (CSV/Parquet), collect's columns")
+    rig_path: str | None = Field(None, description="folder rig: a folder of source renders")
+    rig_labels: str | None = Field(None, description="folder rig: its labels table (CSV/Parquet), collect's columns; "
+                            "without one the labels are unknown")
+    rig_framing: Literal["auto", "crop", "none"] = Field(
+        "auto", description="folder rig: cut each render as detect cut training's sources (crop), only resize "
+        "(none: they are detect-style crops already), or decide per render (auto); nirgan.generation.framing")
     labels_table: str | None = Field(None, description="exact label rows (CSV/Parquet) instead of the ranges")
     head_yaw: LabelRange = LabelRange(low=-30.0, high=30.0)
     head_pitch: LabelRange = LabelRange(low=-15.0, high=15.0)
@@ -465,8 +469,8 @@ class GenerateConfig(Section):
 
     @model_validator(mode="after")
     def _rig_inputs(self) -> GenerateConfig:
-        if self.rig == "folder" and (self.rig_path is None or self.rig_labels is None):
-            raise ValueError("generate.rig_path and generate.rig_labels are required when generate.rig is 'folder'")
+        if self.rig == "folder" and self.rig_path is None:  # rig_labels is optional: without it labels are unknown
+            raise ValueError("generate.rig_path is required when generate.rig is 'folder'")
         return self
 
 

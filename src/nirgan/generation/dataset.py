@@ -53,7 +53,7 @@ import pandas as pd
 import torch
 
 from nirgan.config import Config, ConfigError, DetectConfig, GenerateConfig, OutputError, TwinConfig
-from nirgan.generation.rig import RIG_LIMITS, SourceRig, built_in_rig, check_spec, folder_rig
+from nirgan.generation.rig import RIG_LIMITS, SourceRig, built_in_rig, calibrate, check_spec, folder_rig
 from nirgan.generation.report import contact_sheet, dataset_card, label_distributions
 from nirgan.generation.spec import LabelRows, read_label_table, validate_rows
 from nirgan.io import atomic_dir, atomic_file, file_sha256, write_json, write_table
@@ -102,21 +102,45 @@ def plan_dataset(cfg: Config, out_dir: Path, model: dict) -> DatasetPlan:
     if spec.max_label_error_deg is not None and model.get("label_estimator") is None:
         raise ConfigError("generate.max_label_error_deg needs the label estimator (label_estimator.pt, written by "
                           f"evaluate) beside the generator; {model['generator']} has none")
+    if spec.rig == "folder":
+        _refuse_unknown_labels(spec, _folder(plan)[1], model)
     # what the bytes depend on: not where the dataset or the model file lies
     fingerprint = {"spec": spec.model_dump(mode="json", exclude={"out_dir", "model"}),
                    # the built-in rig's framing follows detect's crop and the twin's cameras
-                   "rig": ({"detect": cfg.detect.model_dump(mode="json", exclude={"device", "batch_size"}),
-                            "twin": cfg.collect.twin.model_dump(mode="json")} if spec.rig == "twin" else None),
+                   "rig": ({"detect": cfg.detect.model_dump(mode="json", include=RIG_DETECT_KEYS),
+                            "twin": cfg.collect.twin.model_dump(mode="json")}
+                           if spec.rig == "twin" or spec.rig_framing != "none" else None),
                    "generator_sha256": file_sha256(model["generator"]),
                    "estimator_sha256": file_sha256(model["label_estimator"]) if model.get("label_estimator") else None}
     with _writing(out_dir):
         _claim(out_dir, fingerprint)
     if spec.rig == "twin":
         _rig(plan)  # calibrate once here, into FRAMING_CACHE, so shard workers read it, not redo it
+    elif spec.rig_framing != "none":  # the folder rig's framing, the same way (in-process it is cached already)
+        calibrate(plan.detect, plan.twin, cache=out_dir / FRAMING_CACHE)
     return plan
 
 
+def _refuse_unknown_labels(spec: GenerateConfig, rows: pd.DataFrame, model: dict) -> None:
+    """Rows whose labels are unknown can be generated only by a generator that does not read
+    labels, and never under a label check (there is nothing to check against)."""
+    unknown = int(rows[list(LABELS)].isna().any(axis=1).sum())
+    if not unknown:
+        return
+    what = (f"{unknown} of {len(rows)} folder rig rows have unknown labels "
+            f"({'no generate.rig_labels' if spec.rig_labels is None else 'empty cells in ' + str(spec.rig_labels)})")
+    if spec.max_label_error_deg is not None:
+        raise ConfigError(f"generate.max_label_error_deg: {what}, so no image can be checked against them; "
+                          "remove max_label_error_deg or give every label in generate.rig_labels")
+    label_dim = load_sampler(model["generator"]).label_dim
+    if label_dim:
+        raise ConfigError(f"generate.rig_labels: {what}, but the generator {model['generator']} is conditioned on "
+                          f"{label_dim} pose/gaze labels; give them in generate.rig_labels")
+
+
 FRAMING_CACHE = ".framing.json"
+# the detect keys the built-in rig reads (generation/rig.py): the dataset fingerprint holds these
+RIG_DETECT_KEYS = {"margin", "crop_size", "min_face_size", "min_probability"}
 
 
 def _claim(out_dir: Path, fingerprint: dict) -> None:
@@ -189,10 +213,17 @@ def _folder(plan: DatasetPlan) -> tuple[SourceRig, pd.DataFrame]:
     spec = plan.spec
 
     def make() -> tuple[SourceRig, pd.DataFrame]:
-        rig, frame = folder_rig(Path(spec.rig_path), Path(spec.rig_labels), spec.image_size)
-        return rig, validate_rows(frame, str(spec.rig_labels))
+        framing = None
+        if spec.rig_framing != "none":  # the box comes from the built-in rig's calibration (generation.framing)
+            claimed = (plan.out_dir / ".plan.json").is_file()  # never write into a folder before _claim
+            framing = calibrate(plan.detect, plan.twin, cache=plan.out_dir / FRAMING_CACHE if claimed else None
+                                ).for_renders(spec.rig_framing, plan.detect)
+        labels = Path(spec.rig_labels) if spec.rig_labels is not None else None
+        rig, frame = folder_rig(Path(spec.rig_path), labels, spec.image_size, framing)
+        return rig, validate_rows(frame, str(spec.rig_labels or spec.rig_path), unknown_ok=True)
 
-    return _cached(("folder", spec.rig_path, spec.rig_labels, spec.image_size), make)
+    return _cached(("folder", spec.rig_path, spec.rig_labels, spec.image_size, spec.rig_framing, plan.detect,
+                    plan.twin), make)
 
 
 def _rig(plan: DatasetPlan) -> SourceRig:
@@ -381,7 +412,8 @@ def _batch(plan: DatasetPlan, shard: int, batch: pd.DataFrame, rig: SourceRig, s
         timer.lap("io")
         records.append({
             "file": f"images/{shard:05d}/{name}", "index": index, "shard": shard,
-            **{c: float(row[c]) for c in LABELS}, "glasses": bool(row["glasses"]), "table_row": int(row["table_row"]),
+            **{c: float(row[c]) for c in LABELS}, "glasses": None if pd.isna(row["glasses"]) else bool(row["glasses"]),
+            "table_row": int(row["table_row"]),
             "source": rig.recipe(row), "latent_seed": seeds[k], "attempt": int(row["attempt"]),
             "overflow": int(row["overflow"]), "rejected": int(row["rejected"]),
             "model_name": str(plan.model.get("name")), "model_version": str(plan.model.get("version")),
@@ -408,8 +440,8 @@ def finalize(plan: DatasetPlan) -> dict:
                           f"(first: {missing[0]}); run write_shard for them (a rerun of generate does)")
     counts = {"images": 0, "dropped": 0, "overflow": 0}
     hist = {kind: {c: np.zeros(len(_BINS[c]) - 1, np.int64) for c in LABELS} for kind in ("requested", "estimated")}
-    abs_error = dict.fromkeys(LABELS, 0.0)
-    glasses = 0
+    abs_error, known = dict.fromkeys(LABELS, 0.0), dict.fromkeys(LABELS, 0)
+    glasses, unknown = 0, 0  # unknown: images whose requested labels are unknown (a folder rig without them)
     with _writing(plan.out_dir, "writing labels.parquet"), atomic_file(plan.out_dir / "labels.parquet") as tmp:
         writer = None
         try:
@@ -422,20 +454,22 @@ def finalize(plan: DatasetPlan) -> dict:
                 counts["images"] += len(shard)
                 counts["dropped"] += int(shard["rejected"].sum())
                 counts["overflow"] += int((shard["overflow"] >= 0).sum())
-                glasses += int(shard["glasses"].sum())
+                glasses += int((shard["glasses"] == True).sum())  # noqa: E712 - null is unknown, not False
+                unknown += int(shard[[*LABELS, "glasses"]].isna().any(axis=1).sum())
                 for c in LABELS:
                     hist["requested"][c] += np.histogram(shard[c].clip(-60, 60), _BINS[c])[0]
                     est = shard[f"estimated_{c}"].dropna()
                     hist["estimated"][c] += np.histogram(est.clip(-60, 60), _BINS[c])[0]
                     abs_error[c] += float(shard[f"error_{c}"].abs().sum())
+                    known[c] += int(shard[f"error_{c}"].notna().sum())
         finally:
             if writer is not None:
                 writer.close()
     if counts["images"] != plan.count:
         raise OutputError(f"{plan.out_dir}: the shards hold {counts['images']} images, the plan {plan.count}")
     checked = plan.model.get("label_estimator") is not None
-    mean_error = {c: abs_error[c] / counts["images"] for c in LABELS} if checked else None
-    card = dataset_card(plan.spec, plan.model, plan.n_shards, counts, glasses, mean_error)
+    mean_error = {c: abs_error[c] / known[c] if known[c] else None for c in LABELS} if checked else None
+    card = dataset_card(plan.spec, plan.model, plan.n_shards, counts, glasses, mean_error, unknown)
     first = pd.read_parquet(plan.shard_table(0), columns=["file"])["file"]
     with _writing(plan.out_dir, "writing the card and figures"):
         contact_sheet([plan.out_dir / f for f in first.head(64)], plan.spec.image_size,

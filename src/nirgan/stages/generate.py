@@ -62,8 +62,18 @@ def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
 
 
 def announce(cfg: Config, model: dict) -> list[str]:
-    """Warn, before any work, where the dataset rests on something a user may not expect: the
-    built-in rig's sources for a model trained on other data, or no label check at all."""
+    """Say which rig makes the sources, and warn, before any work, where the dataset rests on
+    something a user may not expect: the built-in rig's sources for a model trained on other data,
+    or no label check at all. Returns the warnings."""
+    g = cfg.generate
+    if g.rig == "twin":
+        log.info("generate: sources from the built-in twin rig (generate.rig: twin, the twin of collect.twin), "
+                 "rendered at the requested labels in detect's crop")
+    else:
+        log.info("generate: sources from the folder rig %s, labels %s, %s", g.rig_path,
+                 f"from {g.rig_labels}" if g.rig_labels else "unknown (no generate.rig_labels)",
+                 "taken as detect-style crops (generate.rig_framing: none)" if g.rig_framing == "none" else
+                 f"framed as detect framed training's sources (generate.rig_framing: {g.rig_framing})")
     notes = []
     if cfg.generate.rig == "twin" and cfg.collect.source != "twin":
         notes.append(f"generate: the sources are the built-in twin rig's renders (generate.rig: twin), but the model "

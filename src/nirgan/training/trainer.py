@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from nirgan import devices, tracking
-from nirgan.config import Config
+from nirgan.config import Config, stage_params
 from nirgan.io import write_image
 from nirgan.training.checkpoint import Checkpoint
 from nirgan.training.data import load_data
@@ -52,6 +52,10 @@ from nirgan.training.fingerprint import resumable_state
 from nirgan.training.loop import LoopSpec, NonFiniteLossError, RunRecord, run_loop
 from nirgan.training.resume import RUN_FILES, check_config, nir_fingerprint
 from nirgan.training.session import TrainSession
+
+# The train stage's params in dvc.yaml, and all it logs to MLflow as params (tests/test_stage_params.py
+# checks the three agree with what the stage reads).
+PARAMS = ("train", "augment")
 
 log = logging.getLogger("nirgan.train")
 
@@ -101,7 +105,7 @@ def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metri
 
     end_step = min(session.total_steps, tc.max_steps or session.total_steps)
     name = thesis_name(tc)
-    run_ctx = tracking.start_run(cfg.model_dump(mode="json"), run_name=tracking.run_name(name), run_id=record.run_id,
+    run_ctx = tracking.start_run(stage_params(cfg, PARAMS), run_name=tracking.run_name(name), run_id=record.run_id,
                                  tags={"thesis_config": name}) if info.is_main else nullcontext()
     with run_ctx as run:
         if info.is_main:
