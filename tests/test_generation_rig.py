@@ -152,7 +152,7 @@ def test_folder_rig_offers_its_rows_and_renders_them(tmp_path: Path):
 
 @pytest.mark.parametrize("case, fragments", [
     ("missing_render", ("labels.csv, row 3", "pair_id 'alice_cam1/00001'", "no source render")),
-    ("nan_label", ("labels.csv, row 4", "head_pitch", "missing value")),
+    ("inf_label", ("labels.csv, row 4", "head_pitch", "inf degrees is outside")),  # an empty cell is unknown
     ("text_label", ("labels.csv, row 2", "gaze_yaw", "'left'")),
     ("no_glasses", ("labels.csv", "glasses")),
     ("not_an_image", ("labels.csv, row 2", "frame_0.png", "not a readable image")),
@@ -166,8 +166,8 @@ def test_folder_rig_bad_rows_name_file_row_and_key(tmp_path: Path, case: str, fr
     frames = root / "source" / "alice_cam1"
     if case == "missing_render":
         (frames / "frame_1.png").unlink()
-    elif case == "nan_label":
-        table.loc[2, "head_pitch"] = np.nan
+    elif case == "inf_label":
+        table.loc[2, "head_pitch"] = np.inf
     elif case == "text_label":
         table["gaze_yaw"] = table["gaze_yaw"].astype(object)
         table.loc[0, "gaze_yaw"] = "left"

@@ -1,8 +1,11 @@
-"""Shared file handling: atomic outputs, manifests, images, stage logging.
+"""Shared file handling: atomic outputs, manifests, images, stage logging and progress.
 
 Every stage writes its outputs through :func:`atomic_dir` or :func:`atomic_file`: the
 work goes to a hidden sibling path and is renamed into place only when complete, so a
-stage killed midway leaves nothing that looks finished (DVC then reruns it).
+stage killed midway leaves nothing that looks finished (DVC then reruns it). What a killed
+writer leaves, a ``.<name>.tmp-<pid>-<hex>`` sibling, is removed by :func:`sweep_stale` once its
+process is gone: by every later atomic write beside it and by every ``nirgan stage`` call, since
+a stage that DVC restores from its cache never runs its own code to clean up.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from nirgan.config import OutputError
 
 log = logging.getLogger("nirgan")
 
@@ -34,13 +42,64 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+_TMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")  # what _tmp_sibling names
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process: not ours to judge
+    return True
+
+
+def sweep_stale(*folders: str | Path) -> list[Path]:
+    """Remove the temporary siblings that killed writers left in ``folders`` (not recursive).
+
+    Only names :func:`atomic_dir` / :func:`atomic_file` make, and only when the process in the
+    name is gone: a writer still running (another stage, a generate shard) keeps its work.
+    Returns what was removed.
+    """
+    removed = []
+    for folder in map(Path, folders):
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            match = _TMP_NAME.match(entry.name)
+            if not match or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    if removed:
+        log.info("removed %d temporary file(s) left by killed writers: %s", len(removed),
+                 ", ".join(str(p) for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces ``path`` when the block succeeds."""
+    """Yield a fresh temporary directory that replaces ``path`` when the block succeeds.
+
+    ``path`` is a folder or absent: an existing *file* there is the user's, never replaced or moved
+    aside, and stops the write with :class:`~nirgan.config.OutputError` before any work.
+    """
     path = Path(path)
+    if path.is_file() or (path.is_symlink() and not path.is_dir()):
+        raise OutputError(f"{path}: is a file, not an output folder; it is left as it is (move it away or choose "
+                          "another output path)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    sweep_stale(path.parent)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # this output's own, even of a live writer: ours now
+        if _TMP_NAME.match(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = _tmp_sibling(path)
     tmp.mkdir()
     try:
@@ -62,6 +121,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary file path that is renamed to ``path`` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path.parent)
     tmp = _tmp_sibling(path)
     try:
         yield tmp
@@ -149,3 +209,61 @@ def stage_log(name: str, **counts_in: int) -> Iterator[dict[str, Any]]:
     ins = " ".join(f"{k}={v}" for k, v in counts_in.items())
     outs = " ".join(f"{k}={v}" for k, v in out.items())
     log.info("stage %s: in %s -> out %s (%.1f s)", name, ins or "-", outs or "-", took)
+
+
+class progress:  # noqa: N801 - used where tqdm was, like tqdm
+    """tqdm's bar on a terminal; elsewhere (Prefect, CI, ``2> log``), where tqdm prints nothing,
+    a log line ``<desc>: k/n (p%)`` every ``every`` of the total, so an hour-long run shows it is alive.
+
+    Iterate over it, or call :meth:`update` (also a context manager, as tqdm). The count is of
+    finished items: an item counts when the loop asks for the next one.
+    """
+
+    def __init__(self, iterable: Any = None, total: int | None = None, desc: str = "", unit: str = "it",
+                 initial: int = 0, disable: bool = False, every: float = 0.05) -> None:
+        from tqdm import tqdm
+
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.iterable, self.total, self.desc, self.unit, self.n = iterable, total, desc, unit, initial
+        self.bar = tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=True if disable else None)
+        self.logs = bool(total) and not disable and not _is_tty(sys.stderr)
+        self.step = max(1, math.ceil((total or 1) * every))
+        self.next = (initial // self.step + 1) * self.step
+        self.started = time.perf_counter()
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.bar:
+            yield item
+            self._advance(1)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self._advance(n)
+
+    def _advance(self, n: int) -> None:
+        self.n += n
+        if not self.logs or (self.n < self.next and self.n != self.total):
+            return
+        self.next = (self.n // self.step + 1) * self.step
+        log.info("%s: %d/%d %s (%d%%, %.0f s)", self.desc, self.n, self.total, self.unit,
+                 100 * self.n // self.total, time.perf_counter() - self.started)
+
+    def set_postfix(self, values: dict[str, Any]) -> None:
+        self.bar.set_postfix(values)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False

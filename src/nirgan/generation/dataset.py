@@ -8,10 +8,11 @@ Layout of ``out_dir``::
     dataset.json                         the card: model, git commit, spec, counts, eval metrics
     contact_sheet.png, label_distributions.png
     .plan.json                           the spec and model the shards were made with
-    .framing.json                        the built-in rig's framing calibration (made once, read by every shard)
+    .framing.json                        the rig framing's calibration (made once, read by every shard)
 
 Columns: ``file`` (relative to out_dir), ``index``, ``shard``, the requested ``LABELS`` (degrees)
-and ``glasses``, ``table_row`` (labels-table row, -1 when drawn from the ranges), ``source``
+and ``glasses`` (null where a folder rig's labels are unknown: the card's ``labels`` says how many),
+``table_row`` (labels-table row, -1 when drawn from the ranges), ``source``
 (the rig's recipe of the source render), ``latent_seed`` (z = ``torch.randn(latent_dim,
 generator=torch.Generator().manual_seed(latent_seed))``), ``attempt``, ``overflow`` (-1, or the
 shard's overflow row that replaced a requested row the label check kept rejecting),

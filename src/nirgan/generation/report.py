@@ -13,9 +13,10 @@ from nirgan.labels import LABELS
 
 
 def dataset_card(spec: GenerateConfig, model: dict, shards: int, counts: dict, glasses: int,
-                 mean_error: dict[str, float] | None) -> dict:
+                 mean_error: dict[str, float | None] | None, unknown: int = 0) -> dict:
     """dataset.json: the model (name, version, run id), git commit, spec, counts and the model's
-    eval metrics; ``mean_error`` None when the model has no label estimator."""
+    eval metrics; ``mean_error`` None when the model has no label estimator (a label None when no
+    image had it known); ``unknown``: images whose labels are unknown (a folder rig without them)."""
     from nirgan.tracking import git_commit
 
     n = counts["images"]
@@ -26,7 +27,13 @@ def dataset_card(spec: GenerateConfig, model: dict, shards: int, counts: dict, g
                   "generator_sha256": file_sha256(model["generator"])},
         "git_commit": git_commit(),
         "spec": spec.model_dump(mode="json"),
-        "counts": {**counts, "shards": shards, "attempts": n + counts["dropped"], "glasses_fraction": glasses / n},
+        "counts": {**counts, "shards": shards, "attempts": n + counts["dropped"],
+                   "glasses_fraction": glasses / (n - unknown) if n > unknown else "unknown"},
+        "labels": ({"known": "all", "source": _label_source(spec)} if not unknown else
+                   {"known": "none" if unknown == n else f"{n - unknown} of {n} images", "unknown_images": unknown,
+                    "source": _label_source(spec),
+                    "note": "unknown labels are null in labels.parquet (not zero): these images were generated from the "
+                            "rig's renders alone and nobody knows their pose, gaze or glasses"}),
         "label_check": ({"estimator": "label_estimator.pt (evaluate's pose/gaze instrument)",
                          "threshold_deg": spec.max_label_error_deg, "mean_abs_error_deg": mean_error}
                         if mean_error is not None else
@@ -37,6 +44,13 @@ def dataset_card(spec: GenerateConfig, model: dict, shards: int, counts: dict, g
         "layout": {"images": "images/<shard:05d>/<index:08d>.png (8-bit grey)", "labels": "labels.parquet",
                    "shards": "shards/<shard:05d>.parquet"},
     }
+
+
+def _label_source(spec: GenerateConfig) -> str:
+    if spec.rig == "folder":
+        return (f"the folder rig's table {spec.rig_labels}" if spec.rig_labels else
+                f"unknown: the folder rig {spec.rig_path} has no labels table (generate.rig_labels)")
+    return f"requested from the built-in rig ({'generate.labels_table' if spec.labels_table else 'the ranges'})"
 
 
 def contact_sheet(files: list[Path], size: int, path: Path, side: int = 8) -> None:

@@ -22,9 +22,9 @@ rendering
     chain itself. ``recipe`` records the crop so :func:`render_recipe` re-renders a source
     without calibrating.
 
-Bring-your-own rig (:func:`folder_rig`): a folder of pre-framed source renders with a labels
-table in the layout collect reads (:mod:`nirgan.label_table`); every row is checked (file,
-image, labels) before any work. :func:`check_spec` checks a generate spec against the rig.
+Bring-your-own rig (:func:`folder_rig`, in :mod:`nirgan.generation.folder_rig`): a folder of
+source renders with a labels table in the layout collect reads, or without one (labels unknown);
+every row is checked (file, image, labels) before any work. :func:`check_spec` checks a generate spec against the rig.
 """
 
 from __future__ import annotations
@@ -42,13 +42,14 @@ import pandas as pd
 import torch
 
 from nirgan import twin
-from nirgan.config import ConfigError, DataError, DetectConfig, TwinConfig
+from nirgan.config import ConfigError, DetectConfig, TwinConfig
 from nirgan.detection.crop import crop_box, resize_crop
 from nirgan.detection.mtcnn import FastMTCNN
-from nirgan.io import read_image, write_json
+from nirgan.generation.folder_rig import FolderRig, folder_rig  # noqa: F401 - the rigs side by side
+from nirgan.generation.framing import MASK_FEATURES, RenderFraming, mask_box, mask_features, mask_targets
+from nirgan.io import write_json
 from nirgan.generation.spec import read_label_table
-from nirgan.label_table import read_label_table as read_pair_labels
-from nirgan.labels import LABEL_BOUNDS, LABELS
+from nirgan.labels import LABELS
 
 LABEL_COLUMNS: tuple[str, ...] = (*LABELS, "glasses")
 # The range the twin's trajectories cover (hence what the generator was trained on), degrees.
@@ -87,6 +88,7 @@ class Framing:
     frames: int
     detected: int
     residual: tuple[float, float, float]
+    mask_coef: np.ndarray | None = None  # the same box from the source render's mask (generation.framing)
 
     def box(self, angles: np.ndarray) -> np.ndarray:
         """(n, 3) head angles in degrees -> (n, 3): dx, dy, side in head units."""
@@ -94,6 +96,10 @@ class Framing:
 
     def summary(self) -> dict[str, Any]:
         return {"frames": self.frames, "detected": self.detected, "rms_dx_dy_side": list(self.residual)}
+
+    def for_renders(self, mode: str, detect_cfg: DetectConfig) -> RenderFraming:
+        """How a folder rig frames its renders (``generate.rig_framing``) with this calibration."""
+        return RenderFraming(mode, self.mask_coef, detect_cfg.margin, detect_cfg.crop_size)
 
 
 def _canonical(twin_cfg: TwinConfig) -> tuple[float, float, float]:
@@ -112,19 +118,21 @@ def calibrate(
     """
     # only what changes the targets or which faces count; the margin is applied when rendering
     key = {"twin": twin_cfg.model_dump(mode="json"), "min_face_size": detect_cfg.min_face_size,
-           "min_probability": detect_cfg.min_probability, "frames": frames}
+           "min_probability": detect_cfg.min_probability, "frames": frames,
+           "mask_features": MASK_FEATURES}  # a file from before the folder rig's fit is recalibrated
     if cache is not None and Path(cache).is_file():
         try:
             stored = json.loads(Path(cache).read_text())
             if stored["key"] == key:
                 return Framing(np.array(stored["coef"], np.float64), stored["frames"], stored["detected"],
-                               tuple(stored["residual"]))
+                               tuple(stored["residual"]), np.array(stored["mask_coef"], np.float64))
         except (ValueError, KeyError, TypeError, OSError):
             pass
     framing = _calibrate(json.dumps(key, sort_keys=True))
     if cache is not None:
         write_json(cache, {"key": key, "coef": framing.coef.tolist(), "frames": framing.frames,
-                           "detected": framing.detected, "residual": list(framing.residual)})
+                           "detected": framing.detected, "residual": list(framing.residual),
+                           "mask_coef": framing.mask_coef.tolist()})
     return framing
 
 
@@ -141,13 +149,14 @@ def _calibrate(key: str) -> Framing:
     angles = rng.uniform(-1, 1, (frames, len(LABELS))) * limits
     # the spread of position and scale of the twin's recordings, so MTCNN's pyramid steps average out
     jitter = rng.uniform(-1, 1, (frames, 3)) * np.array([0.1 * w, 0.05 * h, 0.08])
-    poses, images = [], []
+    poses, images, masks = [], [], []
     for k in range(frames):
         pose = twin.Pose(*map(float, angles[k]), cx + jitter[k, 0], cy + jitter[k, 1], scale * (1 + jitter[k, 2]))
         subject, camera = subjects[k % len(subjects)], cameras[k % len(cameras)]
         view = twin._View(pose, w, h)  # the twin's renderer, used as collect uses it
         noise = np.random.default_rng([twin_cfg.seed, 12, k])
         images.append(twin._camera(twin.render_target(view, subject, camera, w, h), camera, noise))
+        masks.append(mask_box(twin.render_source(view, subject.glasses, w, h)))  # for a folder rig's renders
         poses.append(pose)
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # float64 MTCNN: identical numbers whatever the thread count
@@ -155,7 +164,7 @@ def _calibrate(key: str) -> Framing:
         faces = FastMTCNN("cpu", min_face_size=spec["min_face_size"])(torch.from_numpy(np.stack(images)))
     finally:
         torch.set_num_threads(before)
-    rows, targets = [], []
+    rows, targets, mask_rows, boxes = [], [], [], []
     for k, pose in enumerate(poses):
         at = np.flatnonzero((faces.frame == k) & (faces.probability >= min_probability))
         if len(at) == 0:  # detect rejects such a frame; it framed no training source
@@ -164,12 +173,17 @@ def _calibrate(key: str) -> Framing:
         targets.append([((b[0] + b[2]) / 2 - pose.x) / pose.scale, ((b[1] + b[3]) / 2 - pose.y) / pose.scale,
                         max(b[2] - b[0], b[3] - b[1]) / pose.scale])
         rows.append(angles[k, :3])
+        if masks[k] is not None:
+            mask_rows.append(masks[k])
+            boxes.append(b[:4])
     features, targets = _features(np.array(rows)), np.array(targets)
     if len(targets) < 3 * features.shape[1]:
         raise RuntimeError(f"rig calibration: MTCNN found a face on only {len(targets)} of {frames} twin targets")
     coef = np.linalg.lstsq(features, targets, rcond=None)[0]
     rms = np.sqrt(((features @ coef - targets) ** 2).mean(axis=0))
-    return Framing(coef, frames, len(targets), tuple(float(v) for v in rms))
+    mask_coef = np.linalg.lstsq(mask_features(np.array(mask_rows)), mask_targets(np.array(mask_rows), np.array(boxes)),
+                                rcond=None)[0]
+    return Framing(coef, frames, len(targets), tuple(float(v) for v in rms), mask_coef)
 
 
 # ------------------------------------------------------------------------ the built-in rig
@@ -241,118 +255,21 @@ def built_in_rig(
     return TwinRig(image_size, detect_cfg, twin_cfg, cache)
 
 
-# ---------------------------------------------------------------------------- folder rig
-_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-class FolderRig:
-    """Bring-your-own rig: pre-framed source renders, only resized to ``image_size``."""
-
-    def __init__(self, root: Path, image_size: int) -> None:
-        self.root, self.image_size = Path(root), int(image_size)
-
-    def render(self, rows: pd.DataFrame) -> np.ndarray:
-        out = np.empty((len(rows), self.image_size, self.image_size, 3), np.uint8)
-        for i, rel in enumerate(rows["source_path"]):
-            try:
-                img = read_image(self.root / rel, channels=3)
-            except (ValueError, OSError) as exc:  # changed on disk after folder_rig checked it
-                raise DataError(f"{self.root / rel}: cannot read the source render: {exc}") from None
-            interp = cv2.INTER_AREA if img.shape[0] >= self.image_size else cv2.INTER_LINEAR
-            out[i] = cv2.resize(img, (self.image_size, self.image_size), interpolation=interp)
-        return out
-
-    def recipe(self, row: pd.Series) -> str:
-        return json.dumps({"rig": "folder", "source_path": str(row["source_path"])}, sort_keys=True)
-
-
-def _frames_in(folder: Path) -> dict[int, list[Path]]:
-    """Image files of one recording folder by frame number (the trailing digits of the name)."""
-    found: dict[int, list[Path]] = {}
-    if folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            if path.name.startswith("."):  # macOS ._* AppleDouble files and the like, as collect skips them
-                continue
-            digits = len(path.stem) - len(path.stem.rstrip("0123456789"))
-            if path.suffix.lower() in _IMAGE_EXTS and digits:
-                found.setdefault(int(path.stem[-digits:]), []).append(path)
-    return found
-
-
-def _check_render(path: Path, where: str) -> None:
-    """A square RGB image by its header (nothing is decoded), else DataError naming row and file."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            width, height, mode = img.width, img.height, img.mode
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{where}: {path} is not a readable image ({exc})") from None
-    if mode not in ("RGB", "RGBA", "P"):
-        raise DataError(f"{where}: {path} is {mode}, not an RGB rig render")
-    if width != height:
-        raise DataError(f"{where}: {path} is {width}x{height}; pre-framed source renders are square crops")
-
-
-def folder_rig(rig_path: Path, labels_path: Path, image_size: int) -> tuple[FolderRig, pd.DataFrame]:
-    """A folder of pre-framed source renders with its labels table (collect's layout).
-
-    Renders lie at ``<rig_path>[/source]/<subject>_<camera>/<frame>.<ext>`` (the thesis
-    layout collect reads), one per ``pair_id`` of the table, which needs ``glasses`` too.
-    Every row is checked before any work: its labels, that its render exists inside
-    ``rig_path``, and that the file is a square RGB image; the first bad row raises
-    :class:`DataError` naming the table, row and key (or the file). Returns the rig and the
-    rows it offers: ``pair_id``, ``LABELS``, ``glasses`` (bool), ``source_path`` (relative to
-    ``rig_path``), in table order.
-    """
-    root, labels_path = Path(rig_path), Path(labels_path)
-    if not root.is_dir():
-        raise DataError(f"{root}: generate.rig_path is not a folder")
-    table, rows = read_pair_labels(labels_path, "generate.rig_labels", pair_ids=True, glasses=True)
-    base = root / "source" if (root / "source").is_dir() else root
-    real_root = root.resolve()
-    listed: dict[str, dict[int, list[Path]]] = {}
-    paths = []
-    for pid, row in table.iterrows():
-        where = f"{labels_path}, row {rows[pid]}"
-        for key in LABEL_COLUMNS:
-            if pd.isna(row[key]):
-                raise DataError(f"{where}, {key}: missing value")
-        for key in LABELS:
-            if not math.isfinite(row[key]) or abs(row[key]) > LABEL_BOUNDS[key]:
-                raise DataError(f"{where}, {key}: {row[key]:g} degrees is outside the rig's domain "
-                                f"[{-LABEL_BOUNDS[key]:g}, {LABEL_BOUNDS[key]:g}] (nirgan.labels.LABEL_BOUNDS)")
-        recording, _, frame = pid.rpartition("/")
-        candidates = listed.setdefault(recording, _frames_in(base / recording)).get(int(frame), [])
-        if len(candidates) != 1:
-            problem = "no source render" if not candidates else f"{len(candidates)} source renders"
-            raise DataError(f"{where}, pair_id {pid!r}: {problem} in {base / recording} for frame {int(frame)}")
-        path = candidates[0]
-        if not path.resolve().is_relative_to(real_root):
-            raise DataError(f"{where}, pair_id {pid!r}: {path} resolves outside {root}")
-        _check_render(path, f"{where}, pair_id {pid!r}")
-        paths.append(path.relative_to(root).as_posix())
-    offered = table.reset_index()
-    offered["glasses"] = offered["glasses"].astype(bool)
-    offered["source_path"] = paths
-    return FolderRig(root, image_size), offered[["pair_id", *LABEL_COLUMNS, "source_path"]]
-
-
 # --------------------------------------------------------------------------------- spec
 def check_spec(gen_cfg: Any) -> None:
     """The spec asks only for what the rig can render, before any work.
 
     Built-in rig: every label range (or every row of ``generate.labels_table``) inside
     :data:`RIG_LIMITS`, the range the twin's trajectories cover, hence what the generator was
-    trained on. Folder rig: ``rig_path`` and ``rig_labels`` are given and exist (their rows are
-    checked by :func:`folder_rig`). A bad setting raises ConfigError naming ``generate.<key>``.
+    trained on. Folder rig: ``rig_path`` is given and exists, and ``rig_labels`` when given (the
+    rows are checked by :func:`folder_rig`). A bad setting raises ConfigError naming ``generate.<key>``.
     """
     if gen_cfg.rig == "folder":
-        for key in ("rig_path", "rig_labels"):
+        for key in ("rig_path", "rig_labels"):  # without rig_labels the labels are unknown
             value = getattr(gen_cfg, key)
-            if value is None:
+            if value is None and key == "rig_path":
                 raise ConfigError(f"generate.{key}: the folder rig (generate.rig: folder) needs it")
-            if not Path(value).exists():
+            if value is not None and not Path(value).exists():
                 raise ConfigError(f"generate.{key}: {value} does not exist")
         return
     if gen_cfg.labels_table is not None:

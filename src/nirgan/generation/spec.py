@@ -47,8 +47,10 @@ def read_label_table(path: str | Path, limits: dict[str, float] | None = None) -
 
 
 def validate_rows(table: pd.DataFrame, origin: str, limits: dict[str, float] | None = None,
-                  first_row: int = 1) -> pd.DataFrame:
-    """``first_row``: the row number of the table's first row in its file (2 for a CSV's)."""
+                  first_row: int = 1, unknown_ok: bool = False) -> pd.DataFrame:
+    """``first_row``: the row number of the table's first row in its file (2 for a CSV's);
+    ``unknown_ok``: an empty label or glasses cell is an unknown value (NaN, null), not an error
+    (a folder rig's rows; ``glasses`` is then pandas' nullable ``boolean``)."""
     if len(table) == 0:
         raise DataError(f"{origin}: the labels table has no rows")
     missing = [c for c in LABEL_COLUMNS if c not in table.columns]
@@ -57,7 +59,7 @@ def validate_rows(table: pd.DataFrame, origin: str, limits: dict[str, float] | N
     out = table.reset_index(drop=True).copy()
     for name in LABELS:
         values = pd.to_numeric(out[name], errors="coerce").astype(float)
-        bad = ~np.isfinite(values.to_numpy())
+        bad = ~np.isfinite(values.to_numpy()) & ~(unknown_ok & out[name].isna().to_numpy())
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raw = out[name].iloc[i]
@@ -70,7 +72,8 @@ def validate_rows(table: pd.DataFrame, origin: str, limits: dict[str, float] | N
                 raise DataError(f"{origin}, row {i + first_row}, {name}: {values.iloc[i]:g} is outside the rig's "
                                 f"range [{-limits[name]:g}, {limits[name]:g}] degrees")
         out[name] = values
-    out["glasses"] = [_boolean(v, origin, i + first_row) for i, v in enumerate(out["glasses"])]
+    out["glasses"] = pd.array([pd.NA if unknown_ok and pd.isna(v) else _boolean(v, origin, i + first_row)
+                               for i, v in enumerate(out["glasses"])], dtype="boolean")
     return out
 
 

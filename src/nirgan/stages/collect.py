@@ -113,11 +113,10 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from nirgan.config import FER2013_LABELS, CollectConfig, Config, ConfigError, DataError, check_data_paths
 from nirgan.cores import available_cores
-from nirgan.io import atomic_dir, file_sha256, stage_log, write_image, write_table
+from nirgan.io import atomic_dir, file_sha256, progress, stage_log, write_image, write_table
 from nirgan.io import log as io_log
 from nirgan.labels import LABELS
 from nirgan.safe_read import (
@@ -242,7 +241,7 @@ def _collect_twin(cfg: Config, out_dir: Path) -> dict[str, Any]:
     truth = []
     with stage_log("collect", source="twin", pairs=total) as log, atomic_dir(out_dir) as out:
         writer = _Writer(out, None)
-        for pair in tqdm(twin.render_dataset(tcfg, workers=available_cores()), total=total, desc="collect twin", disable=None):
+        for pair in progress(twin.render_dataset(tcfg, workers=available_cores()), total=total, desc="collect twin", unit="pair"):
             writer.add(pair.subject, pair.camera, pair.frame, {"target": pair.target, "source": pair.source})
             row = writer.rows[-1]
             row.update(pair.labels)
@@ -295,7 +294,7 @@ def _collect_folder(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
     with stage_log("collect", source="folder", files=len(entries)) as log, atomic_dir(out_dir) as out:
         writer = _Writer(out, labels)
         downscaled = 0
-        for key in tqdm(keys, desc="collect folder", disable=None):
+        for key in progress(keys, desc="collect folder", unit="pair"):
             items = {d: found[d][key] for d in DOMAINS}
             # a pair with a pre-rejected side is never opened (it may lie outside the root)
             images = {d: items[d][1] if isinstance(items[d], tuple) else None for d in DOMAINS}
@@ -335,7 +334,7 @@ def _collect_expression(ccfg: CollectConfig, out_dir: Path, root: Path | None = 
         samples = sources.fer2013_samples(root, ccfg.label_map or FER2013_LABELS, rejects)
     with stage_log("collect", source=ccfg.source) as log, atomic_dir(out_dir) as out:
         rows, truth, first = [], [], {}
-        for s in tqdm(samples, total=total, desc=f"collect {ccfg.source}", disable=None):
+        for s in progress(samples, total=total, desc=f"collect {ccfg.source}", unit="image"):
             rel = f"images/{s.sample_id}.png"
             dest = out / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -412,7 +411,7 @@ def _collect_videos(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
 
     with stage_log("collect", source="videos", videos=len(entries)) as log, atomic_dir(out_dir) as out:
         writer = _Writer(out, labels)
-        for key in tqdm(keys, desc="collect videos", disable=None):
+        for key in progress(keys, desc="collect videos", unit="video"):
             paths = {d: found[d][key] for d in DOMAINS}
             rels = {d: paths[d].relative_to(root).as_posix() for d in DOMAINS}
             caps = {d: _open_video(paths[d], ccfg.max_pixels) for d in DOMAINS}

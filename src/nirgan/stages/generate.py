@@ -57,7 +57,10 @@ def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
             card = finalize(plan)
         tracking.log_dataset(model.get("run_id"), out_dir, card, params=stage_params(cfg, PARAMS))
         counts.update(images=card["counts"]["images"], dropped=card["counts"]["dropped"],
-                      model_version=model["version"], **{f"{p}_s": round(s, 2) for p, s in seconds.items()})
+                      model_version=model["version"], **{f"{p}_s": round(s, 2) for p, s in seconds.items()
+                                                         if p != "label_check" or model.get("label_estimator")})
+        if not model.get("label_estimator"):  # no phase time for a check that did not run
+            counts["label_check"] = "none"
     return {**dict(counts), "card": card}
 
 

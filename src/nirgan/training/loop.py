@@ -29,9 +29,9 @@ from typing import Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from nirgan import tracking
+from nirgan.io import progress
 from nirgan.training.checkpoint import Checkpoint
 from nirgan.training.distributed import DistInfo, barrier
 from nirgan.training.fingerprint import fingerprint_hash
@@ -188,7 +188,7 @@ def run_loop(session: Session, ckpt: Checkpoint, record: RunRecord, spec: LoopSp
     meter = LossMeter(session.device, spec.mean_on_device)
     start_step = session.step
     record.start(session.step)
-    bar = tqdm(total=spec.end_step, initial=session.step, desc="train", disable=None if info.is_main else True)
+    bar = progress(total=spec.end_step, initial=session.step, desc="train", unit="step", disable=not info.is_main)
     while session.step < spec.end_step:
         meter.add(session.train_step(), session.step - 1)
         bar.update(1)
