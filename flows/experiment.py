@@ -45,9 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,15 +58,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as runtime_flow_run
 
-_REPO = str(Path(__file__).resolve().parents[1])
-if _REPO not in sys.path:  # run as a script (python flows/train_nir.py): make `flows` importable
-    sys.path.insert(0, _REPO)
-from flows import workspace  # noqa: E402
-from flows.processes import detach_flow_run, stream  # noqa: E402
-from flows.report import eval_markdown  # noqa: E402
-from flows.stack_prefect import flow_run_states  # noqa: E402
-from nirgan import tracking  # noqa: E402
-from nirgan.config import OrchestrateConfig  # noqa: E402
+from flows import workspace
+from flows.names import default_experiment, flow_run_link
+from flows.processes import detach_flow_run, stream
+from flows.report import eval_markdown
+from flows.stack_prefect import flow_run_states
+from nirgan import tracking
+from nirgan.config import OrchestrateConfig
 
 
 @dataclass(frozen=True)
@@ -166,15 +162,17 @@ def _work_pool_name(flow_run_id: str | None) -> str:
 def run_pipeline(pipeline: Pipeline, overrides: dict[str, Any] | None, experiment: str | None,
                  revision: str | None) -> dict[str, Any]:
     """Reproduce ``pipeline`` with ``overrides`` (dotted params keys, as ``dvc exp run -S``) as the
-    DVC experiment ``experiment`` (default: the flow run's name) on git ``revision`` (default: the
-    worker checkout's HEAD). Called inside a flow."""
+    DVC experiment ``experiment`` (default: the overrides and the flow run's id) on git ``revision``
+    (default: the worker checkout's HEAD). Called inside a flow."""
     run_id = str(runtime_flow_run.id or f"local-{os.getpid()}")
     checkout = Path(workspace.git(["rev-parse", "--show-toplevel"], Path.cwd()))
     detach_flow_run(checkout, run_id)  # first: a dead worker's pipes must not kill this flow run
     logger = get_run_logger()
+    if link := flow_run_link(str(runtime_flow_run.id or "")):
+        logger.info("this flow run in the Prefect UI (a fresh browser logs in first): %s", link)
     overrides = dict(overrides or {})
     run_name = runtime_flow_run.name or run_id
-    experiment = experiment or re.sub(r"[^A-Za-z0-9_-]+", "-", run_name)
+    experiment = experiment or default_experiment(overrides, run_id)
     # Without a server every run of this checkout shares its SQLite store, not the workspace's.
     mlflow_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{checkout / 'mlflow.db'}"
     _end_stale_runs(mlflow_uri)

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 from collections import deque
@@ -37,17 +36,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as runtime_flow_run
 
-_REPO = Path(__file__).resolve().parents[1]
-for _path in (str(_REPO / "src"), str(_REPO)):  # this checkout's code, also when run as a script
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-from flows.processes import detach_flow_run  # noqa: E402
-from flows.report import dataset_markdown  # noqa: E402
-from flows.workspace import set_dotted  # noqa: E402
-from nirgan import tracking  # noqa: E402
-from nirgan.config import Config, OrchestrateConfig, parse_config  # noqa: E402
-from nirgan.generation.dataset import PHASES, DatasetPlan, finalize, plan_dataset, write_shard  # noqa: E402
-from nirgan.stages.generate import resolve_model  # noqa: E402
+from flows.names import flow_run_link, generate_flow_run_name
+from flows.processes import detach_flow_run
+from flows.report import dataset_markdown
+from flows.workspace import set_dotted
+from nirgan import tracking
+from nirgan.config import Config, OrchestrateConfig, parse_config
+from nirgan.generation.dataset import PHASES, DatasetPlan, finalize, plan_dataset, write_shard
+from nirgan.stages.generate import resolve_model
 
 RUNS_DIR = Path("data/generate-nir")
 ARTIFACT_KEY = "generate-nir-dataset"
@@ -132,7 +128,7 @@ def write_shards(plan: DatasetPlan, devs: list[str], orchestrate: OrchestrateCon
     return totals
 
 
-@flow(name="generate-nir", log_prints=True)
+@flow(name="generate-nir", log_prints=True, flow_run_name=generate_flow_run_name)
 def generate_nir(overrides: dict[str, Any] | None = None, count: int | None = None,
                  model: str | None = None) -> dict[str, Any]:
     """Generate ``count`` labelled images (default: ``generate.count``) with ``model`` (default:
@@ -141,6 +137,8 @@ def generate_nir(overrides: dict[str, Any] | None = None, count: int | None = No
     checkout = Path.cwd()  # the deployment's pull step: the worker's checkout
     detach_flow_run(checkout, str(runtime_flow_run.id or f"local-{os.getpid()}"))  # outlive a dead worker
     logger = get_run_logger()
+    if link := flow_run_link(str(runtime_flow_run.id or "")):
+        logger.info("this flow run in the Prefect UI (a fresh browser logs in first): %s", link)
     start = time.monotonic()
     try:
         cfg = load_params(checkout, dict(overrides or {}), count, model)

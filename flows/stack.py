@@ -53,14 +53,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script (python flows/stack.py): make `flows` importable
-    sys.path.insert(0, str(REPO))
-from flows import stack_record  # noqa: E402
-from flows.processes import alive as _alive  # noqa: E402
-from flows.processes import stop_groups as _stop_groups  # noqa: E402
-from flows.stack_prefect import (AUTH_FILE, POOL, _flow_run_ids, _mark_crashed, flow_run_states,  # noqa: E402
+from flows import stack_record
+from flows.processes import alive as _alive
+from flows.processes import stop_groups as _stop_groups
+from flows.stack_prefect import (AUTH_FILE, POOL, _flow_run_ids, _mark_crashed, flow_run_states,
                                  renew_heartbeat_windows, setup_pool)
-from flows.stack_services import (  # noqa: E402
+from flows.stack_services import (
     BIN,
     MLFLOW_TOKEN_FILE,
     _capture,
@@ -330,7 +328,7 @@ def _from_env() -> Stack:
 
 NEXT_STEPS = """\
 nirgan stack is up (state, logs and PIDs in {state}):
-  Prefect UI  {prefect_ui}
+  Prefect UI  {prefect_ui}/login   (password: the whole line in {state}/prefect-auth)
   MLflow UI   {mlflow}   (log in: any user name, password in {state}/mlflow-token)
   workers     {workers} on pool '{pool}' (limit {limit})
 

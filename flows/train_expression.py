@@ -4,27 +4,23 @@ on the same work pool as train-nir. The steps are in flows/experiment.py; overri
 pipelines/expression/params.yaml.
 
     prefect deployment run train-expression/gpu --param 'overrides={"expression_train.model": "cgan"}'
-    python flows/train_expression.py -S expression_train.steps=100 -n my-exp   # no server
+    python -m flows.train_expression -S expression_train.steps=100 -n my-exp   # no server
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-_REPO = str(Path(__file__).resolve().parents[1])
-if _REPO not in sys.path:  # run as a script: make `flows` importable
-    sys.path.insert(0, _REPO)
-from flows.experiment import Pipeline, main, run_pipeline  # noqa: E402
+from flows.experiment import Pipeline, main, run_pipeline
+from flows.names import experiment_flow_run_name
 
 EXPRESSION = Pipeline(flow="train-expression", folder="pipelines/expression", metrics="metrics/eval_expression.json",
                       artifact_key="train-expression-eval")
 
 
-@flow(name="train-expression", log_prints=True)
+@flow(name="train-expression", log_prints=True, flow_run_name=experiment_flow_run_name)
 def train_expression(overrides: dict[str, Any] | None = None, experiment: str | None = None,
                      revision: str | None = None) -> dict[str, Any]:
     """Reproduce the expression pipeline with ``overrides`` (dotted keys of its params.yaml) as

@@ -115,8 +115,6 @@ def running_stack(base: Path) -> Iterator:
     """A micro project (:func:`make_project`) under ``base`` and its stack (flows/stack.py: Prefect
     and MLflow servers, one CPU worker on a one-slot pool) on free loopback ports; everything is
     stopped by PID on exit."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     from flows import stack as stack_mod
     from flows.stack_services import free_port
 

@@ -187,9 +187,8 @@ def test_adversarial_losses_reward_the_right_side():
 
 # --------------------------------------------------------------------- resume after kill
 _SLOW_RUN = """
-import sys, time
+import time
 from pathlib import Path
-sys.path.insert(0, {tests!r})
 from expression_helpers import synthetic_split
 from nirgan.config import Config
 from nirgan.training import expression_session
@@ -207,9 +206,11 @@ train_expression(cfg, synthetic_split({names!r}, size=32, per=2), Path({out!r}),
 def kill9_slow_run_when(cfg: Config, work: Path, metrics: Path, store: str, ready) -> Checkpoint:
     """Train ``cfg`` in a slowed child process (``_SLOW_RUN``) into ``work`` and SIGKILL it as
     soon as ``ready(checkpoint)`` holds; returns the checkpoint folder."""
-    script = _SLOW_RUN.format(tests=str(Path(__file__).parent), cfg=cfg.model_dump_json(), names=NAMES5,
+    script = _SLOW_RUN.format(cfg=cfg.model_dump_json(), names=NAMES5,
                               out=str(work), metrics=str(metrics))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store}
+    # the child imports expression_helpers from this folder, as pytest does
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store, "PYTHONPATH": path}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     ckpt = Checkpoint(work / "checkpoints")

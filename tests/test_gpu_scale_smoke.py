@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from gpu_scale_figures import peak_bf16_tflops  # noqa: E402
-from gpu_scale_plan import PHASES, SMOKE_RATES, Sizes, phase_cost, plan  # noqa: E402
+# benchmarks/ is on sys.path by pyproject.toml's pytest `pythonpath`
+from gpu_scale_figures import peak_bf16_tflops
+from gpu_scale_plan import PHASES, SMOKE_RATES, Sizes, phase_cost, plan
 
 STATUSES = {"ok", "shortened", "cut", "skipped", "failed"}
 

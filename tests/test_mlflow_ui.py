@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -22,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from flows import stack as stack_mod
+from flows.stack_services import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from flows import stack as stack_mod  # noqa: E402
-from flows.stack_services import free_port  # noqa: E402
 
 CHROMIUM_FLAGS = [
     "--headless=new",

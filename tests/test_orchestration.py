@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import threading
 import time
 from datetime import datetime
@@ -28,11 +27,9 @@ import pytest
 
 from pipeline_project import make_project, project_env, run
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from flows import drill  # noqa: E402
-from flows import stack as stack_mod  # noqa: E402
-from flows.stack_services import free_port  # noqa: E402
+from flows import drill
+from flows import stack as stack_mod
+from flows.stack_services import free_port
 
 STAGES = ["collect", "detect", "clean", "augment", "split", "train", "evaluate", "generate"]
 DEPLOYMENT = "train-nir/gpu"

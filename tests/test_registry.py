@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -34,10 +32,8 @@ from nirgan.models.pose_estimator import PoseEstimator
 from nirgan.stages import train as train_stage
 from pipeline_project import running_stack
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from flows import stack as stack_mod  # noqa: E402
-from flows.stack_services import free_port  # noqa: E402
+from flows import stack as stack_mod
+from flows.stack_services import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]
 NAME = tracking.REGISTERED_MODEL

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -25,11 +26,11 @@ import pytest
 
 from pipeline_project import running_stack
 
+from flows import stack as stack_mod
+from flows import stack_record
+from flows.stack_services import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from flows import stack as stack_mod  # noqa: E402
-from flows import stack_record  # noqa: E402
-from flows.stack_services import free_port  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 FOREIGN = "http://evil.example"
@@ -370,3 +371,117 @@ def test_mlflow_wants_the_token_and_no_other_local_page_can_change_it(stack):
     own = httpx.post(f"{api}/experiments/search", json={"max_results": 1}, timeout=10,
                      headers={"Origin": stack.mlflow_uri}, auth=httpx.BasicAuth("anyone", token))
     assert own.status_code == 200, own.text  # the UI's own requests pass
+
+
+# ------------------------------------------- issue 20 item 7 and issue 24: deployments, run names, links
+def test_every_deployment_loads_in_the_worker_and_its_flow_run_is_named_and_linked(stack):
+    """Each of prefect.yaml's deployments, run by the stack's worker from the installed ``flows``
+    package (no sys.path edits), with an unknown params key so that it fails fast, before any
+    stage: its flow run carries a name a user tells apart (experiment, overrides, short revision)
+    and logs its page through Prefect's login, and its state says why it failed."""
+    stack_mod.up(stack)  # earlier checks killed parts of it
+    api = httpx.Client(base_url=stack.prefect_api, auth=httpx.BasicAuth(*stack.api_auth), timeout=30)
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=stack.root, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    submissions = {
+        "train-nir/gpu": ({"train.no_such_key": 1}, "bad-key", f"bad-key: train.no_such_key=1 @ {head}"),
+        "train-expression/gpu": ({"expression_train.no_such_key": 2}, None,
+                                 f"expression_train.no_such_key=2 @ {head}"),
+        "generate-nir/gpu": ({"generate.no_such_key": 3}, None, f"generate.no_such_key=3 @ {head}"),
+    }
+    ids = {}
+    for deployment, (overrides, experiment, _) in submissions.items():
+        cmd = [str(stack_mod.BIN / "prefect"), "deployment", "run", deployment, "--param",
+               f"overrides={json.dumps(overrides)}"]
+        if experiment:
+            cmd += ["--param", f"experiment={json.dumps(experiment)}"]
+        out = subprocess.run(cmd, cwd=stack.root, env=stack.env(), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        ids[deployment] = re.search(r"flow-run/([0-9a-f-]{36})", out.stdout).group(1)
+    runs = {}
+    deadline = time.monotonic() + 300
+    while len(runs) < len(ids):
+        for deployment, run_id in ids.items():
+            fr = api.get(f"/flow_runs/{run_id}").json()
+            if fr["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+                runs[deployment] = fr
+        assert time.monotonic() < deadline, {d: api.get(f"/flow_runs/{i}").json()["state"] for d, i in ids.items()}
+        time.sleep(1.0)
+    for deployment, (_, _, name) in submissions.items():
+        fr, key = runs[deployment], next(iter(submissions[deployment][0]))
+        assert fr["state"]["type"] == "FAILED", (deployment, fr["state"])
+        assert key in fr["state"]["message"] and "\n" not in fr["state"]["message"], fr["state"]["message"]
+        assert fr["name"] == name, (deployment, fr["name"])
+        logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [fr["id"]]}}}).json()
+        link = f"{stack.prefect_api.removesuffix('/api')}/login?redirect=%2Fruns%2Fflow-run%2F{fr['id']}"
+        assert any(link in entry["message"] for entry in logs), (deployment, [e["message"] for e in logs][:10])
+
+
+def _wait_for(tools, expression: str, what: str, timeout: float = 90.0):
+    """Poll a page until ``expression`` is truthy; its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = tools.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} after {timeout:.0f} s; the page says:\n{tools.text()[:2000]}"
+        time.sleep(0.5)
+
+
+def test_the_logged_flow_run_link_opens_the_run_in_a_fresh_browser_through_login(tmp_path):
+    """Issue 24: the flow-run link opened "Authentication failed" and no login form in a fresh
+    browser. The link the flows log (flows.names.flow_run_link) opens Prefect's login page; the
+    stack's password there leads on to the flow run's own page. A real Prefect server with its UI
+    and headless Chromium with an empty profile."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from test_mlflow_ui import CHROMIUM_FLAGS, DevTools, _devtools_url, chromium_binary
+
+    from flows.names import flow_run_link
+    from flows.stack_services import start_prefect
+
+    chromium = chromium_binary()
+    st = stack_mod.Stack(root=REPO, state=tmp_path / "ui-stack", prefect_port=free_port(), mlflow_port=free_port())
+    proc = None
+    try:
+        start_prefect(st)
+        api = httpx.Client(base_url=st.prefect_api, auth=httpx.BasicAuth(*st.api_auth), timeout=30)
+        _wait(lambda: _healthy(api), "the Prefect server did not answer", 120)
+        flow = api.post("/flows/", json={"name": "link-probe"})
+        flow.raise_for_status()
+        run_id = _flow_run(api, flow.json()["id"], "COMPLETED")
+        with temporary_settings({PREFECT_API_URL: st.prefect_api, PREFECT_API_AUTH_STRING: st.auth_string()}):
+            link = flow_run_link(run_id)
+        assert link and "/login?" in link
+
+        proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                                 "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        port = httpx.URL(_devtools_url(proc)).port
+        page = next(t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json() if t["type"] == "page")
+        tools = DevTools(page["webSocketDebuggerUrl"])
+        tools.call("Page.enable")
+        tools.call("Page.navigate", url=link)
+        _wait_for(tools, "!!document.querySelector('input[type=password]')", "no login form")
+        tools.call("Runtime.evaluate", expression=(
+            "(() => { const i = document.querySelector('input[type=password]');"
+            f" i.value = {json.dumps(st.auth_string())}; i.dispatchEvent(new Event('input', {{bubbles: true}}));"
+            " i.form.requestSubmit(); })()"))
+        where = _wait_for(tools, f"location.pathname === '/runs/flow-run/{run_id}' && "
+                                 "document.body.innerText.includes('probe-completed') && location.pathname",
+                          "the login did not lead on to the flow run's page")
+        assert where == f"/runs/flow-run/{run_id}"
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        stack_mod.down(st.state)
+
+
+def _healthy(api: httpx.Client) -> bool:
+    try:
+        return api.get("/health").status_code == 200
+    except httpx.HTTPError:
+        return False

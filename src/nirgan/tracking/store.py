@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -112,18 +113,27 @@ def ensure_store(uri: str | None = None) -> str:
 
 
 def _create_or_upgrade(uri: str) -> None:
+    """Opening the store creates a fresh one; an older MLflow's schema is migrated by MLflow's own
+    command, ``mlflow db upgrade`` (its public way; a subprocess, so only an old store pays for it)."""
     from mlflow.exceptions import MlflowException
-    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     artifacts = str(_sqlite_path(uri).parent / "mlartifacts")  # type: ignore[union-attr]
     try:
         SqlAlchemyStore(uri, artifacts)
+        return
     except MlflowException as exc:
         if "out-of-date" not in str(exc) and "outdated" not in str(exc).lower():
             raise
-        log.info("upgrading the MLflow schema of %s", uri)
-        _upgrade_db(create_sqlalchemy_engine_with_retry(uri))
+    log.info("upgrading the MLflow schema of %s (mlflow db upgrade)", uri)
+    done = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        # the exception's own line, not the "Background on this error" link SQLAlchemy adds after it
+        last = next((s for s in reversed(lines) if "Error:" in s or "Exception:" in s), lines[-1]).strip()[:300]
+        raise TrackingUnavailable(f"MLflow tracking store {uri}: `mlflow db upgrade` failed ({last}); back the "
+                                  "store up and run that command by hand to see the whole error")
+    SqlAlchemyStore(uri, artifacts)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
