@@ -7,7 +7,8 @@ A figure that evaluate measures over several seeds carries its spread as ``<name
 agrees when the two values differ by at most ``k`` times the larger of the two spreads
 (``--k``, default 3). A count (an integer: pairs, flagged frames) must match exactly, since
 the data stages give the same bytes on every CPU; any other figure without a spread is a
-single-seed reading and must match to ``--rel`` (default 0.1) relative. Prints one line per figure that is not identical
+single-fit reading (one estimator, one ratio) and must match to ``--rel`` (default 0.25)
+relative. Spreads (``*_std``) and timings (``evaluate_seconds_*``) are not compared. Prints one line per figure that is not identical
 and a summary; exits 1 if any figure is outside its tolerance. Use it after ``make repro`` on
 another machine: same-machine reruns are identical, other CPUs agree within the spread.
 """
@@ -27,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def compare(old: dict, new: dict, k: float, rel: float) -> tuple[list[str], int, int]:
     lines, identical, outside = [], 0, 0
     for name in sorted(set(old) | set(new)):
-        if name.startswith("evaluate_seconds_"):
-            continue  # timings, not figures
+        if name.startswith("evaluate_seconds_") or name.endswith("_std"):
+            continue  # timings, and spreads (a spread over 3 seeds is itself too noisy to compare)
         a, b = old.get(name), new.get(name)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
             if a != b:
@@ -55,7 +56,7 @@ def main() -> int:
     ap.add_argument("--rev", default="HEAD")
     ap.add_argument("--file", default="metrics/eval.json")
     ap.add_argument("--k", type=float, default=3.0)
-    ap.add_argument("--rel", type=float, default=0.1)
+    ap.add_argument("--rel", type=float, default=0.25)
     args = ap.parse_args()
     committed = subprocess.run(["git", "show", f"{args.rev}:{args.file}"], cwd=ROOT, capture_output=True, text=True)
     if committed.returncode != 0:
