@@ -90,7 +90,14 @@ def test_the_pinned_config_plants_every_disturbance():
     assert any(s.glasses for s in twin.make_subjects(TwinConfig(**NIR)))
 
 
+@pytest.mark.timeout(300)
 def test_workers_render_the_same_pairs_in_the_same_order():
+    """Also after OpenCV's thread pool has run in this process: forked workers inherited its
+    locks and hung (the full suite did, in collect), so the workers are spawned."""
+    import cv2
+    import numpy as np
+
+    cv2.GaussianBlur(np.zeros((2000, 2000), np.float32), (0, 0), 3)
     one = list(twin.render_dataset(TwinConfig(**NIR), workers=1))
     three = list(twin.render_dataset(TwinConfig(**NIR), workers=3))
     assert [p.pair_id for p in one] == [p.pair_id for p in three]

@@ -121,16 +121,18 @@ def render_dataset(twin_cfg: TwinConfig, workers: int = 1) -> Iterator[TwinPair]
 
     Recordings are independent (each has its own random stream), so ``workers`` processes
     render them side by side; the pairs come out in the same order and the same bytes
-    whatever the number of workers.
+    whatever the number of workers. The workers are spawned, so a script that asks for them
+    calls this under ``if __name__ == "__main__":``, as multiprocessing requires.
     """
     recordings = [(i, j) for i in range(twin_cfg.subjects) for j in range(twin_cfg.cameras)]
     if workers <= 1 or len(recordings) <= 1:
         for rec in recordings:
             yield from _render_recording(twin_cfg, *rec)
         return
-    # fork keeps start-up cheap (the parent has numpy and cv2 loaded); each child renders
-    # whole recordings, and imap hands them back in order.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # Fresh worker processes (spawn), not forks: a fork of a process whose OpenCV or OpenMP
+    # thread pool has run inherits locks held by threads that do not exist in the child, and
+    # hangs (it did, under pytest). Each child renders whole recordings; imap keeps their order.
+    ctx = mp.get_context("spawn")
     with ctx.Pool(min(workers, len(recordings)), initializer=_worker_init) as pool:
         for pairs in pool.imap(_render_recording_star, [(twin_cfg, *rec) for rec in recordings]):
             yield from pairs
