@@ -139,8 +139,11 @@ def test_kill9_then_resume_equals_uninterrupted(store, dataset, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(store, dataset, tmp_path):
     # Adam moves each weight by about lr per step: after one step G overflows, and the next
-    # step's losses (computed from its output) are NaN.
-    cfg = small_config(lr_g=1e30, lr_e=1e30, max_steps=6, checkpoint_every=1)
+    # step's losses (computed from its output) are NaN. check-params refuses such a learning
+    # rate (train.lr_* <= 1), so the diverging run is made past validation, as a run that
+    # diverges on its own would reach the loop.
+    cfg = small_config(max_steps=6, checkpoint_every=1)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr_g": 1e30, "lr_e": 1e30})})
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss: \w+ became NaN/inf at step (\d+)") as err:
         _run(cfg, dataset, tmp_path)
     bad_step = int(err.value.args[0].split(" at step ")[1].split()[0])
