@@ -20,7 +20,7 @@ from nirgan.labels import LABELS
 from nirgan.twin import exact
 from nirgan.twin.geometry import _View, iris_centres
 from nirgan.twin.render import _camera, render_source, render_target
-from nirgan.twin.scene import Pose, make_cameras, make_subjects, make_trajectory
+from nirgan.twin.scene import Camera, Pose, Subject, make_cameras, make_subjects, make_trajectory
 
 DISTURBANCES: tuple[str, ...] = ("none", "occlusion", "blur", "overexposure", "underexposure", "misaligned")
 
@@ -124,17 +124,21 @@ def render_dataset(twin_cfg: TwinConfig, workers: int = 1) -> Iterator[TwinPair]
     whatever the number of workers. The workers are spawned, so a script that asks for them
     calls this under ``if __name__ == "__main__":``, as multiprocessing requires.
     """
-    recordings = [(i, j) for i in range(twin_cfg.subjects) for j in range(twin_cfg.cameras)]
+    # Subjects, cameras and the disturbance plan are made once here and handed to each
+    # recording (a worker would otherwise rebuild every subject's textures per recording).
+    subjects, cameras, plan = make_subjects(twin_cfg), make_cameras(twin_cfg), _plan_disturbances(twin_cfg)
+    recordings = [(twin_cfg, subjects[i], cameras[j], plan[(i, j)], i, j)
+                  for i in range(twin_cfg.subjects) for j in range(twin_cfg.cameras)]
     if workers <= 1 or len(recordings) <= 1:
         for rec in recordings:
-            yield from _render_recording(twin_cfg, *rec)
+            yield from _render_recording(*rec)
         return
     # Fresh worker processes (spawn), not forks: a fork of a process whose OpenCV or OpenMP
     # thread pool has run inherits locks held by threads that do not exist in the child, and
     # hangs (it did, under pytest). Each child renders whole recordings; imap keeps their order.
     ctx = mp.get_context("spawn")
     with ctx.Pool(min(workers, len(recordings)), initializer=_worker_init) as pool:
-        for pairs in pool.imap(_render_recording_star, [(twin_cfg, *rec) for rec in recordings]):
+        for pairs in pool.imap(_render_recording_star, recordings):
             yield from pairs
 
 
@@ -142,15 +146,13 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)  # one process per core already
 
 
-def _render_recording_star(args: tuple[TwinConfig, int, int]) -> list[TwinPair]:
+def _render_recording_star(args: tuple) -> list[TwinPair]:
     return list(_render_recording(*args))
 
 
-def _render_recording(twin_cfg: TwinConfig, i: int, j: int) -> Iterator[TwinPair]:
-    """The frames of subject ``i`` on camera ``j``."""
-    subj = make_subjects(twin_cfg)[i]
-    cam = make_cameras(twin_cfg)[j]
-    kinds = _plan_disturbances(twin_cfg)[(i, j)]
+def _render_recording(twin_cfg: TwinConfig, subj: Subject, cam: Camera, kinds: dict[int, str], i: int,
+                      j: int) -> Iterator[TwinPair]:
+    """The frames of subject ``i`` (``subj``) on camera ``j`` (``cam``), ``kinds`` its disturbances."""
     gains = {"overexposure": 2.6, "underexposure": 0.3}
     rng = np.random.default_rng([twin_cfg.seed, 4, i, j])
     poses = make_trajectory(rng, twin_cfg.frames, twin_cfg.width, twin_cfg.height)
