@@ -26,8 +26,12 @@ check-params: venv
 repro: check-params
 	$(RUN) dvc repro
 
+# pytest-xdist workers, whole files per worker: one more than the cores (at most 4), since much of
+# a test's time is spent waiting on servers and subprocesses; tests/conftest.py gives each worker
+# and what it starts one thread, so they share the cores without oversubscribing them.
 test: venv browser
-	$(RUN) python -m pytest -q
+	$(RUN) python -m pytest -q -n "$$($(BIN)/python -c 'from nirgan.cores import available_cores as a; print(min(4, a() + 1))')" \
+	  --dist loadfile --durations=25
 
 # The MLflow UI browser test (tests/test_mlflow_ui.py) needs Debian's Chromium: installed here
 # when missing and we are root with apt-get (CI, containers), else one line says how.

@@ -1,14 +1,61 @@
-"""Shared pytest fixtures. Session-scoped data is built once and must not be modified by tests."""
+"""Shared pytest fixtures. Session-scoped data is built once and must not be modified by tests.
+
+``make test`` runs the files on pytest-xdist workers, one per core (``--dist loadfile``: a
+file's tests and its module fixtures, servers included, stay on one worker). Each worker then
+owns one core: its torch pool, and every nirgan command and server it starts (through
+NIRGAN_CPUS, which :func:`nirgan.cores.size_threads` reads), run one thread, so two workers on
+a 2-core machine never oversubscribe it. The session data is built once for all workers.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from nirgan.config import Config, parse_config
+
+# The files that take longest (benchmarks/results/cpu_2026-12-04/pytest_durations.txt) go to
+# the workers first, so that none of them is left to run alone at the end.
+SLOW_FIRST = ("test_orchestration.py", "test_pipeline_dvc.py", "test_stack.py", "test_train_nir_local.py",
+              "test_judge.py", "test_unlabelled_folder.py", "test_registry.py", "test_expression_models.py",
+              "test_gpu_scale_smoke.py", "test_tracking_server.py", "test_generate.py", "test_utility.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["NIRGAN_CPUS"] = "1"
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = "1"
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(folder)`` run once per test session, also across xdist workers (under a file lock
+    in the folder all workers share); returns the folder."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        out = tmp_path_factory.mktemp(name)
+        build(out)
+        return out
+    out = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    with FileLock(f"{out}.lock"):
+        if not (out / ".built").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            (out / ".built").touch()
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +71,7 @@ def raw_twin_dir(twin_cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> 
     """``data/raw`` of ``twin_cfg``, collected once per session (read-only for tests)."""
     from nirgan.stages import collect
 
-    out = tmp_path_factory.mktemp("twin") / "raw"
-    collect.run(twin_cfg, out)
-    return out
+    return built_once(tmp_path_factory, "twin", lambda root: collect.run(twin_cfg, root / "raw")) / "raw"
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +110,17 @@ def twin_prepared_128(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     cfg = parse_config({"collect": {"twin": {"subjects": 10, "cameras": 2, "frames": 12}},
                         "detect": {"device": "cpu"}, "augment": {"image_size": 128}, "split": {"test_fraction": 0.2}})
-    root = tmp_path_factory.mktemp("twin128")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        collect.run(cfg, out_dir=root / "raw")
-        detect.run(cfg, raw_dir=root / "raw", out_dir=root / "crops")
-        clean.run(cfg, crops_dir=root / "crops", out_dir=root / "clean")
-        augment.run(cfg, crops_dir=root / "crops", clean_dir=root / "clean", out_dir=root / "prepared")
-        split.run(cfg, prepared_dir=root / "prepared", out_dir=root / "split")
-    finally:
-        torch.set_num_threads(before)
-    return root
+
+    def build(root: Path) -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            collect.run(cfg, out_dir=root / "raw")
+            detect.run(cfg, raw_dir=root / "raw", out_dir=root / "crops")
+            clean.run(cfg, crops_dir=root / "crops", out_dir=root / "clean")
+            augment.run(cfg, crops_dir=root / "crops", clean_dir=root / "clean", out_dir=root / "prepared")
+            split.run(cfg, prepared_dir=root / "prepared", out_dir=root / "split")
+        finally:
+            torch.set_num_threads(before)
+
+    return built_once(tmp_path_factory, "twin128", build)

@@ -64,23 +64,34 @@ def run_one_and_two(tmp_path, store, cfg, stage: str, run_in_process, prepared, 
     return one, two, work
 
 
-def assert_same_training(one: dict, two: dict, init: dict) -> None:
-    """Compare how far each network moved from its initial weights (``init``: name -> module):
-    the two runs' difference must be a small fraction of that. Element-wise equality is not the
-    right test: Adam's first steps divide a gradient by its own magnitude, so where the true
-    gradient is zero (e.g. a conv bias right before a batch/instance norm) float noise becomes a
-    full +-lr step in either run. Measured on the NIR default: about 3% (G), 0.1% (D), 0.02% (E);
-    with batch norm left unsynchronised the same ratios are 50-130%."""
+def moved_apart(one: dict, two: dict, init: dict) -> dict[str, float]:
+    """Per network: how far apart the two runs ended, as a fraction of how far the first one moved
+    from its initial weights (``init``: name -> module)."""
     assert set(one["nets"]) == set(two["nets"]) == set(init)
+    out = {}
     for name, state in one["nets"].items():
         start_state = init[name].state_dict()
         keys = [k for k, v in state.items() if v.is_floating_point() and "running_" not in k]
         a, b, c = (torch.cat([s[k].flatten().double() for k in keys]) for s in (state, two["nets"][name], start_state))
-        ratio = ((a - b).norm() / (a - c).norm()).item()
-        assert ratio < 0.05, f"{name}: 2-process run differs by {ratio:.1%} of the distance trained"
+        out[name] = ((a - b).norm() / (a - c).norm()).item()
         for k, v in state.items():
             if not v.is_floating_point():
                 assert torch.equal(v, two["nets"][name][k]), f"{name}.{k}"
+    return out
+
+
+def assert_same_training(one: dict, two: dict, init: dict, floor: dict[str, float] | None = None) -> None:
+    """The two runs' difference must be a small fraction of the distance trained. Element-wise
+    equality is not the right test: Adam's first steps divide a gradient by its own magnitude,
+    so where the true gradient is zero (e.g. a conv bias right before a batch/instance norm) float
+    noise becomes a full +-lr step in either run. Measured on the NIR default in the contiguous
+    layout: about 3% (G), 0.1% (D), 0.02% (E); with batch norm left unsynchronised the same ratios
+    are 50-130%. ``floor``: the same ratios between two single-process runs that differ only in
+    their thread count (float summation order alone); the bound is then twice that floor."""
+    for name, ratio in moved_apart(one, two, init).items():
+        bound = max(0.05, 2 * floor[name]) if floor else 0.05
+        assert ratio < bound, (f"{name}: 2-process run differs by {ratio:.1%} of the distance trained "
+                               f"(bound {bound:.1%})")
 
 
 def test_two_gloo_processes_match_one_process(tmp_path, store):
@@ -92,11 +103,25 @@ def test_two_gloo_processes_match_one_process(tmp_path, store):
     one, two, work = run_one_and_two(tmp_path, store, cfg, "train", train_stage.run, prepared, split)
     assert (work / "models" / "generator.pt").exists() and (work / "metrics" / "train.json").exists()
 
+    # The noise floor: the CPU trains channels_last, whose oneDNN kernels sum in an order that
+    # depends on the thread count; at this test's 3 steps one thread against two already moves G
+    # about 20% of its trained distance apart (measured), far above the contiguous layout's 3%.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train_stage.run(cfg, prepared, split, tmp_path / "floor" / "models", tmp_path / "floor" / "metrics.json")
+    finally:
+        torch.set_num_threads(before)
+    other_threads = Checkpoint(tmp_path / "floor" / "models" / "checkpoints").load()
+
     from nirgan.models import build_networks
 
     torch.manual_seed(cfg.train.seed)
     init = build_networks(cfg.train)
-    assert_same_training(one, two, {k: getattr(init, k) for k in ("generator", "discriminator", "encoder")})
+    nets = {k: getattr(init, k) for k in ("generator", "discriminator", "encoder")}
+    floor = moved_apart(one, other_threads, nets)
+    print(f"one thread against two, one process: {floor}")
+    assert_same_training(one, two, nets, floor)
 
 
 def test_expression_stargan_two_gloo_processes_match_one_process(tmp_path, store):

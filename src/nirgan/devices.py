@@ -3,6 +3,7 @@ and where a training run sets torch's determinism and host seeds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -48,3 +49,37 @@ def configure_torch(deterministic: bool, seed: int, device: torch.device) -> Non
         torch.backends.cudnn.allow_tf32 = True
     random.seed(seed)
     np.random.seed(seed)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 arithmetic is native here: CUDA, or a CPU with AVX512-BF16 or AMX. Elsewhere
+    oneDNN emulates bf16 on the CPU, which is slower than fp32, so ``precision: bf16`` falls back
+    to fp32 there (the run's log and MLflow params say which one ran: :func:`effective_precision`)."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:  # private in torch 2.x; a torch without them simply gets fp32 on the CPU
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+def effective_precision(precision: str, device: torch.device) -> str:
+    """What ``precision`` (params: fp32 | bf16) runs as on ``device``."""
+    return "bf16" if precision == "bf16" and native_bf16(device) else "fp32"
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast where :func:`effective_precision` says bf16, else nothing. Measured on 2
+    AVX512-BF16 cores (Zen 4), the default training step ran 1.7x faster with channels_last
+    (benchmarks/train_speed.py)."""
+    if effective_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last for the convolution networks on CUDA and on the CPU (oneDNN's convolutions
+    run NHWC natively: 1.24x on the default step in fp32 on 2 cores)."""
+    return torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format

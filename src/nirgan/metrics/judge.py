@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from torch import nn
 
+from nirgan.devices import autocast
 from nirgan.metrics import aggregate_draws
 from nirgan.metrics.features import separable_filter
 
@@ -207,7 +208,8 @@ def _cat(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
     return torch.cat(list(tensors), 1).to(device).contiguous(memory_format=torch.channels_last)
 
 
-def _train_bank(fits: Sequence[_Fit], lr: float, width: int, crop: int, batch_size: int, device: torch.device) -> None:
+def _train_bank(fits: Sequence[_Fit], lr: float, width: int, crop: int, batch_size: int, device: torch.device,
+                precision: str = "fp32") -> None:
     """Train the fits' judges as one bank, each exactly as alone: weights from its seed, its
     batches and crops from its own generator in the same order; then set each fit's held-out AUC."""
     judges = []
@@ -222,13 +224,16 @@ def _train_bank(fits: Sequence[_Fit], lr: float, width: int, crop: int, batch_si
         x = _cat([_crop_flip(f.x[i], crop, f.gen) for f, i in zip(fits, idx, strict=True)], device)
         y = torch.stack([f.y[i] for f, i in zip(fits, idx, strict=True)], 1).to(device)
         # per judge: the mean BCE over its batch, as alone; summed, each judge gets its own gradient
-        loss = F.binary_cross_entropy_with_logits(bank(x), y, reduction="none").mean(0).sum()
+        with autocast(precision, device):
+            logits = bank(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").mean(0).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    _precise_batchnorm(bank, fits, crop, batch_size, device)
+    with autocast(precision, device):
+        _precise_batchnorm(bank, fits, crop, batch_size, device)
     bank.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision, device):
         scores = [[_score(bank, [f.held_out[c][i : i + 64] for f in fits], crop, device)
                    for i in range(0, len(fits[0].held_out[c]), 64)] for c in (0, 1)]
     for g, f in enumerate(fits):
@@ -261,17 +266,17 @@ def _score(bank: JudgeBank, images: Sequence[torch.Tensor], crop: int, device: t
     x = torch.cat([im.float() for im in images], 1).to(device)
     tiles = [x[..., r : r + crop, c : c + crop].contiguous(memory_format=torch.channels_last)
              for r in starts for c in starts]
-    return torch.stack([bank(t) for t in tiles]).mean(0).cpu()
+    return torch.stack([bank(t).float() for t in tiles]).mean(0).cpu()
 
 
 def _train_all(fits: Sequence[_Fit], lr: float, width: int, crop: int, batch_size: int,
-               device: torch.device) -> None:
+               device: torch.device, precision: str = "fp32") -> None:
     """Every fit trained and scored, those of one shape together in one bank."""
     shapes: dict[tuple, list[_Fit]] = {}
     for f in fits:
         shapes.setdefault(f.shape, []).append(f)
     for group in shapes.values():
-        _train_bank(group, lr, width, crop, batch_size, device)
+        _train_bank(group, lr, width, crop, batch_size, device, precision)
 
 
 @dataclass
@@ -350,7 +355,7 @@ def realism_judge(targets: torch.Tensor, sources: torch.Tensor, labels: np.ndarr
                   generate: GenerateFn | None, generate_untrained: GenerateFn | None, latent_dim: int,
                   seeds: int = 3, epochs: int = 20, seed: int = 0, device: torch.device | str = "cpu",
                   batch_size: int = 50, few_shot_draws: int = FEW_SHOT_DRAWS, few_shot_steps: int = FEW_SHOT_STEPS,
-                  baselines: bool = True) -> tuple[dict[str, object], list[dict[str, object]]]:
+                  baselines: bool = True, precision: str = "fp32") -> tuple[dict[str, object], list[dict[str, object]]]:
     """The judge's AUCs (see the module docstring) and its curve over training images.
 
     ``targets`` (N, 1, S, S) and ``sources`` (N, 3, S, S) on [-1, 1], row i of one paired with row
@@ -385,7 +390,7 @@ def realism_judge(targets: torch.Tensor, sources: torch.Tensor, labels: np.ndarr
                                      few_shot_draws, few_shot_steps)))
     # every judge of every arm and seed at once: those of one shape share a bank
     _train_all([f for _, plan in plans for f in (plan.full, *(x for fits in plan.few.values() for x in fits))],
-               LR, WIDTH, crop, BATCH, torch.device(device))
+               LR, WIDTH, crop, BATCH, torch.device(device), precision)
     for key, plan in plans:
         few, sizes = plan.few_aucs(), (plan.n_train, plan.n_test)
         draws.setdefault(key, []).append(plan.full.auc)

@@ -43,7 +43,7 @@ import torch
 
 from nirgan import tracking
 from nirgan.config import Config
-from nirgan.devices import resolve_device
+from nirgan.devices import effective_precision, resolve_device
 from nirgan.io import atomic_dir, stage_log, write_json
 from nirgan.metrics import aggregate_draws, evaluate_cleaning
 from nirgan.metrics.data import Split, load_split
@@ -124,7 +124,8 @@ def run(
         untrained = untrained_sampler(sampler.train_config, sampler.label_dim).to(device)
         encoder, encoder_from = load_encoder(model_dir / "encoder.pt", map_location=device)
         inception, lp, metrics = imagenet_networks(cfg, device)
-        metrics.update(eval_test_pairs=len(test), eval_train_pairs=len(train), eval_seeds=e.seeds)
+        metrics.update(eval_test_pairs=len(test), eval_train_pairs=len(train), eval_seeds=e.seeds,
+                       evaluate_precision=effective_precision(e.precision, device))
         lap("load", "inputs and networks loaded")
         real_test = test.targets()
         labelled = bool(np.isfinite(test.labels).all() and np.isfinite(train.labels).all())
@@ -166,7 +167,7 @@ def run(
             torch.cat([train.targets(), real_test]), torch.cat([train.sources(), test.sources()]),
             np.concatenate([train.labels, test.labels]), sampler.generate, untrained.generate, sampler.latent_dim,
             seeds=e.judge_seeds, epochs=e.judge_epochs, seed=e.seed, device=device,
-            few_shot_draws=e.judge_few_shot_draws, few_shot_steps=e.judge_few_shot_steps)
+            few_shot_draws=e.judge_few_shot_draws, few_shot_steps=e.judge_few_shot_steps, precision=e.precision)
         metrics.update(judged)
         lap("judge", f"realism judge not run: {judged['judge_reason']}" if "judge_reason" in judged
             else f"realism judge, {e.judge_seeds} seeds")

@@ -244,7 +244,7 @@ def _realism(cfg: Config, split: ExpressionSplit, translator: ExpressionTranslat
 
     judge, _ = realism_judge(faces, faces, targets, generate, None, translator.latent_dim, seeds=e.judge_seeds,
                              epochs=e.judge_epochs, seed=e.seed, device=device, few_shot_draws=e.judge_few_shot_draws,
-                             few_shot_steps=e.judge_few_shot_steps)
+                             few_shot_steps=e.judge_few_shot_steps, precision=e.precision)
     out: dict[str, Any] = {f"expr_{k}": v for k, v in judge.items() if not k.startswith("judge_auc_untrained")}
     out.update(_judge_informative(out))
 

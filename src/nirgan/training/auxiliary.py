@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from nirgan.augmentation import paired_augment
 from nirgan.config import AugmentConfig, RandomRange
+from nirgan.devices import autocast
 from nirgan.labels import FLIP_SIGN
 from nirgan.models.identity_net import IdentityNet
 from nirgan.models.layers import init_weights
@@ -52,6 +53,8 @@ class EstimatorTraining:
     # was scored on its shading. With them: 1.2 degrees on the brighter faces, 1.3 on the originals.
     photometric: float = 0.3
     seed: int = 0
+    # bf16 autocast where bf16 is native (nirgan.devices.autocast); fp32 elsewhere
+    precision: str = "fp32"
 
 
 def augment_without_rotation(image_size: int) -> AugmentConfig:
@@ -78,7 +81,7 @@ def photometric_jitter(x: torch.Tensor, amount: float, generator: torch.Generato
 
 
 def _masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
-    loss = F.smooth_l1_loss(pred, target, beta=beta, reduction="none")
+    loss = F.smooth_l1_loss(pred.float(), target.float(), beta=beta, reduction="none")
     mask = mask.expand_as(loss).float()
     return (loss * mask).sum() / mask.sum().clamp_min(1)
 
@@ -219,7 +222,9 @@ def train_pose_estimator(
     for _ in tqdm(range(settings.epochs), desc="pose estimator", disable=None):
         order = torch.randperm(n, generator=fit.gen)
         for start in _batch_starts(n, settings):
-            loss = _loss(model, fit.batch(order[start : start + settings.batch_size], model.eyes), settings)
+            batch = fit.batch(order[start : start + settings.batch_size], model.eyes)
+            with autocast(settings.precision, device):
+                loss = _loss(model, batch, settings)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -316,7 +321,8 @@ def train_pose_estimators(
         for start in _batch_starts(n, recipe):
             batches = [f.batch(o[start : start + recipe.batch_size], bank.eyes)
                        for f, o in zip(fits, orders, strict=True)]
-            loss = bank.loss(batches, recipe).sum()
+            with autocast(recipe.precision, device):
+                loss = bank.loss(batches, recipe).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

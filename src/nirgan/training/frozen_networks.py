@@ -80,7 +80,8 @@ def auxiliary_networks(train_cfg: TrainConfig, target: torch.Tensor, source: tor
             keep = known.nonzero().squeeze(1)
             codes = torch.as_tensor(pd.factorize(subjects)[0], device=device)
             return train_pose_estimator(target[keep], source[keep], labels[keep], codes[keep],
-                                        EstimatorTraining(epochs=train_cfg.attr_estimator_epochs, seed=train_cfg.seed),
+                                        EstimatorTraining(epochs=train_cfg.attr_estimator_epochs, seed=train_cfg.seed,
+                                                          precision=train_cfg.precision),
                                         device=device)
 
         est = _shared(aux_dir, "pose_estimator.pt", info, train_estimator, save_pose_estimator,

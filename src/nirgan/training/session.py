@@ -11,7 +11,6 @@ linear to zero over ``epochs_decay``). Its whole state is :meth:`TrainSession.st
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch import nn
 
 from nirgan.augmentation import apply_params, draw_params
 from nirgan.config import Config, TrainConfig
+from nirgan.devices import autocast, effective_precision, memory_format
 from nirgan.labels import LABELS
 from nirgan.models.artifacts import LABEL_SCALE, Sampler
 from nirgan.models.networks import build_networks
@@ -65,9 +65,9 @@ class TrainSession(ResumableSession):
                              f"(train.batch_size = {self.global_batch})")
         self.total_steps = tc.epochs * self.steps_per_epoch
         self.cuda = device.type == "cuda"
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if self.cuda and tc.precision == "bf16" else nullcontext())
-        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        self.precision = effective_precision(tc.precision, device)
+        self.autocast = autocast(tc.precision, device)
+        self.memory_format = memory_format(device)
 
         self.label_dim = len(LABELS) if tc.condition_on_labels else 0
         if tc.condition_on_labels and not torch.isfinite(data.labels).all():

@@ -12,7 +12,8 @@ The jobs live in their own modules:
 
 Speed. The uint8 training arrays are moved once to the training device and indexed there
 with a seeded permutation per epoch; :func:`nirgan.augmentation.paired_augment`'s transform
-runs batched on the same device. On CUDA: bf16 autocast, channels_last, fused Adam,
+runs batched on the same device. channels_last; bf16 autocast where bf16 is native (CUDA,
+AVX512-BF16 or AMX CPUs: nirgan.devices.native_bf16); on CUDA fused Adam and
 optionally ``torch.compile``. Losses are accumulated on the device and fetched only every
 ``log_every`` steps (the one host synchronisation), where non-finiteness is also checked.
 
@@ -91,6 +92,8 @@ def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metri
     state = resumable_state(ckpt, record.fingerprint, out_dir, info, RUN_FILES)
 
     session = TrainSession(cfg, data, device, info, aux_dir=out_dir)
+    # train.precision bf16 falls back to fp32 on a CPU without native bf16: say which one runs.
+    log.info("training on %s in %s (train.precision: %s)", device, session.precision, tc.precision)
     if state is not None:
         session.load_state_dict(state)
         record.resume_from(state)
@@ -106,7 +109,7 @@ def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metri
     end_step = min(session.total_steps, tc.max_steps or session.total_steps)
     name = thesis_name(tc)
     run_ctx = tracking.start_run(stage_params(cfg, PARAMS), run_name=tracking.run_name(name), run_id=record.run_id,
-                                 tags={"thesis_config": name}) if info.is_main else nullcontext()
+                                 tags={"thesis_config": name, "precision": session.precision}) if info.is_main else nullcontext()
     with run_ctx as run:
         if info.is_main:
             tracking.write_run_info(out_dir / "mlflow_run.json", run)
