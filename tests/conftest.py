@@ -23,8 +23,9 @@ from nirgan.config import Config, parse_config
 # The files that take longest (benchmarks/results/cpu_2026-12-04/pytest_durations.txt) go to
 # the workers first, so that none of them is left to run alone at the end.
 SLOW_FIRST = ("test_orchestration.py", "test_pipeline_dvc.py", "test_stack.py", "test_train_nir_local.py",
-              "test_judge.py", "test_unlabelled_folder.py", "test_registry.py", "test_expression_models.py",
-              "test_gpu_scale_smoke.py", "test_tracking_server.py", "test_generate.py", "test_utility.py")
+              "test_judge.py", "test_unlabelled_folder.py", "test_expression_models.py", "test_registry.py",
+              "test_stage_params.py", "test_tracking_server.py", "test_ddp.py", "test_gpu_scale_smoke.py",
+              "test_generate.py", "test_detect_repro.py", "test_resume_fingerprint.py", "test_utility.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:

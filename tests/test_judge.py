@@ -52,7 +52,7 @@ def figures(twin_prepared_128):
     untrained = build_networks(tc).generator.eval()
     out, curve = realism_judge(real, model_range(sources.permute(0, 3, 1, 2)), np.concatenate([tr_l, te_l]),
                                lookup_generator(sources, blobs), lambda s, z, lab: untrained(s, z, None), tc.latent_dim,
-                               seeds=SEEDS, epochs=EPOCHS, few_shot_draws=DRAWS)
+                               seeds=SEEDS, epochs=EPOCHS, few_shot_draws=DRAWS, precision="bf16")  # as evaluate runs it
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()})
     return {**out, "curve": curve}
 
