@@ -28,7 +28,7 @@ import numpy as np, torch, yaml
 from nirgan.config import parse_config
 from nirgan.training.data import TrainData
 from nirgan.training.session import TrainSession
-raw = yaml.safe_load(open(sys.argv[1]))
+raw = {k: v for k, v in yaml.safe_load(open(sys.argv[1])).items() if k in ("augment", "train")}  # what the step reads
 raw["train"].update(json.loads(sys.argv[2]), log_model=False, device="cpu")
 cfg = parse_config(raw)
 size, pairs = cfg.augment.image_size, 64
