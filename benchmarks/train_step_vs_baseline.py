@@ -24,21 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CODE = """
 import json, sys, time
-import numpy as np, torch, yaml
+import torch, yaml
+sys.path.insert(0, sys.argv[4])
+from train_speed import synthetic_data  # the benchmarks' synthetic pairs (imports nirgan from PYTHONPATH)
 from nirgan.config import parse_config
-from nirgan.training.data import TrainData
 from nirgan.training.session import TrainSession
 raw = {k: v for k, v in yaml.safe_load(open(sys.argv[1])).items() if k in ("augment", "train")}  # what the step reads
 raw["train"].update(json.loads(sys.argv[2]), log_model=False, device="cpu")
 cfg = parse_config(raw)
-size, pairs = cfg.augment.image_size, 64
-rng = np.random.default_rng(0)
-src = torch.from_numpy(rng.integers(0, 256, (pairs, size, size, 3), dtype=np.uint8))
-tgt = torch.from_numpy(rng.integers(0, 256, (pairs, size, size), dtype=np.uint8))
-labels = torch.zeros(pairs, 5)
-data = TrainData(src, tgt, labels, np.array([f"s{i % 4}" for i in range(pairs)]),
-                 src[:2].permute(0, 3, 1, 2).float() / 127.5 - 1, tgt[:2, None].float() / 127.5 - 1, labels[:2])
-session = TrainSession(cfg, data, torch.device("cpu"))
+session = TrainSession(cfg, synthetic_data(64, cfg.augment.image_size, torch.device("cpu")), torch.device("cpu"))
 for _ in range(5):
     session.train_step()
 steps = int(sys.argv[3])
@@ -53,7 +47,8 @@ print(json.dumps({"steps_per_s": steps / sec, "threads": torch.get_num_threads()
 
 def _measure(src: Path, overrides: dict, steps: int, threads: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, "-c", CODE, str(ROOT / "params.yaml"), json.dumps(overrides), str(steps)],
+    out = subprocess.run([sys.executable, "-c", CODE, str(ROOT / "params.yaml"), json.dumps(overrides), str(steps),
+                          str(ROOT / "benchmarks")],
                          env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])

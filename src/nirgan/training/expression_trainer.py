@@ -103,6 +103,7 @@ def train_expression(cfg: Config, split: Split, out_dir: Path, metrics_path: Pat
                          f"{ec.image_size}; set them equal (augment.image_size decides the prepared size)")
     ckpt = Checkpoint(out_dir / "checkpoints")
     session = ExpressionSession(ec, data, device, info)
+    log.info("training on %s in %s (expression_train.precision: %s)", device, session.precision, ec.precision)
     record = RunRecord(expression_fingerprint(ec, split, data), ec.model_dump(mode="json"))
     previous_run = ckpt.recorded_run() if info.is_main else None
     state = resumable_state(ckpt, record.fingerprint, out_dir, info, (MODEL_FILE,))
@@ -119,7 +120,8 @@ def train_expression(cfg: Config, split: Split, out_dir: Path, metrics_path: Pat
     name = f"{ec.model}-{ec.image_size}"
     run_ctx = (tracking.start_run({"expression_train": ec.model_dump(mode="json"), "resolved": session.r},
                                   run_name=tracking.run_name(name), run_id=record.run_id,
-                                  tags={"expression_model": ec.model}, task="expression")
+                                  tags={"expression_model": ec.model, "precision": session.precision},
+                                  task="expression")
                if info.is_main else nullcontext())
     with run_ctx as run:
         if info.is_main:
