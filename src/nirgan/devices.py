@@ -71,15 +71,15 @@ def effective_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast where :func:`effective_precision` says bf16, else nothing. Measured on 2
-    AVX512-BF16 cores (Zen 4), the default training step ran 1.7x faster with channels_last
-    (benchmarks/train_speed.py)."""
+    """bf16 autocast where :func:`effective_precision` says bf16, else nothing. On 2 AVX512-BF16
+    cores (Zen 4) the default NIR step ran 1.79x the previous fp32 step with channels_last
+    (benchmarks/train_step_vs_baseline.py); the 64 px StarGAN ran slower in bf16 (its params say fp32)."""
     if effective_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last for the convolution networks on CUDA and on the CPU (oneDNN's convolutions
-    run NHWC natively: 1.24x on the default step in fp32 on 2 cores)."""
+    """channels_last for the NIR networks on CUDA and on the CPU (oneDNN's convolutions run NHWC
+    natively: 1.18x on the default step in fp32 on 2 cores, benchmarks/train_step_vs_baseline.py)."""
     return torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
