@@ -73,7 +73,8 @@ def effective_precision(precision: str, device: torch.device) -> str:
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast where :func:`effective_precision` says bf16, else nothing. On 2 AVX512-BF16
     cores (Zen 4) the default NIR step ran 1.79x the previous fp32 step with channels_last
-    (benchmarks/train_step_vs_baseline.py); the 64 px StarGAN ran slower in bf16 (its params say fp32)."""
+    (benchmarks/train_step_vs_baseline.py); the expression StarGAN, contiguous, 1.5x in bf16
+    (benchmarks/expression_train_speed.sh) but slower in bf16 with channels_last."""
     if effective_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

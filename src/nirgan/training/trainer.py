@@ -108,8 +108,9 @@ def train(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metri
 
     end_step = min(session.total_steps, tc.max_steps or session.total_steps)
     name = thesis_name(tc)
+    tags = {"thesis_config": name, "precision": session.precision}
     run_ctx = tracking.start_run(stage_params(cfg, PARAMS), run_name=tracking.run_name(name), run_id=record.run_id,
-                                 tags={"thesis_config": name, "precision": session.precision}) if info.is_main else nullcontext()
+                                 tags=tags) if info.is_main else nullcontext()
     with run_ctx as run:
         if info.is_main:
             tracking.write_run_info(out_dir / "mlflow_run.json", run)
