@@ -75,7 +75,7 @@ def judge_inputs(data: Path):
 
     from nirgan.config import TrainConfig
     from nirgan.metrics.judge import gaussian_blur
-    from nirgan.models import build_networks
+    from nirgan.models.networks import build_networks
 
     tr_t, tr_s, tr_l, _ = load_pairs(data, "train")
     te_t, te_s, te_l, _ = load_pairs(data, "test")
@@ -190,7 +190,8 @@ def stage_phases(data: Path, tmp: Path) -> dict:
     """The evaluate stage (params.yaml's evaluate section) on the twin with an untrained default
     generator; returns its evaluate_seconds_* keys."""
     from nirgan.config import load_config
-    from nirgan.models import build_networks, save_generator
+    from nirgan.models.artifacts import save_generator
+    from nirgan.models.networks import build_networks
     from nirgan.models.artifacts import save_encoder
     from nirgan.stages import evaluate
 

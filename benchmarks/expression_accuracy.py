@@ -1,6 +1,6 @@
 """Target-label accuracy of a trained expression model, the quick figure of issue 13's target.
 
-A classifier (``nirgan.metrics.expression``) is trained on the real train faces only; it rates
+A classifier (``nirgan.expression.measures``) is trained on the real train faces only; it rates
 every test face translated to each of the other labels (n_test x (C - 1) translations), beside
 its own accuracy on the real test faces. The evaluate_expression stage reports the official
 figures; this script is the trainer's own check.
@@ -19,9 +19,9 @@ import time
 import numpy as np
 import torch
 
-from nirgan.expression_data import load_expression_split
-from nirgan.metrics.expression import accuracy, predict_labels, train_expression_classifier
-from nirgan.models.artifacts import load_expression_translator
+from nirgan.expression.data import load_expression_split
+from nirgan.expression.measures import accuracy, predict_labels, train_expression_classifier
+from nirgan.expression.artifacts import load_expression_translator
 
 
 def main() -> None:

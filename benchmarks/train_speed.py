@@ -60,7 +60,7 @@ class PlainStep:
     """The same training step, written plainly (the "before" of the comparison)."""
 
     def __init__(self, cfg, data: TrainData, device: torch.device):
-        from nirgan.models import build_networks
+        from nirgan.models.networks import build_networks
         from nirgan.augmentation import paired_augment
 
         self.tc, self.data, self.device, self.augment = cfg.train, data, device, paired_augment

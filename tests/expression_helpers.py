@@ -1,6 +1,6 @@
 """Synthetic expression faces for the model tests: a subject is a face brightness and width, a label
 is a bright mark at a label-specific place on the face. Subject-disjoint train/test split, in the
-shape of ``nirgan.expression_data.ExpressionSplit``, and written as the files of the augment and
+shape of ``nirgan.expression.data.ExpressionSplit``, and written as the files of the augment and
 split stages."""
 
 from __future__ import annotations

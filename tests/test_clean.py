@@ -12,8 +12,9 @@ import pytest
 
 from nirgan.config import Config
 from nirgan.io import read_table, write_image, write_table
+from nirgan.iqr import iqr_outliers
 from nirgan.stages import clean
-from nirgan.stages.clean import alignment_error, find_outliers, iqr_outliers
+from nirgan.stages.clean import alignment_error, find_outliers
 
 SIZE = 64
 LEFT, RIGHT = (22, 28), (42, 28)  # eye centres (x, y) in pixel indices; inter-ocular distance 20

@@ -118,7 +118,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, store):
 
     other_threads = two_threads(tmp_path, cfg, train_stage.run, prepared, split)
 
-    from nirgan.models import build_networks
+    from nirgan.models.networks import build_networks
 
     torch.manual_seed(cfg.train.seed)
     init = build_networks(cfg.train)
@@ -135,8 +135,8 @@ def test_expression_stargan_two_gloo_processes_match_one_process(tmp_path, store
     from expression_helpers import synthetic_split, write_split_files
 
     from nirgan.config import Config
-    from nirgan.models.expression.build import build_expression_networks
-    from nirgan.stages import train_expression as train_expression_stage
+    from nirgan.expression.models.build import build_expression_networks
+    from nirgan.expression.stages import train as train_expression_stage
 
     cfg = Config.model_validate({
         "task": "expression", "collect": {"source": "expression_twin"},

@@ -14,6 +14,7 @@ import torch
 from nirgan import io, twin
 from nirgan.config import Config, TwinConfig, parse_config
 from nirgan.detection import mtcnn
+from nirgan.detection.policy import BOX_COLUMNS, LANDMARK_COLUMNS, choose_faces
 from nirgan.stages import detect
 
 
@@ -30,7 +31,7 @@ def test_fast_mtcnn_matches_facenet_and_finds_clean_faces(clean_frames):
     cfg = Config().detect
     fast = mtcnn.FastMTCNN("cpu", min_face_size=cfg.min_face_size)
     faces = fast(torch.from_numpy(clean_frames))
-    choices = detect.choose_faces(faces, len(clean_frames), cfg)
+    choices = choose_faces(faces, len(clean_frames), cfg)
     found = np.array([c.reason is None for c in choices])
     assert found.mean() >= 0.99, [c.reason for c in choices if c.reason]
 
@@ -141,7 +142,7 @@ def test_manifest_columns_and_crop_files(raw_with_problems, crops):
     out, _ = crops
     raw = io.read_table(raw_with_problems / "manifest.parquet")
     kept = io.read_table(out / "manifest.parquet")
-    expected = [*raw.columns, *detect.BOX_COLUMNS, "probability", "n_faces", *detect.LANDMARK_COLUMNS, "crop_size"]
+    expected = [*raw.columns, *BOX_COLUMNS, "probability", "n_faces", *LANDMARK_COLUMNS, "crop_size"]
     assert list(kept.columns) == expected
     assert (kept.box_x1 - kept.box_x0 == kept.box_y1 - kept.box_y0).all()
     assert (kept.probability >= Config().detect.min_probability).all()

@@ -14,7 +14,8 @@ import torch
 
 from nirgan.config import Config, EvaluateConfig, RandomRange, TrainConfig
 from nirgan.labels import LABELS
-from nirgan.models import build_networks, save_generator
+from nirgan.models.artifacts import save_generator
+from nirgan.models.networks import build_networks
 from nirgan.models.artifacts import save_encoder
 from nirgan.stages import evaluate
 

@@ -20,10 +20,10 @@ import torch
 from expression_helpers import synthetic_split, write_split_files
 
 from nirgan.config import Config
-from nirgan.expression_data import load_expression_split
-from nirgan.models.expression.translator import ExpressionTranslator
-from nirgan.stages import evaluate_expression
-from nirgan.training.expression_trainer import train_expression
+from nirgan.expression.data import load_expression_split
+from nirgan.expression.models.translator import ExpressionTranslator
+from nirgan.expression.stages import evaluate as evaluate_expression
+from nirgan.expression.trainer import train_expression
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NAMES = ["angry", "happy", "sad", "surprise", "neutral"]

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from expression_helpers import synthetic_split, write_split_files
 
 from nirgan.config import Config
-from nirgan.expression_data import load_expression_split
-from nirgan.metrics import expression as m
-from nirgan.metrics import expression_audit as audit
-from nirgan.models.expression.translator import ExpressionTranslator, to_model_input
-from nirgan.stages import evaluate_expression
+from nirgan.expression.data import load_expression_split
+from nirgan.expression import measures as m
+from nirgan.expression import audit
+from nirgan.expression.models.translator import ExpressionTranslator, to_model_input
+from nirgan.expression.stages import evaluate as evaluate_expression
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NAMES = ["angry", "happy", "sad", "surprise", "neutral"]

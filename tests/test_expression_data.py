@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
-from nirgan import twin, twin_expression
+from nirgan import twin
+from nirgan.expression import twin as twin_expression
 from nirgan.config import ConfigError, DataError, ExpressionTwinConfig, TwinConfig, parse_config
-from nirgan.expression_data import load_expression_split
-from nirgan.stages import augment, clean, collect, detect, split
+from nirgan.expression.data import load_expression_split
+from nirgan.expression.stages import augment, clean, collect, detect, split
 
 STAGES = ("raw", "crops", "clean", "prepared", "split")
 
@@ -296,3 +297,28 @@ def test_task_and_source_must_agree():
     with pytest.raises(ConfigError, match="unknown expression"):
         parse_config({"task": "expression", "collect": {"source": "expression_twin",
                                                         "expression_twin": {"expressions": ["happy", "bored"]}}})
+
+
+# --------------------------------------------------------------------- the two families
+def test_a_stage_refuses_the_other_familys_params(tmp_path: Path):
+    """The data stages are one module per family; run against the other family's params file, a
+    stage stops with the key named before it reads or writes anything (the data would be read
+    as the wrong kind and fail far from the cause)."""
+    from nirgan.stages import augment as nir_augment
+    from nirgan.stages import collect as nir_collect
+    from nirgan.stages import detect as nir_detect
+
+    expression_cfg = _cfg({"source": "expression_twin"})
+    nir_cfg = parse_config({})
+    for run in (lambda: nir_detect.run(expression_cfg, raw_dir=tmp_path / "raw", out_dir=tmp_path / "crops"),
+                lambda: nir_augment.run(expression_cfg, crops_dir=tmp_path, clean_dir=tmp_path,
+                                        out_dir=tmp_path / "prepared")):
+        with pytest.raises(ConfigError, match=r"task: 'expression'.*nirgan stage \w+_expression"):
+            run()
+    with pytest.raises(ConfigError, match="collect.source: 'expression_twin'.*collect_expression"):
+        nir_collect.run(expression_cfg, tmp_path / "raw")
+    with pytest.raises(ConfigError, match="task: 'nir'.*nirgan stage split"):
+        split.run(nir_cfg, prepared_dir=tmp_path, out_dir=tmp_path / "split")
+    with pytest.raises(ConfigError, match="collect.source: 'twin' is a NIR source"):
+        collect.run(nir_cfg, tmp_path / "raw")
+    assert not any(tmp_path.iterdir()), "a refused stage wrote something"

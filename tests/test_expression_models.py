@@ -21,7 +21,7 @@ from expression_helpers import synthetic_split
 from train_helpers import assert_same_state, checkpointed_at_least, kill9_when
 
 from nirgan.config import Config, ExpressionTrainConfig
-from nirgan.expression_losses import (
+from nirgan.expression.losses import (
     cgan_d_loss,
     cgan_g_loss,
     cycle_reconstruction_loss,
@@ -32,14 +32,14 @@ from nirgan.expression_losses import (
     star_d_adversarial,
     star_g_adversarial,
 )
-from nirgan.models.artifacts import load_expression_translator
-from nirgan.models.expression.build import build_expression_networks
-from nirgan.models.expression.classifier import ExpressionClassifier
-from nirgan.models.expression.cgan_encoder import LatentEncoder
-from nirgan.models.expression.stargan import build_stargan
-from nirgan.models.expression.translator import ExpressionTranslator
+from nirgan.expression.artifacts import load_expression_translator
+from nirgan.expression.models.build import build_expression_networks
+from nirgan.expression.models.classifier import ExpressionClassifier
+from nirgan.expression.models.cgan_encoder import LatentEncoder
+from nirgan.expression.models.stargan import build_stargan
+from nirgan.expression.models.translator import ExpressionTranslator
 from nirgan.training.checkpoint import Checkpoint
-from nirgan.training.expression_trainer import MODEL_FILE, train_expression
+from nirgan.expression.trainer import MODEL_FILE, train_expression
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NAMES5 = ["angry", "happy", "sad", "surprise", "neutral"]
@@ -97,7 +97,7 @@ def test_resize_conv_draws_no_checkerboard_where_a_transposed_conv_does(kernel, 
     """Issue 25: on a constant map (a flat cheek) a stride-2 transposed conv gives the pixels of
     one parity other kernel taps than the others: a period-2 pattern no training removes for free.
     The resize-conv gives every interior pixel the same output."""
-    from nirgan.models.expression.stargan import resize_conv
+    from nirgan.expression.models.stargan import resize_conv
 
     torch.manual_seed(0)
     flat = torch.ones(1, 8, 8, 8)
@@ -191,8 +191,8 @@ import time
 from pathlib import Path
 from expression_helpers import synthetic_split
 from nirgan.config import Config
-from nirgan.training import expression_session
-from nirgan.training.expression_trainer import train_expression
+from nirgan.expression import session as expression_session
+from nirgan.expression.trainer import train_expression
 step = expression_session.ExpressionSession.train_step
 def slow_step(self):  # the test's only change: time for the parent to kill -9 between checkpoints
     time.sleep(0.3)
@@ -303,7 +303,7 @@ def test_short_stargan_run_translates_to_the_target_label(store, tmp_path):
     nirgan-expression experiment with its losses, and the model file loads as the translator."""
     from mlflow.tracking import MlflowClient
 
-    from nirgan.metrics.expression import accuracy, train_expression_classifier
+    from nirgan.expression.measures import accuracy, train_expression_classifier
 
     split = synthetic_split(NAMES5, size=32, per=3)
     classifier = train_expression_classifier(split.train_images, split.train_labels, 5, epochs=10, min_steps=150)

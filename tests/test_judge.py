@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from nirgan.config import TrainConfig
 from nirgan.metrics.judge import Judge, JudgeBank, gaussian_blur, realism_judge, roc_auc, two_sample_auc
-from nirgan.models import build_networks
+from nirgan.models.networks import build_networks
 from real_pairs import load_pairs, lookup_generator, model_range
 
 SEEDS, EPOCHS, DRAWS = 3, 20, 2

@@ -20,7 +20,10 @@ from nirgan.losses import (
     select_features,
     style_diversity_loss,
 )
-from nirgan.models import EncoderDecoderGenerator, LatentEncoder, PatchDiscriminator, init_weights
+from nirgan.models.encoder_decoder import EncoderDecoderGenerator
+from nirgan.models.latent_encoder import LatentEncoder
+from nirgan.models.layers import init_weights
+from nirgan.models.patch_discriminator import PatchDiscriminator
 
 REAL = torch.tensor([[0.5, 2.0]])
 FAKE = torch.tensor([[-1.0, 0.0]])

@@ -10,22 +10,16 @@ from torch import nn
 
 from nirgan.config import TrainConfig
 from nirgan.losses import make_image_distance, perceptual_loss
-from nirgan.models import (
-    EncoderDecoderGenerator,
-    IdentityNet,
-    LatentEncoder,
-    MissingWeightsError,
-    MultinormGenerator,
-    PatchDiscriminator,
-    StyleMappingNetwork,
-    VGG19Features,
-    build_networks,
-    init_weights,
-    load_generator,
-    require_vgg19_weights,
-    save_generator,
-)
-from nirgan.models.artifacts import load_encoder, save_encoder
+from nirgan.models.encoder_decoder import EncoderDecoderGenerator
+from nirgan.models.identity_net import IdentityNet
+from nirgan.models.latent_encoder import LatentEncoder
+from nirgan.models.layers import init_weights
+from nirgan.models.multinorm import MultinormGenerator
+from nirgan.models.networks import build_networks
+from nirgan.models.patch_discriminator import PatchDiscriminator
+from nirgan.models.style_mapping import StyleMappingNetwork
+from nirgan.models.vgg19 import MissingWeightsError, VGG19Features, require_vgg19_weights
+from nirgan.models.artifacts import load_encoder, load_generator, save_encoder, save_generator
 from nirgan.models.vgg19 import vgg19_weights_path
 from nirgan.training.auxiliary import train_identity_net
 

@@ -275,7 +275,8 @@ def test_train_expression_runs_the_second_pipeline_on_the_same_pool(orchestra, b
     fr = orchestra.wait([rid])[rid]
     assert fr["state"]["type"] == "COMPLETED", f"{fr['state']}\n{orchestra.worker_logs()}"
     print(f"\ntrain-expression micro run: {json.dumps({k: round(v, 1) for k, v in timing(fr).items()})}")
-    stages = ["collect", "detect", "clean", "augment", "split", "train_expression", "evaluate_expression"]
+    stages = ["collect_expression", "detect_expression", "clean_expression", "augment_expression", "split_expression",
+              "train_expression", "evaluate_expression"]
     tasks = {t["name"]: t for t in orchestra.task_runs(rid)}
     assert [s for s in stages if s in tasks] == stages and "train" not in tasks, sorted(tasks)
     assert all(tasks[s]["state"]["type"] == "COMPLETED" for s in stages)

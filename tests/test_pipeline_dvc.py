@@ -48,7 +48,8 @@ def test_dvc_repro_noop_and_experiment(tmp_path):
     assert "eval.json" in diff
 
 
-EXPRESSION_STAGES = ["collect", "detect", "clean", "augment", "split", "train_expression", "evaluate_expression"]
+EXPRESSION_STAGES = ["collect_expression", "detect_expression", "clean_expression", "augment_expression", "split_expression",
+                     "train_expression", "evaluate_expression"]
 
 
 @pytest.mark.e2e

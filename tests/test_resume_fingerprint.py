@@ -25,8 +25,8 @@ from nirgan.config import Config
 from nirgan.stages import split as split_stage
 from nirgan.stages import train as train_stage
 from nirgan.training.checkpoint import Checkpoint
-from nirgan.training.expression_trainer import SESSION_MODULE as EXPRESSION_SESSION
-from nirgan.training.expression_trainer import train_expression
+from nirgan.expression.trainer import SESSION_MODULE as EXPRESSION_SESSION
+from nirgan.expression.trainer import train_expression
 from nirgan.training.fingerprint import SRC, code_digest, import_closure
 from nirgan.training.resume import SESSION_MODULE as NIR_SESSION
 
@@ -118,13 +118,13 @@ def test_the_code_part_is_the_steps_import_closure(tmp_path):
                           "nirgan/training/trainer.py", "nirgan/training/loop.py", "nirgan/tracking/__init__.py"}
 
     for kept in ("models/export_formats.py", "training/export.py", "training/trainer.py", "training/loop.py",
-                 "training/expression_trainer.py", "stages/evaluate.py"):
+                 "expression/trainer.py", "stages/evaluate.py"):
         _append(src / "nirgan" / kept, "\n# edited\n")
     assert {m: code_digest(m, src) for m in before} == before
 
     _append(src / "nirgan" / "training" / "session.py", "\n# edited\n")
     assert code_digest(NIR_SESSION, src) != before[NIR_SESSION]
-    _append(src / "nirgan" / "training" / "expression_step.py", "\n# edited\n")
+    _append(src / "nirgan" / "expression" / "step.py", "\n# edited\n")
     assert code_digest(EXPRESSION_SESSION, src) != before[EXPRESSION_SESSION]
 
 

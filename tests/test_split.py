@@ -12,6 +12,7 @@ import pytest
 
 from nirgan.config import Config
 from nirgan.io import read_table, write_table
+from nirgan.splitting import choose_test_subjects
 from nirgan.stages import split
 
 # pairs per subject: uneven, like real recordings
@@ -54,13 +55,13 @@ def test_subject_split_is_disjoint_and_close_to_the_fraction(tmp_path):
 def test_subject_share_is_close_for_every_seed():
     sizes = pd.Series(PAIRS)
     for seed in range(20):
-        chosen = split.choose_test_subjects(sizes, 0.1, seed)
+        chosen = choose_test_subjects(sizes, 0.1, seed)
         assert abs(sizes[chosen].sum() - 20) <= 2, (seed, chosen)
         assert 1 <= len(chosen) < len(sizes)
     # one huge subject and tiny ones: the best possible share, never an empty set
     lopsided = pd.Series({"big": 1000, "a": 1, "b": 1})
-    assert split.choose_test_subjects(lopsided, 0.1, 0) == ["a", "b"]
-    assert split.choose_test_subjects(pd.Series({"big": 1000, "small": 900}), 0.1, 0) == ["small"]
+    assert choose_test_subjects(lopsided, 0.1, 0) == ["a", "b"]
+    assert choose_test_subjects(pd.Series({"big": 1000, "small": 900}), 0.1, 0) == ["small"]
 
 
 def test_test_rows_are_the_prepared_originals(tmp_path):

@@ -51,11 +51,13 @@ _WHOLE_COLLECT = ("collect is declared whole: a params file for own data replace
 # key in every params file. The test fails when a stage reads a key excused here.
 CONDITIONAL: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
     ("nir", "collect"): ((*_OTHER_SOURCES, "collect.expression_twin"), _WHOLE_COLLECT),
-    ("expression", "collect"): ((*_OTHER_SOURCES, "collect.twin"), _WHOLE_COLLECT),
+    ("expression", "collect_expression"): ((*_OTHER_SOURCES, "collect.twin"), _WHOLE_COLLECT),
     ("nir", "detect"): (("detect.min_side", "detect.pre_cropped"),
-                        "task: expression reads them (face crops that need no detection, small images)"),
-    ("expression", "clean"): (("clean.misalignment", "clean.misalignment_k", "clean.misalignment_floor"),
-                              "task: nir reads them (a rig render's alignment with its NIR frame)"),
+                        "the detect section is declared whole; detect_expression reads these (face crops that "
+                        "need no detection, small images)"),
+    ("expression", "clean_expression"): (("clean.misalignment", "clean.misalignment_k", "clean.misalignment_floor"),
+                                         "the clean section is declared whole; NIR clean reads these (a rig "
+                                         "render's alignment with its NIR frame)"),
     ("nir", "evaluate"): (("evaluate.lpips_version",),
                           "read where the LPIPS backbone weights are on disk; TORCH_HOME is empty here"),
     ("nir", "generate"): ((*_OTHER_SOURCES, "collect.expression_twin"),

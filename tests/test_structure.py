@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nirgan.training.fingerprint import runtime_nodes
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE = "nirgan"
@@ -27,15 +29,20 @@ PACKAGE = "nirgan"
 # the trainer and the measures, which use them (they import only models and augmentation).
 LAYERS: dict[str, float] = {
     "nirgan": 0, "nirgan.config": 0, "nirgan.io": 0, "nirgan.labels": 0, "nirgan.losses": 0,
-    "nirgan.devices": 0, "nirgan.tracking": 0, "nirgan.safe_read": 0,
+    "nirgan.devices": 0, "nirgan.tracking": 0, "nirgan.safe_read": 0, "nirgan.iqr": 0,
     "nirgan.models": 1, "nirgan.augmentation": 1, "nirgan.detection": 1, "nirgan.twin": 1,
-    "nirgan.expression_data": 1,
-    # the expression twin films the NIR twin's subjects; the expression sources read it
-    "nirgan.twin_expression": 1.2, "nirgan.expression_sources": 1.4,
+    "nirgan.splitting": 1,
     "nirgan.training.auxiliary": 1.5,
     "nirgan.training": 2, "nirgan.metrics": 2, "nirgan.generation": 2,
     "nirgan.stages": 3,
     "nirgan.cli": 4,
+    # the expression family, beside the NIR one layer by layer (its twin films the NIR twin's
+    # subjects and its sources read that twin; its trainer runs the shared training loop)
+    "nirgan.expression": 1, "nirgan.expression.artifacts": 1.1,
+    "nirgan.expression.twin": 1.2, "nirgan.expression.sources": 1.4,
+    "nirgan.expression.step": 2.05, "nirgan.expression.session": 2.1, "nirgan.expression.trainer": 2.2,
+    "nirgan.expression.measures": 2.05, "nirgan.expression.audit": 2.1, "nirgan.expression.figures": 2.05,
+    "nirgan.expression.stages": 3,
 }
 
 
@@ -55,11 +62,12 @@ def module_name(path: Path) -> str:
 
 
 def imported_modules(path: Path) -> set[str]:
-    """Every ``nirgan`` module the file imports, at module level or inside functions."""
+    """Every ``nirgan`` module the file imports, at module level or inside functions (not under
+    ``if TYPE_CHECKING:``, which never runs)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -93,8 +101,15 @@ def import_closure(start: str) -> set[Path]:
 
 
 def stage_modules() -> dict[str, str]:
-    """``nirgan stage <name>`` -> the module cli.py dispatches it to (``_stage("<module>")``)."""
+    """``nirgan stage <name>`` -> the module cli.py dispatches it to: ``STAGES[name]`` calls
+    ``_stage("<case>")``, whose ``case "<case>":`` imports the stage module."""
     tree = ast.parse((SRC / PACKAGE / "cli.py").read_text())
+    dispatch = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "_stage")
+    modules = {}
+    for case in (c for n in ast.walk(dispatch) if isinstance(n, ast.Match) for c in n.cases):
+        imports = [b for b in case.body if isinstance(b, ast.ImportFrom)]
+        if isinstance(case.pattern, ast.MatchValue) and imports:
+            modules[case.pattern.value.value] = f"{imports[0].module}.{imports[0].names[0].name}"
     table = next(n.value for n in ast.walk(tree)
                  if isinstance(n, (ast.Assign, ast.AnnAssign)) and isinstance(n.value, ast.Dict)
                  and any(isinstance(t, ast.Name) and t.id == "STAGES"
@@ -104,7 +119,7 @@ def stage_modules() -> dict[str, str]:
         calls = [c for c in ast.walk(value) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
                  and c.func.id == "_stage"]
         assert len(calls) == 1, f"cli.STAGES[{key.value!r}]: expected one _stage(...) call"
-        out[key.value] = f"{PACKAGE}.stages.{calls[0].args[0].value}"
+        out[key.value] = modules[calls[0].args[0].value]
     return out
 
 
@@ -214,3 +229,54 @@ def test_the_closure_follows_lazy_and_package_imports():
     assert "src/nirgan/training/trainer.py" not in evaluate
     # check_config imports the VGG module inside a function
     assert "src/nirgan/models/vgg19.py" in {str(p.relative_to(ROOT)) for p in import_closure("nirgan.training.resume")}
+
+
+# ----------------------------------------------------------------------- the two families
+# The NIR family: the thesis's generator, discriminator, encoder and mapping networks, their
+# files and export, the training step, session and trainer around them, generation, and the NIR
+# stages that use them. The expression family is the package nirgan.expression. Everything
+# else is the neutral core both build on, and it imports neither (tests/test_family_reruns.py
+# shows the consequence in DVC's own terms).
+NIR_FAMILY = (
+    "nirgan.models.networks", "nirgan.models.multinorm", "nirgan.models.encoder_decoder",
+    "nirgan.models.latent_encoder", "nirgan.models.style_mapping", "nirgan.models.patch_discriminator",
+    "nirgan.models.artifacts", "nirgan.models.export_formats",
+    "nirgan.training.core", "nirgan.training.session", "nirgan.training.trainer", "nirgan.training.data",
+    "nirgan.training.export", "nirgan.training.resume", "nirgan.training.frozen_networks",
+    "nirgan.generation", "nirgan.stages",
+)
+EXPRESSION_FAMILY = ("nirgan.expression",)
+
+
+def _in(name: str, family: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in family)
+
+
+def test_the_neutral_core_imports_neither_family():
+    offending = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        name = module_name(path)
+        if _in(name, NIR_FAMILY) or _in(name, EXPRESSION_FAMILY) or name == "nirgan.cli":
+            continue
+        offending += [f"{name} imports {m}" for m in sorted(imported_modules(path))
+                      if _in(m, NIR_FAMILY) or _in(m, EXPRESSION_FAMILY)]
+    assert not offending, "\n".join(offending)
+
+
+def test_neither_family_imports_the_other():
+    crossing = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        name = module_name(path)
+        for ours, theirs in ((NIR_FAMILY, EXPRESSION_FAMILY), (EXPRESSION_FAMILY, NIR_FAMILY)):
+            if _in(name, ours):
+                crossing += [f"{name} imports {m}" for m in sorted(imported_modules(path)) if _in(m, theirs)]
+    assert not crossing, "\n".join(crossing)
+
+
+@pytest.mark.parametrize(("dvc_file", "stage"), DVC_STAGES)
+def test_each_stage_runs_one_familys_code(dvc_file, stage):
+    """A NIR stage runs no expression module and an expression stage no NIR one, so an edit to one
+    family never reruns the other's stages (their deps are these closures)."""
+    other = NIR_FAMILY if dvc_file.startswith("pipelines/expression") else EXPRESSION_FAMILY
+    ran = sorted(module_name(p) for p in import_closure(stage_modules()[stage]))
+    assert not [m for m in ran if _in(m, other)], f"{dvc_file} stage {stage!r} runs the other family's code"

@@ -53,7 +53,7 @@ def test_mlflow_run_has_params_metrics_grid_and_registered_model(store, dataset,
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from nirgan.models import load_generator
+    from nirgan.models.artifacts import load_generator
 
     from nirgan import tracking
 

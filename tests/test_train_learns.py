@@ -17,7 +17,7 @@ import torch
 from train_helpers import make_dataset, small_config
 
 from nirgan.augmentation import to_model_range
-from nirgan.models import load_generator
+from nirgan.models.artifacts import load_generator
 from nirgan.models.networks import build_networks
 from nirgan.stages import train as train_stage
 

@@ -12,7 +12,7 @@ from train_helpers import make_dataset, small_config
 from nirgan.config import Config
 from nirgan.stages import train as train_stage
 from nirgan.training.checkpoint import Checkpoint
-from nirgan.training.expression_trainer import MODEL_FILE, train_expression
+from nirgan.expression.trainer import MODEL_FILE, train_expression
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BUDGET = 1e-6  # minutes: spent by the first step, so the loop must stop at its first check

@@ -33,7 +33,7 @@ DIGEST = """
 import hashlib, sys
 from nirgan import twin
 from nirgan.config import ExpressionTwinConfig, TwinConfig
-from nirgan.twin_expression import render_expressions
+from nirgan.expression.twin import render_expressions
 nir, expr, workers = eval(sys.argv[1]), eval(sys.argv[2]), int(sys.argv[3])
 h = hashlib.sha256()
 for p in twin.render_dataset(TwinConfig(**nir), workers=workers):

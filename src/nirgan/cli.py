@@ -54,7 +54,8 @@ OUTPUT_PARENTS = (Path("."), Path("data"), MODELS, METRICS, PLOTS, GENERATED, GE
 
 
 def _stage(module: str) -> Callable[..., dict[str, Any]]:
-    """The ``run`` of ``nirgan.stages.<module>``. Each import is written out, so import tools (and
+    """The ``run`` of ``nirgan.stages.<module>`` (NIR) or of ``nirgan.expression.stages.<module>``
+    (``<module>_expression``). Each import is written out, so import tools (and
     tests/test_structure.py) see every stage the CLI can run; each runs only when its stage does,
     so ``nirgan check-params`` does not wait for torch and the detector."""
     match module:
@@ -70,12 +71,22 @@ def _stage(module: str) -> Callable[..., dict[str, Any]]:
             from nirgan.stages import split as stage
         case "train":
             from nirgan.stages import train as stage
+        case "collect_expression":
+            from nirgan.expression.stages import collect as stage
+        case "detect_expression":
+            from nirgan.expression.stages import detect as stage
+        case "clean_expression":
+            from nirgan.expression.stages import clean as stage
+        case "augment_expression":
+            from nirgan.expression.stages import augment as stage
+        case "split_expression":
+            from nirgan.expression.stages import split as stage
         case "train_expression":
-            from nirgan.stages import train_expression as stage
+            from nirgan.expression.stages import train as stage
         case "evaluate":
             from nirgan.stages import evaluate as stage
         case "evaluate_expression":
-            from nirgan.stages import evaluate_expression as stage
+            from nirgan.expression.stages import evaluate as stage
         case "generate":
             from nirgan.stages import generate as stage
         case _:
@@ -92,6 +103,12 @@ STAGES: dict[str, Callable[[Config], dict[str, Any]]] = {
     "train": lambda cfg: _stage("train")(
         cfg, prepared_dir=PREPARED, split_dir=SPLIT, out_dir=MODELS, metrics_path=METRICS / "train.json"
     ),
+    "collect_expression": lambda cfg: _stage("collect_expression")(cfg, out_dir=RAW),
+    "detect_expression": lambda cfg: _stage("detect_expression")(cfg, raw_dir=RAW, out_dir=CROPS),
+    "clean_expression": lambda cfg: _stage("clean_expression")(cfg, crops_dir=CROPS, out_dir=CLEAN),
+    "augment_expression": lambda cfg: _stage("augment_expression")(cfg, crops_dir=CROPS, clean_dir=CLEAN,
+                                                                   out_dir=PREPARED),
+    "split_expression": lambda cfg: _stage("split_expression")(cfg, prepared_dir=PREPARED, out_dir=SPLIT),
     "train_expression": lambda cfg: _stage("train_expression")(
         cfg, prepared_dir=PREPARED, split_dir=SPLIT, out_dir=MODELS, metrics_path=METRICS / "train_expression.json"
     ),

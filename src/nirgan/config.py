@@ -74,7 +74,7 @@ FER2013_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "
 
 
 class ExpressionTwinConfig(Section):
-    """The built-in twin rendering expressions (see ``nirgan.twin_expression``)."""
+    """The built-in twin rendering expressions (see ``nirgan.expression.twin``)."""
 
     seed: int = Field(0, ge=0, le=SEED_MAX)
     subjects: int = Field(12, ge=2, description="persistent identities (the NIR twin's subjects of this seed)")
@@ -83,7 +83,7 @@ class ExpressionTwinConfig(Section):
     width: int = Field(128, ge=96, le=2048)
     height: int = Field(128, ge=96, le=2048)
     expressions: tuple[str, ...] = Field(
-        EXPRESSIONS, strict=False, min_length=2, description="which of nirgan.twin_expression.PRESETS to render"
+        EXPRESSIONS, strict=False, min_length=2, description="which of nirgan.expression.twin.PRESETS to render"
     )
     intensity_low: float = Field(0.7, gt=0.0, le=1.5, description="each frame draws its expression's strength")
     intensity_high: float = Field(1.0, gt=0.0, le=1.5)
@@ -307,7 +307,7 @@ class TrainConfig(Section):
 
 # --------------------------------------------------------------------- expression train
 class ExpressionTrainConfig(Section):
-    """The expression models (issue 13; ``nirgan.training.expression_trainer``).
+    """The expression models (issue 13; ``nirgan.expression.trainer``).
 
     ``None`` for a learning rate, the batch size or the adversarial loss means the model's paper
     value: cgan and cgan_encoder 2e-4 / 2e-4 / batch 64 (Milan section 7, KTH 2.3: Adam beta1 0.5;
@@ -535,6 +535,15 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of stage sections")
     return parse_config(data, origin=str(path))
+
+
+def require_task(cfg: Config, task: str, stage: str) -> None:
+    """A stage of one family's pipeline refuses the other's params: the data would be read as the
+    wrong kind and fail far from the cause."""
+    if cfg.task != task:
+        other = f"{stage}_expression" if cfg.task == "expression" else stage
+        raise ConfigError(f"task: {cfg.task!r}: this is the {task} pipeline's {stage} stage; "
+                          f"a {cfg.task} run uses `nirgan stage {other}`")
 
 
 def check_data_paths(cfg: Config, origin: str = "params") -> None:

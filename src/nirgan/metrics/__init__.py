@@ -86,9 +86,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from nirgan.metrics import features, figures
-from nirgan.metrics.cleaning import evaluate_cleaning
-
 
 def aggregate_draws(draws: dict[str, list[float]]) -> dict[str, float]:
     """{key: [value per draw]} -> {key: mean, key_std: std} (see the module docstring)."""
@@ -100,4 +97,4 @@ def aggregate_draws(draws: dict[str, list[float]]) -> dict[str, float]:
     return out
 
 
-__all__ = ["aggregate_draws", "evaluate_cleaning", "features", "figures"]
+__all__ = ["aggregate_draws"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -14,8 +14,10 @@ from nirgan.io import write_image, write_json
 from nirgan.labels import LABELS
 from nirgan.metrics.data import Split
 from nirgan.metrics.realism import latents
-from nirgan.models.artifacts import Sampler
 from nirgan.models.pose_estimator import predict
+
+if TYPE_CHECKING:  # the NIR family's sampler; a type only, so the expression family never loads it
+    from nirgan.models.artifacts import Sampler
 
 PAD = 2
 CAPTION = 14  # pixel rows under a tile for its caption

@@ -8,6 +8,8 @@ a test subject's frame with another subject's frame (what "different identity" l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Callable
 
 import numpy as np
@@ -16,7 +18,9 @@ from torch import nn
 
 from nirgan.metrics.data import Split
 from nirgan.metrics.realism import latents
-from nirgan.models.artifacts import Sampler
+
+if TYPE_CHECKING:  # the NIR family's sampler; a type only, so the expression family never loads it
+    from nirgan.models.artifacts import Sampler
 
 
 def paired_cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:

@@ -10,7 +10,7 @@ N x M images for diversity. Keys: see :mod:`nirgan.metrics`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,9 +21,11 @@ from nirgan.metrics.data import Split
 from nirgan.metrics.fid import inception_features, load_fid_inception, resolve_fid
 from nirgan.metrics.lpips_diversity import load_lpips, lpips_pairwise_mean, resolve_lpips
 from nirgan.metrics.pose import angle_errors
-from nirgan.models.artifacts import Sampler
 from nirgan.models.pose_estimator import PoseEstimator, predict
 from nirgan.models.pose_estimator import features as estimator_features
+
+if TYPE_CHECKING:  # the NIR family's sampler; a type only, so the expression family never loads it
+    from nirgan.models.artifacts import Sampler
 
 
 def latents(n: int, dim: int, seed: int) -> torch.Tensor:

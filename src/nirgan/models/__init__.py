@@ -8,24 +8,8 @@ loops, where they have one of their own, live in :mod:`nirgan.training`):
     style_mapping.StyleMappingNetwork         Table 3.7      vgg19.VGG19Features            3.2.4.2.1
     identity_net.IdentityNet                  thesis 5.2 (NIR identity network)
     pose_estimator.PoseEstimator              thesis 5.2 (pose/gaze estimator)
+
+The package imports nothing itself: the expression family (:mod:`nirgan.expression`) uses the
+neutral modules here (``layers``, ``files``, the auxiliary networks) without loading the NIR
+generator's, so a NIR network edit never reruns an expression stage. Import each from its module.
 """
-
-from __future__ import annotations
-
-from nirgan.models.artifacts import LABEL_SCALE, Sampler, load_generator, load_sampler, save_generator
-from nirgan.models.encoder_decoder import EncoderDecoderGenerator
-from nirgan.models.identity_net import IdentityNet
-from nirgan.models.latent_encoder import LatentEncoder
-from nirgan.models.layers import init_weights
-from nirgan.models.multinorm import MultinormGenerator
-from nirgan.models.networks import ImageGenerator, Networks, build_generator, build_networks, needs_encoder
-from nirgan.models.patch_discriminator import PatchDiscriminator
-from nirgan.models.style_mapping import StyleMappingNetwork
-from nirgan.models.vgg19 import MissingWeightsError, VGG19Features, require_vgg19_weights
-
-__all__ = [
-    "LABEL_SCALE", "EncoderDecoderGenerator", "IdentityNet", "ImageGenerator", "LatentEncoder", "MissingWeightsError",
-    "MultinormGenerator", "Networks", "PatchDiscriminator", "Sampler", "StyleMappingNetwork", "VGG19Features",
-    "build_generator", "build_networks", "init_weights", "load_generator", "load_sampler", "needs_encoder",
-    "require_vgg19_weights", "save_generator",
-]

@@ -1,7 +1,9 @@
-"""The model files of a run, and the one sampler that turns them into images.
+"""The NIR family's model files, and the one sampler that turns them into images.
 
-This module is the only owner of their formats; train writes them, evaluate (and any later
-generate stage) reads them, and nothing outside training ever opens a training checkpoint.
+This module is the only owner of their payloads (how a file is read safely, and the "absent"
+record, are :mod:`nirgan.models.files`'); train writes them, evaluate (and any later generate
+stage) reads them, and nothing outside training ever opens a training checkpoint. The
+expression family's file is :mod:`nirgan.expression.artifacts`'.
 
     generator.pt       {"state_dict", "train_config", "label_dim", "label_scale"} of G, plus
                        "mapping_state_dict" of the style mapping network L when the run has one
@@ -11,7 +13,6 @@ generate stage) reads them, and nothing outside training ever opens a training c
     pose_estimator.pt  {"state_dict", "config"} of a :class:`PoseEstimator` (also evaluate's
                        label_estimator.pt, or {"absent": reason} when evaluate had no labels)
     identity_net.pt    {"state_dict", "num_subjects", "embed_dim"} of an :class:`IdentityNet`
-    expression_generator.pt  an expression model's :class:`ExpressionTranslator` (see its section)
 
 Only tensors and plain JSON types go in, so every file loads with ``weights_only=True``.
 
@@ -28,10 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from nirgan.config import DataError, ExpressionTrainConfig, TrainConfig
+from nirgan.config import DataError, TrainConfig
 from nirgan.io import atomic_file
-from nirgan.models.expression.build import build_expression_networks
-from nirgan.models.expression.translator import ExpressionTranslator
+from nirgan.models.files import absent_reason, build_from, cpu_state, load_payload, save_absent
 from nirgan.models.identity_net import IdentityNet
 from nirgan.models.latent_encoder import LatentEncoder
 from nirgan.models.networks import ImageGenerator, build_generator, build_networks
@@ -41,40 +41,6 @@ from nirgan.models.style_mapping import StyleMappingNetwork
 # Degrees -> the order-1 values the networks read when conditioned on pose/gaze labels.
 LABEL_SCALE = 90.0
 NO_ENCODER_REASON = "the run has no latent encoder E (train.lambda_lr and train.lambda_ir are 0)"
-
-
-def _cpu(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
-
-def _load(path: Path, what: str) -> dict:
-    """The file's payload, read with ``weights_only=True`` (a model file may come from anyone).
-
-    A file that is not one (empty, garbage, a pickle of arbitrary objects) is a one-line
-    :class:`DataError`. torch's own message is not passed on: for such a pickle it advises
-    ``weights_only=False``, which would run whatever code the file carries.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no {what} file (run the train stage first)") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not a {what} file") from None
-    except Exception as exc:  # noqa: BLE001 - any failure to unpickle is a bad file, never a bug here
-        empty = path.is_file() and path.stat().st_size == 0
-        why = "an empty file" if empty else f"not a {what} file nirgan wrote ({type(exc).__name__})"
-        raise DataError(f"{path}: cannot load the {what}: {why}") from None
-
-
-def _build(path: Path, what: str, build):  # noqa: ANN001, ANN202
-    """``build()`` turns a payload into a network; a payload of the wrong shape is a bad file."""
-    try:
-        return build()
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: not a usable {what} file: {first[:200]}") from None
 
 
 # ------------------------------------------------------------------------------- sampler
@@ -145,19 +111,19 @@ def save_generator(path: str | Path, generator: nn.Module, train_cfg: TrainConfi
                    mapping: nn.Module | None = None, label_scale: float = LABEL_SCALE) -> None:
     """Write generator.pt (see the module docstring), atomically."""
     payload = {
-        "state_dict": _cpu(generator),
+        "state_dict": cpu_state(generator),
         "train_config": train_cfg.model_dump(mode="json"),
         "label_dim": int(label_dim),
         "label_scale": float(label_scale),
     }
     if mapping is not None:
-        payload["mapping_state_dict"] = _cpu(mapping)
+        payload["mapping_state_dict"] = cpu_state(mapping)
     with atomic_file(path) as tmp:
         torch.save(payload, tmp)
 
 
 def _generator_payload(path: Path) -> dict:
-    payload = _load(path, "generator")
+    payload = load_payload(path, "generator")
     missing = {"state_dict", "train_config", "label_dim"} - set(payload) if isinstance(payload, dict) else {"all keys"}
     if missing:
         raise DataError(f"{path}: not a nirgan generator file, missing {sorted(missing)}")
@@ -176,7 +142,7 @@ def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -
         generator.train_config = train_cfg
         return generator
 
-    return _build(path, "generator", build).to(map_location).eval()
+    return build_from(path, "generator", build).to(map_location).eval()
 
 
 def load_sampler(path: str | Path, map_location: str | torch.device = "cpu") -> Sampler:
@@ -194,7 +160,7 @@ def load_sampler(path: str | Path, map_location: str | torch.device = "cpu") -> 
             raise DataError(f"{path}: the run uses a style mapping network (train.style_mapping) but the file "
                             "has no mapping_state_dict")
         mapping = StyleMappingNetwork(train_cfg.latent_dim, train_cfg.latent_dim)
-        _build(path, "generator", lambda: mapping.load_state_dict(payload["mapping_state_dict"]))
+        build_from(path, "generator", lambda: mapping.load_state_dict(payload["mapping_state_dict"]))
         mapping = mapping.to(map_location)
     sampler = Sampler(generator, mapping, payload.get("label_scale", LABEL_SCALE)).eval()
     sampler.train_config = train_cfg
@@ -204,7 +170,7 @@ def load_sampler(path: str | Path, map_location: str | torch.device = "cpu") -> 
 # ------------------------------------------------------------------------------- encoder
 def save_encoder(path: str | Path, encoder: LatentEncoder | None, absent_reason: str = NO_ENCODER_REASON) -> None:
     payload = ({"absent": absent_reason} if encoder is None else
-               {"state_dict": _cpu(encoder), "latent_dim": int(encoder.latent_dim), "width": float(encoder.width),
+               {"state_dict": cpu_state(encoder), "latent_dim": int(encoder.latent_dim), "width": float(encoder.width),
                 "variational": bool(encoder.variational)})
     with atomic_file(path) as tmp:
         torch.save(payload, tmp)
@@ -215,7 +181,7 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
     path = Path(path)
     if not path.exists():
         return None, f"{path} is missing (run the train stage)"
-    payload = _load(path, "latent encoder")
+    payload = load_payload(path, "latent encoder")
     if isinstance(payload, dict) and "absent" in payload:
         return None, str(payload["absent"])
 
@@ -225,7 +191,7 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
         encoder.load_state_dict(payload["state_dict"])
         return encoder
 
-    return _build(path, "latent encoder", build).to(map_location).eval(), str(path)
+    return build_from(path, "latent encoder", build).to(map_location).eval(), str(path)
 
 
 # ------------------------------------------------------------------- auxiliary networks
@@ -234,31 +200,16 @@ def save_pose_estimator(model: PoseEstimator, path: str | Path) -> None:
         torch.save({"state_dict": model.state_dict(), "config": model.config()}, tmp)
 
 
-def save_absent(path: str | Path, reason: str) -> None:
-    """A model file that declares why there is no model (so DVC can always declare the file)."""
-    with atomic_file(path) as tmp:
-        torch.save({"absent": reason}, tmp)
-
-
-def absent_reason(path: str | Path) -> str | None:
-    """Why a model file holds no model (missing, or an "absent" record); None when it holds one."""
-    path = Path(path)
-    if not path.exists():
-        return f"{path} is missing"
-    blob = _load(path, "model")
-    return str(blob["absent"]) if isinstance(blob, dict) and "absent" in blob else None
-
-
 def load_pose_estimator(path: str | Path, map_location: str | torch.device = "cpu") -> PoseEstimator:
     path = Path(path)
-    blob = _load(path, "pose estimator")
+    blob = load_payload(path, "pose estimator")
 
     def build() -> PoseEstimator:
         model = PoseEstimator(**blob["config"])
         model.load_state_dict(blob["state_dict"])
         return model
 
-    return _build(path, "pose estimator", build).eval()
+    return build_from(path, "pose estimator", build).eval()
 
 
 def save_identity_net(net: IdentityNet, path: str | Path) -> None:
@@ -269,54 +220,16 @@ def save_identity_net(net: IdentityNet, path: str | Path) -> None:
 def load_identity_net(path: str | Path, map_location: str | torch.device = "cpu") -> IdentityNet:
     """Frozen (eval mode, no grad), as a distance or an instrument wants it."""
     path = Path(path)
-    blob = _load(path, "identity network")
+    blob = load_payload(path, "identity network")
 
     def build() -> IdentityNet:
         net = IdentityNet(blob["num_subjects"], blob["embed_dim"])
         net.load_state_dict(blob["state_dict"])
         return net
 
-    return _build(path, "identity network", build).to(map_location).eval().requires_grad_(False)
+    return build_from(path, "identity network", build).to(map_location).eval().requires_grad_(False)
 
 
-# --------------------------------------------------------------------- expression models
-# expression_generator.pt: {"kind", "names", "image_size", "latent_dim", "config" (the run's
-# ExpressionTrainConfig), "generator" (state dict; the EMA one when the run has it), "encoder"
-# (state dict, cgan_encoder only; else absent)}.
-def save_expression_generator(path: str | Path, translator: ExpressionTranslator, cfg: ExpressionTrainConfig) -> None:
-    payload = {"kind": translator.kind, "names": list(translator.names), "image_size": translator.image_size,
-               "latent_dim": translator.latent_dim, "config": cfg.model_dump(mode="json"),
-               "generator": _cpu(translator.generator)}
-    if translator.encoder is not None:
-        payload["encoder"] = _cpu(translator.encoder)
-    with atomic_file(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_expression_translator(path: str | Path, map_location: str | torch.device = "cpu") -> ExpressionTranslator:
-    """The :class:`ExpressionTranslator` of expression_generator.pt, in eval mode; ``.config`` is its
-    ExpressionTrainConfig."""
-    path = Path(path)
-    payload = _load(path, "expression generator")
-    missing = ({"kind", "names", "image_size", "latent_dim", "config", "generator"} - set(payload)
-               if isinstance(payload, dict) else {"all keys"})
-    if missing:
-        raise DataError(f"{path}: not a nirgan expression generator file, missing {sorted(missing)}")
-
-    def build() -> ExpressionTranslator:
-        cfg = ExpressionTrainConfig.model_validate(payload["config"])
-        with torch.random.fork_rng(devices=[]):
-            nets = build_expression_networks(cfg, len(payload["names"]))
-        nets.generator.load_state_dict(payload["generator"])
-        encoder = None
-        if payload["kind"] == "cgan_encoder":
-            if "encoder" not in payload:
-                raise DataError(f"{path}: a cgan_encoder file without its encoder E")
-            encoder = nets.encoder
-            encoder.load_state_dict(payload["encoder"])
-        translator = ExpressionTranslator(payload["kind"], nets.generator, payload["names"],
-                                          int(payload["image_size"]), int(payload["latent_dim"]), encoder)
-        translator.config = cfg
-        return translator
-
-    return _build(path, "expression generator", build).to(map_location).eval()
+__all__ = ["LABEL_SCALE", "NO_ENCODER_REASON", "Sampler", "absent_reason", "load_encoder", "load_generator",
+           "load_identity_net", "load_pose_estimator", "load_sampler", "save_absent", "save_encoder",
+           "save_generator", "save_identity_net", "save_pose_estimator", "untrained_sampler"]

@@ -34,12 +34,6 @@ Outputs (``data/clean``, written atomically):
     ``outliers.parquet``  ``pair_id, subject, camera, rule, value, lower, upper, reason``, one
                           row per rule that fired (a pair may have several rows).
 Every input row is either kept or has at least one row in ``outliers.parquet``.
-
-Expression data (``task: expression``): images only, so one rule, ``iqr_image`` (the same IQR
-rule on each crop's mean), per group: the subject when it is known, else the label (a set
-without identities still has one lighting per expression folder more often than one overall).
-``manifest.parquet`` adds ``image_mean``; ``outliers.parquet`` is ``sample_id, group, rule,
-value, lower, upper, reason`` (``rule`` ``iqr_image`` or ``unreadable``).
 """
 
 from __future__ import annotations
@@ -52,8 +46,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nirgan.config import Config
+from nirgan.config import Config, require_task
 from nirgan.io import atomic_dir, read_image, read_table, stage_log, write_table
+from nirgan.iqr import iqr_outliers
 
 log = logging.getLogger("nirgan.clean")
 
@@ -71,25 +66,6 @@ _MIN_EYE_PIXELS = 4
 # Along the eye line, two clusters separated by less than this many pixels are one eye split
 # in two by 2-means, not two eyes.
 _MIN_EYE_GAP_PX = 2.0
-
-
-def iqr_outliers(values: np.ndarray, k: float) -> tuple[np.ndarray, float, float]:
-    """Thesis 3.1.4: ``(mask, lower, upper)`` with ``mask`` true outside [Q1 - k IQR, Q3 + k IQR].
-
-    Quartiles are numpy's default ``linear`` (type 7) quantiles over the finite values.
-    Non-finite values (an image that could not be measured) are always outliers. With no
-    finite value at all, every value is an outlier and both bounds are NaN.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.ones(values.shape, dtype=bool), float("nan"), float("nan")
-    q1, q3 = np.quantile(values[finite], [0.25, 0.75])
-    iqr = q3 - q1
-    lower, upper = float(q1 - k * iqr), float(q3 + k * iqr)
-    with np.errstate(invalid="ignore"):
-        mask = ~finite | (values < lower) | (values > upper)
-    return mask, lower, upper
 
 
 def eye_masks(source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -242,8 +218,7 @@ def find_outliers(df: pd.DataFrame, cfg: Config, unmeasurable: dict[str, str] | 
 def run(cfg: Config, crops_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Measure every crop pair, apply the rules per (subject, camera), write kept rows and outliers."""
     crops_dir, out_dir = Path(crops_dir), Path(out_dir)
-    if cfg.task == "expression":
-        return _run_expression(cfg, crops_dir, out_dir)
+    require_task(cfg, "nir", "clean")
     crops = read_table(crops_dir / "manifest.parquet")
     needed = {"pair_id", "subject", "camera", "source_path", "target_path"}
     if cfg.clean.misalignment:
@@ -293,60 +268,4 @@ def run(cfg: Config, crops_dir: Path, out_dir: Path) -> dict[str, Any]:
             groups=len(sizes),
             small_groups=int((sizes < cfg.clean.min_group_size).sum()),
         )
-    return dict(counts)
-
-
-# --------------------------------------------------------------------------- expression
-EXPRESSION_OUTLIER_COLUMNS = ["sample_id", "group", "rule", "value", "lower", "upper", "reason"]
-
-
-def _image_mean(path: Path) -> tuple[float, str]:
-    try:
-        return float(read_image(path, channels=1).mean(dtype=np.float64)), ""
-    except (ValueError, OSError) as exc:
-        return float("nan"), str(exc)
-
-
-def expression_groups(df: pd.DataFrame) -> pd.Series:
-    """The IQR group of each row: its subject when known, else its label."""
-    return pd.Series(np.where(df["subject"] != "", "subject " + df["subject"], "label " + df["label"]), index=df.index)
-
-
-def _run_expression(cfg: Config, crops_dir: Path, out_dir: Path) -> dict[str, Any]:
-    c = cfg.clean
-    crops = read_table(crops_dir / "manifest.parquet")
-    missing = sorted({"sample_id", "subject", "label", "image_path"} - set(crops.columns))
-    if missing:
-        raise KeyError(f"{crops_dir / 'manifest.parquet'}: missing columns {missing}")
-    with stage_log("clean", images=len(crops)) as counts:
-        measured = [_image_mean(crops_dir / p) for p in tqdm(crops["image_path"], desc="clean", disable=None)]
-        df = crops.copy()
-        df["image_mean"] = [m for m, _ in measured]
-        groups = expression_groups(df)
-        rows: list[dict[str, Any]] = []
-        nan = float("nan")
-        for i in np.flatnonzero(df["image_mean"].isna().to_numpy()):
-            rows.append(dict(sample_id=df["sample_id"].iloc[i], group=groups.iloc[i], rule="unreadable",
-                             value=nan, lower=nan, upper=nan, reason=measured[i][1]))
-        readable = df[df["image_mean"].notna()]
-        for group, part in readable.groupby(groups[readable.index], sort=True):
-            if len(part) < c.min_group_size:
-                log.info("clean: group %s has %d images (< clean.min_group_size=%d): kept whole", group, len(part), c.min_group_size)
-                continue
-            values = part["image_mean"].to_numpy(np.float64)
-            mask, lower, upper = iqr_outliers(values, c.iqr_k)
-            for sid, value in zip(part["sample_id"][mask], values[mask], strict=True):
-                side = "below Q1" if value < lower else "above Q3"
-                rows.append(dict(sample_id=sid, group=group, rule="iqr_image", value=value, lower=lower, upper=upper,
-                                 reason=f"image mean {value:.2f} is more than {c.iqr_k:g} IQR {side} in {group} "
-                                 f"(bounds {lower:.2f}..{upper:.2f})"))
-        outliers = pd.DataFrame(rows, columns=EXPRESSION_OUTLIER_COLUMNS).astype(
-            dict.fromkeys(EXPRESSION_OUTLIER_COLUMNS, "object") | dict.fromkeys(("value", "lower", "upper"), "float64")
-        )
-        kept = df[~df["sample_id"].isin(outliers["sample_id"])].reset_index(drop=True)
-        with atomic_dir(out_dir) as tmp:
-            write_table(kept, tmp / "manifest.parquet")
-            write_table(outliers, tmp / "outliers.parquet")
-        counts.update(kept=len(kept), removed=len(df) - len(kept), groups=int(groups.nunique()),
-                      unreadable=int((outliers["rule"] == "unreadable").sum()))
     return dict(counts)

@@ -87,19 +87,6 @@ Outputs (``out_dir``, written atomically)
 ``disturbances.parquet``  twin only, the hidden ground truth of planted disturbances:
     ``pair_id``, ``disturbance`` (``none``, ``occlusion``, ``blur``, ``overexposure``,
     ``underexposure``, ``misaligned``) for every pair.
-
-Expression sources (``task: expression``)
------------------------------------------
-``expression_twin``, ``label_folders`` and ``fer2013`` read labelled grey faces through
-:mod:`nirgan.expression_sources` (which documents the layouts and every reject reason). Outputs:
-``images/<sample_id>.png``  uint8 1-channel (copied byte for byte when already an 8-bit grey PNG)
-``manifest.parquet``  one row per kept image: ``sample_id``, ``subject`` ("" when unknown),
-    ``label`` (the folder name or the label map's name), ``image_path``, ``usage`` (FER2013's
-    ``Usage``, else ""), ``sha256`` (of the written file).
-``rejects.parquet``  ``path``, ``sample_id``, ``reason``: every input file (and CSV or subject
-    table row) that is not kept.
-``expression_truth.parquet``, ``preview.png``  expression twin only: what each frame was
-    rendered with (strength, controls, pose, camera) and one frame per subject and expression.
 """
 
 from __future__ import annotations
@@ -114,7 +101,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from nirgan.config import FER2013_LABELS, CollectConfig, Config, ConfigError, DataError, check_data_paths
+from nirgan.config import CollectConfig, Config, ConfigError, DataError, check_data_paths
 from nirgan.cores import available_cores
 from nirgan.io import atomic_dir, file_sha256, progress, stage_log, write_image, write_table
 from nirgan.io import log as io_log
@@ -139,15 +126,14 @@ def run(cfg: Config, out_dir: Path) -> dict[str, Any]:
     source = cfg.collect.source
     if source == "twin":
         return _collect_twin(cfg, Path(out_dir))
-    if source == "expression_twin":
-        return _collect_expression(cfg.collect, Path(out_dir))
+    if cfg.collect.is_expression:
+        raise ConfigError(f"collect.source: {source!r} is an expression source; this is the NIR pipeline's collect "
+                          "(the expression pipeline runs `nirgan stage collect_expression`)")
     try:
         check_data_paths(cfg)
     except ConfigError as exc:
         raise DataError(str(exc)) from None
     root = Path(cfg.collect.path)
-    if cfg.collect.is_expression:
-        return _collect_expression(cfg.collect, Path(out_dir), root)
     labels = PairLabels.load(cfg.collect.labels, root) if cfg.collect.labels is not None else None
     if source == "folder":
         return _collect_folder(root, Path(out_dir), labels, cfg.collect)
@@ -313,54 +299,6 @@ def _collect_folder(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
             writer.add(*key, {d: images[d].data for d in DOMAINS})
         log["downscaled"] = downscaled
         return _finish(out, writer, rejects, log, labels=labels, root=root)
-
-
-# ----------------------------------------------------------------------------- expression
-def _collect_expression(ccfg: CollectConfig, out_dir: Path, root: Path | None = None) -> dict[str, Any]:
-    """Labelled grey faces from one of :mod:`nirgan.expression_sources`, written as PNGs."""
-    from nirgan import expression_sources as sources
-
-    rejects = Rejects("sample_id")
-    total = None
-    if ccfg.source == "expression_twin":
-        from nirgan.twin_expression import count_frames
-
-        samples: Iterable[sources.Sample] = sources.twin_samples(ccfg.expression_twin)
-        total = count_frames(ccfg.expression_twin)
-    elif ccfg.source == "label_folders":
-        samples = sources.label_folder_samples(root, ccfg, rejects)
-        total = len(samples)
-    else:
-        samples = sources.fer2013_samples(root, ccfg.label_map or FER2013_LABELS, rejects)
-    with stage_log("collect", source=ccfg.source) as log, atomic_dir(out_dir) as out:
-        rows, truth, first = [], [], {}
-        for s in progress(samples, total=total, desc=f"collect {ccfg.source}", unit="image"):
-            rel = f"images/{s.sample_id}.png"
-            dest = out / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(s.image, Path):
-                shutil.copyfile(s.image, dest)
-            else:
-                write_image(dest, s.image)
-            rows.append(dict(sample_id=s.sample_id, subject=s.subject, label=s.label, image_path=rel, usage=s.usage,
-                             sha256=file_sha256(dest)))
-            if s.truth:
-                truth.append({"sample_id": s.sample_id, **s.truth})
-                first.setdefault((s.subject, s.label), s.image)
-        if not rows:
-            reasons = pd.Series([r["reason"] for r in rejects.rows], dtype=object).value_counts().to_dict()
-            raise DataError(f"{root or ccfg.source}: no usable image ({len(rejects.rows)} rejected: {reasons})")
-        manifest = pd.DataFrame(rows, columns=EXPRESSION_COLUMNS).astype("object")
-        write_table(manifest.sort_values("sample_id", kind="stable").reset_index(drop=True), out / "manifest.parquet")
-        write_table(rejects.frame(), out / "rejects.parquet")
-        if truth:
-            from nirgan.twin_expression import preview_grid
-
-            write_table(pd.DataFrame(truth), out / "expression_truth.parquet")
-            write_image(out / "preview.png", preview_grid(first, ccfg.expression_twin.expressions))
-        log.update(images=len(rows), rejected=len(rejects.rows), labels=int(manifest["label"].nunique()),
-                   subjects=len(set(manifest["subject"]) - {""}))
-        return dict(log)
 
 
 # --------------------------------------------------------------------------------- videos

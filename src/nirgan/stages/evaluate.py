@@ -45,7 +45,8 @@ from nirgan import tracking
 from nirgan.config import Config
 from nirgan.devices import effective_precision, resolve_device
 from nirgan.io import atomic_dir, stage_log, write_json
-from nirgan.metrics import aggregate_draws, evaluate_cleaning
+from nirgan.metrics import aggregate_draws
+from nirgan.metrics.cleaning import evaluate_cleaning
 from nirgan.metrics.data import Split, load_split
 from nirgan.metrics.feature_check import holdout_mask, subject_accuracy
 from nirgan.metrics.figures import SWEEPS, draw_figures, write_plot_data

@@ -1,6 +1,8 @@
-"""Training of the thesis's CGAN framework (3.2, Algorithm 2), one module per job:
+"""Training of the thesis's CGAN framework (3.2, Algorithm 2), one module per job. The loop,
+fingerprint, checkpoint, distributed and auxiliary modules are shared by both families and import
+neither (the expression family's trainer, session and step are in :mod:`nirgan.expression`):
 
-    trainer.py      train(): the NIR run's setup, top-down (expression_trainer.py: the expression one's)
+    trainer.py      train(): the NIR run's setup, top-down
     loop.py         the loop both families run: budget, meter, non-finite stop, checkpoints, grids
     fingerprint.py  resume by content: the data's and the training step's code's digests
     session.py      TrainSession: networks, optimisers, RNGs, one iteration, the whole state
@@ -11,7 +13,7 @@
     frozen_networks.py  the frozen networks the losses read (trained or reloaded for the run)
     export.py       model files, metrics and the MLflow model at the end of a run
     checkpoint.py   the whole state on disk, atomic, with a ``latest`` pointer
-    distributed.py  torchrun / DDP setup, synchronised batch norm, the step's DDP/compile views
+    distributed.py  torchrun / DDP setup, synchronised batch norm (session.py: the step's DDP views)
 
 The package imports nothing itself, so that a module importing one job (evaluate imports
 ``auxiliary``) does not pull in the others.

@@ -1,5 +1,6 @@
-"""torchrun / DDP plumbing: process-group setup, batch-norm synchronisation, and the DDP /
-``torch.compile`` wrappers of the networks a step updates.
+"""torchrun / DDP plumbing shared by both model families: process-group setup, batch-norm
+synchronisation and object broadcasts. (Which networks a step wraps in DDP is each family's
+session's business: it knows its networks.)
 
 Under ``torchrun`` (WORLD_SIZE > 1) every process holds one replica and a shard of each
 global batch. Batch-norm statistics must then be taken over the global batch, or the
@@ -15,13 +16,11 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from nirgan.training.core import StepNets
 
 
 @dataclass(frozen=True)
@@ -120,30 +119,3 @@ def barrier(info: DistInfo) -> None:
 
 __all__ = ["AllReduceBatchNorm2d", "DistInfo", "barrier", "broadcast_object", "convert_batchnorm",
            "init_distributed", "shutdown_distributed"]
-
-
-def step_views(raw: dict[str, nn.Module], aux: Any, info: DistInfo, device: torch.device,
-               compile_mode: str) -> tuple[StepNets, StepNets]:
-    """The two views of Algorithm 2's alternating updates (see ``nirgan.training.core``):
-    (discriminator step, generator step), each wrapping in DDP only the networks it updates,
-    and compiled when ``compile_mode`` is not "none". ``aux`` holds the frozen vgg, identity
-    and estimator networks."""
-    trained = dict(raw)
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [device.index] if device.type == "cuda" else None
-        trained = {name: DDP(m, device_ids=ids, broadcast_buffers=False) for name, m in raw.items()}
-    plain = dict(raw)
-    if compile_mode != "none":
-        def compiled(nets: dict) -> dict:
-            return {k: torch.compile(m, mode=compile_mode) for k, m in nets.items()}
-
-        trained = compiled(trained)
-        plain = trained if not info.enabled else compiled(plain)
-    frozen = dict(vgg=aux.vgg, identity=aux.identity, estimator=aux.estimator)
-    d_view = StepNets(generator=plain["generator"], discriminator=trained["discriminator"],
-                      mapping=plain.get("mapping"), **frozen)
-    g_view = StepNets(generator=trained["generator"], discriminator=plain["discriminator"],
-                      encoder=trained.get("encoder"), mapping=trained.get("mapping"), **frozen)
-    return d_view, g_view

@@ -63,11 +63,25 @@ def _module_file(name: str, src: Path) -> Path | None:
     return None
 
 
+def runtime_nodes(tree: ast.AST) -> Iterable[ast.AST]:
+    """Every node of ``tree`` but those under ``if TYPE_CHECKING:``: imports there never run, so
+    they are not code the run depends on (a type-only import of the other family is allowed)."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        yield node
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            pending.extend(node.orelse)
+            continue
+        pending.extend(ast.iter_child_nodes(node))
+
+
 def _imports(path: Path, name: str) -> Iterable[str]:
     """Every module an ``import`` in ``path`` names, at any depth (function-level imports
-    included), as absolute dotted names; ``from m import x`` yields ``m`` and ``m.x``."""
+    included, type-checking-only ones not), as absolute dotted names; ``from m import x`` yields
+    ``m`` and ``m.x``."""
     is_package = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

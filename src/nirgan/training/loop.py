@@ -2,7 +2,7 @@
 loss meter, the non-finite stop, checkpoints and sample grids.
 
 A session (``nirgan.training.session.TrainSession`` or
-``nirgan.training.expression_session.ExpressionSession``) is the state and one iteration; its
+``nirgan.expression.session.ExpressionSession``) is the state and one iteration; its
 trainer is the setup (data, fingerprint, resumption, MLflow run) and the export. In between,
 :func:`run_loop` does, for either family:
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +25,10 @@ from nirgan.labels import LABELS
 from nirgan.models.artifacts import LABEL_SCALE, Sampler
 from nirgan.models.networks import build_networks
 from nirgan.training.checkpoint import ResumableSession
-from nirgan.training.core import Batch, compute_d_loss, compute_g_loss
+from nirgan.training.core import Batch, StepNets, compute_d_loss, compute_g_loss
 from nirgan.training.data import TrainData
 from nirgan.training.diff_augment import draw_augment
-from nirgan.training.distributed import DistInfo, convert_batchnorm, step_views
+from nirgan.training.distributed import DistInfo, convert_batchnorm
 from nirgan.training.frozen_networks import auxiliary_networks
 
 
@@ -251,3 +252,30 @@ class TrainSession(ResumableSession):
     # ------------------------------------------------------------------------ state
     def ema_networks(self) -> dict[str, nn.Module]:
         return self.ema
+
+
+def step_views(raw: dict[str, nn.Module], aux: Any, info: DistInfo, device: torch.device,
+               compile_mode: str) -> tuple[StepNets, StepNets]:
+    """The two views of Algorithm 2's alternating updates (see ``nirgan.training.core``):
+    (discriminator step, generator step), each wrapping in DDP only the networks it updates,
+    and compiled when ``compile_mode`` is not "none". ``aux`` holds the frozen vgg, identity
+    and estimator networks."""
+    trained = dict(raw)
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        trained = {name: DDP(m, device_ids=ids, broadcast_buffers=False) for name, m in raw.items()}
+    plain = dict(raw)
+    if compile_mode != "none":
+        def compiled(nets: dict) -> dict:
+            return {k: torch.compile(m, mode=compile_mode) for k, m in nets.items()}
+
+        trained = compiled(trained)
+        plain = trained if not info.enabled else compiled(plain)
+    frozen = dict(vgg=aux.vgg, identity=aux.identity, estimator=aux.estimator)
+    d_view = StepNets(generator=plain["generator"], discriminator=trained["discriminator"],
+                      mapping=plain.get("mapping"), **frozen)
+    g_view = StepNets(generator=trained["generator"], discriminator=plain["discriminator"],
+                      encoder=trained.get("encoder"), mapping=trained.get("mapping"), **frozen)
+    return d_view, g_view

@@ -84,7 +84,7 @@ from nirgan.twin.scene import (
     make_trajectory,
 )
 
-# The public API, plus the two renderer internals that generation.rig and twin_expression
+# The public API, plus the two renderer internals that generation.rig and expression.twin
 # drive directly (_View, _camera).
 __all__ = [
     "DISTURBANCES", "HEAD_A", "LIMITS", "NEUTRAL", "SCALE", "SOURCE_COLOURS", "Camera", "Expression", "Pose",

@@ -4,7 +4,7 @@ On a real set the evaluation classifier read StarGAN's translations at 0.92 and 
 0.75 (sadness 0.06 real, 0.97 translated), and the grid showed label-specific stripes: the
 generator had learned textures that a classifier of that recipe reads as the label. Three checks:
 
-- A second reader, :class:`~nirgan.models.expression.auditor.ExpressionAuditor`: another
+- A second reader, :class:`~nirgan.expression.models.auditor.ExpressionAuditor`: another
   architecture, another seed, trained with blur, down-up resizing and noise on the real train
   faces (:func:`train_expression_auditor`); the generator never saw it and what it reads has to
   survive a small blur.
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nirgan.metrics.expression import _augment, confusion, fit_classifier, per_label_accuracy, predict_labels
+from nirgan.expression.measures import _augment, confusion, fit_classifier, per_label_accuracy, predict_labels
 from nirgan.metrics.judge import gaussian_blur
-from nirgan.models.expression.auditor import ExpressionAuditor
-from nirgan.models.expression.translator import to_model_input
+from nirgan.expression.models.auditor import ExpressionAuditor
+from nirgan.expression.models.translator import to_model_input
 
 log = logging.getLogger("nirgan.evaluate_expression")
 

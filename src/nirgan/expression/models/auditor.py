@@ -7,7 +7,7 @@ that classifier's accuracy on real faces. This reader differs in everything such
 ride on: stride-1 5x5 first layer and max pooling (the classifier strides its first 3x3 conv, so a
 period-2 pattern aliases straight into its features), four blocks instead of three, a 2x2 position
 map instead of (S/16)^2, and it is trained on blurred, resized and noisy copies too
-(:func:`nirgan.metrics.expression.train_expression_auditor`), so that only what survives a small
+(:func:`nirgan.expression.audit.train_expression_auditor`), so that only what survives a small
 blur can carry a label.
 """
 

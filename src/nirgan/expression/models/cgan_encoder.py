@@ -3,9 +3,9 @@
 ``emotion-dcgan-encoder-paper.txt``, 2.1 (eq. 1-2) and 2.2.2 (Fig. 4, eq. 13-14): E has the
 discriminator's convolutional stack and ends in a fully-connected layer that gives z instead of
 a real/fake value. It is trained after the cGAN, with G frozen, so that E(G(z|y)) = z (eq. 13)
-and G(E(x)|y) = x (eq. 14); the losses are in :mod:`nirgan.expression_losses`.
+and G(E(x)|y) = x (eq. 14); the losses are in :mod:`nirgan.expression.losses`.
 
-Here the stack is :class:`~nirgan.models.expression.cgan.CGANDiscriminator`'s without the label
+Here the stack is :class:`~nirgan.expression.models.cgan.CGANDiscriminator`'s without the label
 channel (E sees the image alone: the label is what translation replaces), and the output is tanh,
 because z is drawn uniform in [-1, 1] (Milan section 7; DCGAN), so E's range is G's input range.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nirgan.models.expression.cgan import LEAK, _ch, _check_size
+from nirgan.expression.models.cgan import LEAK, _ch, _check_size
 
 
 class LatentEncoder(nn.Module):

@@ -7,5 +7,5 @@ the paper section it follows:
                                                  chapter 8; Choi et al. 2018, appendix A)
     translator.ExpressionTranslator              the one interface evaluation uses for all three
 
-All are pure ``nn.Module`` s; their training lives in :mod:`nirgan.training.expression_trainer`.
+All are pure ``nn.Module`` s; their training lives in :mod:`nirgan.expression.trainer`.
 """

@@ -1,4 +1,4 @@
-"""One expression run's state and its iteration (see :mod:`nirgan.training.expression_trainer`).
+"""One expression run's state and its iteration (see :mod:`nirgan.expression.trainer`).
 
 :class:`ExpressionSession` holds the networks, the EMA generator, optimisers, schedulers and every
 random source of a run; :meth:`ExpressionSession.train_step` is one iteration (one D update):
@@ -25,12 +25,12 @@ from torch import nn
 
 from nirgan.config import ExpressionTrainConfig
 from nirgan.devices import autocast, effective_precision
-from nirgan.models.expression.build import build_expression_networks
-from nirgan.models.expression.translator import ExpressionTranslator, to_model_input
+from nirgan.expression.models.build import build_expression_networks
+from nirgan.expression.models.translator import ExpressionTranslator, to_model_input
 from nirgan.training.checkpoint import ResumableSession
 from nirgan.training.diff_augment import draw_augment
 from nirgan.training.distributed import DistInfo, convert_batchnorm
-from nirgan.training.expression_step import (
+from nirgan.expression.step import (
     ExpressionBatch,
     cgan_d_step,
     cgan_g_step,

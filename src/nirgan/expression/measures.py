@@ -1,7 +1,7 @@
 """Target-label accuracy of expression translations, and the other measures of the
 evaluate_expression stage (issue 13).
 
-:func:`train_expression_classifier` fits :class:`~nirgan.models.expression.classifier.ExpressionClassifier`
+:func:`train_expression_classifier` fits :class:`~nirgan.expression.models.classifier.ExpressionClassifier`
 on real train faces (random horizontal flips and small shifts, Adam, seeded: the same inputs give
 the same classifier); :func:`predict_labels` applies it; :func:`target_label_accuracy` is the share
 of translated faces that it rates as their target label. Report it beside the classifier's own
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from nirgan.metrics.features import pairwise_msssim
-from nirgan.models.expression.classifier import ExpressionClassifier
-from nirgan.models.expression.translator import to_model_input
+from nirgan.expression.models.classifier import ExpressionClassifier
+from nirgan.expression.models.translator import to_model_input
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -48,7 +48,7 @@ def fit_classifier(make_model: Callable[[], torch.nn.Module], x: torch.Tensor, l
                    lr: float, seed: int, min_steps: int, device: str | torch.device) -> Any:
     """``make_model()`` (built from the seeded global RNG) fitted by Adam with a one-cycle schedule
     over ``augment``-ed batches of (x, labels): the same inputs give the same classifier. Shared by
-    the classifier and the auditor (:mod:`nirgan.metrics.expression_audit`)."""
+    the classifier and the auditor (:mod:`nirgan.expression.audit`)."""
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     if len(y) != len(x) or len(y) == 0:
         raise ValueError(f"classifier training needs one label per face; got {len(x)} faces, {len(y)} labels")

@@ -7,7 +7,7 @@ every CSV row is accounted for. Label names always come from the data: the folde
 the label map that names FER2013's integers; nothing here knows how many labels there are.
 
 ``twin_samples(cfg)``  (``collect.source: expression_twin``)
-    :mod:`nirgan.twin_expression`; ``sample_id`` ``<subject>/<label>/<frame:03d>``. Nothing is
+    :mod:`nirgan.expression.twin`; ``sample_id`` ``<subject>/<label>/<frame:03d>``. Nothing is
     rejected; each sample carries its ground truth (strength, controls, pose).
 ``label_folder_samples(root, ccfg, rejects)``  (``label_folders``)
     ``<root>/<label>/<image>``, the layout of the Imperial set; ``sample_id`` is the path
@@ -65,7 +65,7 @@ class Sample:
 
 # ------------------------------------------------------------------------------- twin
 def twin_samples(cfg: ExpressionTwinConfig) -> Iterator[Sample]:
-    from nirgan import twin_expression
+    from nirgan.expression import twin as twin_expression
 
     for f in twin_expression.render_expressions(cfg):
         truth = {"intensity": f.intensity, "camera": f.camera, "head_yaw": f.pose.yaw, "head_pitch": f.pose.pitch,

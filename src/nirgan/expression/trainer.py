@@ -2,7 +2,7 @@
 (Imperial), on the machinery the NIR trainer shares.
 
 :func:`train_expression` is the setup, read top-down: device and process group, the data, the
-checkpoint to resume from, the session (:mod:`nirgan.training.expression_session`: networks, EMA
+checkpoint to resume from, the session (:mod:`nirgan.expression.session`: networks, EMA
 generator, optimisers, random sources and one iteration), the loop both families run
 (:mod:`nirgan.training.loop`: budget, meter, non-finite stop, checkpoints), and the export.
 Shared with the NIR trainer besides the loop: the resume fingerprint by content
@@ -30,10 +30,10 @@ import torch
 from nirgan import devices, tracking
 from nirgan.config import Config, ExpressionTrainConfig
 from nirgan.io import atomic_file, write_image, write_json
-from nirgan.models.artifacts import save_expression_generator
+from nirgan.expression.artifacts import save_expression_generator
 from nirgan.training.checkpoint import Checkpoint
 from nirgan.training.distributed import init_distributed
-from nirgan.training.expression_session import ExpressionData, ExpressionSession
+from nirgan.expression.session import ExpressionData, ExpressionSession
 from nirgan.training.fingerprint import data_digest, fingerprint, resumable_state
 from nirgan.training.loop import LoopSpec, NonFiniteLossError, RunRecord, run_loop
 
@@ -41,13 +41,13 @@ log = logging.getLogger("nirgan.train_expression")
 __all__ = ["MODEL_FILE", "NonFiniteLossError", "expression_data", "expression_fingerprint", "train_expression"]
 
 MODEL_FILE = "expression_generator.pt"
-SESSION_MODULE = "nirgan.training.expression_session"  # its import closure is the step's code
+SESSION_MODULE = "nirgan.expression.session"  # its import closure is the step's code
 RESUMABLE_CHANGES = frozenset({"max_steps", "max_minutes", "log_every", "checkpoint_every", "device", "precision",
                                "deterministic", "log_model", "sample_inputs"})
 
 
 class Split(Protocol):
-    """What :func:`nirgan.expression_data.load_expression_split` returns (only the fields used here)."""
+    """What :func:`nirgan.expression.data.load_expression_split` returns (only the fields used here)."""
 
     train_images: np.ndarray
     train_labels: np.ndarray

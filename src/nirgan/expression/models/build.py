@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from nirgan.config import ExpressionTrainConfig
-from nirgan.models.expression.cgan import CGANDiscriminator, CGANGenerator, init_dcgan
-from nirgan.models.expression.cgan_encoder import LatentEncoder
-from nirgan.models.expression.stargan import build_stargan
+from nirgan.expression.models.cgan import CGANDiscriminator, CGANGenerator, init_dcgan
+from nirgan.expression.models.cgan_encoder import LatentEncoder
+from nirgan.expression.models.stargan import build_stargan
 
 
 @dataclass

@@ -15,7 +15,7 @@ stride-2 layers and adds one per doubling beyond 64, so its dense layer always r
 paper used [0, 1] and reported no difference for [-1, 1]); every model of nirgan shares that range.
 ``upsample="nearest"`` or ``"bilinear"`` replaces each stride-2 transposed conv by that x2 resize
 and a 5x5 conv (the paper's kernel; Odena et al.'s remedy for the checkerboard that a 5-over-2
-transposed conv draws: :func:`~nirgan.models.expression.stargan.resize_conv`).
+transposed conv draws: :func:`~nirgan.expression.models.stargan.resize_conv`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from nirgan.models.expression.stargan import UPSAMPLING, resize_conv
+from nirgan.expression.models.stargan import UPSAMPLING, resize_conv
 
 LEAK = 0.2  # KTH 2.3 (DCGAN's slope); Milan names "leaky ReLU" without a slope
 

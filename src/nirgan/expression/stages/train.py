@@ -1,8 +1,8 @@
 """Stage train_expression: the expression models of issue 13 (cgan | cgan_encoder | stargan, by
-``expression_train.model``; see ``nirgan.training.expression_trainer``).
+``expression_train.model``; see ``nirgan.expression.trainer``).
 
 Inputs: data/prepared (images.npy, manifest.parquet, labels.json) and data/split (train.parquet,
-test.parquet) of the expression pipeline, read by ``nirgan.expression_data.load_expression_split``.
+test.parquet) of the expression pipeline, read by ``nirgan.expression.data.load_expression_split``.
 Outputs, in ``out_dir`` (models/), written in place because a run must survive being killed:
     checkpoints/step_*.pt + latest   whole training state, atomic (a rerun resumes from it)
     expression_generator.pt          the translator (EMA generator, and E for cgan_encoder), in the
@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from nirgan.config import Config
-from nirgan.expression_data import load_expression_split
+from nirgan.expression.data import load_expression_split
 from nirgan.io import stage_log
 from nirgan.training.distributed import shutdown_distributed
-from nirgan.training.expression_trainer import train_expression
+from nirgan.expression.trainer import train_expression
 
 
 def run(cfg: Config, prepared_dir: Path, split_dir: Path, out_dir: Path, metrics_path: Path) -> dict[str, Any]:

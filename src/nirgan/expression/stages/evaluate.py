@@ -1,7 +1,7 @@
 """Stage evaluate_expression: the figures of issue 13 item 3 for a trained expression model.
 
-Inputs: ``data/prepared`` and ``data/split`` (read by ``nirgan.expression_data.load_expression_split``)
-and ``models/expression_generator.pt`` (``nirgan.models.artifacts.load_expression_translator``).
+Inputs: ``data/prepared`` and ``data/split`` (read by ``nirgan.expression.data.load_expression_split``)
+and ``models/expression_generator.pt`` (``nirgan.expression.artifacts.load_expression_translator``).
 Outputs: ``metrics/eval_expression.json`` (flat keys below), ``plots/`` (translation_grid.png,
 confusion.png, samples_per_label.png, confusion.json), all logged into the training run
 (``models/mlflow_run.json``, experiment nirgan-expression); the generator is registered as
@@ -21,7 +21,7 @@ Keys (a figure that cannot be computed is "unavailable" with a ``<key>_reason``)
   expr_audit_real_accuracy[_<label>], expr_audit_target_accuracy[_<label>],
   expr_audit_relative_accuracy[_<label>], expr_audit_target_accuracy_labels_above_real[_count],
   expr_audit_*_blur, expr_audit_*_resize   the same from the auditor
-                              (nirgan.metrics.expression_audit): another architecture and seed,
+                              (nirgan.expression.audit): another architecture and seed,
                               trained with blur, resize and noise, that the generator never saw.
                               The figure to trust is expr_audit_relative_accuracy
   expr_hf_share_real, expr_hf_share_translated, expr_hf_share_ratio[_<label>]   share of spectral
@@ -64,17 +64,17 @@ import torch
 from nirgan import tracking
 from nirgan.config import Config, DataError
 from nirgan.devices import resolve_device
-from nirgan.expression_data import ExpressionSplit, load_expression_split
+from nirgan.expression.data import ExpressionSplit, load_expression_split
 from nirgan.io import atomic_dir, stage_log, write_image, write_json
-from nirgan.metrics import expression as m
-from nirgan.metrics import expression_audit as audit
-from nirgan.metrics.expression_figures import confusion_png, first_of_each_label, samples_grid, translation_grid
+from nirgan.expression import measures as m
+from nirgan.expression import audit
+from nirgan.expression.figures import confusion_png, first_of_each_label, samples_grid, translation_grid
 from nirgan.metrics.features import frechet_distance, sliced_wasserstein_laplacian
 from nirgan.metrics.fid import inception_features, load_fid_inception, resolve_fid
 from nirgan.metrics.identity import paired_cosine, same_and_different
 from nirgan.metrics.judge import realism_judge
-from nirgan.models.artifacts import load_expression_translator
-from nirgan.models.expression.translator import ExpressionTranslator, to_model_input
+from nirgan.expression.artifacts import load_expression_translator
+from nirgan.expression.models.translator import ExpressionTranslator, to_model_input
 from nirgan.training.auxiliary import train_identity_net
 
 log = logging.getLogger("nirgan.evaluate_expression")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nirgan.expression_losses import (
+from nirgan.expression.losses import (
     StarAdversarial,
     cgan_d_loss,
     cgan_g_loss,
