@@ -4,9 +4,9 @@ Test rows are chosen in this order of precedence:
 - rows with a FER2013 ``usage`` follow it: ``Training`` trains, ``PublicTest`` and
   ``PrivateTest`` test (there is no validation set downstream);
 - the other rows follow ``split.strategy``; with ``subject``, rows whose subject is known are
-  split subject-disjoint as above, and rows without one (a folder set without a subject table)
-  are split at random by image at ``split.test_fraction`` (seeded), since nothing says which
-  images share a face.
+  split subject-disjoint (:func:`nirgan.splitting.split_rows`), and rows without one (a folder
+  set without a subject table) are split at random by image at ``split.test_fraction``
+  (seeded), since nothing says which images share a face.
 summary.json adds per-label counts in each set and how many rows each rule decided.
 A test row whose image ``sha256`` is also in the training set is dropped from the test set and
 listed in ``duplicates.parquet`` (:func:`nirgan.splitting.drop_leaks`).
@@ -25,7 +25,7 @@ from nirgan.io import atomic_dir, read_table, stage_log, write_json, write_table
 from nirgan.splitting import drop_leaks, split_rows
 
 
-def test_rows(manifest: pd.DataFrame, strategy: str, test_fraction: float, seed: int) -> tuple[np.ndarray, dict[str, int]]:
+def choose_test_rows(manifest: pd.DataFrame, strategy: str, test_fraction: float, seed: int) -> tuple[np.ndarray, dict[str, int]]:
     """Boolean mask of the test rows and how many rows each rule decided (module docstring)."""
     usage = manifest["usage"].fillna("").to_numpy(dtype=object) if "usage" in manifest else np.full(len(manifest), "", object)
     subject = manifest["subject"].fillna("").to_numpy(dtype=object)
@@ -49,7 +49,7 @@ def run(cfg: Config, prepared_dir: Path, out_dir: Path) -> dict[str, Any]:
     if missing:
         raise DataError(f"{prepared_dir / 'manifest.parquet'}: missing columns {missing}")
     with stage_log("split", images=len(manifest)) as counts:
-        test, decided = test_rows(manifest, s.strategy, s.test_fraction, s.seed)
+        test, decided = choose_test_rows(manifest, s.strategy, s.test_fraction, s.seed)
         test, kept, duplicates, dup_summary = drop_leaks(manifest, test, "sha256", "sample_id",
                                                          prepared_dir / "manifest.parquet")
         train_df = manifest[kept & ~test].reset_index(drop=True)
