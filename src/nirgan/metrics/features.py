@@ -145,9 +145,8 @@ def sliced_wasserstein_laplacian(
     pyr_b = laplacian_pyramid(images_b.float(), levels)
     out: dict[str, float] = {}
     for la, lb in zip(pyr_a, pyr_b, strict=True):
-        # The same patch positions in both sets: the sets evaluate compares are aligned with each
-        # other (G(y_i, z) against the x_i of the same y_i), and identical sets then score exactly 0
-        # instead of the sampling noise of two independent draws.
+        # The same patch positions in both sets: identical sets then score exactly 0 instead of the
+        # sampling noise of two independent draws of positions.
         h, w = la.shape[-2:]
         ys = torch.randint(0, h - patch_size + 1, (len(la), patches_per_image), generator=gen)
         xs = torch.randint(0, w - patch_size + 1, (len(la), patches_per_image), generator=gen)

@@ -52,7 +52,7 @@ from nirgan.metrics.figures import SWEEPS, draw_figures, write_plot_data
 from nirgan.metrics.identity import code_scale, reconstruction_cosines, reconstruction_l1, reconstructions
 from nirgan.metrics.judge import realism_judge
 from nirgan.metrics.pose import angle_errors
-from nirgan.metrics.realism import RealismReference, imagenet_networks, measure_draws
+from nirgan.metrics.realism import RealismReference, imagenet_networks, measure_draws, realism_protocol
 from nirgan.metrics.utility import tstr
 from nirgan.models.artifacts import (
     load_encoder,
@@ -149,8 +149,8 @@ def run(
         ref = RealismReference.of(real_test, estimator, inception, lp, e.batch_size)
 
         # 2. draws: realism (trained, untrained, real baseline), pose on generated, diversity
-        draws, first_fakes = measure_draws(ref, sampler, untrained, train, test, labelled, e)
-        metrics.update(aggregate_draws(draws))
+        draws, first_fakes = measure_draws(ref, sampler, untrained, test, labelled, e)
+        metrics.update(aggregate_draws(draws), **realism_protocol(test.subjects, inception is not None))
         lap("draws", f"{e.seeds} draws")
 
         # 3. utility: the same estimator recipe trained on generated images, tested on real ones
