@@ -74,6 +74,15 @@ Identity reconstruction, unseen test subjects (:mod:`nirgan.metrics.identity`)
   identity_cosine_same_subject_real, identity_cosine_different_subject_real   calibration on
                                real images: same test subject, and test vs other subjects
   identity_net                 which identity network embedded the faces
+  identity_instrument_auc      that network's verification ROC AUC on the real test faces: cosine of
+                               same-subject pairs against different-subject pairs ("unavailable"
+                               with a _reason without both kinds of pair)
+  identity_instrument_accuracy, identity_instrument_chance, identity_instrument_holdout_frames
+                               its subject accuracy on train frames held out of its training, and
+                               chance; "unavailable" (with a _reason) for the training run's own net
+  identity_informative         false, with identity_informative_reason, where the instrument's AUC
+                               is under 0.9 (identity.INSTRUMENT_AUC_FLOOR): the identity_cosine*
+                               figures then do not say whether a face kept its identity
   latent_code_rms_real, latent_code_rms_sampled   root mean square of E(x) over the test faces,
                                and of the style generation draws (z, or L(z)): G is trained on
                                both, so a large gap means sampling feeds G codes unlike the ones
