@@ -35,6 +35,7 @@ def test_halves_fall_back_to_random_and_tiny_splits_are_unavailable():
     # two subjects, but one of them alone: whole subjects would leave 1 pair a side, too few
     lopsided = np.array(["a"] * 5 + ["b"])
     assert len(halves(lopsided, 0)[0]) == 3
+    assert realism_protocol(lopsided, imagenet=False)["realism_halves"].startswith("at random")
     out = realism_protocol(np.array(["a", "b", "c"]), imagenet=True)
     for key in ("realism_fid_nirfeat", "realism_kid_nirfeat", "realism_swd_laplacian", "fid"):
         assert out[key] == "unavailable" and "3" in out[f"{key}_reason"]

@@ -17,7 +17,8 @@ Every realism figure (fid, realism_*) compares two disjoint, equal halves A and 
   (_real_baseline: what a perfect generator would score), each with the same feature net at the
   same set size. So a generator can no longer score more real than real data by the protocol alone.
   realism_set_size             n, the images per set (half the test split, or less by subject)
-  realism_halves               "by subject", or "at random" with fewer than 2 test subjects
+  realism_halves               "by subject", or "at random (...)" where whole test subjects cannot
+                               make two halves of 2 or more pairs (one test subject, say)
   (Before issue 20 item 6 the reference was all test targets, compared with G of those very
   sources, and the baseline train targets the feature net had been trained on.)
 Realism, ImageNet (thesis 3.3.1.1; pytorch-fid, see :mod:`nirgan.metrics.fid`)

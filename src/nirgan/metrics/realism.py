@@ -119,7 +119,8 @@ def realism_protocol(subjects: np.ndarray, imagenet: bool) -> dict[str, Any]:
         return {**{k: "unavailable" for k in keys}, **{f"{k}_reason": why for k in keys}}
     whole = _subject_halves(np.asarray(subjects), np.random.default_rng(0)) is not None
     return {"realism_set_size": len(a),
-            "realism_halves": "by subject" if whole else "at random (fewer than 2 test subjects to split by)"}
+            "realism_halves": "by subject" if whole else
+            f"at random (whole test subjects cannot make two halves of {MIN_HALF} or more pairs)"}
 
 
 @dataclass
