@@ -97,7 +97,8 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
                 "identity_cosine_same_subject_real", "identity_cosine_different_subject_real",
                 "clean_precision", "clean_recall", "clean_iqr_precision", "clean_iqr_recall",
                 "clean_misalignment_precision", "clean_misalignment_recall",
-                "latent_code_rms_real", "latent_code_rms_sampled"}
+                "latent_code_rms_real", "latent_code_rms_sampled", "realism_set_size",
+                "identity_instrument_accuracy", "identity_instrument_chance", "identity_instrument_holdout_frames"}
     for base in ("realism_fid_nirfeat", "realism_kid_nirfeat", "realism_swd_laplacian"):
         expected |= {base, f"{base}_std", f"{base}_untrained", f"{base}_real_baseline"}
     for name in (*LABELS, "head", "gaze"):
@@ -113,6 +114,17 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     # fixture: 3 removed, 2 of them planted; 2 planted in all
     assert m["clean_precision"] == pytest.approx(2 / 3) and m["clean_recall"] == 1.0
     assert m["realism_swd_laplacian_real_baseline"] < m["realism_swd_laplacian_untrained"]
+    # one test subject (8 pairs): random halves of 4, the reference and the baseline
+    assert m["realism_halves"].startswith("at random") and m["realism_set_size"] == 4
+    # generator.pt here IS the untrained network (build_networks at train.seed 0, which the untrained
+    # arm rebuilds): from the same half's sources and z both arms must read alike
+    for base in ("realism_fid_nirfeat", "realism_kid_nirfeat", "realism_swd_laplacian"):
+        assert m[base] == pytest.approx(m[f"{base}_untrained"], rel=1e-5, abs=1e-9), base
+    # identity: two train subjects with 6 and 7 frames, 2 of each held out of the identity net;
+    # one test subject, so no different-subject pair to verify it on: unavailable, not informative
+    assert m["identity_instrument_holdout_frames"] == 4 and m["identity_instrument_chance"] == 0.5
+    assert m["identity_instrument_auc"] == "unavailable" and m["identity_instrument_auc_reason"]
+    assert m["identity_informative"] is False and m["identity_informative_reason"].startswith("not informative")
 
     # the instrument is kept for generate's label check, and reads like the pose_real figures say
     from nirgan.models.artifacts import load_pose_estimator
@@ -150,7 +162,11 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     assert curve.columns[0] == "images_per_class" and "judge_auc" in curve.columns and len(curve) >= 2
     assert curve["judge_auc"].iloc[-1] == pytest.approx(m["judge_auc"])
     assert (m["judge_few_shot_draws"], m["judge_few_shot_steps"]) == (1, 20)  # the params reach the judge
-    assert 0.0 <= m["judge_auc_few_shot"] <= 1.0 and 0.0 <= m["judge_auc_untrained_few_shot"] <= 1.0
+    # the few-shot figure is the mean of the curve's few-shot rows (equal draws per k), arm by arm
+    few = curve[curve["images_per_class"] < m["judge_images_per_class_train"]]
+    assert list(few["images_per_class"]) == [int(k) for k in m["judge_few_shot_images_per_class"].split(",")]
+    for arm in ("judge_auc", "judge_auc_untrained", "judge_auc_real_vs_real", "judge_auc_blurred_real"):
+        assert m[f"{arm}_few_shot"] == pytest.approx(few[arm].mean(), rel=1e-9), arm
     sweep = pd.read_csv(plots / "sweep_head_yaw.csv")
     assert list(sweep.columns) == ["pair_id", "true_deg", "estimated_real_deg", "estimated_generated_deg"]
     assert sweep["true_deg"].is_monotonic_increasing

@@ -121,8 +121,15 @@ def test_stage_on_files_after_a_real_cgan_run(files, split, store, tmp_path):
     assert metrics["expr_identity_cos_translated"] == "unavailable"
     assert "never sees the input" in metrics["expr_identity_cos_translated_reason"]
     assert metrics["expr_fid"] == "unavailable" and "disabled" in metrics["expr_fid_reason"]
-    assert 0.0 <= metrics["expr_diversity_within_label"] <= 1.0
-    assert 0.0 <= metrics["expr_judge_auc"] <= 1.0
+    # cgan ignores its input, so its translations to a label are draws of G(z, label) as its samples
+    # are: the two MS-SSIM figures measure one distribution (0.763 and 0.756 when this was written)
+    assert metrics["expr_diversity_within_label"] == pytest.approx(
+        metrics["expr_diversity_translations_within_label"], abs=0.05)
+    # 20 steps of cgan draw noise (SWD 202 against a real baseline of 43): the judge tells it from real
+    # faces far better than real from real (1.0 against 0.64), informative or not on blur
+    assert metrics["expr_judge_auc"] > metrics["expr_judge_auc_real_vs_real"] + 0.2, metrics
+    assert metrics["expr_judge_full_informative"] == (
+        metrics["expr_judge_auc_blurred_real"] >= evaluate_expression.JUDGE_BLUR_FLOOR)
     assert {p.name for p in plots.iterdir()} >= {"translation_grid.png", "confusion.png", "samples_per_label.png",
                                                   "confusion.json"}
 

@@ -138,6 +138,118 @@ def test_distances_are_zero_for_identical_sets_and_grow_with_difference():
     assert other["mean"] < far["mean"]
 
 
+def test_frechet_distance_known_answer_and_symmetry():
+    """Features with diagonal sample covariances: FD = |mu_a - mu_b|^2 + sum_i (sd_a,i - sd_b,i)^2.
+    b = 3a + 1: means 0 and (1, 1), sample variances (2/3, 8/3) and nine times those."""
+    a = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    b = 3 * a + 1
+    assert features.frechet_distance(a, b) == pytest.approx(2 + 4 * (2 / 3) + 4 * (8 / 3), rel=1e-9)
+    # evaluate's shape: fewer images than dimensions (rank-deficient covariances), finite and symmetric
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(36, 128)), rng.normal(0.3, 1.2, size=(36, 128))
+    fd = features.frechet_distance(x, y)
+    assert np.isfinite(fd) and fd == pytest.approx(features.frechet_distance(y, x), rel=1e-6)
+    assert fd > features.frechet_distance(x, rng.normal(size=(36, 128)))
+
+
+def _kid_loop(x: np.ndarray, y: np.ndarray) -> float:
+    """Bińkowski et al. 2018, eq. for the unbiased MMD^2 with k(u, v) = (u.v / d + 1)^3, pair by pair."""
+    d = x.shape[1]
+
+    def k(u, v):
+        return (float(np.dot(u, v)) / d + 1.0) ** 3
+
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_kid_matches_the_unbiased_mmd_written_pair_by_pair():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(7, 5)), rng.normal(0.5, 2.0, size=(9, 5))  # unequal sizes, as the formula allows
+    assert features.kernel_inception_distance(x, y) == pytest.approx(_kid_loop(x, y), rel=1e-12)
+    assert features.kernel_inception_distance(x, x) == pytest.approx(_kid_loop(x, x), rel=1e-12)
+
+
+def test_kid_hand_computed_cases():
+    # d = 1: k(0, 0) = 1, k(1, 1) = 8, k(0, 1) = 1, so 1 + 8 - 2 * 1
+    assert features.kernel_inception_distance(np.zeros((2, 1)), np.ones((2, 1))) == pytest.approx(7.0)
+    # {1, -1} against itself: k(1, -1) = 0 and k(1, 1) = k(-1, -1) = 8, so both within-set terms are 0
+    # and the cross term (8 + 0 + 0 + 8) / 4: the unbiased estimate of identical sets is -8, not 0
+    # (the within-set terms leave the diagonal out, the cross term cannot)
+    pm = np.array([[1.0], [-1.0]])
+    assert features.kernel_inception_distance(pm, pm) == pytest.approx(-8.0)
+
+
+def _ssim_numpy(x: np.ndarray, y: np.ndarray) -> float:
+    """Wang et al. 2004 SSIM of two 2-D images on [0, 1], written out: an 11x11 Gaussian window
+    (sigma 1.5, normalised), K1 = 0.01, K2 = 0.03, every window position inside the image, mean."""
+    r = np.arange(11) - 5
+    w = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * 1.5**2))
+    w /= w.sum()
+    c1, c2 = 0.01**2, 0.03**2
+    values = []
+    for i in range(x.shape[0] - 10):
+        for j in range(x.shape[1] - 10):
+            px, py = x[i : i + 11, j : j + 11], y[i : i + 11, j : j + 11]
+            mx, my = (w * px).sum(), (w * py).sum()
+            vx, vy = (w * (px - mx) ** 2).sum(), (w * (py - my) ** 2).sum()
+            cxy = (w * (px - mx) * (py - my)).sum()
+            values.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    return float(np.mean(values))
+
+
+def _image_pairs(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs on [0, 1] spanning MS-SSIM's range: the same face, a noisy copy, a blurred copy, an
+    even blend with another face, and the inverted face (negative contrast-structure terms, clamped at 0)."""
+    x = (_faces(5, 7, size=size) + 1) / 2
+    noise = 0.1 * torch.randn(x[1:2].shape, generator=torch.Generator().manual_seed(8))
+    y = torch.cat([x[:1], (x[1:2] + noise).clamp(0, 1), torch.nn.functional.avg_pool2d(x[2:3], 5, 1, 2),
+                   (x[3:4] + (_faces(1, 9, size=size) + 1) / 2) / 2, 1 - x[4:5]])
+    return x, y
+
+
+def test_ssim_single_scale_matches_wang_2004_written_out():
+    """Below 22 px MS-SSIM keeps one scale, where it is SSIM itself (clamped at 0)."""
+    x, y = _image_pairs(16)
+    assert features.msssim_scales(16) == 1
+    ours = features.ms_ssim(x, y).double().numpy()
+    plain = np.array([max(_ssim_numpy(a[0].double().numpy(), b[0].double().numpy()), 0.0) for a, b in zip(x, y)])
+    np.testing.assert_allclose(ours, plain, atol=1e-5)
+    assert plain[0] == pytest.approx(1.0) and plain[4] == 0.0 and (0.3 < plain[1:4]).all() and (plain[1:4] < 0.99).all()
+
+
+@pytest.mark.parametrize(("size", "scales"), [(168, 4), (256, 5)])
+def test_msssim_matches_pytorch_msssim(size, scales):
+    """pytorch-msssim (an independent implementation) with the same weights: Wang 2003's first
+    ``scales`` renormalised. It asserts images above 160 px, so 4 scales are checked at 168 px."""
+    from pytorch_msssim import ms_ssim as reference
+
+    x, y = _image_pairs(size)
+    assert features.msssim_scales(size) == scales
+    weights = np.array(features.MSSSIM_WEIGHTS[:scales])
+    expected = reference(x, y, data_range=1.0, size_average=False, weights=list(weights / weights.sum()))
+    torch.testing.assert_close(features.ms_ssim(x, y), expected, atol=1e-5, rtol=0)
+    assert expected[4] == 0.0 and (0.3 < expected[1:4]).all() and (expected[1:4] < 0.995).all()  # they span the range
+    i, j = torch.triu_indices(len(x), len(x), offset=1)
+    assert features.pairwise_msssim(x) == pytest.approx(
+        float(reference(x[i], x[j], data_range=1.0, size_average=True, weights=list(weights / weights.sum()))), abs=1e-5)
+
+
+def test_msssim_of_flat_images_is_the_luminance_term_at_the_coarsest_scale():
+    """Flat images a and b: every contrast-structure term is C2 / C2 = 1, so MS-SSIM is the coarsest
+    scale's luminance term (2ab + C1) / (a^2 + b^2 + C1) to its weight, 0.2363 / 0.8668 at 128 px."""
+    a, b = 0.3, 0.7
+    x, y = torch.full((1, 1, 128, 128), a), torch.full((1, 1, 128, 128), b)
+    weight = features.MSSSIM_WEIGHTS[3] / sum(features.MSSSIM_WEIGHTS[:4])
+    expected = ((2 * a * b + 0.01**2) / (a * a + b * b + 0.01**2)) ** weight
+    # float32 moments (E[x^2] - E[x]^2 of flat images) leave about 1e-5 per scale; the unnormalised
+    # weight (0.2363) would read 0.9265, 1 % off
+    assert float(features.ms_ssim(x, y)[0]) == pytest.approx(expected, rel=1e-4)
+
+
 def test_msssim_identity_and_scales():
     x = (_faces(4, 5, size=128) + 1) / 2
     assert features.msssim_scales(128) == 4 and features.msssim_scales(256) == 5

@@ -10,10 +10,21 @@ nothing) is ``null``.
 
 Keys (images on [-1, 1] unless said; "test" = the subject-disjoint test split):
 
+Every realism figure (fid, realism_*) compares two disjoint, equal halves A and B of the test
+  pairs, drawn anew in each draw (by whole subjects where the test split holds two or more; see
+  :mod:`nirgan.metrics.realism`): A's real targets against G(B's sources, z) for the trained
+  generator, against the same for an untrained one (_untrained), and against B's real targets
+  (_real_baseline: what a perfect generator would score), each with the same feature net at the
+  same set size. So a generator can no longer score more real than real data by the protocol alone.
+  realism_set_size             n, the images per set (half the test split, or less by subject)
+  realism_halves               "by subject", or "at random (...)" where whole test subjects cannot
+                               make two halves of 2 or more pairs (one test subject, say)
+  (Before issue 20 item 6 the reference was all test targets, compared with G of those very
+  sources, and the baseline train targets the feature net had been trained on.)
 Realism, ImageNet (thesis 3.3.1.1; pytorch-fid, see :mod:`nirgan.metrics.fid`)
-  fid, fid_std                 test targets vs G(y_i, z_i), one z per test source
+  fid, fid_std                 A's real targets vs G(B's sources, z), one z per source
   fid_untrained[_std]          same, for an untrained generator (same architecture and init seed)
-  fid_real_baseline[_std]      train targets (other subjects, as many as test) vs test targets
+  fid_real_baseline[_std]      A's real targets vs B's real targets
   fid_weights, fid_weights_sha256, fid_weights_verified   the file used, its hash, and whether
                                the hash matches the one its standard name promises
   fid_reason                   only when fid is "unavailable"
@@ -21,15 +32,15 @@ Diversity, ImageNet (thesis 3.3.1.2, eq. 3.8; lpips package, see :mod:`nirgan.me
   lpips, lpips_std             N test sources x M latents, mean pairwise LPIPS, averaged; higher =
                                more diverse; lpips_net, lpips_weights*, lpips_reason as for FID
 Realism and diversity, always available (no downloaded weights; :mod:`nirgan.metrics.features`)
-  realism_fid_nirfeat[_std|_untrained|_real_baseline]  Frechet distance on the penultimate
-                               features of the pose/gaze estimator trained here on real train
-                               targets (not comparable with ImageNet FID): no ImageNet net is
+  realism_fid_nirfeat[_std|_untrained|_real_baseline]  Frechet distance (pytorch-fid's) on the
+                               penultimate features of the pose/gaze estimator trained here on real
+                               train targets (not comparable with ImageNet FID): no ImageNet net is
                                available offline, and this one is trained on exactly the domain
   realism_kid_nirfeat[...]     unbiased KID on the same features
   realism_swd_laplacian[...]   ProGAN's sliced Wasserstein distance on Laplacian pyramids (x1e3)
-  The _real_baseline figures compare real train targets (other subjects) with the test targets:
-  what "as real as the data" scores at this N. For *_nirfeat it is biased low, since the feature
-  net was trained on those very train images.
+  All on the halves above; the feature net saw none of the test images, reference or baseline.
+  With two test subjects the halves are the two subjects, so the real baseline's FD and KID are
+  the same in every draw (their _std is 0).
   diversity_msssim[_std]       mean pairwise MS-SSIM over the M latents of each of the N sources;
                                lower = more diverse (AC-GAN)
 Attribute preservation, degrees (:mod:`nirgan.metrics.pose`)
@@ -64,6 +75,15 @@ Identity reconstruction, unseen test subjects (:mod:`nirgan.metrics.identity`)
   identity_cosine_same_subject_real, identity_cosine_different_subject_real   calibration on
                                real images: same test subject, and test vs other subjects
   identity_net                 which identity network embedded the faces
+  identity_instrument_auc      that network's verification ROC AUC on the real test faces: cosine of
+                               same-subject pairs against different-subject pairs ("unavailable"
+                               with a _reason without both kinds of pair)
+  identity_instrument_accuracy, identity_instrument_chance, identity_instrument_holdout_frames
+                               its subject accuracy on train frames held out of its training, and
+                               chance; "unavailable" (with a _reason) for the training run's own net
+  identity_informative         false, with identity_informative_reason, where the instrument's AUC
+                               is under 0.9 (identity.INSTRUMENT_AUC_FLOOR): the identity_cosine*
+                               figures then do not say whether a face kept its identity
   latent_code_rms_real, latent_code_rms_sampled   root mean square of E(x) over the test faces,
                                and of the style generation draws (z, or L(z)): G is trained on
                                both, so a large gap means sampling feeds G codes unlike the ones

@@ -6,8 +6,9 @@ be mistaken for the ImageNet FID or LPIPS of thesis 3.3:
 
 - :func:`frechet_distance` and :func:`kernel_inception_distance` are the FID formula
   (thesis eq. 3.6) and the unbiased KID (Binkowski et al. 2018, cubic polynomial kernel)
-  applied to any feature vectors; evaluate feeds them the penultimate features of the
-  pose/identity estimator trained in the pipeline on real training targets.
+  applied to any feature vectors (the Frechet distance is pytorch-fid's own function); evaluate
+  feeds them the penultimate features of the pose/identity estimator trained in the pipeline on
+  real training targets.
 - :func:`sliced_wasserstein_laplacian` is ProGAN's SWD (Karras et al. 2018, appendix D):
   7x7 patches from each level of a Laplacian pyramid, each descriptor set normalised by its
   own per-level mean and std, sliced Wasserstein distance over random projections. It looks
@@ -18,10 +19,12 @@ be mistaken for the ImageNet FID or LPIPS of thesis 3.3:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import linalg
+from pytorch_fid.fid_score import calculate_frechet_distance
 
 # Wang et al. 2003, Table 1 weights for 5 scales.
 MSSSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -29,18 +32,13 @@ MSSSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 # --------------------------------------------------------------------------- Frechet / KID
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """Thesis eq. 3.6 on two (N, D) feature sets (same formula as pytorch-fid)."""
-    mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
-    cov_a = np.cov(feats_a, rowvar=False)
-    cov_b = np.cov(feats_b, rowvar=False)
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():
-        # pytorch-fid's remedy for a near-singular product: a small ridge on both covariances.
-        offset = np.eye(cov_a.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    covmean = np.real(covmean)
-    diff = mu_a - mu_b
-    return float(max(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean), 0.0))
+    """Thesis eq. 3.6 on two (N, D) feature sets: pytorch-fid's own formula on their means and
+    covariances, so the figure is the one FID papers compute, not a re-derivation of it."""
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    with warnings.catch_warnings():
+        # pytorch-fid 0.3.0 passes scipy's deprecated ``disp`` to sqrtm (hence scipy<1.18 in pyproject)
+        warnings.filterwarnings("ignore", message="The `disp` argument is deprecated", category=DeprecationWarning)
+        return float(calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
 
 
 def kernel_inception_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
@@ -147,9 +145,8 @@ def sliced_wasserstein_laplacian(
     pyr_b = laplacian_pyramid(images_b.float(), levels)
     out: dict[str, float] = {}
     for la, lb in zip(pyr_a, pyr_b, strict=True):
-        # The same patch positions in both sets: the sets evaluate compares are aligned with each
-        # other (G(y_i, z) against the x_i of the same y_i), and identical sets then score exactly 0
-        # instead of the sampling noise of two independent draws.
+        # The same patch positions in both sets: identical sets then score exactly 0 instead of the
+        # sampling noise of two independent draws of positions.
         h, w = la.shape[-2:]
         ys = torch.randint(0, h - patch_size + 1, (len(la), patches_per_image), generator=gen)
         xs = torch.randint(0, w - patch_size + 1, (len(la), patches_per_image), generator=gen)

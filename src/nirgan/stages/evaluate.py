@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from nirgan import tracking
+from nirgan.augmentation import to_model_range
 from nirgan.config import Config
 from nirgan.devices import effective_precision, resolve_device
 from nirgan.io import atomic_dir, stage_log, write_json
@@ -50,10 +51,10 @@ from nirgan.metrics.cleaning import evaluate_cleaning
 from nirgan.metrics.data import Split, load_split
 from nirgan.metrics.feature_check import holdout_mask, subject_accuracy
 from nirgan.metrics.figures import SWEEPS, draw_figures, write_plot_data
-from nirgan.metrics.identity import code_scale, reconstruction_cosines, reconstruction_l1, reconstructions
+from nirgan.metrics.identity import code_scale, holdout_accuracy, reconstruction_cosines, reconstruction_l1, reconstructions
 from nirgan.metrics.judge import realism_judge
 from nirgan.metrics.pose import angle_errors
-from nirgan.metrics.realism import RealismReference, imagenet_networks, measure_draws
+from nirgan.metrics.realism import RealismReference, imagenet_networks, measure_draws, realism_protocol
 from nirgan.metrics.utility import tstr
 from nirgan.models.artifacts import (
     load_encoder,
@@ -150,8 +151,8 @@ def run(
         ref = RealismReference.of(real_test, estimator, inception, lp, e.batch_size)
 
         # 2. draws: realism (trained, untrained, real baseline), pose on generated, diversity
-        draws, first_fakes = measure_draws(ref, sampler, untrained, train, test, labelled, e)
-        metrics.update(aggregate_draws(draws))
+        draws, first_fakes = measure_draws(ref, sampler, untrained, test, labelled, e)
+        metrics.update(aggregate_draws(draws), **realism_protocol(test.subjects, inception is not None))
         lap("draws", f"{e.seeds} draws")
 
         # 3. utility: the same estimator recipe trained on generated images, tested on real ones
@@ -231,10 +232,11 @@ def _estimator(cfg: Config, train: Split, device: torch.device, labelled: bool) 
     return estimator, subject_accuracy(estimator, train.targets(held), codes[held], int(codes.max()) + 1)
 
 
-def _identity_embedder(cfg: Config, model_dir: Path, train: Split, device: torch.device) -> tuple[Any, str]:
+def _identity_embedder(cfg: Config, model_dir: Path, train: Split, device: torch.device) -> tuple[Any, str, dict]:
     """The trainer's NIR identity network if it saved one; else one trained here (on targets
     area-downsampled to half size, which keeps it within the CPU budget; it is fully
-    convolutional with global pooling, so it embeds the same way at any size)."""
+    convolutional with global pooling, so it embeds the same way at any size). With it, its
+    subject accuracy on held-out train frames where there are some (see nirgan.metrics.identity)."""
     path = model_dir / "identity_net.pt"
     if path.exists():
         net = load_identity_net(path, device)
@@ -243,19 +245,25 @@ def _identity_embedder(cfg: Config, model_dir: Path, train: Split, device: torch
             with torch.no_grad():
                 return torch.cat([net.embed(x[i : i + 64].to(device)).cpu() for i in range(0, len(x), 64)])
 
-        return embed_saved, f"{path} (the training run's; it may have been a training loss)"
+        return embed_saved, f"{path} (the training run's; it may have been a training loss)", {
+            "identity_instrument_accuracy": "unavailable",
+            "identity_instrument_accuracy_reason": "the training run's identity net saw every train frame"}
     if len(np.unique(train.subjects)) < 2:
-        return None, "the train split holds fewer than 2 subjects: no identity network can be trained"
+        return None, "the train split holds fewer than 2 subjects: no identity network can be trained", {}
     small = torch.nn.functional.avg_pool2d(train.target[:, None].float(), 2).round().byte()[:, 0]
-    net = train_identity_net(small, train.subjects, epochs=cfg.evaluate.feature_epochs, device=device,
+    held = holdout_mask(train.subjects, cfg.evaluate.seed)
+    keep = torch.as_tensor(np.flatnonzero(~held))
+    net = train_identity_net(small[keep], train.subjects[~held], epochs=cfg.evaluate.feature_epochs, device=device,
                              seed=cfg.evaluate.seed)
+    _, codes = np.unique(train.subjects, return_inverse=True)  # the net's classes: held out never takes a subject whole
+    accuracy = holdout_accuracy(net, to_model_range(small[torch.as_tensor(np.flatnonzero(held))][:, None]), codes[held])
 
     def embed(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([net.embed(torch.nn.functional.avg_pool2d(x[i : i + 64], 2).to(device)).cpu()
                               for i in range(0, len(x), 64)])
 
-    return embed, "trained here on the train-split targets (half size)"
+    return embed, "trained here on the train-split targets (half size), some frames of each subject held out", accuracy
 
 
 def _identity(cfg: Config, model_dir: Path, train: Split, test: Split, sampler: Any, encoder: Any,
@@ -273,9 +281,10 @@ def _identity(cfg: Config, model_dir: Path, train: Split, test: Split, sampler: 
         out.update(angle_errors(predict(estimator, rec), test.labels, "pose_rec"))
     else:
         out.update(pose_rec="unavailable", pose_rec_reason="pose/gaze labels are missing (NaN) in the split")
-    embed, where = _identity_embedder(cfg, model_dir, train, device)
+    embed, where, instrument = _identity_embedder(cfg, model_dir, train, device)
     if embed is None:
-        out.update(identity_cosine="unavailable", identity_cosine_reason=where)
+        out.update(identity_cosine="unavailable", identity_cosine_reason=where, identity_informative=False,
+                   identity_informative_reason=f"not informative: {where}")
         return out
-    out.update(reconstruction_cosines(embed, x, rec, rand, test, train, e.seed), identity_net=where)
+    out.update(reconstruction_cosines(embed, x, rec, rand, test, train, e.seed), **instrument, identity_net=where)
     return out
