@@ -24,6 +24,7 @@ from nirgan.expression.data import load_expression_split
 from nirgan.expression.models.translator import ExpressionTranslator
 from nirgan.expression.stages import evaluate as evaluate_expression
 from nirgan.expression.trainer import train_expression
+from nirgan.metrics.identity import INSTRUMENT_AUC_FLOOR
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NAMES = ["angry", "happy", "sad", "surprise", "neutral"]
@@ -92,6 +93,10 @@ def test_a_label_ignoring_translator_scores_near_zero_while_the_classifier_is_ri
     # the output is the input: the identity net sees the same face, closer than any other real frame
     assert metrics["expr_identity_cos_translated"] == pytest.approx(1.0, abs=1e-5)
     assert metrics["expr_identity_cos_same_subject"] > metrics["expr_identity_cos_diff_subject"]
+    # ... and the instrument comes with its own reading, whose verdict follows the floor
+    auc = metrics["expr_identity_instrument_auc"]
+    assert metrics["expr_identity_informative"] == (auc >= INSTRUMENT_AUC_FLOOR)
+    assert metrics["expr_identity_informative"] or "not informative" in metrics["expr_identity_informative_reason"]
     assert metrics["expr_diversity_within_label"] == "unavailable"
     assert "no latent z" in metrics["expr_diversity_within_label_reason"]
     assert set(figures) == {"translation_grid", "confusion", "samples_per_label"}

@@ -33,6 +33,9 @@ Keys (a figure that cannot be computed is "unavailable" with a ``<key>_reason``)
   expr_identity_cos_same_subject  real test pairs of one subject (other frames and expressions)
   expr_identity_cos_diff_subject  real test pairs of two subjects
                               (identity net trained here on the train split's subjects)
+  expr_identity_instrument_auc    that net's ROC AUC telling same- from different-subject pairs of
+                              the real test faces; expr_identity_informative false (with a _reason)
+                              under nirgan.metrics.identity.INSTRUMENT_AUC_FLOOR
   expr_judge_auc[_std], expr_judge_auc_real_vs_real[_std], expr_judge_auc_blurred_real[_std]
                               the realism judge (nirgan.metrics.judge): real faces vs faces translated
                               to a random other label; 0.5 = indistinguishable
@@ -71,7 +74,7 @@ from nirgan.expression import audit
 from nirgan.expression.figures import confusion_png, first_of_each_label, samples_grid, translation_grid
 from nirgan.metrics.features import frechet_distance, sliced_wasserstein_laplacian
 from nirgan.metrics.fid import inception_features, load_fid_inception, resolve_fid
-from nirgan.metrics.identity import paired_cosine, same_and_different
+from nirgan.metrics.identity import instrument_verdict, paired_cosine, same_and_different, verification_auc
 from nirgan.metrics.judge import realism_judge
 from nirgan.expression.artifacts import load_expression_translator
 from nirgan.expression.models.translator import ExpressionTranslator, to_model_input
@@ -219,6 +222,8 @@ def _identity(cfg: Config, split: ExpressionSplit, translator: ExpressionTransla
     same, different = same_and_different(real, split.test_subjects, real[:0])
     out: dict[str, Any] = {"expr_identity_cos_same_subject": same, "expr_identity_cos_diff_subject": different,
                            "expr_identity_net": f"trained here on {len(train_subjects)} train subjects"}
+    # the instrument beside its reading, as in the NIR evaluate (nirgan.metrics.identity)
+    out.update({f"expr_{k}": v for k, v in instrument_verdict(verification_auc(real, split.test_subjects)).items()})
     if translator.kind == "cgan":
         out.update(expr_identity_cos_translated="unavailable",
                    expr_identity_cos_translated_reason="cgan draws G(z, label) and never sees the input face: "
