@@ -74,10 +74,18 @@ def test_prefect_entrypoints_load_as_a_worker_loads_them():
 def test_the_cli_dispatch_imports_each_stage_module_by_name():
     from nirgan.cli import STAGES, _stage
 
-    modules = sorted(p.stem for p in (REPO / "src" / "nirgan" / "stages").glob("*.py") if p.stem != "__init__")
-    assert sorted(STAGES) == modules
-    for name in modules:
-        assert _stage(name).__module__ == f"nirgan.stages.{name}"
+    # every stage module of both families is a CLI stage: the NIR family's by its name, the
+    # expression family's (nirgan.expression.stages) as <name>_expression
+    def stage_modules(folder: Path, package: str, suffix: str) -> dict[str, str]:
+        return {f"{p.stem}{suffix}": f"{package}.{p.stem}"
+                for p in folder.glob("*.py") if p.stem != "__init__"}
+
+    src = REPO / "src" / "nirgan"
+    modules = {**stage_modules(src / "stages", "nirgan.stages", ""),
+               **stage_modules(src / "expression" / "stages", "nirgan.expression.stages", "_expression")}
+    assert sorted(STAGES) == sorted(modules)
+    for name, module in modules.items():
+        assert _stage(name).__module__ == module
     with pytest.raises(KeyError, match="nope"):
         _stage("nope")
 
