@@ -29,7 +29,7 @@ workers) by PID; for a worker it also stops the flow runs it started (they run i
 their own) and marks them Crashed. ``up`` stops what is left of a dead one's session before it
 restarts it.
 
-Settings (environment, with defaults): NIRGAN_STACK_DIR=.stack, NIRGAN_STACK_ROOT (the project
+Settings (flows/stack_settings.py; environment, with defaults): NIRGAN_STACK_DIR=.stack, NIRGAN_STACK_ROOT (the project
 checkout the workers run; default: this repository), NIRGAN_PREFECT_PORT=4200,
 NIRGAN_MLFLOW_PORT=5000 (the recorded ports win while the stack runs), NIRGAN_GPUS
 (comma-separated GPU ids, one worker pinned to each with CUDA_VISIBLE_DEVICES; default: every GPU
@@ -43,112 +43,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 from flows import stack_record
 from flows.processes import alive as _alive
 from flows.processes import stop_groups as _stop_groups
-from flows.stack_prefect import (AUTH_FILE, POOL, _flow_run_ids, _mark_crashed, flow_run_states,
-                                 renew_heartbeat_windows, setup_pool)
+from flows.stack_prefect import POOL, flow_run_ids, flow_run_states, mark_crashed, renew_heartbeat_windows, setup_pool
 from flows.stack_services import (
-    BIN,
-    MLFLOW_TOKEN_FILE,
-    _capture,
-    _check_free,
-    _descendants,
-    _origins,
-    _pid_file,
-    _run,
-    _running,
-    _server_urls,
-    _wait_healthy,
-    _wait_workers,
+    capture,
+    check_free,
+    descendants,
+    is_running,
+    pid_path,
+    run_command,
+    server_urls,
     start_mlflow,
     start_prefect,
     start_worker,
+    wait_healthy,
     wait_mlflow,
+    wait_workers,
 )
+from flows.stack_settings import BIN, Stack, from_env
 
 DEPLOYMENT = "train-nir/gpu"
-
-
-@dataclass
-class Stack:
-    root: Path = REPO
-    state: Path = REPO / ".stack"
-    prefect_port: int = 4200
-    mlflow_port: int = 5000
-    gpus: list[str | None] = field(default_factory=lambda: [None])
-    pool_limit: int | None = None
-    heartbeat_seconds: int = 30
-    worker_poll_seconds: float = 5.0
-    ui: bool = True
-
-    @property
-    def prefect_api(self) -> str:
-        return f"http://127.0.0.1:{self.prefect_port}/api"
-
-    @property
-    def mlflow_uri(self) -> str:
-        return f"http://127.0.0.1:{self.mlflow_port}"
-
-    def auth_string(self) -> str:
-        """The Prefect API's ``user:password``, made once per stack state folder (mode 0600)."""
-        return stack_record.secret(self.state / AUTH_FILE, lambda: f"nirgan:{secrets.token_urlsafe(24)}")
-
-    def mlflow_token(self) -> str:
-        """What MLflow's gate wants (flows/mlflow_gate.py), made once per stack state folder (mode 0600)."""
-        return stack_record.secret(self.state / MLFLOW_TOKEN_FILE, lambda: secrets.token_urlsafe(24))
-
-    @property
-    def api_auth(self) -> tuple[str, str]:
-        user, _, password = self.auth_string().partition(":")
-        return user, password
-
-    def env(self, **extra: str) -> dict[str, str]:
-        """Environment of every stack process and of the prefect/mlflow CLI calls."""
-        env = dict(os.environ)
-        env.update(
-            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-            PREFECT_HOME=str(self.state / "prefect"),
-            PREFECT_API_URL=self.prefect_api,
-            PREFECT_SERVER_API_HOST="127.0.0.1",
-            PREFECT_SERVER_API_PORT=str(self.prefect_port),
-            # the UI is served from the API's own origin: no other page may call it cross-origin
-            PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS=_origins(self.prefect_port),
-            PREFECT_SERVER_API_AUTH_STRING=self.auth_string(),
-            PREFECT_API_AUTH_STRING=self.auth_string(),
-            PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PREFECT_UI_ENABLED="true" if self.ui else "false",
-            PREFECT_CLI_PROMPT="false",
-            MLFLOW_TRACKING_URI=self.mlflow_uri,
-            MLFLOW_TRACKING_TOKEN=self.mlflow_token(),
-            DVC_NO_ANALYTICS="1",
-        )
-        env.update(extra)
-        return env
-
-
-def detect_gpus() -> list[str | None]:
-    listed = os.environ.get("NIRGAN_GPUS")
-    if listed is not None:
-        return [g.strip() for g in listed.split(",") if g.strip()] or [None]
-    if shutil.which("nvidia-smi"):
-        proc = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True
-        )
-        ids = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
-        if proc.returncode == 0 and ids:
-            return ids
-    return [None]
 
 
 def up(stack: Stack) -> dict[str, float]:
@@ -163,16 +85,16 @@ def up(stack: Stack) -> dict[str, float]:
     env = stack.env()
     t0 = time.monotonic()
     workers = [f"worker-{i}" for i in range(len(stack.gpus))]
-    missing = [n for n in ("prefect-server", "mlflow-server", *workers) if not _running(stack, n)]
+    missing = [n for n in ("prefect-server", "mlflow-server", *workers) if not is_running(stack, n)]
     for name in missing:
         _stop_survivors(stack, name)
-    for name, (url, expect) in _server_urls(stack).items():
+    for name, (url, expect) in server_urls(stack).items():
         if name not in missing:  # ours and alive: it must answer (it may still be starting)
-            _wait_healthy(stack, name, url, expect, timeout=60.0)
+            wait_healthy(stack, name, url, expect, timeout=60.0)
     if "prefect-server" in missing:
-        _check_free(stack.prefect_port, "Prefect")
+        check_free(stack.prefect_port, "Prefect")
     if "mlflow-server" in missing:
-        _check_free(stack.mlflow_port, "MLflow")
+        check_free(stack.mlflow_port, "MLflow")
     limit = stack.pool_limit or len(stack.gpus)
     started: list[str] = []
     # Heartbeats sent while the Prefect server was down must not count against a live run.
@@ -219,7 +141,7 @@ def _stop_survivors(stack: Stack, name: str) -> None:
     PID being free, no other process can lead a group with that id: the group holds only those
     survivors. A live PID (reused by an unrelated program) is left alone.
     """
-    pid_file = _pid_file(stack, name)
+    pid_file = pid_path(stack, name)
     if pid_file.exists() and not _alive((record := stack_record.read(pid_file))["pid"]):
         _stop_groups([record["pgid"]], 5.0)
 
@@ -236,15 +158,15 @@ def _start_missing(
     if "mlflow-server" in missing:
         started.append("mlflow-server")
         # The MLflow store migration takes seconds of CPU: overlap it with Prefect's start.
-        mlflow_thread = threading.Thread(target=_capture, args=(start_mlflow, stack, mlflow_started))
+        mlflow_thread = threading.Thread(target=capture, args=(start_mlflow, stack, mlflow_started))
         mlflow_thread.start()
-    timings["prefect_healthy_s"] = _wait_healthy(stack, "prefect-server", f"{stack.prefect_api}/health", "true")
+    timings["prefect_healthy_s"] = wait_healthy(stack, "prefect-server", f"{stack.prefect_api}/health", "true")
 
     t = time.monotonic()
     deploy = None
     if "prefect-server" in missing:  # a new (or restarted) server: pool, automation, deployment
         # One interpreter for pool, limit and automation: each prefect CLI call costs seconds.
-        _run([sys.executable, __file__, "setup-pool", "--limit", str(limit),
+        run_command([sys.executable, __file__, "setup-pool", "--limit", str(limit),
               "--within", str(3 * stack.heartbeat_seconds)], env, stack.root)
         deploy = subprocess.Popen([str(BIN / "prefect"), "deploy", "--all", "--no-prompt"], cwd=stack.root, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -264,13 +186,13 @@ def _start_missing(
         if deploy.returncode != 0:
             raise RuntimeError(f"prefect deploy --all failed:\n{deploy_out[-3000:]}")
     timings["pool_and_deploy_s"] = time.monotonic() - t
-    _wait_workers(stack, env, len(stack.gpus))
+    wait_workers(stack, env, len(stack.gpus))
 
 
 def _stop_started(stack: Stack, started: list[str]) -> None:
     """Stop what one ``up`` call started (workers first), nothing else."""
     for name in sorted(started, key=lambda n: not n.startswith("worker")):
-        pid_file = _pid_file(stack, name)
+        pid_file = pid_path(stack, name)
         if pid_file.exists():
             _stop_groups([stack_record.read(pid_file)["pgid"]], 20.0)
             pid_file.unlink()
@@ -291,8 +213,8 @@ def down(state: Path, grace: float = 20.0) -> list[str]:
         record = stack_record.read(pid_file)
         pid = record["pid"]
         # the recorded group too: a dead worker's leader has no descendants to find
-        tree = [pid, *_descendants(pid), *stack_record.group_members(record["pgid"])]
-        interrupted = _flow_run_ids(tree)
+        tree = [pid, *descendants(pid), *stack_record.group_members(record["pgid"])]
+        interrupted = flow_run_ids(tree)
         groups = []
         for member in tree:
             try:
@@ -300,7 +222,7 @@ def down(state: Path, grace: float = 20.0) -> list[str]:
             except ProcessLookupError:
                 pass
         _stop_groups([g for g in dict.fromkeys(groups) if g != os.getpgrp()], grace)
-        _mark_crashed(state, interrupted)
+        mark_crashed(state, interrupted)
         pid_file.unlink()
         stopped.append(pid_file.stem)
     for name in ("prefect-server", "mlflow-server"):
@@ -310,20 +232,6 @@ def down(state: Path, grace: float = 20.0) -> list[str]:
             pid_file.unlink()
             stopped.append(name)
     return stopped
-
-
-def _from_env() -> Stack:
-    root = Path(os.environ.get("NIRGAN_STACK_ROOT") or REPO).resolve()
-    state = Path(os.environ.get("NIRGAN_STACK_DIR", root / ".stack")).resolve()
-    return Stack(
-        root=root,
-        state=state,
-        prefect_port=stack_record.port(state, "prefect-server", "NIRGAN_PREFECT_PORT", 4200),
-        mlflow_port=stack_record.port(state, "mlflow-server", "NIRGAN_MLFLOW_PORT", 5000),
-        gpus=detect_gpus(),
-        pool_limit=int(os.environ["NIRGAN_POOL_LIMIT"]) if os.environ.get("NIRGAN_POOL_LIMIT") else None,
-        heartbeat_seconds=int(os.environ.get("NIRGAN_HEARTBEAT_SECONDS", 30)),
-    )
 
 
 NEXT_STEPS = """\
@@ -366,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_pool(args.limit, args.within)
         return 0
     try:
-        stack = _from_env()
+        stack = from_env()
     except RuntimeError as exc:
         print(f"stack: {exc}", file=sys.stderr)
         return 1

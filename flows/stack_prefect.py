@@ -4,9 +4,9 @@ heartbeats stop, and, for ``down``, finding the flow runs in a worker's process 
 their environment) and marking them Crashed.
 
 It starts no process, unlike flows/stack_services.py (the servers and workers), and decides
-nothing, unlike flows/stack.py (settings, ``up``/``down`` and the CLI), which calls these steps.
-It is the lowest of the stack's modules, so the names the others share (the pool, the auth
-file) are defined here. ``setup_pool`` runs inside the stack's environment, in one child
+nothing, unlike flows/stack.py (``up``/``down`` and the CLI), which calls these steps.
+Below it is only flows/stack_settings.py (the settings every stack module reads); the pool's
+name, which the services and ``up`` share, is defined here. ``setup_pool`` runs inside the stack's environment, in one child
 interpreter (``python flows/stack.py setup-pool``).
 """
 
@@ -19,12 +19,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from flows.stack_settings import AUTH_FILE
+
 POOL = "gpu"
 ZOMBIE_AUTOMATION = "nirgan: crash flow runs without heartbeats"
-AUTH_FILE = "prefect-auth"
 
 
-def _api_post(api: str, path: str, body: dict[str, Any], auth: str | None, timeout: float) -> bytes:
+def api_post(api: str, path: str, body: dict[str, Any], auth: str | None, timeout: float) -> bytes:
     headers = {"Content-Type": "application/json"}
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
@@ -33,7 +34,7 @@ def _api_post(api: str, path: str, body: dict[str, Any], auth: str | None, timeo
         return resp.read()
 
 
-def _flow_run_ids(pids: list[int]) -> list[str]:
+def flow_run_ids(pids: list[int]) -> list[str]:
     ids = []
     for pid in pids:
         try:
@@ -46,7 +47,7 @@ def _flow_run_ids(pids: list[int]) -> list[str]:
     return sorted(set(ids))
 
 
-def _mark_crashed(state: Path, flow_run_ids: list[str]) -> None:
+def mark_crashed(state: Path, flow_run_ids: list[str]) -> None:
     info = state / "stack.json"
     if not flow_run_ids or not info.exists():
         return
@@ -55,7 +56,7 @@ def _mark_crashed(state: Path, flow_run_ids: list[str]) -> None:
     body = {"state": {"type": "CRASHED", "message": "stopped by make stack-down"}, "force": True}
     for run_id in flow_run_ids:
         try:
-            _api_post(api, f"/flow_runs/{run_id}/set_state", body, auth, 10)
+            api_post(api, f"/flow_runs/{run_id}/set_state", body, auth, 10)
         except OSError:
             pass
 
@@ -72,7 +73,7 @@ def flow_run_states(api: str, auth: str | None, ids: list[str]) -> dict[str, str
     for start in range(0, len(valid), 200):  # the API's largest page
         chunk = valid[start:start + 200]
         body = {"flow_runs": {"id": {"any_": chunk}}, "limit": len(chunk)}
-        for run in json.loads(_api_post(api, "/flow_runs/filter", body, auth, 30)):
+        for run in json.loads(api_post(api, "/flow_runs/filter", body, auth, 30)):
             if run.get("state"):
                 states[run["id"]] = run["state"]["type"]
     return states

@@ -3,8 +3,8 @@ command each one runs, its log and PID file under the state folder, whether a PI
 names a live process of its kind, and the waits until a server answers its health check and
 the workers are online; plus the port and process-tree helpers that ``up`` and ``down`` use.
 
-Kept apart from flows/stack.py, which holds the settings and the CLI and decides what to start
-and stop (``up``/``down``), so that file reads top-down as those steps. The child-process
+Kept apart from flows/stack.py, which decides what to start and stop (``up``/``down``) and is
+the CLI, so that file reads top-down as those steps; the settings are flows/stack_settings.py. The child-process
 helpers shared with the flows (streaming a command, stopping process groups) are in
 flows/processes.py; the Prefect API calls are in flows/stack_prefect.py.
 """
@@ -18,21 +18,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from flows import stack_record
 from flows.processes import alive as _alive
-from flows.stack_prefect import POOL, _api_post
-
-if TYPE_CHECKING:
-    from flows.stack import Stack
-
-BIN = Path(sys.executable).parent
-MLFLOW_TOKEN_FILE = "mlflow-token"  # the MLflow gate's token (flows/mlflow_gate.py), mode 0600
-
-
-def _origins(port: int) -> str:
-    return f"http://127.0.0.1:{port},http://localhost:{port}"
+from flows.stack_prefect import POOL, api_post
+from flows.stack_settings import BIN, MLFLOW_TOKEN_FILE, Stack, origins
 
 
 def free_port() -> int:
@@ -41,7 +31,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _pid_file(stack: Stack, name: str) -> Path:
+def pid_path(stack: Stack, name: str) -> Path:
     return stack_record.pid_path(stack.state, name)
 
 
@@ -60,7 +50,7 @@ def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str], port: i
     return proc.pid
 
 
-def _wait_healthy(stack: Stack, name: str, url: str, expect: str, timeout: float = 120.0) -> float:
+def wait_healthy(stack: Stack, name: str, url: str, expect: str, timeout: float = 120.0) -> float:
     pid = stack_record.pid(stack.state, name)
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -77,14 +67,14 @@ def _wait_healthy(stack: Stack, name: str, url: str, expect: str, timeout: float
     raise RuntimeError(f"{name} not healthy at {url} after {timeout:.0f} s (log: {stack.state / 'logs'})")
 
 
-def _run(cmd: list[str], env: dict[str, str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run_command(cmd: list[str], env: dict[str, str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
-def _check_free(port: int, what: str) -> None:
+def check_free(port: int, what: str) -> None:
     if stack_record.port_taken(port):
         raise RuntimeError(f"port {port} for {what} is taken; is a stack already up? (set the port env var)")
 
@@ -96,7 +86,7 @@ def start_prefect(stack: Stack) -> int:
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(stack.prefect_port)],
         stack.env(),
         stack.prefect_port,
-        _server_urls(stack)["prefect-server"],
+        server_urls(stack)["prefect-server"],
     )
 
 
@@ -109,7 +99,7 @@ def start_mlflow(stack: Stack) -> int:
     (mlflow_dir / "artifacts").mkdir(parents=True, exist_ok=True)
     store = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
     # Several processes opening a new SQLite store race in its migration: create it once, here.
-    _run([str(BIN / "mlflow"), "db", "upgrade", store], env, stack.root)
+    run_command([str(BIN / "mlflow"), "db", "upgrade", store], env, stack.root)
     sock = mlflow_dir / "mlflow.sock"
     stack.mlflow_token()
     gate = [sys.executable, str(Path(__file__).with_name("mlflow_gate.py")), "--port", str(stack.mlflow_port),
@@ -127,20 +117,20 @@ def start_mlflow(stack: Stack) -> int:
             "--workers", "1",
             # its own Host and origin only (MLflow's default also allows other local ports)
             "--allowed-hosts", f"127.0.0.1:{stack.mlflow_port},localhost:{stack.mlflow_port}",
-            "--cors-allowed-origins", _origins(stack.mlflow_port),
+            "--cors-allowed-origins", origins(stack.mlflow_port),
             "--uvicorn-opts", f"--uds {sock}",  # no port: only the gate reaches it
         ],
         env,
         stack.mlflow_port,
-        _server_urls(stack)["mlflow-server"],
+        server_urls(stack)["mlflow-server"],
     )
 
 
 def wait_mlflow(stack: Stack) -> float:
-    return _wait_healthy(stack, "mlflow-server", f"{stack.mlflow_uri}/health", "OK")
+    return wait_healthy(stack, "mlflow-server", f"{stack.mlflow_uri}/health", "OK")
 
 
-def _capture(fn, stack: Stack, out: list) -> None:
+def capture(fn, stack: Stack, out: list) -> None:
     try:
         out.append(fn(stack))
     except BaseException as exc:  # noqa: BLE001 -- re-raised by the caller
@@ -167,9 +157,9 @@ def start_worker(stack: Stack, index: int, gpu: str | None) -> int:
 _KINDS = {"prefect-server": (b"prefect", b"server"), "mlflow-server": (b"mlflow", b"server"), "worker": (b"worker",)}
 
 
-def _running(stack: Stack, name: str) -> bool:
+def is_running(stack: Stack, name: str) -> bool:
     """Whether the PID file of ``name`` names a live process of its kind (not whether it is healthy)."""
-    pid_file = _pid_file(stack, name)
+    pid_file = pid_path(stack, name)
     if not pid_file.exists():
         return False
     pid = stack_record.read(pid_file)["pid"]
@@ -182,14 +172,14 @@ def _running(stack: Stack, name: str) -> bool:
     return all(marker in cmdline for marker in _KINDS[name.split("-")[0] if name.startswith("worker") else name])
 
 
-def _server_urls(stack: Stack) -> dict[str, tuple[str, str]]:
+def server_urls(stack: Stack) -> dict[str, tuple[str, str]]:
     return {
         "prefect-server": (f"{stack.prefect_api}/health", "true"),
         "mlflow-server": (f"{stack.mlflow_uri}/health", "OK"),
     }
 
 
-def _wait_workers(stack: Stack, env: dict[str, str], count: int, timeout: float = 90.0) -> None:
+def wait_workers(stack: Stack, env: dict[str, str], count: int, timeout: float = 90.0) -> None:
     """Until ``count`` workers of the pool report ONLINE (their first heartbeat)."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -199,7 +189,7 @@ def _wait_workers(stack: Stack, env: dict[str, str], count: int, timeout: float 
                 log = (stack.state / "logs" / f"worker-{i}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"worker-{i} exited during start-up:\n{log}")
         try:
-            workers = json.loads(_api_post(stack.prefect_api, f"/work_pools/{POOL}/workers/filter", {},
+            workers = json.loads(api_post(stack.prefect_api, f"/work_pools/{POOL}/workers/filter", {},
                                            stack.auth_string(), 5))
             if sum(w.get("status") == "ONLINE" for w in workers) >= count:
                 return
@@ -209,7 +199,7 @@ def _wait_workers(stack: Stack, env: dict[str, str], count: int, timeout: float 
     raise RuntimeError(f"{count} worker(s) not online after {timeout:.0f} s (logs in {stack.state / 'logs'})")
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:

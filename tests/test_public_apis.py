@@ -1,6 +1,7 @@
 """Issue 20 item 7, public APIs and packages: ``flows`` is an installed package (no ``sys.path``
 edits anywhere), prefect.yaml's entrypoints load as a worker loads them, the CLI's stage dispatch
-names each stage module it runs, and an older MLflow schema is migrated by ``mlflow db upgrade``."""
+names each stage module it runs, the stack's modules share no private name and import no cycle,
+and an older MLflow schema is migrated by ``mlflow db upgrade``."""
 
 from __future__ import annotations
 
@@ -88,6 +89,38 @@ def test_the_cli_dispatch_imports_each_stage_module_by_name():
         assert _stage(name).__module__ == module
     with pytest.raises(KeyError, match="nope"):
         _stage("nope")
+
+
+# ----------------------------------------------------------------------- the stack's modules
+def _flows_imports() -> dict[str, list[tuple[str, str]]]:
+    """flows module -> (flows module it imports from, name) for every import, type-only ones
+    (under ``if TYPE_CHECKING:``) included: a reader follows those too."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for path in sorted((REPO / "flows").glob("*.py")):
+        found = out.setdefault(path.stem, [])
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "flows":
+                base = node.module.split(".")[1] if "." in node.module else None
+                found += [(base or a.name, a.name) for a in node.names]
+            elif isinstance(node, ast.Import):
+                found += [(a.name.split(".")[1], "*") for a in node.names if a.name.startswith("flows.")]
+    return out
+
+
+def test_no_private_name_crosses_a_flows_module():
+    crossing = [f"{module} imports {name} from flows.{source}" for module, imports in _flows_imports().items()
+                for source, name in imports if name.startswith("_") and source != name]
+    assert not crossing, crossing
+
+
+def test_the_flows_modules_import_no_cycle():
+    graph = {m: {s for s, _ in imports if s != m} for m, imports in _flows_imports().items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
+
+    cycles = [m for m in graph if reaches(m, m, {m})]
+    assert not cycles, f"import cycles through {cycles}"
 
 
 # ------------------------------------------------------------------------ MLflow schema upgrade

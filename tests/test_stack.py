@@ -28,6 +28,7 @@ from pipeline_project import running_stack
 
 from flows import stack as stack_mod
 from flows import stack_record
+from flows.processes import alive
 from flows.stack_services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,15 +47,15 @@ def _started(stack: stack_mod.Stack) -> list[str]:
 
 
 def _all_alive(pids: dict[str, int]) -> bool:
-    return all(stack_mod._alive(pid) for pid in pids.values())
+    return all(alive(pid) for pid in pids.values())
 
 
 def _kill(pid: int) -> None:
     os.killpg(pid, signal.SIGKILL)  # each stack process leads its own session
     deadline = time.monotonic() + 20
-    while stack_mod._alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not stack_mod._alive(pid)
+    assert not alive(pid)
 
 
 def _squat(port: int, timeout: float = 30.0) -> socket.socket:
@@ -123,7 +124,7 @@ def test_a_port_taken_by_another_program_fails_and_stops_nothing(stack):
         try:
             with pytest.raises(RuntimeError, match=f"port {stack.mlflow_port}"):
                 stack_mod.up(stack)
-            assert stack_mod._alive(before["prefect-server"]) and stack_mod._alive(before["worker-0"])
+            assert alive(before["prefect-server"]) and alive(before["worker-0"])
         finally:
             squatter.close()
     finally:
@@ -170,7 +171,7 @@ def test_the_record_holds_pid_group_and_port_and_status_tells_the_truth(stack):
     assert [m for m in stack_record.group_members(leader) if m != leader], "the gate runs no MLflow server"
     try:
         os.kill(leader, signal.SIGKILL)  # the leader only: the MLflow server it started lives on
-        _wait(lambda: not stack_mod._alive(leader), "the MLflow leader did not die")
+        _wait(lambda: not alive(leader), "the MLflow leader did not die")
         left = [m for m in stack_record.group_members(leader) if m != leader]
         assert not stack_record.healthy(f"{stack.mlflow_uri}/health", "OK")  # the gate served the port
         code, line = _status_line(stack, "mlflow-server")
