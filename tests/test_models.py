@@ -21,7 +21,7 @@ from nirgan.models.style_mapping import StyleMappingNetwork
 from nirgan.models.vgg19 import MissingWeightsError, VGG19Features, require_vgg19_weights
 from nirgan.models.artifacts import load_encoder, load_generator, save_encoder, save_generator
 from nirgan.models.vgg19 import vgg19_weights_path
-from nirgan.training.auxiliary import train_identity_net
+from nirgan.training.identity import train_identity_net
 
 GENERATORS = [EncoderDecoderGenerator, MultinormGenerator]
 

@@ -32,7 +32,7 @@ LAYERS: dict[str, float] = {
     "nirgan.devices": 0, "nirgan.tracking": 0, "nirgan.safe_read": 0, "nirgan.iqr": 0,
     "nirgan.models": 1, "nirgan.augmentation": 1, "nirgan.detection": 1, "nirgan.twin": 1,
     "nirgan.splitting": 1,
-    "nirgan.training.auxiliary": 1.5,
+    "nirgan.training.auxiliary": 1.5, "nirgan.training.identity": 1.5,
     "nirgan.training": 2, "nirgan.metrics": 2, "nirgan.generation": 2,
     "nirgan.stages": 3,
     "nirgan.cli": 4,

@@ -65,7 +65,8 @@ from nirgan.models.artifacts import (
     untrained_sampler,
 )
 from nirgan.models.pose_estimator import PoseEstimator, predict
-from nirgan.training.auxiliary import EstimatorTraining, train_identity_net, train_pose_estimator
+from nirgan.training.auxiliary import EstimatorTraining, train_pose_estimator
+from nirgan.training.identity import train_identity_net
 
 log = logging.getLogger("nirgan.evaluate")
 

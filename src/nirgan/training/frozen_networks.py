@@ -21,7 +21,8 @@ from nirgan.config import TrainConfig
 from nirgan.models.artifacts import load_identity_net, load_pose_estimator, save_identity_net, save_pose_estimator
 from nirgan.models.identity_net import IdentityNet
 from nirgan.models.pose_estimator import PoseEstimator
-from nirgan.training.auxiliary import EstimatorTraining, train_identity_net, train_pose_estimator
+from nirgan.training.auxiliary import EstimatorTraining, train_pose_estimator
+from nirgan.training.identity import train_identity_net
 from nirgan.training.core import distances_in_use
 from nirgan.training.distributed import DistInfo, barrier
 

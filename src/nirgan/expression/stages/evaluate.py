@@ -78,7 +78,7 @@ from nirgan.metrics.identity import instrument_verdict, paired_cosine, same_and_
 from nirgan.metrics.judge import realism_judge
 from nirgan.expression.artifacts import load_expression_translator
 from nirgan.expression.models.translator import ExpressionTranslator, to_model_input
-from nirgan.training.auxiliary import train_identity_net
+from nirgan.training.identity import train_identity_net
 
 log = logging.getLogger("nirgan.evaluate_expression")
 
