@@ -20,6 +20,11 @@ reach, and this gate, its process-group leader, serves the port in front of it:
   terminal) carry none and pass;
 - a foreign ``Host`` (DNS rebinding) is refused.
 
+The UI's page (``GET /``) gets one line: where the browser has no workflow choice stored yet,
+MLflow's sidebar starts on "Model training" instead of its GenAI default (MLflow 3.17 keeps that
+choice in ``localStorage["mlflow.workflowType_v1"]`` and falls back to GenAI). A choice the user
+makes in the sidebar is kept.
+
 The gate exits when MLflow does, so the stack sees one process that is up or not.
 """
 
@@ -38,6 +43,9 @@ import httpx
 import uvicorn
 
 OPEN = {"/health"}  # the stack's health probe; it tells nothing
+UI_PAGES = {"/", "/index.html"}
+ML_VIEW_FIRST = (b'<script>try{if(localStorage.getItem("mlflow.workflowType_v1")===null)'
+                 b'localStorage.setItem("mlflow.workflowType_v1",JSON.stringify("machine_learning"))}catch(e){}</script>')
 HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
        "transfer-encoding", "upgrade"}
 
@@ -94,13 +102,19 @@ class Gate:
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("latin-1")
         # The token stays here: MLflow neither needs nor logs it.
-        out = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in HOP | {"authorization"}]
+        dropped = HOP | {"authorization"}
+        ui_page = scope["method"] == "GET" and scope["path"] in UI_PAGES
+        if ui_page:
+            dropped = dropped | {"accept-encoding"}  # the page is edited below: have it plain
+        out = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in dropped]
         has_body = "content-length" in headers or "transfer-encoding" in headers
         request = self.client.build_request(scope["method"], path, headers=out, content=body() if has_body else None)
         try:
             response = await self.client.send(request, stream=True)
         except httpx.TransportError as exc:
             return await _answer(send, 502, f"MLflow behind the gate is not answering ({type(exc).__name__})")
+        if ui_page and response.status_code == 200 and "text/html" in response.headers.get("content-type", ""):
+            return await _send_ui_page(send, response)
         try:
             await send({"type": "http.response.start", "status": response.status_code,
                         "headers": [(k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in HOP]})
@@ -109,6 +123,20 @@ class Gate:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
+
+
+async def _send_ui_page(send, response: httpx.Response) -> None:
+    try:
+        page = await response.aread()
+    finally:
+        await response.aclose()
+    head = page.find(b"<head>")
+    page = page[: head + 6] + ML_VIEW_FIRST + page[head + 6 :] if head >= 0 else page
+    headers = [(k, v) for k, v in response.headers.raw
+               if k.decode("latin-1").lower() not in HOP | {"content-length", "content-encoding", "etag"}]
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [*headers, (b"content-length", str(len(page)).encode())]})
+    await send({"type": "http.response.body", "body": page})
 
 
 async def _answer(send, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -248,8 +248,8 @@ nirgan stack is up (state, logs and PIDs in {state}):
      prefect deployment run {deployment} --param overrides='{{"train.max_steps": 40}}' \\
          --param experiment=steps-40 --watch
    then `dvc exp show` lists both experiments.
-3. open {mlflow}/#/experiments?workflowType=machine_learning (the ML view; MLflow opens on GenAI),
-   experiment 'nirgan': tick both runs, Compare: their samples_epoch_NNN.png grids side by side.
+3. open {mlflow} (it opens on Model training), experiment 'nirgan': tick both runs, Compare, then
+   click samples_epoch_NNN.png under Artifacts: the runs' grids side by side.
 4. promote the evaluated version and generate a dataset from it:
      nirgan promote; prefect deployment run generate-nir/gpu --param count=1000 \\
          --param model=models:/nirgan-generator@champion --watch

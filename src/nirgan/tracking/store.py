@@ -167,6 +167,9 @@ def run_tags() -> dict[str, str]:
     return tags
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client: Any, uri: str, task: str = "nir") -> str:
     name = experiment_name(task)
     exp = client.get_experiment_by_name(name)
@@ -177,7 +180,8 @@ def _experiment_id(client: Any, uri: str, task: str = "nir") -> str:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.create_experiment(name, artifact_location=location)
+        # the experiment kind MLflow 3's UI asks for on first visit, and shows as "Training runs"
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException:  # another process created it in between
         return client.get_experiment_by_name(name).experiment_id
 
