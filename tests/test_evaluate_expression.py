@@ -92,6 +92,8 @@ def test_a_label_ignoring_translator_scores_near_zero_while_the_classifier_is_ri
     assert metrics["expr_hf_share_ratio"] == pytest.approx(1.0) and metrics["expr_hf_labels_textured"] == "none"
     # the output is the input: the identity net sees the same face, closer than any other real frame
     assert metrics["expr_identity_cos_translated"] == pytest.approx(1.0, abs=1e-5)
+    # ... and its nearest other real face is the one the input itself has: the same reading as real faces
+    assert metrics["expr_identity_rank1_translated"] == metrics["expr_identity_rank1_real"]
     assert metrics["expr_identity_cos_same_subject"] > metrics["expr_identity_cos_diff_subject"]
     # ... and the instrument comes with its own reading, whose verdict follows the floor
     auc = metrics["expr_identity_instrument_auc"]

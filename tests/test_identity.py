@@ -66,3 +66,18 @@ def test_evaluates_identity_net_on_real_faces_is_marked_for_what_it_is(twin_prep
     out = reconstruction_cosines(embed, x, blobs, blobs, test, train, cfg.evaluate.seed)
     assert out["identity_instrument_auc"] < INSTRUMENT_AUC_FLOOR, out  # what this net is today
     assert out["identity_informative"] is False and out["identity_informative_reason"].startswith("not informative")
+
+
+def test_rank1_counts_a_probe_whose_nearest_other_face_is_its_subjects():
+    from nirgan.metrics.identity import rank1_same_subject
+
+    # two subjects, two faces each, on two axes; the probes sit near face 0's subject or the other
+    gallery = torch.tensor([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]])
+    subjects = np.array(["a", "a", "b", "b"])
+    assert rank1_same_subject(gallery, subjects, gallery, np.arange(4)) == 1.0  # real faces, themselves left out
+    kept = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # translations of faces 0 and 2 that kept their subject
+    lost = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # ... that took the other subject's look
+    assert rank1_same_subject(gallery, subjects, kept, np.array([0, 2])) == 1.0
+    assert rank1_same_subject(gallery, subjects, lost, np.array([0, 2])) == 0.0
+    # the input itself is left out: a copy of face 0 is matched to face 1, its subject's other face
+    assert rank1_same_subject(gallery, subjects, gallery[:1] * 3, np.array([0])) == 1.0

@@ -14,8 +14,13 @@ generator had learned textures that a classifier of that recipe reads as the lab
   same perturbation of real faces. Expressions survive them; period-2 to -4 stripes and
   checkerboards do not.
 
-And the texture itself, :func:`high_frequency_share`: the share of spectral energy above half
-Nyquist, translations against real faces, per target label.
+And the texture itself, two ways, translations against real faces, per target label:
+:func:`high_frequency_share`, the share of spectral energy above half Nyquist, and
+:func:`spectral_peak_ratio`, the most any one high frequency gains. The share alone missed the
+committed run's checkerboard: faces with less fine detail and a strong period-2 pattern had the
+real faces' share (ratio 1.04) while the pattern's own frequency carried 290x the real faces'
+energy there. A texture is periodic, so its energy sits in a few bins; a face's fine detail is
+spread over all of them.
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ AUDIT_SEED_OFFSET = 1009  # the auditor's seed is evaluate.seed + this: never th
 PERTURB_BLUR_SIGMA_AT_64 = 1.0  # px; a period-2 pattern keeps exp(-2 pi^2 sigma^2 / 4) = 0.7 % of its amplitude
 HF_CUTOFF = 0.25  # cycles per pixel: half the Nyquist frequency
 HF_FLAG_FACTOR = 1.5  # a label's translations with 1.5x the real faces' high-frequency share are flagged
+# A label's translations whose spectral peak ratio is this many times the real baseline's (train
+# faces against test faces: 2.8 on the expression twin) are flagged. Real faces of one label
+# stay well within it (on the twin, each label's 16 test faces or ~80 train faces against all
+# test faces: 0.63x to 1.33x the baseline); the transposed-convolution run of 2026-12-05 read
+# 86x to 263x.
+PEAK_FLAG_FACTOR = 4.0
 
 
 # ------------------------------------------------------------------------------ perturbations
@@ -163,23 +174,74 @@ def high_frequency_share(images: torch.Tensor, cutoff: float = HF_CUTOFF) -> np.
     return (power[:, high].sum(1) / total.clamp_min(1e-12)).numpy()
 
 
+def mean_spectrum(images: torch.Tensor) -> torch.Tensor:
+    """(S, S) mean over images (n, 1, S, S) of each one's power spectrum (mean removed,
+    Hann-windowed) divided by its total: every image weighs the same, whatever its contrast."""
+    x = images.double()[:, 0]
+    s = x.shape[-1]
+    window = torch.hann_window(s, periodic=False, dtype=torch.float64)
+    x = (x - x.mean((1, 2), keepdim=True)) * window[:, None] * window[None, :]
+    power = torch.fft.fft2(x).abs() ** 2
+    return (power / power.sum((1, 2), keepdim=True).clamp_min(1e-12)).mean(0)
+
+
+def spectral_peak_ratio(reference: torch.Tensor, images: torch.Tensor,
+                        cutoff: float = HF_CUTOFF) -> tuple[float, tuple[float, float]]:
+    """(the largest ratio of ``images``' mean normalised power to ``reference``'s over the
+    frequencies above ``cutoff`` cycles/px, that frequency (vertical, horizontal) in cycles/px).
+    A checkerboard peaks at (0.5, 0.5), horizontal stripes at (0.5, 0)."""
+    ref, mine = mean_spectrum(reference), mean_spectrum(images)
+    f = torch.fft.fftfreq(ref.shape[-1], dtype=torch.float64)
+    high = (f[:, None] ** 2 + f[None, :] ** 2).sqrt() > cutoff
+    ratio = torch.where(high, mine / ref.clamp_min(1e-12), torch.zeros_like(ref))
+    at = int(ratio.argmax())
+    fy, fx = f[at // ratio.shape[1]], f[at % ratio.shape[1]]
+    return float(ratio.max()), (abs(float(fy)), abs(float(fx)))
+
+
 def high_frequency(real: torch.Tensor, translated: torch.Tensor, targets: np.ndarray,
-                   names: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """expr_hf_share_real / _translated / _ratio, the ratio per target label, and the labels whose
-    translations carry HF_FLAG_FACTOR times the real faces' high-frequency share (a texture)."""
+                   names: list[str] | tuple[str, ...], real_train: torch.Tensor | None = None) -> dict[str, Any]:
+    """expr_hf_share_real / _translated / _ratio and the ratio per target label; with
+    ``real_train``, expr_hf_peak_ratio[_<label>] (:func:`spectral_peak_ratio` of the translations
+    against the real test faces), its frequency, and expr_hf_peak_ratio_real_baseline (the real
+    train faces against the same test faces). expr_hf_labels_textured: the labels whose
+    translations carry HF_FLAG_FACTOR times the real share, or a peak PEAK_FLAG_FACTOR times the
+    baseline's (a texture)."""
+    out = _peaks(real, translated, targets, names, real_train) if real_train is not None else {}
+    flagged = list(out.pop("_flagged", []))
     r = float(high_frequency_share(real).mean())
     share = high_frequency_share(translated)
-    out: dict[str, Any] = {"expr_hf_share_real": r, "expr_hf_share_translated": float(share.mean()),
-                           "expr_hf_share_cutoff_cycles_per_px": HF_CUTOFF}
+    out.update({"expr_hf_share_real": r, "expr_hf_share_translated": float(share.mean()),
+                "expr_hf_share_cutoff_cycles_per_px": HF_CUTOFF})
     out["expr_hf_share_ratio"] = out["expr_hf_share_translated"] / r if r > 0 else "unavailable"
-    flagged = []
     for c, name in enumerate(names):
         mine = share[np.asarray(targets) == c]
         if len(mine) and r > 0:
             out[f"expr_hf_share_ratio_{name}"] = float(mine.mean() / r)
-            if mine.mean() > HF_FLAG_FACTOR * r:
+            if mine.mean() > HF_FLAG_FACTOR * r and str(name) not in flagged:
                 flagged.append(str(name))
                 log.warning("evaluate_expression: translations to %r carry %.1fx the high-frequency energy of real "
                             "faces: a texture (stripes, checkerboard), not an expression", name, mine.mean() / r)
-    out["expr_hf_labels_textured"] = ",".join(flagged) or "none"
+    out["expr_hf_labels_textured"] = ",".join(n for n in names if n in flagged) or "none"
+    return out
+
+
+def _peaks(real: torch.Tensor, translated: torch.Tensor, targets: np.ndarray, names: list[str] | tuple[str, ...],
+           real_train: torch.Tensor) -> dict[str, Any]:
+    baseline, _ = spectral_peak_ratio(real, real_train)
+    peak, (fy, fx) = spectral_peak_ratio(real, translated)
+    out: dict[str, Any] = {"expr_hf_peak_ratio": peak, "expr_hf_peak_frequency_cycles_per_px": f"{fy:.3f},{fx:.3f}",
+                           "expr_hf_peak_ratio_real_baseline": baseline}
+    flagged = []
+    for c, name in enumerate(names):
+        mine = np.flatnonzero(np.asarray(targets) == c)
+        if len(mine):
+            ratio, (fy, fx) = spectral_peak_ratio(real, translated[torch.as_tensor(mine)])
+            out[f"expr_hf_peak_ratio_{name}"] = ratio
+            if ratio > PEAK_FLAG_FACTOR * baseline:
+                flagged.append(str(name))
+                log.warning("evaluate_expression: translations to %r carry %.0fx the real faces' energy at (%.2f, %.2f) "
+                            "cycles/px (real train faces: %.1fx at most): a periodic texture, not an expression",
+                            name, ratio, fy, fx, baseline)
+    out["_flagged"] = flagged
     return out

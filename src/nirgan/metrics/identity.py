@@ -117,6 +117,22 @@ def verification_auc(emb: torch.Tensor, subjects: np.ndarray) -> float:
     return roc_auc(neg, pos) if len(pos) and len(neg) else float("nan")
 
 
+def rank1_same_subject(gallery: torch.Tensor, subjects: np.ndarray, probes: torch.Tensor,
+                       probe_rows: np.ndarray) -> float:
+    """Share of ``probes`` whose nearest ``gallery`` embedding (cosine), leaving out gallery row
+    ``probe_rows[i]`` (the probe's own input, or the probe itself), belongs to that row's subject.
+    Unlike a mean cosine it does not depend on how high all cosines sit: an embedding whose
+    different-subject pairs already score 0.9 can rate any face "close" to its input, but only a
+    face that kept its identity has its own subject as nearest neighbour."""
+    g = torch.nn.functional.normalize(gallery.double(), dim=1)
+    sim = torch.nn.functional.normalize(probes.double(), dim=1) @ g.T
+    rows = torch.as_tensor(np.asarray(probe_rows))
+    sim[torch.arange(len(rows)), rows] = -torch.inf
+    nearest = sim.argmax(1).numpy()
+    subjects = np.asarray(subjects)
+    return float((subjects[nearest] == subjects[np.asarray(probe_rows)]).mean())
+
+
 def instrument_verdict(auc: float) -> dict[str, object]:
     """``identity_instrument_auc`` and whether it makes the identity figures informative."""
     if not np.isfinite(auc):

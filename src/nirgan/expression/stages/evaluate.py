@@ -25,13 +25,21 @@ Keys (a figure that cannot be computed is "unavailable" with a ``<key>_reason``)
                               trained with blur, resize and noise, that the generator never saw.
                               The figure to trust is expr_audit_relative_accuracy
   expr_hf_share_real, expr_hf_share_translated, expr_hf_share_ratio[_<label>]   share of spectral
-                              energy above half Nyquist; expr_hf_labels_textured: labels whose
-                              translations carry 1.5x the real faces' share (stripes, checkerboard)
+                              energy above half Nyquist
+  expr_hf_peak_ratio[_<label>], expr_hf_peak_frequency_cycles_per_px   the most that any frequency
+                              above half Nyquist gains in the translations against the real test
+                              faces (each spectrum normalised), and where; 1 to 3 is real-like;
+                              expr_hf_peak_ratio_real_baseline: real train against test faces
+  expr_hf_labels_textured     labels whose translations carry 1.5x the real faces' share, or a peak
+                              4x the baseline's (stripes, checkerboard)
   expr_label_coverage         share of labels whose outputs are rated as that label >= 50 % of the
                               time; expr_labels_not_covered names the others
   expr_identity_cos_translated    identity-embedding cosine of input and translation
   expr_identity_cos_same_subject  real test pairs of one subject (other frames and expressions)
   expr_identity_cos_diff_subject  real test pairs of two subjects
+  expr_identity_rank1_translated  share of translations whose nearest real test face (the input
+                              left out) is of the input's subject; _real: the same for each real
+                              test face (itself left out), the reference
                               (identity net trained here on the train split's subjects)
   expr_identity_instrument_auc    that net's ROC AUC telling same- from different-subject pairs of
                               the real test faces; expr_identity_informative false (with a _reason)
@@ -74,7 +82,13 @@ from nirgan.expression import audit
 from nirgan.expression.figures import confusion_png, first_of_each_label, samples_grid, translation_grid
 from nirgan.metrics.features import frechet_distance, sliced_wasserstein_laplacian
 from nirgan.metrics.fid import inception_features, load_fid_inception, resolve_fid
-from nirgan.metrics.identity import instrument_verdict, paired_cosine, same_and_different, verification_auc
+from nirgan.metrics.identity import (
+    instrument_verdict,
+    paired_cosine,
+    rank1_same_subject,
+    same_and_different,
+    verification_auc,
+)
 from nirgan.metrics.judge import realism_judge
 from nirgan.expression.artifacts import load_expression_translator
 from nirgan.expression.models.translator import ExpressionTranslator, to_model_input
@@ -151,7 +165,7 @@ def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: Express
     out.update(auditor_reading, expr_audit_reader=f"ExpressionAuditor (stride-1 5x5, max-pooled), seed "
                f"{e.seed + audit.AUDIT_SEED_OFFSET}, trained here on the real train split with blur, resize and noise")
     out["_confusion"]["translated_audit"] = audit_conf.tolist()
-    out.update(audit.high_frequency(real_test, translated, targets, names))
+    out.update(audit.high_frequency(real_test, translated, targets, names, real_train=to_model_input(split.train_images)))
     t("auditor, perturbations and high-frequency share")
 
     # 2. identity preservation
@@ -200,7 +214,8 @@ def _uniform_z(translator: ExpressionTranslator, n: int, seed: int) -> torch.Ten
 
 def _identity(cfg: Config, split: ExpressionSplit, translator: ExpressionTranslator, rows: np.ndarray,
               translated: torch.Tensor, device: torch.device) -> dict[str, Any]:
-    keys = ("expr_identity_cos_translated", "expr_identity_cos_same_subject", "expr_identity_cos_diff_subject")
+    keys = ("expr_identity_cos_translated", "expr_identity_cos_same_subject", "expr_identity_cos_diff_subject",
+            "expr_identity_rank1_translated", "expr_identity_rank1_real")
     train_subjects = np.unique(split.train_subjects[split.train_subjects != ""])
     test_subjects = np.unique(split.test_subjects[split.test_subjects != ""])
     reason = None
@@ -225,11 +240,15 @@ def _identity(cfg: Config, split: ExpressionSplit, translator: ExpressionTransla
     # the instrument beside its reading, as in the NIR evaluate (nirgan.metrics.identity)
     out.update({f"expr_{k}": v for k, v in instrument_verdict(verification_auc(real, split.test_subjects)).items()})
     if translator.kind == "cgan":
-        out.update(expr_identity_cos_translated="unavailable",
-                   expr_identity_cos_translated_reason="cgan draws G(z, label) and never sees the input face: "
-                                                       "there is no identity to preserve")
+        why = "cgan draws G(z, label) and never sees the input face: there is no identity to preserve"
+        out.update(expr_identity_cos_translated="unavailable", expr_identity_cos_translated_reason=why,
+                   expr_identity_rank1_translated="unavailable", expr_identity_rank1_translated_reason=why)
     else:
-        out["expr_identity_cos_translated"] = float(paired_cosine(real[rows], embed(translated)).mean())
+        fake = embed(translated)
+        out["expr_identity_cos_translated"] = float(paired_cosine(real[rows], fake).mean())
+        # the nearest other real test face: is it the input's subject? (beside the same for real faces)
+        out["expr_identity_rank1_translated"] = rank1_same_subject(real, split.test_subjects, fake, rows)
+    out["expr_identity_rank1_real"] = rank1_same_subject(real, split.test_subjects, real, np.arange(len(real)))
     return out
 
 
