@@ -78,6 +78,17 @@ class Pipeline:
     artifact_key: str
 
 
+RETRY_BACKOFF = 3.0
+
+
+def retry_delays(orchestrate: OrchestrateConfig) -> list[float]:
+    """Seconds before each retry: ``retry_delay_seconds``, then 3x longer each time (10, 30 by
+    default). Equal short delays spent every retry inside one server restart: with the MLflow
+    server killed mid-train and restarted at once, train's three attempts (1 s apart) all failed
+    within 25 s while the new server was still starting, and the run ended FAILED."""
+    return [orchestrate.retry_delay_seconds * RETRY_BACKOFF**i for i in range(orchestrate.retries)]
+
+
 class RunFailed(RuntimeError):
     """The flow's failure in one line: the step and its cause. Prefect puts it into the final
     state's message, which ``prefect deployment run --watch`` and the UI show."""
@@ -204,7 +215,7 @@ def run_pipeline(pipeline: Pipeline, overrides: dict[str, Any] | None, experimen
                 name=stage,
                 task_run_name=stage,
                 retries=orchestrate.retries,
-                retry_delay_seconds=orchestrate.retry_delay_seconds,
+                retry_delay_seconds=retry_delays(orchestrate),
             )
             done.append(stage_task(stage, str(here), stage_env, timeout_s))
         step = "save-experiment"

@@ -36,6 +36,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as runtime_flow_run
 
+from flows.experiment import retry_delays
 from flows.names import flow_run_link, generate_flow_run_name
 from flows.processes import detach_flow_run
 from flows.report import dataset_markdown
@@ -121,7 +122,7 @@ def write_shards(plan: DatasetPlan, devs: list[str], orchestrate: OrchestrateCon
         if len(pending) >= len(devs):
             collect()
         task_run = shard_task.with_options(task_run_name=f"shard-{index:05d}", retries=orchestrate.retries,
-                                           retry_delay_seconds=orchestrate.retry_delay_seconds)
+                                           retry_delay_seconds=retry_delays(orchestrate))
         pending.append((index, task_run.submit(plan, index, devs[index % len(devs)])))
     while pending:
         collect()
