@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -30,8 +32,17 @@ def api_post(api: str, path: str, body: dict[str, Any], auth: str | None, timeou
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
     req = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(), headers=headers)
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.read()
+    # 503 is the server's answer to an error worth retrying (a busy SQLite database under load);
+    # Prefect's own client retries it, and so does this one.
+    for attempt in range(5):
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == 4:
+                raise
+        time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def flow_run_ids(pids: list[int]) -> list[str]:

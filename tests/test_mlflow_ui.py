@@ -244,7 +244,9 @@ def test_compare_two_runs_in_chromium(mlflow_server, tmp_path, monkeypatch):
         assert all(run_id in text or f"ui-check-{i}" in text for i, (run_id, _) in enumerate(runs))
 
         # the sample grids: one common artifact, opened once, previewed side by side for both runs
-        assert "samples_epoch_001.png" in text.split("\nArtifacts", 1)[-1], "no common artifact on the compare page"
+        # the artifact lists load after the metrics; until then the page says "No common artifacts"
+        wait_for("samples_epoch_001.png among the common artifacts",
+                 lambda: "samples_epoch_001.png" in tools.text().split("\nArtifacts", 1)[-1], timeout=60)
         clicked = tools.value(
             "(() => { const w = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);"
             " while (w.nextNode()) if (w.currentNode.nodeValue.trim() === 'samples_epoch_001.png')"

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prefect_api import prefect_client
 
 from pipeline_project import make_project, project_env, run
 
@@ -52,7 +53,7 @@ class Orchestra:
     def __init__(self, root: Path, stack: stack_mod.Stack):
         self.root, self.stack = root, stack
         self.env = stack.env()
-        self.api = httpx.Client(base_url=stack.prefect_api, timeout=30, auth=httpx.BasicAuth(*stack.api_auth))
+        self.api = prefect_client(stack)
 
     def submit(self, overrides: dict, experiment: str, env: dict | None = None,
                deployment: str = DEPLOYMENT) -> subprocess.Popen:

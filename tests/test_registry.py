@@ -17,10 +17,10 @@ import re
 import subprocess
 import time
 
-import httpx
 import pandas as pd
 import pytest
 import torch
+from prefect_api import prefect_client
 from train_helpers import SIZE, make_dataset, small_config
 
 from nirgan import tracking
@@ -159,7 +159,7 @@ def test_generate_nir_deployment_writes_exactly_count_images(stack, trained, tmp
     proc = subprocess.run(cmd, cwd=stack.root, env=stack.env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     flow_run_id = re.search(r"flow-run/([0-9a-f-]{36})", proc.stdout).group(1)
-    api = httpx.Client(base_url=stack.prefect_api, timeout=30, auth=httpx.BasicAuth(*stack.api_auth))
+    api = prefect_client(stack)
     for deployment in ("train-nir/gpu", "generate-nir/gpu"):  # prefect.yaml's two deployments named gpu
         assert api.get(f"/deployments/name/{deployment}").json()["work_pool_name"] == "gpu", deployment
     deadline = time.monotonic() + FLOW_TIMEOUT_S

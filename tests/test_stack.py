@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prefect_api import prefect_client
 
 from pipeline_project import running_stack
 
@@ -203,7 +204,7 @@ def test_a_restart_ends_the_mlflow_runs_of_flow_runs_that_are_over(stack):
     leaves alone the runs of flow runs still running or unknown to this server."""
     from mlflow.tracking import MlflowClient
 
-    api = httpx.Client(base_url=stack.prefect_api, auth=httpx.BasicAuth(*stack.api_auth), timeout=30)
+    api = prefect_client(stack)
     flow = api.post("/flows/", json={"name": "reconcile-probe"})
     flow.raise_for_status()
     crashed, failed, running = (_flow_run(api, flow.json()["id"], s) for s in ("CRASHED", "FAILED", "RUNNING"))
@@ -255,7 +256,7 @@ def test_a_prefect_server_restart_does_not_crash_a_live_run(stack):
     """Issue 24: 8 s after a 67-s outage the no-heartbeat automation marked a running flow run
     Crashed (and freed its slot): the heartbeats it sent during the outage were lost, so its
     window had ended. A restart by `up` gives every watched run a fresh window."""
-    api = httpx.Client(base_url=stack.prefect_api, auth=httpx.BasicAuth(*stack.api_auth), timeout=30)
+    api = prefect_client(stack)
     flow = api.post("/flows/", json={"name": "heartbeat-probe"})
     flow.raise_for_status()
     live = _flow_run(api, flow.json()["id"], "RUNNING")
@@ -381,7 +382,7 @@ def test_every_deployment_loads_in_the_worker_and_its_flow_run_is_named_and_link
     stage: its flow run carries a name a user tells apart (experiment, overrides, short revision)
     and logs its page through Prefect's login, and its state says why it failed."""
     stack_mod.up(stack)  # earlier checks killed parts of it
-    api = httpx.Client(base_url=stack.prefect_api, auth=httpx.BasicAuth(*stack.api_auth), timeout=30)
+    api = prefect_client(stack)
     head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=stack.root, capture_output=True,
                           text=True, check=True).stdout.strip()
     submissions = {
@@ -445,7 +446,7 @@ def test_the_logged_flow_run_link_opens_the_run_in_a_fresh_browser_through_login
     proc = None
     try:
         start_prefect(st)
-        api = httpx.Client(base_url=st.prefect_api, auth=httpx.BasicAuth(*st.api_auth), timeout=30)
+        api = prefect_client(st)
         _wait(lambda: _healthy(api), "the Prefect server did not answer", 120)
         flow = api.post("/flows/", json={"name": "link-probe"})
         flow.raise_for_status()
