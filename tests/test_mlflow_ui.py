@@ -178,12 +178,11 @@ def missing_values(text: str, runs: list[tuple[str, dict[str, float]]]) -> list[
 
 
 @contextlib.contextmanager
-def logged_in_page(stack, tmp_path: Path):
-    """A fresh headless Chromium on one page, logged in to the gate as a user is after its Basic
-    prompt (the token as password). The login goes on every request this browser makes, other
-    origins' included: the worst a cached login can do."""
+def fresh_page(profile: Path):
+    """A fresh headless Chromium (its profile in ``profile``) on one page, driven over DevTools;
+    stopped by PID on the way out."""
     proc = subprocess.Popen(
-        [chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", "about:blank"],
+        [chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -192,9 +191,6 @@ def logged_in_page(stack, tmp_path: Path):
             page = next(t for t in json.loads(resp.read()) if t["type"] == "page")
         tools = DevTools(page["webSocketDebuggerUrl"])
         tools.call("Page.enable")
-        login = base64.b64encode(f"nirgan:{stack.mlflow_token()}".encode()).decode()
-        tools.call("Network.enable")
-        tools.call("Network.setExtraHTTPHeaders", headers={"Authorization": f"Basic {login}"})
         yield tools
     finally:
         proc.terminate()
@@ -203,6 +199,18 @@ def logged_in_page(stack, tmp_path: Path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def logged_in_page(stack, tmp_path: Path):
+    """:func:`fresh_page`, logged in to the gate as a user is after its Basic prompt (the token as
+    password). The login goes on every request this browser makes, other origins' included: the
+    worst a cached login can do."""
+    with fresh_page(tmp_path / "chromium-profile") as tools:
+        login = base64.b64encode(f"nirgan:{stack.mlflow_token()}".encode()).decode()
+        tools.call("Network.enable")
+        tools.call("Network.setExtraHTTPHeaders", headers={"Authorization": f"Basic {login}"})
+        yield tools
 
 
 def wait_for(what: str, probe, timeout: float = 90):

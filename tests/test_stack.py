@@ -436,14 +436,13 @@ def test_the_logged_flow_run_link_opens_the_run_in_a_fresh_browser_through_login
     stack's password there leads on to the flow run's own page. A real Prefect server with its UI
     and headless Chromium with an empty profile."""
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
-    from test_mlflow_ui import CHROMIUM_FLAGS, DevTools, _devtools_url, chromium_binary
+    from test_mlflow_ui import chromium_binary, fresh_page
 
     from flows.names import flow_run_link
     from flows.stack_services import start_prefect
 
-    chromium = chromium_binary()
+    chromium_binary()  # fails at once, saying how to install it, where there is none
     st = stack_mod.Stack(root=REPO, state=tmp_path / "ui-stack", prefect_port=free_port(), mlflow_port=free_port())
-    proc = None
     try:
         start_prefect(st)
         api = prefect_client(st)
@@ -455,30 +454,18 @@ def test_the_logged_flow_run_link_opens_the_run_in_a_fresh_browser_through_login
             link = flow_run_link(run_id)
         assert link and "/login?" in link
 
-        proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                                 "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        port = httpx.URL(_devtools_url(proc)).port
-        page = next(t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json() if t["type"] == "page")
-        tools = DevTools(page["webSocketDebuggerUrl"])
-        tools.call("Page.enable")
-        tools.call("Page.navigate", url=link)
-        _wait_for(tools, "!!document.querySelector('input[type=password]')", "no login form")
-        tools.call("Runtime.evaluate", expression=(
-            "(() => { const i = document.querySelector('input[type=password]');"
-            f" i.value = {json.dumps(st.auth_string())}; i.dispatchEvent(new Event('input', {{bubbles: true}}));"
-            " i.form.requestSubmit(); })()"))
-        where = _wait_for(tools, f"location.pathname === '/runs/flow-run/{run_id}' && "
-                                 "document.body.innerText.includes('probe-completed') && location.pathname",
-                          "the login did not lead on to the flow run's page")
+        with fresh_page(tmp_path / "profile") as tools:
+            tools.call("Page.navigate", url=link)
+            _wait_for(tools, "!!document.querySelector('input[type=password]')", "no login form")
+            tools.call("Runtime.evaluate", expression=(
+                "(() => { const i = document.querySelector('input[type=password]');"
+                f" i.value = {json.dumps(st.auth_string())}; i.dispatchEvent(new Event('input', {{bubbles: true}}));"
+                " i.form.requestSubmit(); })()"))
+            where = _wait_for(tools, f"location.pathname === '/runs/flow-run/{run_id}' && "
+                                     "document.body.innerText.includes('probe-completed') && location.pathname",
+                              "the login did not lead on to the flow run's page")
         assert where == f"/runs/flow-run/{run_id}"
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
         stack_mod.down(st.state)
 
 

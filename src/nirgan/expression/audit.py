@@ -160,15 +160,20 @@ def reading(model: torch.nn.Module, real_images: torch.Tensor, real_labels: np.n
 
 
 # -------------------------------------------------------------------------- high frequencies
+def _power_spectra(images: torch.Tensor) -> torch.Tensor:
+    """(n, S, S) power spectra of images (n, 1, S, S): mean removed, Hann-windowed so that the
+    border adds none."""
+    x = images.double()[:, 0]
+    window = torch.hann_window(x.shape[-1], periodic=False, dtype=torch.float64)
+    x = (x - x.mean((1, 2), keepdim=True)) * window[:, None] * window[None, :]
+    return torch.fft.fft2(x).abs() ** 2
+
+
 def high_frequency_share(images: torch.Tensor, cutoff: float = HF_CUTOFF) -> np.ndarray:
     """Per image (n, 1, S, S): the share of its spectral energy (mean removed, Hann-windowed so the
     border adds none) at radial frequencies above ``cutoff`` cycles/px (0.25 = half Nyquist)."""
-    x = images.double()[:, 0]
-    s = x.shape[-1]
-    window = torch.hann_window(s, periodic=False, dtype=torch.float64)
-    x = (x - x.mean((1, 2), keepdim=True)) * window[:, None] * window[None, :]
-    power = torch.fft.fft2(x).abs() ** 2
-    f = torch.fft.fftfreq(s, dtype=torch.float64)
+    power = _power_spectra(images)
+    f = torch.fft.fftfreq(power.shape[-1], dtype=torch.float64)
     high = (f[:, None] ** 2 + f[None, :] ** 2).sqrt() > cutoff
     total = power.sum((1, 2))
     return (power[:, high].sum(1) / total.clamp_min(1e-12)).numpy()
@@ -177,11 +182,7 @@ def high_frequency_share(images: torch.Tensor, cutoff: float = HF_CUTOFF) -> np.
 def mean_spectrum(images: torch.Tensor) -> torch.Tensor:
     """(S, S) mean over images (n, 1, S, S) of each one's power spectrum (mean removed,
     Hann-windowed) divided by its total: every image weighs the same, whatever its contrast."""
-    x = images.double()[:, 0]
-    s = x.shape[-1]
-    window = torch.hann_window(s, periodic=False, dtype=torch.float64)
-    x = (x - x.mean((1, 2), keepdim=True)) * window[:, None] * window[None, :]
-    power = torch.fft.fft2(x).abs() ** 2
+    power = _power_spectra(images)
     return (power / power.sum((1, 2), keepdim=True).clamp_min(1e-12)).mean(0)
 
 
