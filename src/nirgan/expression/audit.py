@@ -201,15 +201,13 @@ def spectral_peak_ratio(reference: torch.Tensor, images: torch.Tensor,
 
 
 def high_frequency(real: torch.Tensor, translated: torch.Tensor, targets: np.ndarray,
-                   names: list[str] | tuple[str, ...], real_train: torch.Tensor | None = None) -> dict[str, Any]:
-    """expr_hf_share_real / _translated / _ratio and the ratio per target label; with
-    ``real_train``, expr_hf_peak_ratio[_<label>] (:func:`spectral_peak_ratio` of the translations
-    against the real test faces), its frequency, and expr_hf_peak_ratio_real_baseline (the real
-    train faces against the same test faces). expr_hf_labels_textured: the labels whose
-    translations carry HF_FLAG_FACTOR times the real share, or a peak PEAK_FLAG_FACTOR times the
-    baseline's (a texture)."""
-    out = _peaks(real, translated, targets, names, real_train) if real_train is not None else {}
-    flagged = list(out.pop("_flagged", []))
+                   names: list[str] | tuple[str, ...], real_train: torch.Tensor) -> dict[str, Any]:
+    """expr_hf_peak_ratio[_<label>] (:func:`spectral_peak_ratio` of the translations against the
+    real test faces ``real``), its frequency, and expr_hf_peak_ratio_real_baseline (the real train
+    faces against the same test faces); expr_hf_share_real / _translated / _ratio and the ratio
+    per target label. expr_hf_labels_textured: the labels whose translations carry a peak
+    PEAK_FLAG_FACTOR times the baseline's, or HF_FLAG_FACTOR times the real share (a texture)."""
+    out, flagged = _peaks(real, translated, targets, names, real_train)
     r = float(high_frequency_share(real).mean())
     share = high_frequency_share(translated)
     out.update({"expr_hf_share_real": r, "expr_hf_share_translated": float(share.mean()),
@@ -219,8 +217,8 @@ def high_frequency(real: torch.Tensor, translated: torch.Tensor, targets: np.nda
         mine = share[np.asarray(targets) == c]
         if len(mine) and r > 0:
             out[f"expr_hf_share_ratio_{name}"] = float(mine.mean() / r)
-            if mine.mean() > HF_FLAG_FACTOR * r and str(name) not in flagged:
-                flagged.append(str(name))
+            if mine.mean() > HF_FLAG_FACTOR * r:
+                flagged.add(str(name))
                 log.warning("evaluate_expression: translations to %r carry %.1fx the high-frequency energy of real "
                             "faces: a texture (stripes, checkerboard), not an expression", name, mine.mean() / r)
     out["expr_hf_labels_textured"] = ",".join(n for n in names if n in flagged) or "none"
@@ -228,21 +226,21 @@ def high_frequency(real: torch.Tensor, translated: torch.Tensor, targets: np.nda
 
 
 def _peaks(real: torch.Tensor, translated: torch.Tensor, targets: np.ndarray, names: list[str] | tuple[str, ...],
-           real_train: torch.Tensor) -> dict[str, Any]:
+           real_train: torch.Tensor) -> tuple[dict[str, Any], set[str]]:
+    """The spectral peak figures, and the labels they flag."""
     baseline, _ = spectral_peak_ratio(real, real_train)
     peak, (fy, fx) = spectral_peak_ratio(real, translated)
     out: dict[str, Any] = {"expr_hf_peak_ratio": peak, "expr_hf_peak_frequency_cycles_per_px": f"{fy:.3f},{fx:.3f}",
                            "expr_hf_peak_ratio_real_baseline": baseline}
-    flagged = []
+    flagged = set()
     for c, name in enumerate(names):
         mine = np.flatnonzero(np.asarray(targets) == c)
         if len(mine):
             ratio, (fy, fx) = spectral_peak_ratio(real, translated[torch.as_tensor(mine)])
             out[f"expr_hf_peak_ratio_{name}"] = ratio
             if ratio > PEAK_FLAG_FACTOR * baseline:
-                flagged.append(str(name))
+                flagged.add(str(name))
                 log.warning("evaluate_expression: translations to %r carry %.0fx the real faces' energy at (%.2f, %.2f) "
                             "cycles/px (real train faces: %.1fx at most): a periodic texture, not an expression",
                             name, ratio, fy, fx, baseline)
-    out["_flagged"] = flagged
-    return out
+    return out, flagged
