@@ -165,20 +165,20 @@ def batch(orchestra, tmp_path_factory):
                           "orchestrate.retry_delay_seconds": 1}, names[1]),
     ]
     ids = [orchestra.flow_run_id(p) for p in procs]
-    worker_kill: dict = {}
-    worker_killer = threading.Thread(target=_kill_the_stack_during_train, daemon=True, args=(
-        orchestra, orchestra.root / ".dvc" / "tmp" / "nirgan-runs" / ids[0], 2 * FLOW_TIMEOUT_S, worker_kill))
-    worker_killer.start()
+    stack_kill: dict = {}
+    stack_killer = threading.Thread(target=_kill_the_stack_during_train, daemon=True, args=(
+        orchestra, orchestra.root / ".dvc" / "tmp" / "nirgan-runs" / ids[0], 2 * FLOW_TIMEOUT_S, stack_kill))
+    stack_killer.start()
     killer = threading.Thread(target=_kill_train_once, daemon=True, args=(
         orchestra.root / ".dvc" / "tmp" / "nirgan-runs" / ids[1], marker, 2 * FLOW_TIMEOUT_S))
     killer.start()
     runs = orchestra.wait(ids, timeout=2 * FLOW_TIMEOUT_S)
     killer.join(timeout=5)
-    worker_killer.join(timeout=180)  # the restart may outlast the run it interrupted
-    print(f"\nthe stack killed during train: {json.dumps(worker_kill)}")
+    stack_killer.join(timeout=180)  # the restart may outlast the run it interrupted
+    print(f"\nthe stack killed during train: {json.dumps(stack_kill)}")
     print("\ntwo runs, one slot (seconds from submission):",
           json.dumps({n: {k: round(v, 1) for k, v in timing(runs[i]).items()} for n, i in zip(names, ids)}))
-    return {"names": names, "ids": ids, "runs": runs, "marker": marker, "worker_kill": worker_kill}
+    return {"names": names, "ids": ids, "runs": runs, "marker": marker, "stack_kill": stack_kill}
 
 
 def _kill_the_stack_during_train(orchestra: Orchestra, workspace: Path, timeout_s: float, out: dict) -> None:
@@ -228,7 +228,7 @@ def test_train_nir_end_to_end(orchestra, batch):
     experiment, rid = batch["names"][0], batch["ids"][0]
     fr = batch["runs"][rid]
     # every worker and both servers died by SIGKILL while this run trained, and new ones replaced them
-    kill = batch["worker_kill"]
+    kill = batch["stack_kill"]
     assert "killed" in kill and kill["train_alive_after_kill"] and "error" not in kill, kill
     assert {"mlflow-server", "prefect-server", "worker-0", "worker-1"} <= set(kill["killed"]), kill
     assert set(kill["killed"].values()).isdisjoint(kill["restarted"].values()), kill
