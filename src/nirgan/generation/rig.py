@@ -44,7 +44,6 @@ import torch
 from nirgan import twin
 from nirgan.config import ConfigError, DetectConfig, TwinConfig
 from nirgan.detection.crop import crop_box, resize_crop
-from nirgan.detection.mtcnn import FastMTCNN
 from nirgan.generation.folder_rig import FolderRig, folder_rig  # noqa: F401 - the rigs side by side
 from nirgan.generation.framing import MASK_FEATURES, RenderFraming, mask_box, mask_features, mask_targets
 from nirgan.io import write_json
@@ -158,6 +157,8 @@ def _calibrate(key: str) -> Framing:
         images.append(twin._camera(twin.render_target(view, subject, camera, w, h), camera, noise))
         masks.append(mask_box(twin.render_source(view, subject.glasses, w, h)))  # for a folder rig's renders
         poses.append(pose)
+    from nirgan.detection.mtcnn import FastMTCNN  # here: torchvision costs every generate worker 1.5 s to import
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # float64 MTCNN: identical numbers whatever the thread count
     try:
