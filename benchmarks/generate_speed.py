@@ -41,8 +41,8 @@ def run_variant(model: dict, out: Path, count: int, size: int, batch: int, preci
     spec = dict(count=count, shard_size=max(batch, -(-count // (4 * workers))), image_size=size,
                 batch_size=batch, precision=precision)
     warm = plan_dataset(parse_config({"generate": {**spec, "count": batch * workers, "shard_size": batch,
-                                                   "seed": 99}}), out / "warm", model)
-    plan = plan_dataset(parse_config({"generate": spec}), out / "timed", model)
+                                                   "seed": 99}}), out / "warm", model, device)
+    plan = plan_dataset(parse_config({"generate": spec}), out / "timed", model, device)
     seconds, cpu = dict.fromkeys(PHASES, 0.0), 0.0
     start = time.perf_counter()
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,

@@ -150,10 +150,10 @@ def generate_nir(overrides: dict[str, Any] | None = None, count: int | None = No
             resolved = resolve_model(cfg.generate.model, Path(fetched))
             named = "generate.out_dir" in (overrides or {})
             out_dir = Path(cfg.generate.out_dir) if named else default_out_dir(cfg, resolved)
-            plan = plan_dataset(cfg, checkout / out_dir, resolved)
+            devs = devices()
+            plan = plan_dataset(cfg, checkout / out_dir, resolved, devs[0])
         except Exception as exc:  # noqa: BLE001
             raise _fail("plan", exc) from exc
-        devs = devices()
         logger.info("%d images in %d shards of %d into %s, model %s version %s, on %s", plan.count, plan.n_shards,
                     plan.shard_size, plan.out_dir, resolved.get("name"), resolved.get("version"), ", ".join(devs))
         totals = write_shards(plan, devs, cfg.orchestrate)

@@ -22,6 +22,7 @@ from PIL import Image
 from train_helpers import make_dataset, small_config, write_params
 
 from nirgan.config import ConfigError, DataError, OutputError, parse_config
+from nirgan.devices import native_bf16
 from nirgan.generation.dataset import finalize, plan_dataset, write_shard
 from nirgan.labels import LABELS
 from nirgan.stages import generate
@@ -131,7 +132,10 @@ def test_any_image_regenerates_from_its_row(dataset, model_dir):
     source = rig.render(pd.DataFrame([{c: recipe[c] for c in (*LABELS, "glasses")}]))
     sampler = load_sampler(model_dir / "generator.pt")
     z = torch.randn(sampler.latent_dim, generator=torch.Generator().manual_seed(int(row["latent_seed"])))[None]
-    image = sampler.generate(torch.from_numpy(source).permute(0, 3, 1, 2).float() / 127.5 - 1, z)
+    # in the precision the card says ran (bf16 and fp32 images differ by a few grey levels)
+    precision = json.loads((dataset / "dataset.json").read_text())["precision"]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        image = sampler.generate(torch.from_numpy(source).permute(0, 3, 1, 2).float() / 127.5 - 1, z)
     redrawn = ((image[0, 0].clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
     saved = np.array(Image.open(dataset / row["file"]))
     # batch size changes the convolution's summation order: at most one grey level apart
@@ -306,12 +310,25 @@ def test_disk_full_is_one_line_and_keeps_completed_shards(model_dir, small_disk,
     assert not [p for p in (small_disk / "ds" / "images").iterdir() if p.name.startswith(".")]
 
 
-def test_bf16_precision_writes_the_same_layout(model_dir, tmp_path):
+def test_bf16_precision_writes_the_same_layout_and_the_card_says_what_ran(model_dir, tmp_path):
+    """bf16 (the default) runs where it is native and fp32 elsewhere; the card names which, and a
+    dataset begun in one precision is never finished in the other (the plan's fingerprint)."""
     out = tmp_path / "bf16"
     generate.run(gen_config(count=8, precision="bf16"), out, str(model_dir), metrics_path=None)
     labels = pd.read_parquet(out / "labels.parquet")
     assert len(labels) == 8 and np.isfinite(labels[[f"estimated_{c}" for c in LABELS]].to_numpy()).all()
     assert np.array(Image.open(out / labels["file"][0])).std() > 2
+    ran = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    assert json.loads((out / "dataset.json").read_text())["precision"] == ran
+    assert gen_config().generate.precision == "bf16"
+    fp32 = plan_dataset(gen_config(count=8, precision="fp32"), tmp_path / "fp32", {"generator": model_dir / "generator.pt"})
+    assert fp32.precision == "fp32"
+    if ran == "bf16":  # the same spec in fp32 is another dataset: its shards are not reused
+        generate.run(gen_config(count=8, precision="fp32"), out, str(model_dir), metrics_path=None)
+        assert json.loads((out / "dataset.json").read_text())["precision"] == "fp32"
+        again = pd.read_parquet(out / "labels.parquet")
+        assert not np.array_equal(again[[f"estimated_{c}" for c in LABELS]].to_numpy(),
+                                  labels[[f"estimated_{c}" for c in LABELS]].to_numpy())
 
 
 def test_another_spec_in_the_same_folder_replaces_the_dataset_never_mixes(model_dir, tmp_path):

@@ -445,7 +445,9 @@ class GenerateConfig(Section):
         0, ge=0, description="processes writing shards in parallel; 0 = one per CPU core on the CPU, 1 on a GPU"
     )
     precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16 autocast for the generator and the label check (GPUs, CPUs with AVX512-BF16)"
+        "bf16", description="bf16 autocast for the generator and the label check where bf16 is native (CUDA; CPUs "
+        "with AVX512-BF16 or AMX), else fp32 (dataset.json's precision says which ran): 115 against 86 images/s on "
+        "2 AVX512-BF16 cores (benchmarks/generate_speed.py)"
     )
     model: str = Field(
         "models", description='a folder with generator.pt (+ label_estimator.pt), or "models:/nirgan-generator@<alias>" '

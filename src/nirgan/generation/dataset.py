@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 
 from nirgan.config import Config, ConfigError, DetectConfig, GenerateConfig, OutputError, TwinConfig
+from nirgan.devices import effective_precision
 from nirgan.generation.rig import RIG_LIMITS, SourceRig, built_in_rig, calibrate, check_spec, folder_rig
 from nirgan.generation.report import contact_sheet, dataset_card, label_distributions
 from nirgan.generation.spec import LabelRows, read_label_table, validate_rows
@@ -78,6 +79,7 @@ class DatasetPlan:
     model: dict
     detect: DetectConfig = field(default_factory=DetectConfig)  # the built-in rig frames like detect
     twin: TwinConfig = field(default_factory=TwinConfig)
+    precision: str = "fp32"  # what spec.precision runs as on the plan's device (nirgan.devices.effective_precision)
 
     def shard_range(self, index: int) -> range:
         return range(index * self.shard_size, min((index + 1) * self.shard_size, self.count))
@@ -87,16 +89,18 @@ class DatasetPlan:
 
 
 # --------------------------------------------------------------------------------- plan
-def plan_dataset(cfg: Config, out_dir: Path, model: dict) -> DatasetPlan:
+def plan_dataset(cfg: Config, out_dir: Path, model: dict, device: str = "cpu") -> DatasetPlan:
     """Validate everything a shard will need (spec, rig, labels table, model files, out_dir) before
     any work, and record the plan in ``out_dir/.plan.json``. An out_dir holding shards of another
     plan is cleared first (only the dataset layout's own entries); a non-empty folder that is not
-    a nirgan dataset is refused."""
+    a nirgan dataset is refused. ``device``: the kind of device the shards run on, which decides
+    what ``generate.precision`` runs as (bf16 only where it is native), a part of the bytes."""
     spec, out_dir = cfg.generate, Path(out_dir)
     check_spec(spec)
     plan = DatasetPlan(out_dir=out_dir, count=spec.count, shard_size=spec.shard_size,
                        n_shards=-(-spec.count // spec.shard_size), spec=spec, model=dict(model),
-                       detect=cfg.detect, twin=cfg.collect.twin)
+                       detect=cfg.detect, twin=cfg.collect.twin,
+                       precision=effective_precision(spec.precision, torch.device(device)))
     _label_rows(plan)  # a bad labels table fails here, naming its row and key
     if not Path(model["generator"]).is_file():
         raise ConfigError(f"generate.model: {model['generator']} does not exist (run the train stage first)")
@@ -106,7 +110,7 @@ def plan_dataset(cfg: Config, out_dir: Path, model: dict) -> DatasetPlan:
     if spec.rig == "folder":
         _refuse_unknown_labels(spec, _folder(plan)[1], model)
     # what the bytes depend on: not where the dataset or the model file lies
-    fingerprint = {"spec": spec.model_dump(mode="json", exclude={"out_dir", "model"}),
+    fingerprint = {"spec": spec.model_dump(mode="json", exclude={"out_dir", "model"}), "precision": plan.precision,
                    # the built-in rig's framing follows detect's crop and the twin's cameras
                    "rig": ({"detect": cfg.detect.model_dump(mode="json", include=RIG_DETECT_KEYS),
                             "twin": cfg.collect.twin.model_dump(mode="json")}
@@ -385,7 +389,7 @@ def _batch(plan: DatasetPlan, shard: int, batch: pd.DataFrame, rig: SourceRig, s
              for i, a, o in zip(batch["index"], batch["attempt"], batch["overflow"])]
     z = torch.stack([torch.randn(sampler.latent_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
     requested = batch[list(LABELS)].to_numpy(np.float32)
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=spec.precision == "bf16")
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=plan.precision == "bf16")
     with torch.inference_mode(), autocast:
         images = sampler.generate(sources, z, requested, batch_size=len(batch))
         pixels = ((images[:, 0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -470,7 +474,8 @@ def finalize(plan: DatasetPlan) -> dict:
         raise OutputError(f"{plan.out_dir}: the shards hold {counts['images']} images, the plan {plan.count}")
     checked = plan.model.get("label_estimator") is not None
     mean_error = {c: abs_error[c] / known[c] if known[c] else None for c in LABELS} if checked else None
-    card = dataset_card(plan.spec, plan.model, plan.n_shards, counts, glasses, mean_error, unknown)
+    card = {**dataset_card(plan.spec, plan.model, plan.n_shards, counts, glasses, mean_error, unknown),
+            "precision": plan.precision}
     first = pd.read_parquet(plan.shard_table(0), columns=["file"])["file"]
     with _writing(plan.out_dir, "writing the card and figures"):
         contact_sheet([plan.out_dir / f for f in first.head(64)], plan.spec.image_size,

@@ -46,7 +46,7 @@ def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
             model = resolve_model(ref, Path(fetched), metrics_path)
             load_sampler(model["generator"])  # a bad file stops here, before the out folder or the rig exist
             announce(cfg, model)
-            plan = plan_dataset(cfg, out_dir, model)
+            plan = plan_dataset(cfg, out_dir, model, device)
             seconds = dict.fromkeys(PHASES, 0.0)
             workers = cfg.generate.workers or (available_cores() if device == "cpu" else 1)
             for shard in write_shards(plan, device, workers):
