@@ -307,3 +307,28 @@ def test_resampling_rewrites_compute_the_torch_functions(shape):
     if shape[-1] % 2 == 0 and shape[-2] % 2 == 0:
         torch.testing.assert_close(downsample2x_reshape(x), F.avg_pool2d(x, 2))
         torch.testing.assert_close(downsample2x_reshape(x.to(memory_format=torch.channels_last)), F.avg_pool2d(x, 2))
+
+
+def test_sampler_inference_draws_in_its_precision_and_keeps_a_callers_autocast():
+    """evaluate draws its images through ``Sampler.inference``: channels_last in fp32 is the same
+    picture (summation order only), bf16 runs only where it is native, and a sampler left in fp32
+    does not switch off the bf16 autocast the generate stage wraps around it."""
+    from nirgan.devices import native_bf16
+    from nirgan.models.artifacts import untrained_sampler
+
+    cfg = TrainConfig(generator="multinorm", width=0.25, latent_dim=8)
+    sources = torch.rand(6, 3, 64, 64) * 2 - 1
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    labels = np.zeros((6, 5), np.float32)
+    plain = untrained_sampler(cfg, 5).generate(sources, z, labels)
+    fp32 = untrained_sampler(cfg, 5).inference("fp32", "cpu")
+    conv = next(p for p in fp32.generator.parameters() if p.dim() == 4)
+    assert not fp32.bf16 and conv.is_contiguous(memory_format=torch.channels_last)
+    assert (fp32.generate(sources, z, labels) - plain).abs().max() < 1e-4
+    bf16 = untrained_sampler(cfg, 5).inference("bf16", "cpu")
+    assert bf16.bf16 == native_bf16(torch.device("cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outer = fp32.generate(sources, z, labels)
+    assert (outer - plain).abs().max() > 1e-4, "the caller's bf16 autocast was switched off"
+    if bf16.bf16:
+        assert torch.equal(bf16.generate(sources, z, labels), outer)

@@ -380,9 +380,10 @@ class EvaluateConfig(Section):
     seeds: int = Field(3, ge=1, description="draws for random-dependent metrics (mean and std)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = Field(
-        "bf16", description="bf16 autocast for the realism judges evaluate trains, where bf16 is native (CUDA; "
-        "CPUs with AVX512-BF16 or AMX), else fp32 (eval.json's evaluate_precision says which ran); the pose "
-        "estimators, the stage's instrument, always train in fp32")
+        "bf16", description="bf16 autocast for the images evaluate draws from the generators (as the generate "
+        "stage draws them) and for the realism judges it trains, where bf16 is native (CUDA; CPUs with "
+        "AVX512-BF16 or AMX), else fp32 (eval.json's evaluate_precision says which ran); the pose estimators, "
+        "the stage's instrument, always train in fp32")
     batch_size: int = Field(50, ge=1)
     fid: bool = Field(True, description="ImageNet Inception-V3 FID (pytorch-fid); needs the cached weights")
     fid_weights: Path | None = Field(None, strict=False, description="explicit pt_inception-2015-12-05 file; else TORCH_HOME")

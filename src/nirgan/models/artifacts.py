@@ -23,6 +23,7 @@ callers always pass degrees, so training and evaluation cannot disagree about it
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from nirgan.config import DataError, TrainConfig
+from nirgan.devices import effective_precision, memory_format
 from nirgan.io import atomic_file
 from nirgan.models.files import absent_reason, build_from, cpu_state, load_payload, save_absent
 from nirgan.models.identity_net import IdentityNet
@@ -54,6 +56,17 @@ class Sampler(nn.Module):
     def __init__(self, generator: nn.Module, mapping: nn.Module | None = None, label_scale: float = LABEL_SCALE):
         super().__init__()
         self.generator, self.mapping, self.label_scale = generator, mapping, float(label_scale)
+        self.bf16 = False  # generate() under bf16 autocast (see inference)
+
+    def inference(self, precision: str, device: torch.device | str) -> Sampler:
+        """This sampler on ``device`` in its memory format (channels_last on the CPU and CUDA), with
+        :meth:`generate` in ``precision`` where it is native (:func:`nirgan.devices.autocast`'s
+        policy). On 2 AVX512-BF16 cores the default generator drew 64 images/s contiguous in fp32,
+        106 channels_last (within 1 grey level of them) and 172 channels_last in bf16."""
+        device = torch.device(device)
+        self.to(device).to(memory_format=memory_format(device))
+        self.bf16 = effective_precision(precision, device) == "bf16"
+        return self
 
     @property
     def latent_dim(self) -> int:
@@ -79,14 +92,17 @@ class Sampler(nn.Module):
                  batch_size: int = 50, style: bool = False) -> torch.Tensor:
         """Images (n, 1, S, S) in [-1, 1] on the CPU; ``style=True`` means z is already a style."""
         device = next(self.generator.parameters()).device
+        # no autocast context unless bf16: a caller's own (the generate stage's) stays in force
+        precision = torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         out = []
         for i in range(0, len(sources), batch_size):
             zb = z[i : i + batch_size].to(device)
-            s = zb if style else self.style(zb)
             lab = None
             if self.label_dim:
                 lab = torch.as_tensor(labels[i : i + batch_size], dtype=torch.float32, device=device)
-            out.append(self.from_style(sources[i : i + batch_size].to(device), s, lab).float().cpu())
+            with precision:
+                s = zb if style else self.style(zb)
+                out.append(self.from_style(sources[i : i + batch_size].to(device), s, lab).float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()

@@ -123,8 +123,9 @@ def run(
 
     with stage_log("evaluate", train_pairs=len(train), test_pairs=len(test), seeds=e.seeds) as counts:
         device = resolve_device(e.device, "evaluate.device")
-        sampler = load_sampler(model_dir / "generator.pt", map_location=device)
-        untrained = untrained_sampler(sampler.train_config, sampler.label_dim).to(device)
+        # every image evaluate judges is drawn in evaluate.precision (the generate stage's default too)
+        sampler = load_sampler(model_dir / "generator.pt", map_location=device).inference(e.precision, device)
+        untrained = untrained_sampler(sampler.train_config, sampler.label_dim).inference(e.precision, device)
         encoder, encoder_from = load_encoder(model_dir / "encoder.pt", map_location=device)
         inception, lp, metrics = imagenet_networks(cfg, device)
         metrics.update(eval_test_pairs=len(test), eval_train_pairs=len(train), eval_seeds=e.seeds,
