@@ -93,14 +93,14 @@ class Sampler(nn.Module):
         """Images (n, 1, S, S) in [-1, 1] on the CPU; ``style=True`` means z is already a style."""
         device = next(self.generator.parameters()).device
         # no autocast context unless bf16: a caller's own (the generate stage's) stays in force
-        precision = torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        in_bf16 = torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         out = []
         for i in range(0, len(sources), batch_size):
             zb = z[i : i + batch_size].to(device)
             lab = None
             if self.label_dim:
                 lab = torch.as_tensor(labels[i : i + batch_size], dtype=torch.float32, device=device)
-            with precision:
+            with in_bf16:
                 s = zb if style else self.style(zb)
                 out.append(self.from_style(sources[i : i + batch_size].to(device), s, lab).float().cpu())
         return torch.cat(out)
