@@ -120,7 +120,9 @@ def _create_or_upgrade(uri: str) -> None:
 
     artifacts = str(_sqlite_path(uri).parent / "mlartifacts")  # type: ignore[union-attr]
     try:
-        SqlAlchemyStore(uri, artifacts)
+        # MLflow keeps the store's engine for the process's life; its pooled connections are closed
+        # here, so a long-lived caller (the stack's `up`, a test worker) holds no store file open
+        SqlAlchemyStore(uri, artifacts).engine.dispose()
         return
     except MlflowException as exc:
         if "out-of-date" not in str(exc) and "outdated" not in str(exc).lower():
@@ -133,7 +135,7 @@ def _create_or_upgrade(uri: str) -> None:
         last = next((s for s in reversed(lines) if "Error:" in s or "Exception:" in s), lines[-1]).strip()[:300]
         raise TrackingUnavailable(f"MLflow tracking store {uri}: `mlflow db upgrade` failed ({last}); back the "
                                   "store up and run that command by hand to see the whole error")
-    SqlAlchemyStore(uri, artifacts)
+    SqlAlchemyStore(uri, artifacts).engine.dispose()
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
