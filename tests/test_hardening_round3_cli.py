@@ -207,7 +207,7 @@ def test_the_dataset_card_says_why_there_is_no_label_check(tmp_path: Path):
     save_absent(tmp_path / "label_estimator.pt", "the split has no pose/gaze labels: no label estimator")
     model = resolve_model(str(tmp_path), tmp_path / "fetched", None)
     assert model["label_estimator"] is None
-    card = dataset_card(GenerateConfig(), model, 1, {"images": 2, "dropped": 0}, 1, None)
+    card = dataset_card(GenerateConfig(), model, 1, {"images": 2, "dropped": 0}, 1, None, precision="fp32")
     assert card["label_check"] == {"estimator": "unavailable",
                                    "reason": "the split has no pose/gaze labels: no label estimator"}
 

@@ -474,8 +474,8 @@ def finalize(plan: DatasetPlan) -> dict:
         raise OutputError(f"{plan.out_dir}: the shards hold {counts['images']} images, the plan {plan.count}")
     checked = plan.model.get("label_estimator") is not None
     mean_error = {c: abs_error[c] / known[c] if known[c] else None for c in LABELS} if checked else None
-    card = {**dataset_card(plan.spec, plan.model, plan.n_shards, counts, glasses, mean_error, unknown),
-            "precision": plan.precision}
+    card = dataset_card(plan.spec, plan.model, plan.n_shards, counts, glasses, mean_error, unknown,
+                        precision=plan.precision)
     first = pd.read_parquet(plan.shard_table(0), columns=["file"])["file"]
     with _writing(plan.out_dir, "writing the card and figures"):
         contact_sheet([plan.out_dir / f for f in first.head(64)], plan.spec.image_size,

@@ -13,10 +13,11 @@ from nirgan.labels import LABELS
 
 
 def dataset_card(spec: GenerateConfig, model: dict, shards: int, counts: dict, glasses: int,
-                 mean_error: dict[str, float | None] | None, unknown: int = 0) -> dict:
-    """dataset.json: the model (name, version, run id), git commit, spec, counts and the model's
-    eval metrics; ``mean_error`` None when the model has no label estimator (a label None when no
-    image had it known); ``unknown``: images whose labels are unknown (a folder rig without them)."""
+                 mean_error: dict[str, float | None] | None, unknown: int = 0, *, precision: str) -> dict:
+    """dataset.json: the model (name, version, run id), git commit, spec, the precision that ran
+    (``spec.precision`` where native, else fp32), counts and the model's eval metrics;
+    ``mean_error`` None when the model has no label estimator (a label None when no image had it
+    known); ``unknown``: images whose labels are unknown (a folder rig without them)."""
     from nirgan.tracking import git_commit
 
     n = counts["images"]
@@ -27,6 +28,7 @@ def dataset_card(spec: GenerateConfig, model: dict, shards: int, counts: dict, g
                   "generator_sha256": file_sha256(model["generator"])},
         "git_commit": git_commit(),
         "spec": spec.model_dump(mode="json"),
+        "precision": precision,
         "counts": {**counts, "shards": shards, "attempts": n + counts["dropped"],
                    "glasses_fraction": glasses / (n - unknown) if n > unknown else "unknown"},
         "labels": ({"known": "all", "source": _label_source(spec)} if not unknown else
