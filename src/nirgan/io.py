@@ -23,10 +23,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: the twin's workers import this module
+    import pandas as pd
 
 from nirgan.config import OutputError
 
@@ -154,6 +156,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: expected manifest is missing (did the previous stage run?)")
+    import pandas as pd
+
     return pd.read_parquet(path)
 
 
@@ -185,17 +189,26 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
     return img
 
 
-def write_image(path: str | Path, img: np.ndarray) -> None:
-    """Write a uint8 HxW or HxWx3 (RGB) image as PNG."""
+def encode_png(img: np.ndarray) -> bytes:
+    """A uint8 HxW or HxWx3 (RGB) image as the PNG file :func:`write_image` writes."""
     import cv2
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", arr)
     if not ok:
-        raise ValueError(f"{path}: could not encode image")
-    buf.tofile(path)
+        raise ValueError(f"could not encode a {img.dtype} image of shape {img.shape} as PNG")
+    return buf.tobytes()
+
+
+def write_image(path: str | Path, img: np.ndarray) -> None:
+    """Write a uint8 HxW or HxWx3 (RGB) image as PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data = encode_png(img)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    path.write_bytes(data)
 
 
 @contextlib.contextmanager

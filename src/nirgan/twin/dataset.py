@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -30,8 +30,8 @@ class TwinPair:
     subject: str
     camera: str
     frame: int
-    source: np.ndarray
-    target: np.ndarray
+    source: np.ndarray | bytes  # bytes: the image as ``render_dataset``'s ``encode`` gave it
+    target: np.ndarray | bytes
     labels: dict[str, float]
     glasses: bool
     disturbance: str
@@ -116,18 +116,23 @@ def count_pairs(twin_cfg: TwinConfig) -> int:
     return twin_cfg.subjects * twin_cfg.cameras * twin_cfg.frames
 
 
-def render_dataset(twin_cfg: TwinConfig, workers: int = 1) -> Iterator[TwinPair]:
+def render_dataset(twin_cfg: TwinConfig, workers: int = 1,
+                   encode: Callable[[np.ndarray], bytes] | None = None) -> Iterator[TwinPair]:
     """Every pair of the twin, recording by recording (deterministic in ``twin_cfg``).
 
     Recordings are independent (each has its own random stream), so ``workers`` processes
     render them side by side; the pairs come out in the same order and the same bytes
     whatever the number of workers. The workers are spawned, so a script that asks for them
     calls this under ``if __name__ == "__main__":``, as multiprocessing requires.
+
+    ``encode`` (a module-level function, e.g. :func:`nirgan.io.encode_png`): each pair's source
+    and target come as ``encode(image)``, computed where the pair was rendered. Encoding is
+    then spread over the workers too, and a fraction of the bytes crosses between processes.
     """
     # Subjects, cameras and the disturbance plan are made once here and handed to each
     # recording (a worker would otherwise rebuild every subject's textures per recording).
     subjects, cameras, plan = make_subjects(twin_cfg), make_cameras(twin_cfg), _plan_disturbances(twin_cfg)
-    recordings = [(twin_cfg, subjects[i], cameras[j], plan[(i, j)], i, j)
+    recordings = [(twin_cfg, subjects[i], cameras[j], plan[(i, j)], i, j, encode)
                   for i in range(twin_cfg.subjects) for j in range(twin_cfg.cameras)]
     if workers <= 1 or len(recordings) <= 1:
         for rec in recordings:
@@ -151,7 +156,7 @@ def _render_recording_star(args: tuple) -> list[TwinPair]:
 
 
 def _render_recording(twin_cfg: TwinConfig, subj: Subject, cam: Camera, kinds: dict[int, str], i: int,
-                      j: int) -> Iterator[TwinPair]:
+                      j: int, encode: Callable[[np.ndarray], bytes] | None = None) -> Iterator[TwinPair]:
     """The frames of subject ``i`` (``subj``) on camera ``j`` (``cam``), ``kinds`` its disturbances."""
     gains = {"overexposure": 2.6, "underexposure": 0.3}
     rng = np.random.default_rng([twin_cfg.seed, 4, i, j])
@@ -173,6 +178,8 @@ def _render_recording(twin_cfg: TwinConfig, subj: Subject, cam: Camera, kinds: d
                 view = _View(_misalign(pose, rng, twin_cfg.width, twin_cfg.height), twin_cfg.width, twin_cfg.height)
             source = render_source(view, subj.glasses, twin_cfg.width, twin_cfg.height)
         labels = dict(zip(LABELS, (pose.yaw, pose.pitch, pose.roll, pose.gaze_yaw, pose.gaze_pitch)))
+        if encode is not None:
+            source, target = encode(source), encode(target)
         yield TwinPair(
             subject=subj.name,
             camera=cam.name,

@@ -36,9 +36,11 @@ _PIO2 = (1.57079632673412561417e00, 6.07710050630396597660e-11, 2.02226624871116
 
 def _poly(x: np.ndarray, coeffs: tuple[float, ...]) -> np.ndarray:
     """Horner's rule, highest coefficient first, one rounding per step (no fused multiply-add)."""
-    acc = np.full_like(x, coeffs[0])
-    for c in coeffs[1:]:
-        acc = acc * x + c
+    acc = x * coeffs[0]  # the same bits as a constant array times x, one allocation
+    acc += coeffs[1]
+    for c in coeffs[2:]:
+        acc *= x
+        acc += c
     return acc
 
 
@@ -61,14 +63,27 @@ def exp(x) -> np.ndarray:
 def log(x) -> np.ndarray:
     """Natural logarithm in float64 of positive x (-inf at 0)."""
     x = np.asarray(x, np.float64)
+    return np.where(x > 0, _log_positive(x), -np.inf)
+
+
+def _log_positive(x: np.ndarray) -> np.ndarray:
+    # e * ln2_hi + (2 s P(s^2) + e * ln2_lo), s = (m - 1) / (m + 1), computed in place
     m, e = np.frexp(x)  # exact: x = m * 2**e, m in [0.5, 1)
     small = m < math.sqrt(0.5)
-    m = np.where(small, 2.0 * m, m)
-    e = (e - small).astype(np.float64)
-    s = (m - 1.0) / (m + 1.0)
-    series = 2.0 * s * _poly(s * s, _ATANH)
-    out = (e * _LN2_HI + (series + e * _LN2_LO))
-    return np.where(x > 0, out, -np.inf)
+    np.multiply(m, 2.0, out=m, where=small)
+    e = e.astype(np.float64)
+    e -= small
+    s = m - 1.0
+    m += 1.0
+    s /= m
+    series = _poly(s * s, _ATANH)
+    s *= 2.0
+    series *= s  # (2 s) * P, as 2.0 * s * P rounds
+    lo = e * _LN2_LO
+    lo += series
+    e *= _LN2_HI
+    e += lo
+    return e
 
 
 def power(x, p: float) -> np.ndarray:
@@ -79,12 +94,16 @@ def power(x, p: float) -> np.ndarray:
     """
     arr = np.asarray(x)
     dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
-    if float(p).is_integer() and p >= 1:
-        return _power_int(arr.astype(np.float64), int(p)).astype(dtype)
     flat = arr.astype(np.float64).ravel()
+    if float(p).is_integer() and p >= 1:
+        # only the nonzero entries (0 ** n is 0): most of a clipped shading term is 0
+        out = np.zeros_like(flat)
+        nonzero = flat != 0
+        out[nonzero] = _power_int(flat[nonzero], int(p))
+        return out.reshape(arr.shape).astype(dtype)
     out = np.zeros_like(flat)
     pos = flat > 0
-    out[pos] = exp(p * log(flat[pos]))
+    out[pos] = exp(p * _log_positive(flat[pos]))
     return out.reshape(arr.shape).astype(dtype)
 
 

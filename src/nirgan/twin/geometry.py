@@ -7,7 +7,9 @@ the eyeballs, the shared geometry both renders are made from.
 
 from __future__ import annotations
 
+import copy
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -31,18 +33,26 @@ from nirgan.twin.scene import (
 
 
 # ------------------------------------------------------------------------------ geometry
+# A frame asks for its pose's rotation and gaze about ten times (view, projections, glints,
+# eyes); each is a few dozen small numpy calls, so they are computed once per pose (read-only).
+@lru_cache(maxsize=256)
 def rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """Head-to-camera rotation (degrees), see the package docstring for the signs."""
     (cy, cp, cr), (sy, sp, sr) = (exact.cos(np.radians([yaw, -pitch, roll])), exact.sin(np.radians([yaw, -pitch, roll])))
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
     rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
-    return exact.matmul(exact.matmul(rz, rx), ry).astype(np.float32)
+    out = exact.matmul(exact.matmul(rz, rx), ry).astype(np.float32)
+    out.flags.writeable = False
+    return out
 
 
+@lru_cache(maxsize=256)
 def gaze_vector(gaze_yaw: float, gaze_pitch: float) -> np.ndarray:
     (cy, cp), (sy, sp) = exact.cos(np.radians([gaze_yaw, gaze_pitch])), exact.sin(np.radians([gaze_yaw, gaze_pitch]))
-    return np.array([sy * cp, sp, cy * cp], np.float32)
+    out = np.array([sy * cp, sp, cy * cp], np.float32)
+    out.flags.writeable = False
+    return out
 
 
 def project(points: np.ndarray, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
@@ -83,6 +93,48 @@ def _cast(R: np.ndarray, X: np.ndarray, Y: np.ndarray, centre: np.ndarray, axes:
 
     ``w`` points at the camera, so the larger root is the visible surface.
     """
+    depth, box = _cast_in_box(R, X, Y, centre, axes)
+    out = np.full((Y.shape[0], X.shape[1]), -np.inf, np.float32)
+    out[box] = depth
+    return out
+
+
+def _cast_in_box(R: np.ndarray, X: np.ndarray, Y: np.ndarray, centre: np.ndarray,
+                 axes: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """:func:`_cast` over the box around the ellipsoid's outline only, and the box (rows, cols).
+
+    The nose and ears cover a few percent of the window, so casting (and comparing) only
+    there saves most of their work; each ray's arithmetic is the same as over the whole
+    window, so are its bits, and every ray outside the box misses.
+    """
+    rows, cols = _outline_box(R, X[0], Y[:, 0], centre, axes)
+    return _cast_all(R, X[:, cols], Y[rows], centre, axes), (rows, cols)
+
+
+# How far outside its outline (head units) an ellipsoid's box reaches: several pixels at any
+# scale the twin draws, so no ray the full cast would hit is left out.
+_BOX_MARGIN = 0.1
+
+
+def _outline_box(R: np.ndarray, x: np.ndarray, y: np.ndarray, centre: np.ndarray,
+                 axes: np.ndarray) -> tuple[slice, slice]:
+    """Rows of ``y`` (descending) and columns of ``x`` (ascending) that can see the ellipsoid:
+    it projects to ``u.c +/- |A u|`` across and ``v.c +/- |A v|`` up (A its axes)."""
+    u, v = R[0].astype(np.float64), R[1].astype(np.float64)
+    c, a = centre.astype(np.float64), axes.astype(np.float64)
+    half_x = float(np.sqrt(((u * a) ** 2).sum())) + _BOX_MARGIN
+    half_y = float(np.sqrt(((v * a) ** 2).sum())) + _BOX_MARGIN
+    mid_x, mid_y = float((u * c).sum()), float((v * c).sum())
+    c0 = int(np.searchsorted(x, mid_x - half_x))
+    c1 = max(c0, int(np.searchsorted(x, mid_x + half_x, side="right")))
+    # y descends: count the rows above the box's top, then those down to its bottom
+    r0 = int((y > mid_y + half_y).sum())
+    r1 = max(r0, int((y >= mid_y - half_y).sum()))
+    return slice(r0, r1), slice(c0, c1)
+
+
+def _cast_all(R: np.ndarray, X: np.ndarray, Y: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """:func:`_cast` over every ray of ``X`` (1, W) x ``Y`` (H, 1)."""
     a, bx, by, b0, cxx, cyy, cxy, cx, cy, c0 = _coeffs(R, centre, axes)
     b = bx * X + (by * Y + b0)
     c = (cxx * X + cxy * Y + cx) * X + ((cyy * Y + cy) * Y + c0)
@@ -90,6 +142,12 @@ def _cast(R: np.ndarray, X: np.ndarray, Y: np.ndarray, centre: np.ndarray, axes:
     s = (np.sqrt(np.maximum(disc, 0)) - b) * (0.5 / a)
     s[disc < 0] = -np.inf
     return s.astype(np.float32, copy=False)
+
+
+def _shift(part: slice, start: int, stop: int) -> slice:
+    """``part`` of a range, as a slice of its sub-range [start, stop)."""
+    lo = min(max(part.start, start), stop) - start
+    return slice(lo, max(lo, min(part.stop, stop) - start))
 
 
 class _View:
@@ -107,17 +165,42 @@ class _View:
         self.Y = ((pose.y - np.arange(self.y0, self.y1, dtype=np.float32)) / r)[:, None]
         self.window = (slice(self.y0, self.y1), slice(self.x0, self.x1))
         # The parts every head shares (nose, ears, neck), cast once per pose.
-        self.fixed = [(kind, _cast(self.R, self.X, self.Y, c, a), c, a) for kind, c, a in FIXED_PARTS]
+        self.fixed, self._fixed_boxes = [], []
+        for kind, c, a in FIXED_PARTS:
+            depth, box = _cast_in_box(self.R, self.X, self.Y, c, a)
+            full = np.full((self.Y.shape[0], self.X.shape[1]), -np.inf, np.float32)
+            full[box] = depth
+            self.fixed.append((kind, full, c, a))
+            self._fixed_boxes.append(box)
+
+    def cropped(self, head_axes: np.ndarray) -> _View:
+        """This view over the box that holds every part (the head with ``head_axes``, the nose,
+        ears and neck): the rays outside it all miss, so a render comes out the same bytes from
+        about two thirds of the rays (the window is wide enough for any yaw)."""
+        boxes = [_outline_box(self.R, self.X[0], self.Y[:, 0], HEAD_C, head_axes), *self._fixed_boxes]
+        boxes = [(rows, cols) for rows, cols in boxes if rows.stop > rows.start and cols.stop > cols.start]
+        if not boxes:
+            return self
+        r0, r1 = min(b[0].start for b in boxes), max(b[0].stop for b in boxes)
+        c0, c1 = min(b[1].start for b in boxes), max(b[1].stop for b in boxes)
+        view = copy.copy(self)
+        view.x0, view.x1, view.y0, view.y1 = self.x0 + c0, self.x0 + c1, self.y0 + r0, self.y0 + r1
+        view.X, view.Y = self.X[:, c0:c1], self.Y[r0:r1]
+        view.window = (slice(view.y0, view.y1), slice(view.x0, view.x1))
+        view.fixed = [(kind, d[r0:r1, c0:c1], c, a) for kind, d, c, a in self.fixed]
+        view._fixed_boxes = [(_shift(rows, r0, r1), _shift(cols, c0, c1)) for rows, cols in self._fixed_boxes]
+        return view
 
     def surface(self, head_axes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
         """Object id, depth and winning part index of each pixel in the window."""
         parts = [(HEAD, _cast(self.R, self.X, self.Y, HEAD_C, head_axes), HEAD_C, head_axes), *self.fixed]
         depth = parts[0][1].copy()
         best = np.zeros(depth.shape, np.uint8)
-        for i, (_, d, _, _) in enumerate(parts[1:], start=1):
-            nearer = d > depth
-            depth[nearer] = d[nearer]
-            best[nearer] = i
+        for i, ((_, d, _, _), box) in enumerate(zip(self.fixed, self._fixed_boxes), start=1):
+            d, near_depth, near_best = d[box], depth[box], best[box]  # views: outside, d is -inf
+            nearer = d > near_depth
+            near_depth[nearer] = d[nearer]
+            near_best[nearer] = i
         kinds = np.array([k for k, *_ in parts], np.uint8)
         obj = np.where(np.isfinite(depth), kinds[best], BG).astype(np.uint8)
         return obj, depth, best, parts

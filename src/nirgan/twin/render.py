@@ -42,6 +42,10 @@ SOURCE_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 
 
+_SOURCE_PALETTE = np.array([(0, 0, 0), SOURCE_COLOURS["skin"], SOURCE_COLOURS["eye_white"], SOURCE_COLOURS["iris"]],
+                           np.uint8)
+
+
 @dataclass
 class _Surface:
     """What the target shading needs for one pose and one subject, over the view window."""
@@ -65,9 +69,10 @@ def _target_surface(view: _View, subj: Subject, cam: Camera, expr: Expression = 
     half = exact.matmul(view.R.T, half / np.float32(exact.norm(half)))
     centres = np.array([c for _, _, c, _ in parts], np.float32)
     inv = np.array([1 / a**2 for _, _, _, a in parts], np.float32)
-    nx = (x - centres[best, 0]) * inv[best, 0]
-    ny = (y - centres[best, 1]) * inv[best, 1]
-    nz = (z - centres[best, 2]) * inv[best, 2]
+    # np.take of each column: the same values as centres[best, k], without 2-D fancy indexing
+    nx = (x - np.take(centres[:, 0], best)) * np.take(inv[:, 0], best)
+    ny = (y - np.take(centres[:, 1], best)) * np.take(inv[:, 1], best)
+    nz = (z - np.take(centres[:, 2], best)) * np.take(inv[:, 2], best)
     norm = np.sqrt(nx * nx + ny * ny + nz * nz) + 1e-12
     lambert = np.clip((nx * light[0] + ny * light[1] + nz * light[2]) / norm, 0, 1)
     spec = np.clip((nx * half[0] + ny * half[1] + nz * half[2]) / norm, 0, 1)
@@ -132,12 +137,14 @@ def _thickness(pose: Pose) -> int:
 # ------------------------------------------------------------------------------ renders
 def render_source(view: _View, glasses: bool, width: int, height: int) -> np.ndarray:
     """The rig's colour-coded mask (thesis Fig. 3.3) for one view."""
+    view = view.cropped(HEAD_A)
     obj, depth, _, parts = view.surface(HEAD_A)
     eye, _ = view.eyes(obj, parts[1][1], 1.0)
-    win = np.zeros((*obj.shape, 3), np.uint8)
-    win[obj != BG] = SOURCE_COLOURS["skin"]
-    win[eye == 1] = SOURCE_COLOURS["eye_white"]
-    win[eye >= 2] = SOURCE_COLOURS["iris"]
+    # one palette lookup: 0 background, 1 skin, 2 eye white, 3 iris (eyes lie on the face)
+    code = (obj != BG).view(np.uint8)
+    code = np.where(eye == 1, np.uint8(2), code)
+    code = np.where(eye >= 2, np.uint8(3), code)
+    win = np.take(_SOURCE_PALETTE, code, axis=0)
     img = np.zeros((height, width, 3), np.uint8)
     img[view.window] = win
     if glasses:
@@ -147,9 +154,14 @@ def render_source(view: _View, glasses: bool, width: int, height: int) -> np.nda
 
 def _sample(texture: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     n = texture.shape[0]
-    iu = np.clip(((u + 1.3) * ((n - 1) / 2.6)).astype(np.int32), 0, n - 1)
-    iv = np.clip(((1.7 - v) * ((n - 1) / 3.6)).astype(np.int32), 0, n - 1)
-    return texture[iv, iu]
+    iu = ((u + 1.3) * ((n - 1) / 2.6)).astype(np.int32)
+    iv = ((1.7 - v) * ((n - 1) / 3.6)).astype(np.int32)
+    for i in (iu, iv):  # np.clip, in place and without its Python wrapper
+        np.maximum(i, 0, out=i)
+        np.minimum(i, n - 1, out=i)
+    iv *= texture.shape[1]  # row stride of the flat texture
+    iv += iu
+    return np.take(texture, iv)
 
 
 FACE_BOX = np.array([[x, y, z] for x in (-0.8, 0.8) for y in (-0.98, 0.5) for z in (0.3, 1.4)], np.float32)
@@ -253,10 +265,13 @@ def render_target(
     view: _View, subj: Subject, cam: Camera, width: int, height: int, expression: Expression = NEUTRAL
 ) -> np.ndarray:
     """The NIR-like face as float32 on a 0..255 scale, before the camera's gain and noise."""
+    view = view.cropped(subj.head_axes)
     sf = _target_surface(view, subj, cam, expression)
     alb = _albedo(sf, subj, _face_window(view, sf.obj.shape), expression)
     lambert = exact.power(sf.lambert, 1.3)
-    face = 255.0 * (alb * (0.12 + 0.88 * lambert) + 0.12 * exact.power(sf.spec, 40) * (sf.obj != BG))
+    fg = sf.obj != BG
+    # the highlight on the head only (0 ** 40 is 0): the same bits, and no work on the background
+    face = 255.0 * (alb * (0.12 + 0.88 * lambert) + 0.12 * exact.power(np.where(fg, sf.spec, 0), 40) * fg)
 
     rows = np.linspace(-1, 1, height, dtype=np.float32)[:, None]
     cols = np.linspace(-1, 1, width, dtype=np.float32)[None, :]
@@ -274,4 +289,9 @@ def render_target(
 
 def _camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, gain: float = 1.0) -> np.ndarray:
     noise = rng.standard_normal(img.shape, dtype=np.float32)
-    return np.clip(cam.black + 0.5 + (cam.gain * gain) * img + cam.noise * noise, 0, 255).astype(np.uint8)
+    # (black + 0.5) + gain * img + noise * sigma, in place: the same roundings in the same dtypes
+    out = img * (cam.gain * gain)
+    out += cam.black + 0.5
+    noise *= cam.noise
+    out += noise
+    return np.clip(out, 0, 255, out=out).astype(np.uint8)
