@@ -38,7 +38,8 @@ class Server:
             [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # as the stack's
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
