@@ -161,3 +161,18 @@ def test_cropped_views_and_boxed_casts_leave_out_only_rays_that_miss():
         assert crop.surface(axes)[0].tobytes() == obj[rows, cols].tobytes()
         checked += int(outside.any())
     assert checked > 30  # the crops do leave rays out
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_killed_mid_run_stops_the_rendering_with_an_error_not_a_hang():
+    """A multiprocessing.Pool replaced a killed worker and waited forever for its recording."""
+    import multiprocessing
+    import signal
+
+    pairs = twin.render_dataset(TwinConfig(subjects=8, cameras=2, frames=10), workers=2)
+    next(pairs)
+    victim = multiprocessing.active_children()[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="worker process died"):
+        for _ in pairs:
+            pass

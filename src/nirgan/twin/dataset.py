@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from itertools import islice
 
 import cv2
 import numpy as np
@@ -138,13 +142,36 @@ def render_dataset(twin_cfg: TwinConfig, workers: int = 1,
         for rec in recordings:
             yield from _render_recording(*rec)
         return
-    # Fresh worker processes (spawn), not forks: a fork of a process whose OpenCV or OpenMP
-    # thread pool has run inherits locks held by threads that do not exist in the child, and
-    # hangs (it did, under pytest). Each child renders whole recordings; imap keeps their order.
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(min(workers, len(recordings)), initializer=_worker_init) as pool:
-        for pairs in pool.imap(_render_recording_star, recordings):
+    yield from _render_in_workers(recordings, min(workers, len(recordings)))
+
+
+def _render_in_workers(recordings: list[tuple], workers: int) -> Iterator[TwinPair]:
+    """The recordings' pairs rendered by ``workers`` processes, in the recordings' order.
+
+    Fresh worker processes (spawn), not forks: a fork of a process whose OpenCV or OpenMP
+    thread pool has run inherits locks held by threads that do not exist in the child, and
+    hangs (it did, under pytest). A ProcessPoolExecutor, not a multiprocessing.Pool: when a
+    worker dies (the OOM killer, a kill -9), a Pool starts another and waits forever for the
+    lost recording; the executor raises. At most two recordings per worker are in flight, so
+    a slow reader holds a bounded number of frames in memory.
+    """
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+    try:
+        todo = iter(recordings)
+        pending = deque(pool.submit(_render_recording_star, rec) for rec in islice(todo, 2 * workers))
+        while pending:
+            try:
+                pairs = pending.popleft().result()
+                rec = next(todo, None)
+                if rec is not None:
+                    pending.append(pool.submit(_render_recording_star, rec))
+            except BrokenProcessPool as exc:
+                raise RuntimeError(f"twin rendering: a worker process died ({exc}): killed from outside, e.g. "
+                                   "by the out-of-memory killer? (each worker holds two recordings' frames; "
+                                   "NIRGAN_CPUS sets how many workers run)") from exc
             yield from pairs
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _worker_init() -> None:
