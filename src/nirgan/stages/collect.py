@@ -233,7 +233,8 @@ def _collect_twin(cfg: Config, out_dir: Path) -> dict[str, Any]:
     truth = []
     with stage_log("collect", source="twin", pairs=total) as log, atomic_dir(out_dir) as out:
         writer = _Writer(out, None)
-        # the workers encode the PNGs too: encoding on one core took a third of the stage
+        # the workers encode the PNGs too: at 1 ms a pair, encoding in this process would cap the
+        # stage at about 1,000 pairs/s however many cores render
         pairs = twin.render_dataset(tcfg, workers=available_cores(), encode=encode_png)
         for pair in progress(pairs, total=total, desc="collect twin", unit="pair"):
             writer.add(pair.subject, pair.camera, pair.frame, {"target": pair.target, "source": pair.source})
