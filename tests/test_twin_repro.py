@@ -176,3 +176,28 @@ def test_a_worker_killed_mid_run_stops_the_rendering_with_an_error_not_a_hang():
     with pytest.raises(RuntimeError, match="worker process died"):
         for _ in pairs:
             pass
+
+
+@pytest.mark.timeout(120)
+def test_a_kill_9_of_the_renderer_leaves_no_worker_behind(tmp_path):
+    """Spawned workers whose parent was killed slept on forever; they now die with it."""
+    import time
+
+    script = tmp_path / "render.py"
+    script.write_text("from nirgan import twin\nfrom nirgan.config import TwinConfig\n"
+                      "if __name__ == '__main__':\n"
+                      "    for _ in twin.render_dataset(TwinConfig(subjects=40), workers=2):\n"
+                      "        print('pair', flush=True)\n")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": src},
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "pair"  # the workers are rendering
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"],
+                                              capture_output=True, text=True).stdout.split()]
+    assert len(workers) == 2, workers
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{w}").exists() for w in workers), "a worker outlived the kill"

@@ -74,3 +74,16 @@ def size_threads(env: dict[str, str] | None = None) -> int:
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(cores)
     return cores
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker process: be killed when ``parent`` (the process that started it) dies, so a
+    ``kill -9`` of a stage leaves no worker behind (Linux; PR_SET_PDEATHSIG). Without it a
+    spawned pool worker whose parent was killed sleeps on forever."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)

@@ -40,8 +40,6 @@ import json
 import logging
 import multiprocessing
 import os
-import signal
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -54,6 +52,7 @@ import pandas as pd
 import torch
 
 from nirgan.config import Config, ConfigError, DetectConfig, GenerateConfig, OutputError, TwinConfig
+from nirgan.cores import die_with_parent
 from nirgan.devices import effective_precision
 from nirgan.generation.rig import RIG_LIMITS, SourceRig, built_in_rig, calibrate, check_spec, folder_rig
 from nirgan.generation.report import contact_sheet, dataset_card, label_distributions
@@ -324,12 +323,7 @@ def write_shards(plan: DatasetPlan, device: str = "cpu", workers: int = 1) -> It
 
 
 def _worker_init(parent: int) -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(1)
+    die_with_parent(parent)
 
 
 def _summary(table: pd.DataFrame, index: int) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from nirgan.config import TwinConfig
+from nirgan.cores import die_with_parent
 from nirgan.labels import LABELS
 from nirgan.twin import exact
 from nirgan.twin.geometry import _View, iris_centres
@@ -155,7 +157,8 @@ def _render_in_workers(recordings: list[tuple], workers: int) -> Iterator[TwinPa
     lost recording; the executor raises. At most two recordings per worker are in flight, so
     a slow reader holds a bounded number of frames in memory.
     """
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                               initargs=(os.getpid(),))
     try:
         todo = iter(recordings)
         pending = deque(pool.submit(_render_recording_star, rec) for rec in islice(todo, 2 * workers))
@@ -174,7 +177,8 @@ def _render_in_workers(recordings: list[tuple], workers: int) -> Iterator[TwinPa
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
+    die_with_parent(parent)  # a kill -9 of the stage leaves no worker behind
     cv2.setNumThreads(1)  # one process per core already
 
 
