@@ -1,4 +1,5 @@
-"""How many CPU cores this process may really use, and sizing torch's threads to them.
+"""How many CPU cores this process may really use, sizing torch's threads to them, and worker
+processes that die with their parent (:func:`die_with_parent`).
 
 ``os.cpu_count()`` reports the host's cores, not this process's share: inside a container with
 a CPU quota, or a worker pinned to some cores, a torch pool sized to the host oversubscribes the
