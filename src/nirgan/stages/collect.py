@@ -91,7 +91,6 @@ Outputs (``out_dir``, written atomically)
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from collections.abc import Iterable
@@ -172,14 +171,12 @@ class _Writer:
             image = images[domain]
             if isinstance(image, bytes):
                 dest.write_bytes(image)
-                row[f"{domain}_sha256"] = hashlib.sha256(image).hexdigest()
+            elif isinstance(image, Path):
+                shutil.copyfile(image, dest)
             else:
-                if isinstance(image, Path):
-                    shutil.copyfile(image, dest)
-                else:
-                    write_image(dest, image)
-                row[f"{domain}_sha256"] = file_sha256(dest)
+                write_image(dest, image)
             row[f"{domain}_path"] = rel
+            row[f"{domain}_sha256"] = file_sha256(dest)
         table = self.labels.table if self.labels is not None else None
         known = table is not None and pid in table.index
         for name in LABELS:

@@ -160,12 +160,12 @@ def _render_in_workers(recordings: list[tuple], workers: int) -> Iterator[TwinPa
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                initargs=(os.getpid(),))
     try:
-        todo = iter(recordings)
-        pending = deque(pool.submit(_render_recording_star, rec) for rec in islice(todo, 2 * workers))
+        unsubmitted = iter(recordings)
+        pending = deque(pool.submit(_render_recording_star, rec) for rec in islice(unsubmitted, 2 * workers))
         while pending:
             try:
                 pairs = pending.popleft().result()
-                rec = next(todo, None)
+                rec = next(unsubmitted, None)
                 if rec is not None:
                     pending.append(pool.submit(_render_recording_star, rec))
             except BrokenProcessPool as exc:

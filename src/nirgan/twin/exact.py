@@ -95,15 +95,13 @@ def power(x, p: float) -> np.ndarray:
     arr = np.asarray(x)
     dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
     flat = arr.astype(np.float64).ravel()
+    out = np.zeros_like(flat)  # only the nonzero entries are worked on: most of a clipped shading term is 0
     if float(p).is_integer() and p >= 1:
-        # only the nonzero entries (0 ** n is 0): most of a clipped shading term is 0
-        out = np.zeros_like(flat)
         nonzero = flat != 0
         out[nonzero] = _power_int(flat[nonzero], int(p))
-        return out.reshape(arr.shape).astype(dtype)
-    out = np.zeros_like(flat)
-    pos = flat > 0
-    out[pos] = exp(p * _log_positive(flat[pos]))
+    else:
+        pos = flat > 0
+        out[pos] = exp(p * _log_positive(flat[pos]))
     return out.reshape(arr.shape).astype(dtype)
 
 
