@@ -60,7 +60,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 
 from flows import workspace
 from flows.names import default_experiment, flow_run_link
-from flows.processes import detach_flow_run, stream
+from flows.processes import detach_flow_run, in_process_prefect, stream
 from flows.report import eval_markdown
 from flows.stack_prefect import flow_run_states
 from nirgan import tracking
@@ -250,5 +250,6 @@ def main(flow_fn: Callable[..., dict[str, Any]], flow_name: str) -> None:
     parser.add_argument("--rev", dest="revision")
     args = parser.parse_args()
     sets = dict(item.split("=", 1) for item in args.set)
-    flow_fn(overrides={k: yaml.safe_load(v) for k, v in sets.items()}, experiment=args.experiment,
-            revision=args.revision)
+    with in_process_prefect():
+        flow_fn(overrides={k: yaml.safe_load(v) for k, v in sets.items()}, experiment=args.experiment,
+                revision=args.revision)

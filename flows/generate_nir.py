@@ -38,7 +38,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 
 from flows.experiment import retry_delays
 from flows.names import flow_run_link, generate_flow_run_name
-from flows.processes import detach_flow_run
+from flows.processes import detach_flow_run, in_process_prefect
 from flows.report import dataset_markdown
 from flows.workspace import set_dotted
 from nirgan import tracking
@@ -186,5 +186,7 @@ if __name__ == "__main__":
     parser.add_argument("--model")
     args = parser.parse_args()
     sets = dict(item.split("=", 1) for item in args.set)
-    print(json.dumps(generate_nir(overrides={k: yaml.safe_load(v) for k, v in sets.items()}, count=args.count,
-                                  model=args.model), indent=2, default=str))
+    with in_process_prefect():
+        result = generate_nir(overrides={k: yaml.safe_load(v) for k, v in sets.items()}, count=args.count,
+                              model=args.model)
+    print(json.dumps(result, indent=2, default=str))

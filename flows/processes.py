@@ -5,6 +5,7 @@ workers)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -13,9 +14,31 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+
+# Prefect's temporary server first migrates a fresh database: 9 s on an idle 2-core machine, so
+# its 20 s default start limit failed CI on a loaded one (reproduced with six busy loops).
+EPHEMERAL_START_S = 180
+
+
+@contextlib.contextmanager
+def in_process_prefect() -> Iterator[None]:
+    """Settings for ``python flows/<flow>.py``: a flow run in this process that, without
+    PREFECT_API_URL, starts Prefect's temporary server. It gets ``EPHEMERAL_START_S`` to come up,
+    and no telemetry service, which cannot reach the internet from a worker and whose start-up
+    write races the server's own into a "database is locked" traceback in every such run. A
+    value the user set in the environment wins."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # read by the server process
+    updates = {}
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = EPHEMERAL_START_S
+    with temporary_settings(updates=updates):
+        yield
 
 
 class CommandError(RuntimeError):

@@ -14,6 +14,7 @@ import sys
 
 from prefect import flow
 
+from flows.processes import in_process_prefect
 from nirgan.cli import STAGES
 from nirgan.cli import main as nirgan_main
 
@@ -30,4 +31,5 @@ def stage(name: str, params: str = "params.yaml") -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(f"usage: python -m flows.stages <{'|'.join(STAGES)}>")
-    stage(sys.argv[1])
+    with in_process_prefect():
+        stage(sys.argv[1])

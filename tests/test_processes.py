@@ -100,3 +100,52 @@ def test_a_flow_run_outlives_the_reader_of_its_output(tmp_path):
     assert marker.read_text() == "done"
     text = log_path.read_text()
     assert "stage line 199" in text and "log line 199" in text
+
+
+PROBE = textwrap.dedent("""
+    import json, sys
+    from prefect import flow
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+    from flows.processes import in_process_prefect
+
+    @flow
+    def probe():
+        return 1
+
+    with in_process_prefect():
+        limit = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        if sys.argv[1] == "run":
+            probe()
+    servers = [s.server_process.pid for s in SubprocessASGIServer._instances.values() if s.server_process]
+    env = [open(f"/proc/{pid}/environ", "rb").read().decode().split("\\0") for pid in servers]
+    print(json.dumps({"limit": limit, "servers": env}))
+""")
+
+
+def test_an_in_process_flow_gives_the_temporary_server_time_and_no_telemetry(tmp_path):
+    # CI failed when Prefect's temporary server, migrating a fresh database on a loaded 2-core
+    # machine, missed Prefect's 20 s start limit; its telemetry service's start-up write raced
+    # the server's own into a "database is locked" traceback.
+    import json
+
+    from flows.processes import EPHEMERAL_START_S
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"))
+    out = subprocess.run([sys.executable, "-c", PROBE, "run"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["limit"] == EPHEMERAL_START_S
+    assert len(seen["servers"]) == 1, "the flow did not start Prefect's temporary server"
+    server_env = dict(item.split("=", 1) for item in seen["servers"][0] if "=" in item)
+    assert server_env.get("PREFECT_SERVER_ANALYTICS_ENABLED", "").lower() == "false", server_env
+    assert "TELEMETRY_SESSION" not in out.stderr
+
+    # what the user set wins
+    env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="45")
+    out = subprocess.run([sys.executable, "-c", PROBE, "settings"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["limit"] == 45
