@@ -1,7 +1,7 @@
 """The flows' child processes: run a command with its output streamed line by line, stop
-whole process groups (SIGTERM, a grace period, SIGKILL), and cut a flow run's output loose from
-the worker that started it. Shared by ``train_nir`` (stage commands) and ``stack`` (servers and
-workers)."""
+whole process groups (SIGTERM, a grace period, SIGKILL), cut a flow run's output loose from
+the worker that started it, and set up Prefect's temporary server for a flow run in this
+process. Shared by ``train_nir`` (stage commands) and ``stack`` (servers and workers)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ EPHEMERAL_START_S = 180
 def in_process_prefect() -> Iterator[None]:
     """Settings for ``python flows/<flow>.py``: a flow run in this process that, without
     PREFECT_API_URL, starts Prefect's temporary server. It gets ``EPHEMERAL_START_S`` to come up,
-    and no telemetry service, which cannot reach the internet from a worker and whose start-up
-    write races the server's own into a "database is locked" traceback in every such run. A
-    value the user set in the environment wins."""
+    and no telemetry service: it has no internet to report to here, and its start-up write often
+    lost a race with the server's own, printing a "database is locked" traceback. A value the
+    user set in the environment wins."""
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # read by the server process
