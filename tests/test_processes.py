@@ -1,7 +1,8 @@
 """flows.processes: a command outlives the process that follows its output (issue 12 item 10: a
 killed worker took its flow run, whose stage then died of a broken pipe), and a flow run outlives
 the worker that reads its output (issue 24: its first log line after the worker's kill -9 raised
-a broken pipe, and the flow crashed with its stage)."""
+a broken pipe, and the flow crashed with its stage); and a flow run in this process gives Prefect's
+temporary server time to start on a loaded machine (CI failed on its 20 s default)."""
 
 from __future__ import annotations
 
