@@ -93,22 +93,22 @@ def _cast(R: np.ndarray, X: np.ndarray, Y: np.ndarray, centre: np.ndarray, axes:
 
     ``w`` points at the camera, so the larger root is the visible surface.
     """
-    depth, box = _cast_in_box(R, X, Y, centre, axes)
-    out = np.full((Y.shape[0], X.shape[1]), -np.inf, np.float32)
-    out[box] = depth
-    return out
+    return _cast_in_box(R, X, Y, centre, axes)[0]
 
 
 def _cast_in_box(R: np.ndarray, X: np.ndarray, Y: np.ndarray, centre: np.ndarray,
                  axes: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
-    """:func:`_cast` over the box around the ellipsoid's outline only, and the box (rows, cols).
+    """:func:`_cast`, casting only the rays in the box around the ellipsoid's outline, and that
+    box (rows, cols) of the window.
 
     The nose and ears cover a few percent of the window, so casting (and comparing) only
     there saves most of their work; each ray's arithmetic is the same as over the whole
     window, so are its bits, and every ray outside the box misses.
     """
     rows, cols = _outline_box(R, X[0], Y[:, 0], centre, axes)
-    return _cast_all(R, X[:, cols], Y[rows], centre, axes), (rows, cols)
+    out = np.full((Y.shape[0], X.shape[1]), -np.inf, np.float32)
+    out[rows, cols] = _cast_all(R, X[:, cols], Y[rows], centre, axes)
+    return out, (rows, cols)
 
 
 # How far outside its outline (head units) an ellipsoid's box reaches: several pixels at any
@@ -168,9 +168,7 @@ class _View:
         self.fixed, self._fixed_boxes = [], []
         for kind, c, a in FIXED_PARTS:
             depth, box = _cast_in_box(self.R, self.X, self.Y, c, a)
-            full = np.full((self.Y.shape[0], self.X.shape[1]), -np.inf, np.float32)
-            full[box] = depth
-            self.fixed.append((kind, full, c, a))
+            self.fixed.append((kind, depth, c, a))
             self._fixed_boxes.append(box)
 
     def cropped(self, head_axes: np.ndarray) -> _View:
