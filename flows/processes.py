@@ -1,7 +1,8 @@
 """The flows' child processes: run a command with its output streamed line by line, stop
 whole process groups (SIGTERM, a grace period, SIGKILL), cut a flow run's output loose from
 the worker that started it, and set up Prefect's temporary server for a flow run in this
-process. Shared by ``train_nir`` (stage commands) and ``stack`` (servers and workers)."""
+process. Shared by the flows (stage commands, in-process runs) and ``stack`` (servers and
+workers)."""
 
 from __future__ import annotations
 
