@@ -131,12 +131,12 @@ print(seconds, cpu, err[:3].mean(), err[3:].mean())
 """
 
 
-def compare_estimators(data: Path, epochs: int, repeats: int = 2) -> dict:
+def compare_estimators(data: Path, epochs: int, repeats: int = 2, before: str = BEFORE) -> dict:
     """The evaluate stage's estimator recipe (the instrument and every TSTR fit) with today's
-    nirgan.models.pose_estimator and with ``BEFORE``'s, in alternating child processes."""
+    code and with commit ``before``'s, in alternating child processes."""
     rows: dict[str, list] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(f"git archive {BEFORE} src | tar -x -C {tmp}", shell=True, cwd=ROOT, check=True)
+        subprocess.run(f"git archive {before} src | tar -x -C {tmp}", shell=True, cwd=ROOT, check=True)
         trees = {"before": Path(tmp) / "src", "after": ROOT / "src"}
         for _ in range(repeats):
             for name, tree in trees.items():
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--draws", type=int, default=3, help="few-shot draws per k (evaluate.judge_few_shot_draws: 3)")
     ap.add_argument("--estimator", type=int, default=0, metavar="EPOCHS",
                     help="also time the pose/gaze estimator's training, before and after (evaluate: 15 epochs)")
+    ap.add_argument("--before", default=BEFORE, help=f"--estimator's baseline commit (default {BEFORE})")
+    ap.add_argument("--repeats", type=int, default=2, help="--estimator's fits per side, alternating (best is shown)")
     ap.add_argument("--estimator-bank", type=int, default=0, metavar="EPOCHS",
                     help="also time the utility phase's estimator fits one after another and as one bank")
     ap.add_argument("--stage", action="store_true", help="also run the whole evaluate stage and print its phases")
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"torch threads {torch.get_num_threads()}; twin at {data}", flush=True)
     out = {"judge": compare_judges(data, args.seeds, args.draws)} if args.seeds else {}
     if args.estimator:
-        out["estimator"] = compare_estimators(data, args.estimator)
+        out["estimator"] = compare_estimators(data, args.estimator, args.repeats, args.before)
     if args.estimator_bank:
         out["estimator_bank"] = compare_estimator_bank(data, args.estimator_bank)
     if args.stage:

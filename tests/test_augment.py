@@ -18,7 +18,7 @@ from nirgan.config import AugmentConfig, Config, RandomRange
 from nirgan.io import read_table, write_image, write_table
 from nirgan.labels import FLIP_SIGN
 from nirgan.stages import augment
-from nirgan.augmentation import apply_params, draw_params, paired_augment, to_model_range
+from nirgan.augmentation import apply_params, draw_params, paired_augment, to_model_range, transform_points
 
 S = 64
 EYES = ((23, 27), (43, 31))  # (x, y); asymmetric, so a wrong flip or rotation shows
@@ -94,6 +94,31 @@ def test_pairs_stay_aligned_under_every_transform(cfg):
         assert ratio == pytest.approx(float(params["scale"][i]), abs=0.03)
     moved = np.stack([iris for iris, _ in found])
     assert moved.std(axis=0).min() > 1.0  # different draws for different pairs
+
+
+@pytest.mark.parametrize("cfg", [always(), AugmentConfig()], ids=["all_forced_on", "table_3_1"])
+def test_points_move_where_the_image_moves_them(cfg):
+    # the pose estimator moves its eye keypoints with a batch's draws instead of finding them
+    # again in the resampled source (nirgan.training.auxiliary)
+    src, tgt, _ = marked_pair(48)
+    params = draw_params(48, cfg, torch.Generator().manual_seed(1), torch.device("cpu"))
+    s, _, _ = apply_params(src, tgt, None, params)
+    points = torch.tensor(EYES, dtype=torch.float32).expand(48, -1, -1)
+    moved = transform_points(points, params, S).numpy()
+    for i in range(48):
+        iris = centroids(((s[i, 2] + 1) / 2).numpy())  # sorted by x
+        expect = moved[i][np.argsort(moved[i][:, 0])]  # a flip swaps the eyes
+        assert np.abs(expect - iris).max() < 0.35, f"pair {i}: moved {expect} vs found {iris}"
+    assert not torch.equal(torch.from_numpy(moved), points)
+
+
+def test_a_target_alone_gets_the_bytes_it_gets_in_a_pair():
+    src, tgt, _ = marked_pair(8)
+    params = draw_params(8, always(), torch.Generator().manual_seed(4), torch.device("cpu"))
+    labels = torch.randn(8, 5)
+    _, t_pair, l_pair = apply_params(src, tgt, labels, params)
+    none, t_alone, l_alone = apply_params(None, tgt, labels, params)
+    assert none is None and torch.equal(t_pair, t_alone) and torch.equal(l_pair, l_alone)
 
 
 def test_alignment_check_fails_when_the_two_images_get_different_draws():

@@ -129,3 +129,23 @@ def test_a_bank_fit_starts_and_learns_as_the_separate_fits(twin_prepared_128):
     assert np.abs(predict(alone[0], test) - predict(alone[1], test)).max() > 0.5  # the seeds differ far more
     with pytest.raises(ValueError, match="recipe but the seed"):
         train_pose_estimators(targets, tr_s, labels, None, [recipes[0], EstimatorTraining(epochs=3)], resolution=64)
+
+
+def test_estimator_batches_carry_the_eye_keypoints_of_their_augmented_sources(twin_prepared_128):
+    # A batch moves the keypoints found once in the un-augmented sources with its draws; they must
+    # be where eye_keypoints finds them in the resampled sources, flips (which swap the eyes) too.
+    from nirgan.augmentation import apply_params, draw_params
+    from nirgan.models.pose_estimator import eye_keypoints
+
+    tr_t, tr_s, tr_l, _ = load_pairs(twin_prepared_128, "train")
+    labels, known, mean, std = auxiliary._standardisation(torch.as_tensor(tr_l, dtype=torch.float32))
+    fit = auxiliary._Fit(tr_t, tr_s, labels, known, None, mean, std, SETTINGS, torch.device("cpu"))
+    idx = torch.arange(min(64, len(tr_t)))
+    batch = fit.batch(idx, eyes=True)
+    params = draw_params(len(idx), fit.aug_cfg, torch.Generator().manual_seed(SETTINGS.seed), torch.device("cpu"))
+    assert params["flip"].any() and not params["flip"].all()
+    src, _, _ = apply_params(tr_s[idx].permute(0, 3, 1, 2).float() / 255, tr_t[idx][:, None].float() / 255, None, params)
+    found, valid = eye_keypoints(src)
+    found = (found + 0.5) * 128 / tr_t.shape[-1] - 0.5
+    assert torch.equal(batch["kp_valid"], valid) and valid.float().mean() > 0.9
+    assert (batch["kp"] - found).norm(dim=-1)[valid].max() < 1.0

@@ -84,16 +84,29 @@ def _label_vector(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor
     return out
 
 
+def transform_points(points: torch.Tensor, params: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+    """Where the geometry of ``params`` moves (B, K, 2) pixel (x, y) of an S x S image (pixel i
+    centred at i): the forward map of :func:`affine_theta`, whose matrices map back."""
+    theta = affine_theta(params).to(points.dtype)
+    (a, b), (c, d) = theta[:, 0, :2].unbind(1), theta[:, 1, :2].unbind(1)
+    u = (2 * points + 1) / size - 1 - theta[:, None, :, 2]  # align_corners=False normalisation
+    det = (a * d - b * c)[:, None]
+    out = torch.stack([(d[:, None] * u[..., 0] - b[:, None] * u[..., 1]) / det,
+                       (a[:, None] * u[..., 1] - c[:, None] * u[..., 0]) / det], -1)
+    return ((out + 1) * size - 1) / 2
+
+
 def apply_params(
-    source: torch.Tensor, target: torch.Tensor, labels: torch.Tensor | None, params: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Apply given draws (see :func:`draw_params`); inputs in [0, 1], outputs in [-1, 1]."""
-    source, target = _as_unit(source), _as_unit(target)
-    both = torch.cat([source, target], dim=1)
+    source: torch.Tensor | None, target: torch.Tensor, labels: torch.Tensor | None, params: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """Apply given draws (see :func:`draw_params`); inputs in [0, 1], outputs in [-1, 1]. With no
+    ``source`` only the target (and labels) are transformed, by the same draws."""
+    target = _as_unit(target)
+    both = target if source is None else torch.cat([_as_unit(source), target], dim=1)
     theta = affine_theta(params).to(both.dtype)
     grid = F.affine_grid(theta, list(both.shape), align_corners=False)
     both = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    source, target = both[:, :3], both[:, 3:]
+    source, target = (None, both) if source is None else (both[:, :3], both[:, 3:])
     # Gamma on the target only: it models the NIR camera's response, a photometric property
     # of the target domain. The thesis applies every augmentation to both images "in order to
     # preserve their alignment", which gamma does not touch; on the source it would only
@@ -110,7 +123,7 @@ def apply_params(
         # adds to roll: yaw, pitch and the gaze (in head coordinates) stay exact.
         roll = _label_vector(tuple(float(name == "head_roll") for name in LABELS), labels)
         labels = labels - torch.rad2deg(params["rotation"]).to(labels.dtype)[:, None] * roll
-    return to_model_range(source.clamp(0.0, 1.0)), to_model_range(target), labels
+    return None if source is None else to_model_range(source.clamp(0.0, 1.0)), to_model_range(target), labels
 
 
 def paired_augment(

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nirgan.augmentation import paired_augment
+from nirgan.augmentation import apply_params, draw_params
 from nirgan.config import AugmentConfig
 from nirgan.models.identity_net import IdentityNet
 from nirgan.models.layers import init_weights
@@ -29,8 +29,8 @@ def _identity_augmenter(device: torch.device, seed: int):
     aug_cfg = AugmentConfig()
 
     def apply(x01: torch.Tensor) -> torch.Tensor:
-        # The source is irrelevant here; the target's own copy keeps the draw well defined.
-        _, target, _ = paired_augment(x01.expand(-1, 3, -1, -1).contiguous(), x01, None, aug_cfg, generator)
+        # the draws of paired_augment, with no source to carry along
+        _, target, _ = apply_params(None, x01, None, draw_params(x01.shape[0], aug_cfg, generator, x01.device))
         return target
 
     return apply
