@@ -115,8 +115,9 @@ def alive(pid: int) -> bool:
         return True
 
 
-def stop_groups(groups: list[int], grace: float) -> None:
-    """SIGTERM every process group, wait up to ``grace`` seconds for all, SIGKILL the rest."""
+def stop_groups(groups: list[int] | dict[int, float], grace: float = 0.0) -> None:
+    """SIGTERM every process group at once, wait up to its grace (``grace``, or its own where
+    ``groups`` maps groups to graces) for each, SIGKILL the rest."""
 
     def signal_all(targets: list[int], sig: int) -> list[int]:
         remaining = []
@@ -129,13 +130,17 @@ def stop_groups(groups: list[int], grace: float) -> None:
                 pass
         return remaining
 
-    remaining = signal_all(groups, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while remaining and time.monotonic() < deadline:
-        time.sleep(0.2)
-        remaining = signal_all(remaining, 0)
-    for group in signal_all(remaining, signal.SIGKILL):
-        alive(group)
+    graces = dict(groups) if isinstance(groups, dict) else dict.fromkeys(groups, grace)
+    start = time.monotonic()
+    remaining = signal_all(list(graces), signal.SIGTERM)
+    while remaining:
+        overdue = [g for g in remaining if time.monotonic() - start >= graces[g]]
+        for group in signal_all(overdue, signal.SIGKILL):
+            alive(group)
+        remaining = [g for g in remaining if g not in overdue]
+        if remaining:
+            time.sleep(0.2)
+            remaining = signal_all(remaining, 0)
 
 
 def stream(cmd: list[str], cwd: Path, env: dict[str, str], log: Callable[[str], None],

@@ -2,7 +2,8 @@
 killed worker took its flow run, whose stage then died of a broken pipe), and a flow run outlives
 the worker that reads its output (issue 24: its first log line after the worker's kill -9 raised
 a broken pipe, and the flow crashed with its stage); and a flow run in this process gives Prefect's
-temporary server time to start on a loaded machine (CI failed on its 20 s default)."""
+temporary server time to start on a loaded machine (CI failed on its 20 s default); and each
+process group being stopped waits its own grace, not the longest one."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -150,3 +152,42 @@ def test_an_in_process_flow_gives_the_temporary_server_time_and_no_telemetry(tmp
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["limit"] == 45
+
+
+STUBBORN = textwrap.dedent("""
+    import signal, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a worker stuck in its shutdown
+    open(sys.argv[1], "w").write("ready")
+    time.sleep(120)
+""")
+
+
+def test_each_group_is_killed_after_its_own_grace(tmp_path):
+    from flows.processes import alive, stop_groups
+
+    procs = {}
+    for name in ("short", "long", "polite"):
+        code = STUBBORN if name != "polite" else STUBBORN.replace("signal.signal(", "0 and signal.signal(")
+        procs[name] = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / name)], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not all((tmp_path / n).exists() for n in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    died: dict[str, float] = {}
+
+    def watch() -> None:
+        while len(died) < len(procs):
+            for n, p in procs.items():
+                if n not in died and not alive(p.pid):  # reaped by whichever of us comes first
+                    died[n] = time.monotonic() - t0
+            time.sleep(0.02)
+
+    t0 = time.monotonic()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    stop_groups({procs["short"].pid: 0.5, procs["long"].pid: 3.0, procs["polite"].pid: 3.0})
+    took = time.monotonic() - t0
+    watcher.join(timeout=5)
+    assert not any(alive(p.pid) for p in procs.values())
+    # the two that ignore SIGTERM live until their own grace, no longer; the polite one goes at once
+    assert died["polite"] < 3.0 and 0.5 <= died["short"] < 3.0 <= died["long"], died
+    assert took < 10, took

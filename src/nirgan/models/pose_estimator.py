@@ -35,8 +35,9 @@ Angles are predicted in units of the training labels' standard deviation (buffer
 ``label_mean`` / ``label_std``) so all five outputs weigh alike in the loss.
 
 :func:`nirgan.training.auxiliary.train_pose_estimator` trains it on real targets with horizontal
-flips through :func:`nirgan.augmentation.paired_augment` (which mirrors the labels with ``FLIP_SIGN`` and the
-source with the target, so keypoints follow) plus small scale/shift and gamma draws; rotation is
+flips (the draws of :func:`nirgan.augmentation.paired_augment`, which mirror the labels with
+``FLIP_SIGN``; the keypoints, found once in the un-augmented sources, move with the same draws)
+plus small scale/shift and gamma draws; rotation is
 left out because the thesis's augmentation keeps the roll label unchanged under rotation, which
 would teach the estimator wrong rolls. The trainer may reuse a saved estimator (frozen) for the
 attribute-preservation loss: ``forward`` is differentiable with respect to its input.
