@@ -124,7 +124,8 @@ class _Fit:
     def eye_points(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 4, 2) eye keypoints of every un-augmented source and (N, 4) their validity, found
         once. A batch moves them with its draws: resampling the three-channel sources and finding
-        the keypoints again in every batch was a fifth of an estimator step on a CPU."""
+        the keypoints again took 19 of a batch's 28 ms of preparation, a third of an estimator
+        step on a CPU."""
         if self._eye_points is None:
             parts = [eye_keypoints(self.sources[i : i + 256].to(self.device).permute(0, 3, 1, 2).float()
                                    .div(255.0).mul(2.0).sub(1.0)) for i in range(0, len(self.sources), 256)]
