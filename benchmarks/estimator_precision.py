@@ -25,7 +25,7 @@ from nirgan.devices import effective_precision
 from nirgan.metrics.data import load_split
 from nirgan.metrics.pose import angle_errors
 from nirgan.models.pose_estimator import predict
-from nirgan.stages.evaluate import _estimator_recipe, _estimator_resolution
+from nirgan.metrics.instrument import estimator_recipe, estimator_resolution
 from nirgan.training.auxiliary import train_pose_estimator
 
 
@@ -43,9 +43,9 @@ def main() -> None:
     train = load_split(args.prepared, args.split, "train", src, tgt)
     test = load_split(args.prepared, args.split, "test", src, tgt)
     _, codes = np.unique(train.subjects, return_inverse=True)
-    recipe = _estimator_recipe(cfg)
+    recipe = estimator_recipe(cfg)
     print(f"{len(train)} train / {len(test)} test pairs, {recipe.epochs} epochs at "
-          f"{_estimator_resolution(cfg, train)} px, {torch.get_num_threads()} threads; bf16 here runs as "
+          f"{estimator_resolution(cfg, train)} px, {torch.get_num_threads()} threads; bf16 here runs as "
           f"{effective_precision('bf16', torch.device('cpu'))}", flush=True)
     rows = []
     for _ in range(args.repeats):
@@ -53,7 +53,7 @@ def main() -> None:
             t = time.perf_counter()
             est = train_pose_estimator(train.target, train.source, torch.as_tensor(train.labels, dtype=torch.float32),
                                        torch.as_tensor(codes), replace(recipe, precision=precision),
-                                       resolution=_estimator_resolution(cfg, train))
+                                       resolution=estimator_resolution(cfg, train))
             seconds = time.perf_counter() - t
             err = angle_errors(predict(est, test.targets()), test.labels, "e")
             rows.append(dict(precision=precision, seconds=round(seconds, 2), head_deg=round(err["e_head_mean"], 3),

@@ -27,7 +27,7 @@ from nirgan.config import load_config
 from nirgan.cores import size_threads
 from nirgan.metrics.data import load_split
 from nirgan.models.pose_estimator import predict
-from nirgan.stages.evaluate import _estimator_recipe, _estimator_resolution
+from nirgan.metrics.instrument import estimator_recipe, estimator_resolution
 from nirgan.training.auxiliary import train_pose_estimator
 size_threads()
 data, seed = Path(sys.argv[1]), int(sys.argv[2])
@@ -39,8 +39,8 @@ test = load_split(data / "prepared", data / "split", "test", src, tgt)
 _, codes = np.unique(train.subjects, return_inverse=True)
 t0 = time.perf_counter()
 model = train_pose_estimator(train.target, train.source, torch.as_tensor(train.labels, dtype=torch.float32),
-                             torch.as_tensor(codes), replace(_estimator_recipe(cfg), seed=seed),
-                             resolution=_estimator_resolution(cfg, train))
+                             torch.as_tensor(codes), replace(estimator_recipe(cfg), seed=seed),
+                             resolution=estimator_resolution(cfg, train))
 seconds = time.perf_counter() - t0
 err = np.abs(predict(model, test.targets()) - test.labels).mean(0)
 print(seconds, err[:3].mean(), err[3:].mean())

@@ -33,7 +33,7 @@ from nirgan.metrics.data import load_split
 from nirgan.metrics.judge import realism_judge
 from nirgan.metrics.utility import tstr
 from nirgan.models.artifacts import load_sampler, untrained_sampler
-from nirgan.stages import evaluate as ev
+from nirgan.metrics.instrument import estimator_recipe, estimator_resolution
 
 cfg = load_config(Path("params.yaml")); e = cfg.evaluate
 src = np.load("data/prepared/source.npy", mmap_mode="r"); tgt = np.load("data/prepared/target.npy", mmap_mode="r")
@@ -52,8 +52,8 @@ if sys.argv[1] == "judge":
     figure = out["judge_auc_untrained_few_shot"]
 else:
     out = tstr(train.target, train.source, train.labels, test.target, test.labels, sampler.generate,
-               untrained.generate, sampler.latent_dim, ev._estimator_recipe(cfg),
-               resolution=ev._estimator_resolution(cfg, train), train_subjects=train.subjects,
+               untrained.generate, sampler.latent_dim, estimator_recipe(cfg),
+               resolution=estimator_resolution(cfg, train), train_subjects=train.subjects,
                seeds=e.utility_seeds, latents=e.utility_latents, z_seed=e.seed, device=cpu)
     figure = out["utility_tstr_head_deg"]
 print(json.dumps({"phase": sys.argv[1], "threads": int(sys.argv[2]), "seconds": time.perf_counter() - t,

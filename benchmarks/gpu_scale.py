@@ -277,7 +277,8 @@ def _record(check: Check, name: str, result: dict, seconds: float, sizes: Sizes,
     if name == "evaluate":
         figures = json.loads((check.root / "metrics/eval.json").read_text())
         s["figures"] = {k: v for k, v in figures.items() if k.startswith(FIGURE_PREFIXES)}
-        rate["evaluate_s"] = round(seconds, 1)
+        rate["evaluate_s"] = round(seconds, 1)  # the baselines stage's seconds included
+        s["evaluate_seconds"] = {"baselines_stage": result.get("baselines_s"), "both_stages": round(seconds, 1)}
     if name == "curve":
         s["curve"] = result
     if name == "generate":
@@ -317,7 +318,8 @@ def run(check: Check) -> None:
             check.report(name, "skipped", reason=f"needs {need}, which {was}")
             continue
         if name == "generate" and not (check.root / "models/label_estimator.pt").exists():
-            check.report(name, "skipped", reason="needs models/label_estimator.pt (evaluate's first step)")
+            check.report(name, "skipped", reason="needs models/label_estimator.pt (the baselines stage's, "
+                                                                  "run in the evaluate phase)")
             continue
         if name == "flops" and plan(sizes, r, phases[i + 1:], check.left() - r.flops, check.smoke).train_s <= 0:
             check.report(name, "skipped", reason="no time left for the training it would measure")

@@ -8,7 +8,8 @@ or ``{"ok": false, "error": "<one line>"}``. The orchestrator owns the clock; wh
 outlives its hard limit it ends this process's group and starts another worker.
 
 Phases: the pipeline stages (``nirgan.cli.STAGES``: the calls ``nirgan stage <name>`` makes;
-train under torchrun when more than one card is given), and four of the check's own:
+train under torchrun when more than one card is given; evaluate after the baselines stage, both
+in its phase), and four of the check's own:
 
     flops     FLOPs of one training pair (FlopCounterMode on one eager step) and the eager pairs/s
     scaling   one card's pairs/s on the same step, to set beside the all-card training run
@@ -61,8 +62,13 @@ def stage(name: str, root: Path, args: dict) -> dict:
         WARM.join()
     if name == "train" and args.get("cards", 1) > 1:
         return _torchrun_train(root, args["cards"])
+    extra = {}
+    if name == "evaluate":  # its references first (dvc.yaml's baselines stage, which needs no trained model)
+        started = time.perf_counter()
+        STAGES["baselines"](_config(root))
+        extra["baselines_s"] = round(time.perf_counter() - started, 1)
     result = STAGES[name](_config(root))
-    return {k: v for k, v in result.items() if k != "card"}
+    return {**{k: v for k, v in result.items() if k != "card"}, **extra}
 
 
 def _torchrun_train(root: Path, cards: int) -> dict:

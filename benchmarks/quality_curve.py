@@ -33,7 +33,7 @@ from nirgan.metrics.data import load_split
 from nirgan.metrics.judge import realism_judge
 from nirgan.metrics.pose import angle_errors
 from nirgan.models.pose_estimator import predict
-from nirgan.stages.evaluate import _estimator
+from nirgan.metrics.instrument import train_instrument
 from nirgan.training.data import load_data
 from nirgan.training.session import TrainSession
 
@@ -66,7 +66,7 @@ def main() -> None:
     src, tgt = np.load(prepared / "source.npy", mmap_mode="r"), np.load(prepared / "target.npy", mmap_mode="r")
     train, test = load_split(prepared, split, "train", src, tgt), load_split(prepared, split, "test", src, tgt)
     device = torch.device("cpu")
-    estimator, _ = _estimator(cfg, train, device, labelled=True)
+    estimator, _ = train_instrument(cfg, train, device, labelled=True)
     real = angle_errors(predict(estimator, test.targets()), test.labels, "real")
     z = torch.randn(len(test), cfg.train.latent_dim, generator=torch.Generator().manual_seed(cfg.evaluate.seed))
 

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-STAGES = ("collect", "detect", "clean", "augment", "split", "train", "evaluate", "generate")
+STAGES = ("collect", "detect", "clean", "augment", "split", "baselines", "train", "evaluate", "generate")
 MAIN = "import sys; from nirgan.cli import main; sys.exit(main(sys.argv[1:]))"
 ENSURE = "import sys; from nirgan.tracking.store import ensure_store; ensure_store(sys.argv[1])"
 

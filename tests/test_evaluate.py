@@ -17,9 +17,11 @@ from nirgan.labels import LABELS
 from nirgan.models.artifacts import save_generator
 from nirgan.models.networks import build_networks
 from nirgan.models.artifacts import save_encoder
+from nirgan.stages import baselines as baselines_stage
 from nirgan.stages import evaluate
 
 SIZE = 64
+TCFG = TrainConfig(width=0.125, latent_dim=16, style_mapping=True)  # the fixture's generator.pt
 
 
 def _fixture(root, with_mlflow: bool) -> dict:
@@ -59,26 +61,28 @@ def _fixture(root, with_mlflow: bool) -> dict:
     kept[kept.subject != "s2"].to_parquet(dirs["split"] / "train.parquet")
     kept[kept.subject == "s2"].to_parquet(dirs["split"] / "test.parquet")
 
-    tcfg = TrainConfig(width=0.125, latent_dim=16, style_mapping=True)
     torch.manual_seed(0)
-    nets = build_networks(tcfg)
+    nets = build_networks(TCFG)
     # the trainer's layout: L inside generator.pt, E in encoder.pt
-    save_generator(dirs["models"] / "generator.pt", nets.generator, tcfg, 0, mapping=nets.mapping)
+    save_generator(dirs["models"] / "generator.pt", nets.generator, TCFG, 0, mapping=nets.mapping)
     save_encoder(dirs["models"] / "encoder.pt", nets.encoder)
     if with_mlflow:
         from nirgan.tracking import start_run, write_run_info
 
-        with start_run({"train": tcfg.model_dump(mode="json")}, system_metrics=False) as run:
+        with start_run({"train": TCFG.model_dump(mode="json")}, system_metrics=False) as run:
             write_run_info(dirs["models"] / "mlflow_run.json", run)
     return dirs
 
 
-def _run(root, dirs):
-    cfg = Config(evaluate=EvaluateConfig(
+def _config() -> Config:
+    return Config(train=TCFG, evaluate=EvaluateConfig(
         seeds=2, batch_size=16, diversity_sources=2, diversity_latents=3, estimator_epochs=2, feature_epochs=1,
         judge_few_shot_draws=1, judge_few_shot_steps=20,
     ))
-    out = evaluate.run(cfg, dirs["raw"], dirs["crops"], dirs["clean"], dirs["prepared"], dirs["split"],
+
+
+def _run(root, dirs):
+    out = evaluate.run(_config(), dirs["raw"], dirs["crops"], dirs["clean"], dirs["prepared"], dirs["split"],
                        dirs["models"], root / "metrics" / "eval.json", root / "plots")
     return out, json.loads((root / "metrics" / "eval.json").read_text())
 
@@ -88,7 +92,9 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     dirs = _fixture(tmp_path, with_mlflow=True)
+    baselines_stage.run(_config(), dirs["prepared"], dirs["split"], dirs["models"])
     out, m = _run(tmp_path, dirs)
+    assert m["baselines_from"] == str(dirs["models"] / "baselines")  # the stage's record, made from these inputs
 
     assert m["fid"] == "unavailable" and "pt_inception" in m["fid_reason"]
     assert m["lpips"] == "unavailable" and "alexnet" in m["lpips_reason"]
@@ -183,16 +189,23 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
 
     # each phase's wall seconds, and they add up to the stage's
     phases = {k: v for k, v in m.items() if k.startswith("evaluate_seconds_") and k != "evaluate_seconds_total"}
-    assert set(phases) == {f"evaluate_seconds_{p}" for p in ("load", "estimator", "draws", "utility", "judge",
+    assert set(phases) == {f"evaluate_seconds_{p}" for p in ("load", "baselines", "draws", "utility", "judge",
                                                                   "identity", "cleaning", "figures")}
     assert all(v >= 0 for v in phases.values()) and phases["evaluate_seconds_judge"] > 0
     assert sum(phases.values()) == pytest.approx(m["evaluate_seconds_total"], abs=0.1)
 
-    # same inputs, same seeds: same figures (the seconds are not figures)
+    # A record made from other inputs (here: other split arrays) is not used: evaluate computes the
+    # baselines itself and says why. Same inputs, same seeds: the same figures as with the stage's
+    # record (the seconds and where the baselines came from are not figures).
+    record = dirs["models"] / "baselines" / "record.json"
+    stale = json.loads(record.read_text())
+    stale["fingerprint"]["split"] = "0" * 64
+    record.write_text(json.dumps(stale))
     _, again = _run(tmp_path, dirs)
+    assert again["baselines_from"].startswith("computed by evaluate") and "other split" in again["baselines_from"]
 
     def figures(metrics: dict) -> dict:
-        return {k: v for k, v in metrics.items() if not k.startswith("evaluate_seconds_")}
+        return {k: v for k, v in metrics.items() if not k.startswith("evaluate_seconds_") and k != "baselines_from"}
 
     assert figures(again) == figures(m)
 

@@ -40,7 +40,7 @@ from flows import drill, stack_record, stack_services
 from flows import stack as stack_mod
 from flows.stack_services import free_port
 
-STAGES = ["collect", "detect", "clean", "augment", "split", "train", "evaluate", "generate"]
+STAGES = ["collect", "detect", "clean", "augment", "split", "baselines", "train", "evaluate", "generate"]
 DEPLOYMENT = "train-nir/gpu"
 FLOW_TIMEOUT_S = 420
 

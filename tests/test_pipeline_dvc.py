@@ -10,7 +10,7 @@ import yaml
 
 from pipeline_project import make_project, project_env, run
 
-STAGES = ["collect", "detect", "clean", "augment", "split", "train", "evaluate", "generate"]
+STAGES = ["collect", "detect", "clean", "augment", "split", "baselines", "train", "evaluate", "generate"]
 
 
 def ran_stages(output: str) -> list[str]:
@@ -40,10 +40,14 @@ def test_dvc_repro_noop_and_experiment(tmp_path):
     again = run(["dvc", "repro"], cwd=root, env=env)
     assert ran_stages(again.stdout) == [], again.stdout
 
-    exp = run(["dvc", "exp", "run", "-n", "seed-one", "-S", "train.seed=1"], cwd=root, env=env)
+    assert metrics["baselines_from"] == "models/baselines", metrics["baselines_from"]
+
+    # a training param: the baselines stage's record is reused, and evaluate uses it
+    exp = run(["dvc", "exp", "run", "-n", "lr-g", "-S", "train.lr_g=0.0001"], cwd=root, env=env)
     assert ran_stages(exp.stdout) == ["train", "evaluate", "generate"], exp.stdout
+    assert json.loads((root / "metrics/eval.json").read_text())["baselines_from"] == "models/baselines"
     shown = run(["dvc", "exp", "show", "--json"], cwd=root, env=env).stdout
-    assert "seed-one" in shown
+    assert "lr-g" in shown
     diff = run(["dvc", "metrics", "show", "--json"], cwd=root, env=env).stdout
     assert "eval.json" in diff
 

@@ -58,6 +58,9 @@ CONDITIONAL: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
     ("expression", "clean_expression"): (("clean.misalignment", "clean.misalignment_k", "clean.misalignment_floor"),
                                          "the clean section is declared whole; NIR clean reads these (a rig "
                                          "render's alignment with its NIR frame)"),
+    ("nir", "baselines"): (("train.lambda_ir",),
+                           "whether the latent encoder E is built (and so which random draws the generator's "
+                           "initial weights take) reads lambda_ir only when lambda_lr is 0"),
     ("nir", "evaluate"): (("evaluate.lpips_version",),
                           "read where the LPIPS backbone weights are on disk; TORCH_HOME is empty here"),
     ("nir", "generate"): ((*_OTHER_SOURCES, "collect.expression_twin"),

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from nirgan.metrics.utility import FIGURES, RATIOS, tstr
+from nirgan.metrics.utility import FIGURES, RATIOS, tstr, with_ratios
 from nirgan.training import auxiliary
 from nirgan.training.auxiliary import EstimatorBank, EstimatorTraining, train_pose_estimator, train_pose_estimators
 from nirgan.models.pose_estimator import predict
 from real_pairs import load_pairs, lookup_generator, model_range
 
-# the evaluate stage's recipe (stages/evaluate.py _estimator), with fewer epochs
+# the evaluate stage's recipe (nirgan.metrics.instrument.train_instrument), with fewer epochs
 SETTINGS = EstimatorTraining(epochs=12, seed=1000, subject_weight=0.0)
 
 
 @pytest.fixture(scope="module")
-def figures(twin_prepared_128):
+def figures_apart(twin_prepared_128):
     torch.set_num_threads(1)
     tr_t, tr_s, tr_l, tr_subj = load_pairs(twin_prepared_128, "train")
     te_t, _, te_l, _ = load_pairs(twin_prepared_128, "test")
@@ -36,7 +36,23 @@ def figures(twin_prepared_128):
                latent_dim=8, settings=SETTINGS, resolution=64, train_subjects=tr_subj, seeds=1, latents=1,
                trtr_first=instrument)
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()})
-    return out
+    # the same arms in two calls, as the baselines stage and evaluate split them
+    args = (tr_t, tr_s, tr_l, te_t, te_l)
+    kw = dict(latent_dim=8, settings=SETTINGS, resolution=64, train_subjects=tr_subj, seeds=1, latents=1)
+    apart = with_ratios({**tstr(*args, lookup_generator(tr_s, real), None, arms=("tstr",), **kw),
+                         **tstr(*args, None, lookup_generator(tr_s, constant), arms=("trtr", "tstr_untrained"),
+                                trtr_first=instrument, **kw)})
+    return out, apart
+
+
+def test_arms_fitted_in_separate_calls_give_the_figures_of_one_call(figures_apart):
+    out, apart = figures_apart
+    assert apart == out
+
+
+@pytest.fixture(scope="module")
+def figures(figures_apart):
+    return figures_apart[0]
 
 
 def test_oracle_generator_matches_real_training(figures):

@@ -69,6 +69,8 @@ def _stage(module: str) -> Callable[..., dict[str, Any]]:
             from nirgan.stages import augment as stage
         case "split":
             from nirgan.stages import split as stage
+        case "baselines":
+            from nirgan.stages import baselines as stage
         case "train":
             from nirgan.stages import train as stage
         case "collect_expression":
@@ -100,6 +102,7 @@ STAGES: dict[str, Callable[[Config], dict[str, Any]]] = {
     "clean": lambda cfg: _stage("clean")(cfg, crops_dir=CROPS, out_dir=CLEAN),
     "augment": lambda cfg: _stage("augment")(cfg, crops_dir=CROPS, clean_dir=CLEAN, out_dir=PREPARED),
     "split": lambda cfg: _stage("split")(cfg, prepared_dir=PREPARED, out_dir=SPLIT),
+    "baselines": lambda cfg: _stage("baselines")(cfg, prepared_dir=PREPARED, split_dir=SPLIT, model_dir=MODELS),
     "train": lambda cfg: _stage("train")(
         cfg, prepared_dir=PREPARED, split_dir=SPLIT, out_dir=MODELS, metrics_path=METRICS / "train.json"
     ),

@@ -90,9 +90,12 @@ Identity reconstruction, unseen test subjects (:mod:`nirgan.metrics.identity`)
                                identity reconstruction taught it
 Cleaning quality on the twin (:mod:`nirgan.metrics.cleaning`): clean_precision, clean_recall,
   clean_iqr_*, clean_misalignment_*, clean_rules_*, clean_recall_<type>, counts.
-Bookkeeping: eval_test_pairs, eval_train_pairs, eval_seeds.
+Bookkeeping: eval_test_pairs, eval_train_pairs, eval_seeds; baselines_from: where the instrument
+  and the figures that do not read the trained generator (utility's trtr and tstr_untrained arms,
+  the judge's real_vs_real, blurred_real and untrained arms, the feature check) came from: the
+  baselines stage's record (:mod:`nirgan.metrics.baselines`), or "computed by evaluate: <why>".
 Wall seconds (not figures: they differ from run to run): evaluate_seconds_<phase> for load,
-  estimator, draws, utility, judge, identity, cleaning, figures, and evaluate_seconds_total
+  baselines, draws, utility, judge, identity, cleaning, figures, and evaluate_seconds_total
   (everything before MLflow logging, whose seconds are in the stage log).
 
 Plot files (``plots/``, for ``dvc plots``): realism_diversity.json [{metric, value, std}],

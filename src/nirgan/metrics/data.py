@@ -52,3 +52,20 @@ def load_split(prepared_dir: Path, split_dir: Path, name: str, source: np.ndarra
         subjects=df["subject"].astype(str).to_numpy(),
         pair_ids=df["pair_id"].astype(str).to_numpy(),
     )
+
+
+def load_train_test(prepared_dir: Path, split_dir: Path) -> tuple[Split, Split]:
+    """The train and test splits evaluation reads; each needs at least 2 pairs."""
+    prepared_dir, split_dir = Path(prepared_dir), Path(split_dir)
+    src_all = np.load(prepared_dir / "source.npy", mmap_mode="r")
+    tgt_all = np.load(prepared_dir / "target.npy", mmap_mode="r")
+    train = load_split(prepared_dir, split_dir, "train", src_all, tgt_all)
+    test = load_split(prepared_dir, split_dir, "test", src_all, tgt_all)
+    if len(test) < 2 or len(train) < 2:
+        raise ValueError(f"{split_dir}: evaluation needs at least 2 train and 2 test pairs, "
+                         f"got {len(train)} and {len(test)}")
+    return train, test
+
+
+def has_labels(train: Split, test: Split) -> bool:
+    return bool(np.isfinite(test.labels).all() and np.isfinite(train.labels).all())

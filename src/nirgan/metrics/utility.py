@@ -33,7 +33,7 @@ Without pose/gaze labels every figure is the string "unavailable" and ``utility_
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -113,8 +113,8 @@ def tstr(
     train_labels: np.ndarray,
     test_targets: torch.Tensor,
     test_labels: np.ndarray,
-    generate: GenerateFn,
-    generate_untrained: GenerateFn,
+    generate: GenerateFn | None,
+    generate_untrained: GenerateFn | None,
     latent_dim: int,
     settings: EstimatorTraining,
     resolution: int | None = None,
@@ -126,6 +126,7 @@ def tstr(
     batch_size: int = 50,
     trtr_first: torch.nn.Module | None = None,
     bank: bool | None = None,
+    arms: Sequence[str] = ARMS,
 ) -> dict[str, object]:
     """TSTR, TRTR and untrained-generator TSTR (see the module docstring).
 
@@ -138,7 +139,13 @@ def tstr(
     seed instead of training the same network again. ``bank``: fit the estimators of one data
     size as one :class:`~nirgan.training.auxiliary.EstimatorBank` (each learns what it would
     alone); default: on a GPU only, where it saves kernel launches (on a CPU it is slower).
+    ``arms``: which of ARMS to fit (the others' figures are left out, and the ratios too unless
+    both tstr and trtr are in); every arm of seed s draws from the same streams whichever others
+    run, so the figures of separate calls merge into those of one call (:func:`with_ratios`).
     """
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise ValueError(f"tstr: unknown arms {sorted(unknown)}; the arms are {', '.join(ARMS)}")
     train_labels, test_labels = np.asarray(train_labels, np.float64), np.asarray(test_labels, np.float64)
     if len(train_targets) < 2 or len(test_targets) < 1:
         return unavailable(f"needs at least 2 train and 1 test pairs, got {len(train_targets)} and {len(test_targets)}")
@@ -156,6 +163,8 @@ def tstr(
     for s in range(seeds):
         recipe = replace(settings, seed=settings.seed + s)
         for arm, generator in (("tstr", generate), ("trtr", None), ("tstr_untrained", generate_untrained)):
+            if arm not in arms:
+                continue
             if arm == "trtr" and s == 0 and trtr_first is not None:
                 fits.append((arm, train_targets, None))
                 continue
@@ -171,8 +180,16 @@ def tstr(
         draws.setdefault(f"utility_{arm}_head_deg", []).append(err["e_head_mean"])
         draws.setdefault(f"utility_{arm}_gaze_deg", []).append(err["e_gaze_mean"])
     out: dict[str, object] = dict(aggregate_draws(draws))
-    for what in ("head", "gaze"):
-        out[f"utility_tstr_over_trtr_{what}"] = out[f"utility_tstr_{what}_deg"] / max(out[f"utility_trtr_{what}_deg"],
-                                                                                       1e-9)
     out.update(utility_seeds=seeds, utility_latents_per_source=latents)
+    return with_ratios(out) if {"tstr", "trtr"} <= set(arms) else out
+
+
+def with_ratios(figures: dict[str, object]) -> dict[str, object]:
+    """``figures`` plus utility_tstr_over_trtr_*: how far training on generated images falls
+    short of training on real ones. Unavailable when either arm is."""
+    out = dict(figures)
+    for what in ("head", "gaze"):
+        tstr_, trtr = out.get(f"utility_tstr_{what}_deg"), out.get(f"utility_trtr_{what}_deg")
+        ok = all(isinstance(v, (int, float)) for v in (tstr_, trtr))
+        out[f"utility_tstr_over_trtr_{what}"] = tstr_ / max(trtr, 1e-9) if ok else "unavailable"
     return out

@@ -10,8 +10,12 @@ expression family's file is :mod:`nirgan.expression.artifacts`'.
     encoder.pt         {"state_dict", "latent_dim", "width"} of the latent encoder E, or
                        {"absent": reason} for a run without E (the file always exists, so DVC
                        can declare it)
-    pose_estimator.pt  {"state_dict", "config"} of a :class:`PoseEstimator` (also evaluate's
-                       label_estimator.pt, or {"absent": reason} when evaluate had no labels)
+    pose_estimator.pt  {"state_dict", "config"} of a :class:`PoseEstimator` (also the baselines
+                       stage's label_estimator.pt, or {"absent": reason} when the split has no
+                       labels)
+    baselines/         the baselines stage's record: instrument.pt (a pose_estimator.pt, the
+                       feature network without labels) and record.json (figures and fingerprint,
+                       :mod:`nirgan.metrics.baselines`), written and replaced together
     identity_net.pt    {"state_dict", "num_subjects", "embed_dim"} of an :class:`IdentityNet`
 
 Only tensors and plain JSON types go in, so every file loads with ``weights_only=True``.
@@ -24,6 +28,7 @@ callers always pass degrees, so training and evaluation cannot disagree about it
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +37,7 @@ from torch import nn
 
 from nirgan.config import DataError, TrainConfig
 from nirgan.devices import effective_precision, memory_format
-from nirgan.io import atomic_file
+from nirgan.io import atomic_dir, atomic_file, write_json
 from nirgan.models.files import absent_reason, build_from, cpu_state, load_payload, save_absent
 from nirgan.models.identity_net import IdentityNet
 from nirgan.models.latent_encoder import LatentEncoder
@@ -226,6 +231,33 @@ def load_pose_estimator(path: str | Path, map_location: str | torch.device = "cp
         return model
 
     return build_from(path, "pose estimator", build).eval()
+
+
+BASELINES = "baselines"  # the baselines stage's folder, in the model folder
+BASELINE_FILES = ("instrument.pt", "record.json")
+
+
+def save_baselines(folder: str | Path, instrument: PoseEstimator, record: dict) -> None:
+    """The baselines stage's folder, atomically: both files or neither."""
+    with atomic_dir(folder) as tmp:
+        save_pose_estimator(instrument, tmp / BASELINE_FILES[0])
+        write_json(tmp / BASELINE_FILES[1], record)
+
+
+def load_baselines(folder: str | Path, map_location: str | torch.device = "cpu") -> tuple[PoseEstimator, dict]:
+    """(instrument, record) from the baselines stage's folder; FileNotFoundError or DataError,
+    naming the file, when it is missing or unreadable."""
+    folder = Path(folder)
+    path = folder / BASELINE_FILES[1]
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no baselines record (run the baselines stage first)") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(saved, dict):
+        raise DataError(f"{path}: not a baselines record (a JSON object)")
+    return load_pose_estimator(folder / BASELINE_FILES[0]).to(map_location), saved
 
 
 def save_identity_net(net: IdentityNet, path: str | Path) -> None:

@@ -2,11 +2,9 @@
 
 Inputs: ``data/prepared`` arrays, ``data/split`` train/test manifests, ``models/generator.pt``
 and ``models/encoder.pt`` (read through :mod:`nirgan.models.artifacts`; never a training
-checkpoint), ``data/raw``, ``data/crops`` and ``data/clean`` for the cleaning figures.
-
-Also writes ``models/label_estimator.pt``: the pose/gaze instrument of step 1 (the one behind
-``pose_gen_*``), which generate's label check reads images with; without labels in the split,
-an "absent" record naming why.
+checkpoint), ``models/baselines`` (the baselines stage's record: the instrument and every
+figure that does not read the trained generator; :mod:`nirgan.metrics.baselines`), ``data/raw``,
+``data/crops`` and ``data/clean`` for the cleaning figures.
 
 Outputs: ``metrics/eval.json`` (flat keys, listed in :mod:`nirgan.metrics`), ``plots/`` (PNGs
 and the JSON/CSV files ``dvc plots`` reads, written atomically), and everything logged to the
@@ -16,15 +14,18 @@ The stage is policy and I/O: the measures are :mod:`nirgan.metrics` (``realism``
 ``cleaning``), the figures :mod:`nirgan.metrics.figures`, the MLflow logging
 :mod:`nirgan.tracking`. Order of work, chosen for a 2-core CPU:
 
-1. the pose/gaze estimator is trained on the real train-split targets (it is both the
-   attribute-preservation instrument and the feature network of the always-available
-   realism figures), and calibrated on the real test targets;
+1. the baselines: the pose/gaze estimator trained on the real train-split targets (it is both
+   the attribute-preservation instrument and the feature network of the always-available
+   realism figures), calibrated here on the real test targets, and the reference arms of
+   utility and judge. Read from the baselines stage's record when it was made from these very
+   inputs (``baselines_from`` names it), else computed here;
 2. for each of ``evaluate.seeds`` draws: one z per test source through the trained generator
    and through an untrained one (same architecture, same init, ``train.seed``), realism and
    pose errors against the source labels; N x M images for diversity;
 3. utility: train-on-synthetic / test-on-real (:mod:`nirgan.metrics.utility`) with that very
-   estimator recipe, beside real-trained and untrained-generator-trained arms;
-4. the realism judge, a real-vs-generated classifier two-sample test (:mod:`nirgan.metrics.judge`);
+   estimator recipe, beside the baselines' real-trained and untrained-generator-trained arms;
+4. the realism judge, a real-vs-generated classifier two-sample test (:mod:`nirgan.metrics.judge`),
+   beside the baselines' arms;
 5. identity reconstruction, the cleaning figures, the figures.
 
 Everything random draws from generators seeded by ``evaluate.seed`` (draw k uses seed + k),
@@ -43,42 +44,35 @@ import torch
 
 from nirgan import tracking
 from nirgan.augmentation import to_model_range
-from nirgan.config import Config
+from nirgan.config import Config, DataError
 from nirgan.devices import effective_precision, resolve_device
 from nirgan.io import atomic_dir, stage_log, write_json
 from nirgan.metrics import aggregate_draws
 from nirgan.metrics.cleaning import evaluate_cleaning
-from nirgan.metrics.data import Split, load_split
-from nirgan.metrics.feature_check import holdout_mask, subject_accuracy
+from nirgan.metrics import baselines
+from nirgan.metrics.data import Split, has_labels, load_train_test
+from nirgan.metrics.feature_check import holdout_mask
 from nirgan.metrics.figures import SWEEPS, draw_figures, write_plot_data
 from nirgan.metrics.identity import code_scale, holdout_accuracy, reconstruction_cosines, reconstruction_l1, reconstructions
 from nirgan.metrics.judge import realism_judge
 from nirgan.metrics.pose import angle_errors
 from nirgan.metrics.realism import RealismReference, imagenet_networks, measure_draws, realism_protocol
-from nirgan.metrics.utility import tstr
+from nirgan.metrics.instrument import estimator_recipe, estimator_resolution
+from nirgan.metrics.utility import tstr, with_ratios
 from nirgan.models.artifacts import (
+    BASELINES,
     load_encoder,
+    load_baselines,
     load_identity_net,
     load_sampler,
-    save_absent,
-    save_pose_estimator,
     untrained_sampler,
 )
 from nirgan.models.pose_estimator import PoseEstimator, predict
-from nirgan.training.auxiliary import EstimatorTraining, train_pose_estimator
 from nirgan.training.identity import train_identity_net
 
 log = logging.getLogger("nirgan.evaluate")
 
 __all__ = ["SWEEPS", "run"]
-
-# No subject head for the instrument: with one, its features cluster by training identity, and on
-# the default twin real faces of other subjects then scored FARTHER from the test faces than an
-# untrained generator's noise (FD 188 vs 133); without it they score nearer (19 vs 23), and the
-# head-pose error is lower too (1.5 vs 1.9 deg).
-SUBJECT_WEIGHT = 0.0
-LABEL_ESTIMATOR = "label_estimator.pt"  # the instrument, kept for generate's label check
-
 
 class _Laps:
     """Logs how long each part of the stage took, and keeps it as ``evaluate_seconds_<phase>``."""
@@ -113,13 +107,7 @@ def run(
     e = cfg.evaluate
     lap = _Laps()
 
-    src_all = np.load(prepared_dir / "source.npy", mmap_mode="r")
-    tgt_all = np.load(prepared_dir / "target.npy", mmap_mode="r")
-    train = load_split(prepared_dir, split_dir, "train", src_all, tgt_all)
-    test = load_split(prepared_dir, split_dir, "test", src_all, tgt_all)
-    if len(test) < 2 or len(train) < 2:
-        raise ValueError(f"{split_dir}: evaluate needs at least 2 train and 2 test pairs, "
-                         f"got {len(train)} and {len(test)}")
+    train, test = load_train_test(prepared_dir, split_dir)
 
     with stage_log("evaluate", train_pairs=len(train), test_pairs=len(test), seeds=e.seeds) as counts:
         device = resolve_device(e.device, "evaluate.device")
@@ -132,16 +120,14 @@ def run(
                        evaluate_precision=effective_precision(e.precision, device))
         lap("load", "inputs and networks loaded")
         real_test = test.targets()
-        labelled = bool(np.isfinite(test.labels).all() and np.isfinite(train.labels).all())
+        labelled = has_labels(train, test)
 
-        # 1. the estimator: instrument for attribute preservation and feature net for realism
-        estimator, nirfeat_check = _estimator(cfg, train, device, labelled)
-        metrics.update(nirfeat_check)
-        if labelled:
-            save_pose_estimator(estimator, model_dir / LABEL_ESTIMATOR)
-        else:
-            save_absent(model_dir / LABEL_ESTIMATOR, "the split has no pose/gaze labels: no label estimator")
-        lap("estimator", "pose estimator trained" if labelled else "feature network trained (no pose/gaze labels)")
+        # 1. the baselines stage's record (the instrument, and every figure the trained weights do
+        #    not enter), or, when it is missing or was made from other inputs, the same computed here
+        reference, baselines_from = _baselines(cfg, model_dir / BASELINES, train, test, untrained, device, labelled)
+        estimator = reference.instrument
+        metrics.update(reference.figures, baselines_from=baselines_from)
+        lap("baselines", f"baselines from {baselines_from}")
         metrics["pose_gaze_from"] = ("eye patches (keypoints from the sources' eye colour code)" if estimator.eyes
                                      else "face trunk only (the sources carry no eye colour code)")
         est_pred_real = predict(estimator, real_test)
@@ -158,21 +144,23 @@ def run(
         lap("draws", f"{e.seeds} draws")
 
         # 3. utility: the same estimator recipe trained on generated images, tested on real ones
-        metrics.update(tstr(
-            train.target, train.source, train.labels, test.target, test.labels, sampler.generate,
-            untrained.generate, sampler.latent_dim, _estimator_recipe(cfg), resolution=_estimator_resolution(cfg, train),
+        metrics.update(with_ratios({**reference.figures, **tstr(
+            train.target, train.source, train.labels, test.target, test.labels, sampler.generate, None,
+            sampler.latent_dim, estimator_recipe(cfg), resolution=estimator_resolution(cfg, train),
             train_subjects=train.subjects, seeds=e.utility_seeds, latents=e.utility_latents, z_seed=e.seed,
-            device=device, trtr_first=estimator))
+            device=device, arms=("tstr",))}))
         lap("utility", f"utility (TSTR) not run: {metrics['utility_reason']}" if "utility_reason" in metrics
             else f"utility (TSTR), {e.utility_seeds} seeds")
 
         # 4. the realism judge: a real-vs-generated classifier on held-out halves
         judged, judge_curve = realism_judge(
             torch.cat([train.targets(), real_test]), torch.cat([train.sources(), test.sources()]),
-            np.concatenate([train.labels, test.labels]), sampler.generate, untrained.generate, sampler.latent_dim,
+            np.concatenate([train.labels, test.labels]), sampler.generate, None, sampler.latent_dim,
             seeds=e.judge_seeds, epochs=e.judge_epochs, seed=e.seed, device=device,
-            few_shot_draws=e.judge_few_shot_draws, few_shot_steps=e.judge_few_shot_steps, precision=e.precision)
+            few_shot_draws=e.judge_few_shot_draws, few_shot_steps=e.judge_few_shot_steps, precision=e.precision,
+            baselines=False)
         metrics.update(judged)
+        judge_curve = sorted([*reference.judge_rows, *judge_curve], key=lambda r: (r["arm"], r["images_per_class"]))
         lap("judge", f"realism judge not run: {judged['judge_reason']}" if "judge_reason" in judged
             else f"realism judge, {e.judge_seeds} seeds")
 
@@ -205,35 +193,25 @@ def run(
     return dict(counts)
 
 
-# ------------------------------------------------------------------------- instruments
-def _estimator_recipe(cfg: Config, labelled: bool = True) -> EstimatorTraining:
-    # A seed of its own: a run with train.lambda_attr trains its loss estimator with train.seed on the
-    # same data; the instrument must not be the very network the generator learned to satisfy.
-    # Unlabelled, the subjects are its only supervision (see nirgan.metrics.feature_check).
-    return EstimatorTraining(epochs=cfg.evaluate.estimator_epochs, seed=cfg.evaluate.seed + 1000,
-                             subject_weight=SUBJECT_WEIGHT if labelled else 1.0)
+# ------------------------------------------------------------------------- baselines
+def _baselines(cfg: Config, folder: Path, train: Split, test: Split, untrained: Any, device: torch.device,
+               labelled: bool) -> tuple[baselines.Baselines, str]:
+    """The baselines stage's record if it was made from these inputs, else the same computed
+    here; with where they came from (``baselines_from``)."""
+    nets = (untrained.generator, untrained.mapping)
+    try:
+        reference, why = baselines.from_record(*load_baselines(folder, device),
+                                               baselines.fingerprint(cfg, train, test, nets))
+    except (FileNotFoundError, DataError) as err:
+        reference, why = None, str(err)
+    if reference is not None:
+        return reference, str(folder)
+    log.warning("evaluate: computing the baselines here, not reading %s: %s", folder, why)
+    return (baselines.compute(cfg, train, test, untrained.generate, untrained.latent_dim, nets, device, labelled),
+            f"computed by evaluate, not read from {folder}: {why}")
 
 
-def _estimator_resolution(cfg: Config, train: Split) -> int:
-    return min(cfg.evaluate.estimator_resolution, train.target.shape[-1])
-
-
-def _estimator(cfg: Config, train: Split, device: torch.device, labelled: bool) -> tuple[PoseEstimator, dict]:
-    """The instrument, and (without labels) whether it learned anything as a feature network."""
-    _, codes = np.unique(train.subjects, return_inverse=True)
-    keep = np.ones(len(codes), bool) if labelled else ~holdout_mask(train.subjects, cfg.evaluate.seed)
-    idx = torch.as_tensor(np.flatnonzero(keep))
-    estimator = train_pose_estimator(
-        train.target[idx], train.source[idx], torch.as_tensor(train.labels[keep], dtype=torch.float32),
-        torch.as_tensor(codes[keep], dtype=torch.long), _estimator_recipe(cfg, labelled), device=device,
-        resolution=_estimator_resolution(cfg, train),
-    )
-    if labelled:
-        return estimator, {}
-    held = np.flatnonzero(~keep)
-    return estimator, subject_accuracy(estimator, train.targets(held), codes[held], int(codes.max()) + 1)
-
-
+# ------------------------------------------------------------------------- identity
 def _identity_embedder(cfg: Config, model_dir: Path, train: Split, device: torch.device) -> tuple[Any, str, dict]:
     """The trainer's NIR identity network if it saved one; else one trained here (on targets
     area-downsampled to half size, which keeps it within the CPU budget; it is fully
