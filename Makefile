@@ -29,9 +29,11 @@ repro: check-params
 # pytest-xdist workers, one per core (at most 4), whole files per worker; tests/conftest.py gives
 # each worker and what it starts one thread, so they share the cores without oversubscribing
 # them (on 2 idle cores: 14 min 43 s with 2 workers, 16 min 06 s with 3, 25 min 24 s with none).
+# --no-loadscope-reorder: the files go out in conftest's longest-first order; xdist's own order
+# (most tests first) sent the two-test end-to-end files last, where one worker ran them alone.
 test: venv browser
 	$(RUN) python -m pytest -q -n "$$($(BIN)/python -c 'from nirgan.cores import available_cores as a; print(min(4, a()))')" \
-	  --dist loadfile --durations=25
+	  --dist loadfile --no-loadscope-reorder --durations=25
 
 # The MLflow UI browser test (tests/test_mlflow_ui.py) needs Debian's Chromium: installed here
 # when missing and we are root with apt-get (CI, containers), else one line says how.
