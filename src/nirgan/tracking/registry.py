@@ -39,7 +39,7 @@ log = logging.getLogger("nirgan.tracking")
 CANDIDATE = "candidate"  # set by evaluate on the version it registered
 CHAMPION = "champion"    # moved by `nirgan promote`
 MODEL_KEY = "generate.model"  # the params key a model reference comes from, named in its errors
-LABEL_ESTIMATOR = "label_estimator.pt"  # evaluate's pose/gaze instrument, beside mlflow_run.json
+LABEL_ESTIMATOR = "label_estimator.pt"  # the baselines stage's pose/gaze instrument, beside mlflow_run.json
 _REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[0-9]+))$")
 _NOT_FETCHED = "the model was not fetched; rerun when the server is back"
 _NOT_RECORDED = "the dataset is written but not recorded in MLflow"
@@ -49,7 +49,7 @@ def log_evaluation(info_path: Path, metrics: Mapping[str, Any], plots_dir: Path,
                    task: str = "nir") -> str | None:
     """Log evaluate's figures into the training run named by ``info_path`` (models/mlflow_run.json):
     numbers as ``eval.<key>`` metrics, strings and booleans as tags, plots and the metrics file
-    as artifacts, and ``label_estimator.pt`` (beside ``info_path``, when evaluate wrote one)
+    as artifacts, and ``label_estimator.pt`` (beside ``info_path``, when the baselines stage wrote one)
     under ``files/``; then, the run being FINISHED, register the generator train logged (if it
     did) as a version of ``REGISTERED_MODELS[task]`` and set the alias ``candidate`` on it.
     None (and a warning) when train logged no run."""
