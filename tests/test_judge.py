@@ -22,6 +22,17 @@ from real_pairs import load_pairs, lookup_generator, model_range
 SEEDS, EPOCHS, DRAWS = 3, 20, 2
 
 
+def test_average_ranks_are_scipys_rankdata():
+    from scipy.stats import rankdata
+
+    from nirgan.metrics.judge import average_ranks
+
+    rng = np.random.default_rng(0)
+    for x in (rng.normal(size=50), rng.integers(0, 5, 40).astype(float), np.array([2.0]), np.array([1.0, 1.0]),
+              np.array([3.0, np.nan, 1.0])):
+        assert np.array_equal(average_ranks(x), rankdata(x), equal_nan=True), x
+
+
 def test_roc_auc_is_the_pairwise_win_rate():
     rng = np.random.default_rng(0)
     neg, pos = rng.normal(0, 1, 40).round(1), rng.normal(0.5, 1, 30).round(1)  # rounded: ties occur

@@ -24,7 +24,6 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_fid.fid_score import calculate_frechet_distance
 
 # Wang et al. 2003, Table 1 weights for 5 scales.
 MSSSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -34,6 +33,10 @@ MSSSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """Thesis eq. 3.6 on two (N, D) feature sets: pytorch-fid's own formula on their means and
     covariances, so the figure is the one FID papers compute, not a re-derivation of it."""
+    # imported here: pytorch_fid.fid_score imports torchvision, which imports torch._dynamo
+    # (about 3 s of every stage process that only needs this module's other functions)
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
     with warnings.catch_warnings():
         # pytorch-fid 0.3.0 passes scipy's deprecated ``disp`` to sqrtm (hence scipy<1.18 in pyproject)

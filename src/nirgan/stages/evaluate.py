@@ -127,7 +127,9 @@ def run(
         reference, baselines_from = _baselines(cfg, model_dir / BASELINES, train, test, untrained, device, labelled)
         estimator = reference.instrument
         metrics.update(reference.figures, baselines_from=baselines_from)
-        lap("baselines", f"baselines from {baselines_from}")
+        how = "trained" if baselines_from.startswith("computed") else f"read from {baselines_from}"
+        lap("baselines", f"pose estimator {how}, and the baseline figures" if labelled
+            else f"feature network {how} (no pose/gaze labels), and the baseline figures")
         metrics["pose_gaze_from"] = ("eye patches (keypoints from the sources' eye colour code)" if estimator.eyes
                                      else "face trunk only (the sources carry no eye colour code)")
         est_pred_real = predict(estimator, real_test)
