@@ -47,17 +47,16 @@ from nirgan.augmentation import to_model_range
 from nirgan.config import Config, DataError
 from nirgan.devices import effective_precision, resolve_device
 from nirgan.io import atomic_dir, stage_log, write_json
-from nirgan.metrics import aggregate_draws
+from nirgan.metrics import aggregate_draws, baselines
 from nirgan.metrics.cleaning import evaluate_cleaning
-from nirgan.metrics import baselines
 from nirgan.metrics.data import Split, has_labels, load_train_test
 from nirgan.metrics.feature_check import holdout_mask
 from nirgan.metrics.figures import SWEEPS, draw_figures, write_plot_data
 from nirgan.metrics.identity import code_scale, holdout_accuracy, reconstruction_cosines, reconstruction_l1, reconstructions
+from nirgan.metrics.instrument import estimator_recipe, estimator_resolution
 from nirgan.metrics.judge import realism_judge
 from nirgan.metrics.pose import angle_errors
 from nirgan.metrics.realism import RealismReference, imagenet_networks, measure_draws, realism_protocol
-from nirgan.metrics.instrument import estimator_recipe, estimator_resolution
 from nirgan.metrics.utility import tstr, with_ratios
 from nirgan.models.artifacts import (
     BASELINES,
@@ -146,11 +145,12 @@ def run(
         lap("draws", f"{e.seeds} draws")
 
         # 3. utility: the same estimator recipe trained on generated images, tested on real ones
-        metrics.update(with_ratios({**reference.figures, **tstr(
+        metrics.update(tstr(
             train.target, train.source, train.labels, test.target, test.labels, sampler.generate, None,
             sampler.latent_dim, estimator_recipe(cfg), resolution=estimator_resolution(cfg, train),
             train_subjects=train.subjects, seeds=e.utility_seeds, latents=e.utility_latents, z_seed=e.seed,
-            device=device, arms=("tstr",))}))
+            device=device, arms=("tstr",)))
+        metrics = with_ratios(metrics)  # TSTR over the baselines' TRTR
         lap("utility", f"utility (TSTR) not run: {metrics['utility_reason']}" if "utility_reason" in metrics
             else f"utility (TSTR), {e.utility_seeds} seeds")
 
