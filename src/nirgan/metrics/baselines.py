@@ -15,8 +15,9 @@ A record names what it was computed from (:func:`fingerprint`: the evaluate para
 digest of the split's arrays and one of the untrained generator's weights). Evaluate checks it
 against its own inputs and, when the record is missing or was made from anything else, computes
 the baselines itself and says why in ``baselines_from``: a stale record can never pass for
-current figures. DVC declares exactly the train keys that build the untrained generator
-(tests/test_stage_params.py checks it), so under ``dvc repro`` that fallback does not happen.
+current figures. DVC declares every train key that builds the untrained generator
+(tests/test_baselines.py and tests/test_stage_params.py check it), so under ``dvc repro`` that
+fallback does not happen.
 """
 
 from __future__ import annotations
