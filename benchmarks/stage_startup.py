@@ -75,7 +75,7 @@ def main() -> None:
                 total[k] += med[k]
             print(f"{stage:<22}{med['baseline']:>10.2f}{med['this']:>10.2f}{med['baseline'] / med['this']:>7.2f}x",
                   flush=True)
-        print(f"{'all eight':<22}{total['baseline']:>10.2f}{total['this']:>10.2f}"
+        print(f"{'all stages':<22}{total['baseline']:>10.2f}{total['this']:>10.2f}"
               f"{total['baseline'] / total['this']:>7.2f}x", flush=True)
         store = f"sqlite:///{project / 'mlflow.db'}"
         upgrade = [str(Path(sys.executable).with_name("mlflow")), "db", "upgrade", store]

@@ -35,7 +35,7 @@ DETECT = DetectConfig(device="cpu")
 
 def _model(root: Path, label_dim: int) -> Path:
     """An untrained generator (reading labels iff label_dim) and the 'absent' estimator record
-    evaluate writes for a split without labels."""
+    the baselines stage writes for a split without labels."""
     from nirgan.config import TrainConfig
 
     tcfg = TrainConfig(width=0.125, latent_dim=16)

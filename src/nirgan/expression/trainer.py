@@ -34,7 +34,8 @@ from nirgan.expression.artifacts import save_expression_generator
 from nirgan.training.checkpoint import Checkpoint
 from nirgan.training.distributed import init_distributed
 from nirgan.expression.session import ExpressionData, ExpressionSession
-from nirgan.training.fingerprint import data_digest, fingerprint, resumable_state
+from nirgan.digest import data_digest
+from nirgan.training.fingerprint import fingerprint, resumable_state
 from nirgan.training.loop import LoopSpec, NonFiniteLossError, RunRecord, run_loop
 
 log = logging.getLogger("nirgan.train_expression")

@@ -105,7 +105,7 @@ def plan_dataset(cfg: Config, out_dir: Path, model: dict, device: str = "cpu") -
         raise ConfigError(f"generate.model: {model['generator']} does not exist (run the train stage first)")
     if spec.max_label_error_deg is not None and model.get("label_estimator") is None:
         raise ConfigError("generate.max_label_error_deg needs the label estimator (label_estimator.pt, written by "
-                          f"evaluate) beside the generator; {model['generator']} has none")
+                          f"the baselines stage) beside the generator; {model['generator']} has none")
     if spec.rig == "folder":
         _refuse_unknown_labels(spec, _folder(plan)[1], model)
     # what the bytes depend on: not where the dataset or the model file lies

@@ -36,7 +36,7 @@ def dataset_card(spec: GenerateConfig, model: dict, shards: int, counts: dict, g
                     "source": _label_source(spec),
                     "note": "unknown labels are null in labels.parquet (not zero): these images were generated from the "
                             "rig's renders alone and nobody knows their pose, gaze or glasses"}),
-        "label_check": ({"estimator": "label_estimator.pt (evaluate's pose/gaze instrument)",
+        "label_check": ({"estimator": "label_estimator.pt (the baselines stage's pose/gaze instrument)",
                          "threshold_deg": spec.max_label_error_deg, "mean_abs_error_deg": mean_error}
                         if mean_error is not None else
                         {"estimator": "unavailable",

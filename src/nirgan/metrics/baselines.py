@@ -22,7 +22,6 @@ fallback does not happen.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from nirgan.metrics.instrument import estimator_recipe, estimator_resolution, tr
 from nirgan.metrics.judge import realism_judge
 from nirgan.metrics.utility import GenerateFn, tstr
 from nirgan.models.pose_estimator import PoseEstimator
+from nirgan.digest import data_digest
 
 # The evaluate params the baselines read; a change to any other leaves them valid.
 KEYS = ("device", "precision", "seed", "estimator_epochs", "estimator_resolution", "utility_seeds", "utility_latents",
@@ -52,23 +52,15 @@ class Baselines:
     fingerprint: dict[str, str]
 
 
-def _digest(arrays: list[np.ndarray | torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = a.detach().cpu().contiguous().numpy() if isinstance(a, torch.Tensor) else np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes() if a.dtype != object else "\0".join(map(str, a.ravel())).encode())
-    return h.hexdigest()
-
-
 def fingerprint(cfg: Config, train: Split, test: Split, untrained: Sequence[nn.Module | None]) -> dict[str, str]:
     """What the baselines were computed from: the params read, the split's arrays and the
     untrained generator's weights (``untrained``: its networks, the style mapping included)."""
-    return {
-        "params": json.dumps({k: getattr(cfg.evaluate, k) for k in KEYS}, sort_keys=True),
-        "split": _digest([x for s in (train, test) for x in (s.source, s.target, s.labels, s.subjects.astype(str))]),
-        "untrained_generator": _digest([t for m in untrained if m is not None for _, t in sorted(m.state_dict().items())]),
-    }
+    arrays = {f"{part}.{name}": getattr(split, name) for part, split in (("train", train), ("test", test))
+              for name in ("source", "target", "labels", "subjects")}
+    weights = {f"{i}.{name}": t.detach().cpu() for i, m in enumerate(untrained) if m is not None
+               for name, t in m.state_dict().items()}
+    return {"params": json.dumps({k: getattr(cfg.evaluate, k) for k in KEYS}, sort_keys=True),
+            "split": data_digest(arrays), "untrained_generator": data_digest(weights)}
 
 
 def compute(cfg: Config, train: Split, test: Split, generate_untrained: GenerateFn, latent_dim: int,

@@ -146,6 +146,9 @@ def tstr(
     unknown = set(arms) - set(ARMS)
     if unknown:
         raise ValueError(f"tstr: unknown arms {sorted(unknown)}; the arms are {', '.join(ARMS)}")
+    for arm, generator in (("tstr", generate), ("tstr_untrained", generate_untrained)):
+        if arm in arms and generator is None:
+            raise ValueError(f"tstr: the {arm} arm needs its generator, got None")
     train_labels, test_labels = np.asarray(train_labels, np.float64), np.asarray(test_labels, np.float64)
     if len(train_targets) < 2 or len(test_targets) < 1:
         return unavailable(f"needs at least 2 train and 1 test pairs, got {len(train_targets)} and {len(test_targets)}")

@@ -17,7 +17,6 @@ training params reuses it, and evaluate after it runs only the trained generator
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ def run(cfg: Config, prepared_dir: Path, split_dir: Path, model_dir: Path) -> di
     e = cfg.evaluate
     train, test = load_train_test(prepared_dir, split_dir)
     with stage_log("baselines", train_pairs=len(train), test_pairs=len(test)) as counts:
-        started = time.perf_counter()
         device = resolve_device(e.device, "evaluate.device")
         untrained = untrained_sampler(cfg.train, 0).inference(e.precision, device)
         labelled = has_labels(train, test)
@@ -47,5 +45,5 @@ def run(cfg: Config, prepared_dir: Path, split_dir: Path, model_dir: Path) -> di
             save_pose_estimator(found.instrument, model_dir / LABEL_ESTIMATOR)
         else:
             save_absent(model_dir / LABEL_ESTIMATOR, "the split has no pose/gaze labels: no label estimator")
-        counts.update(figures=len(found.figures), labelled=labelled, seconds=round(time.perf_counter() - started, 1))
+        counts.update(figures=len(found.figures), labelled=labelled)
     return dict(counts)

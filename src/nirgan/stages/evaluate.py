@@ -60,6 +60,7 @@ from nirgan.metrics.realism import RealismReference, imagenet_networks, measure_
 from nirgan.metrics.utility import tstr, with_ratios
 from nirgan.models.artifacts import (
     BASELINES,
+    Sampler,
     load_encoder,
     load_baselines,
     load_identity_net,
@@ -196,7 +197,7 @@ def run(
 
 
 # ------------------------------------------------------------------------- baselines
-def _baselines(cfg: Config, folder: Path, train: Split, test: Split, untrained: Any, device: torch.device,
+def _baselines(cfg: Config, folder: Path, train: Split, test: Split, untrained: Sampler, device: torch.device,
                labelled: bool) -> tuple[baselines.Baselines, str]:
     """The baselines stage's record if it was made from these inputs, else the same computed
     here; with where they came from (``baselines_from``)."""

@@ -2,7 +2,7 @@
 labelled dataset"; the writer is :mod:`nirgan.generation.dataset`).
 
 Inputs: the model, either a folder (``models/``: ``generator.pt``, ``label_estimator.pt`` from
-evaluate, ``mlflow_run.json``; its eval metrics from ``metrics/eval.json``) or a registry
+the baselines stage, ``mlflow_run.json``; its eval metrics from ``metrics/eval.json``) or a registry
 reference ``models:/nirgan-generator@<alias>`` / ``models:/nirgan-generator/<version>``
 (fetched through :func:`nirgan.tracking.fetch_model`), and params ``generate``.
 Output: ``out_dir`` in the dataset layout, logged to the model's MLflow run.

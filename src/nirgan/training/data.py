@@ -12,7 +12,7 @@ import torch
 from nirgan.augmentation import to_model_range
 from nirgan.io import read_table
 from nirgan.labels import LABELS
-from nirgan.training.fingerprint import data_digest
+from nirgan.digest import data_digest
 
 
 @dataclass
@@ -30,7 +30,7 @@ class TrainData:
     sample_source: torch.Tensor
     sample_target: torch.Tensor
     sample_labels: torch.Tensor
-    digest: str = ""  # of the arrays above (nirgan.training.fingerprint.data_digest)
+    digest: str = ""  # of the arrays above (nirgan.digest.data_digest)
 
     @property
     def size(self) -> int:

@@ -27,8 +27,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:  # only for annotations: data.py imports this module, which stays light
     from nirgan.training.checkpoint import Checkpoint
     from nirgan.training.distributed import DistInfo
@@ -37,21 +35,6 @@ log = logging.getLogger("nirgan.train")
 
 PACKAGE = "nirgan"
 SRC = Path(__file__).resolve().parents[2]  # the directory holding nirgan/
-
-
-# --------------------------------------------------------------------------- data
-def data_digest(arrays: Mapping[str, Any]) -> str:
-    """sha256 over named arrays (numpy arrays, or lists of strings), with their dtypes and shapes,
-    so that the same bytes read as another shape do not collide."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.asarray(arrays[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-        if a.dtype.kind in "OUS":  # subjects, label names: their text
-            h.update(json.dumps([str(v) for v in a.reshape(-1)]).encode())
-        else:
-            h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- code
