@@ -34,14 +34,17 @@ check-params: venv
 repro: check-params
 	$(RUN) dvc repro
 
-# pytest-xdist workers, one per core (at most 4), whole files per worker; tests/conftest.py gives
-# each worker and what it starts one thread, so they share the cores without oversubscribing
-# them (on 2 idle cores: 14 min 43 s with 2 workers, 16 min 06 s with 3, 25 min 24 s with none).
+# pytest-xdist workers, one more than the cores (at most 4), whole files per worker;
+# tests/conftest.py gives each worker and what it starts one thread. The end-to-end tests spend
+# part of their time waiting on servers and DVC, which a third worker fills on 2 cores: with the
+# bytecode cache, 11 min 23 s of pytest with 3 workers against 12 min 54 s with 2, the cores busy
+# 88 % of the time against 79 % (one run each, idle 2-core machine; without the cache, when
+# compiling kept the cores busy, 3 workers had been slower: 16:06 against 14:43).
 # --no-loadscope-reorder: the files go out in conftest's longest-first order; xdist's own order
 # (most tests first) sends the two-test end-to-end files last (a simulation of its scheduler with
 # measured durations: 750 s of wall time against 723 s longest first; not measured side by side).
 test: venv browser
-	$(RUN) python -m pytest -q -n "$$($(BIN)/python -c 'from nirgan.cores import available_cores as a; print(min(4, a()))')" \
+	$(RUN) python -m pytest -q -n "$$($(BIN)/python -c 'from nirgan.cores import available_cores as a; print(min(4, a() + 1))')" \
 	  --dist loadfile --no-loadscope-reorder --durations=25
 
 # The MLflow UI browser test (tests/test_mlflow_ui.py) needs Debian's Chromium: installed here

@@ -1,10 +1,12 @@
 """Shared pytest fixtures. Session-scoped data is built once and must not be modified by tests.
 
-``make test`` runs the files on pytest-xdist workers, one per core (``--dist loadfile``: a
-file's tests and its module fixtures, servers included, stay on one worker). Each worker then
-owns one core: its torch pool, and every nirgan command and server it starts (through
-NIRGAN_CPUS, which :func:`nirgan.cores.size_threads` reads), run one thread, so two workers on
-a 2-core machine never oversubscribe it. The session data is built once for all workers.
+``make test`` runs the files on pytest-xdist workers, one more than the cores (``--dist
+loadfile``: a file's tests and its module fixtures, servers included, stay on one worker). Each
+worker's torch pool, and every nirgan command and server it starts (through NIRGAN_CPUS, which
+:func:`nirgan.cores.size_threads` reads), run one thread, so three workers on a 2-core machine
+ask for at most one and a half times its cores, while the end-to-end tests partly wait on
+servers and DVC (the Makefile has the measurement). The session data is built once for all
+workers.
 """
 
 from __future__ import annotations
