@@ -22,18 +22,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from micro_repro import BUILD, _timed  # the micro project's builder and a checked, timed child process
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("collect", "detect", "baselines", "train", "evaluate", "generate")
-
-BUILD = """
-import sys
-sys.path.insert(0, {tests!r})
-from pipeline_project import make_project
-make_project(__import__("pathlib").Path({dest!r}))
-"""
 
 
 def _env(arm: str, prefix: Path) -> dict[str, str]:
@@ -44,14 +38,6 @@ def _env(arm: str, prefix: Path) -> dict[str, str]:
     else:
         env["PYTHONPYCACHEPREFIX"] = str(prefix)
     return env
-
-
-def _timed(cmd: list[str], cwd: Path, env: dict) -> float:
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - started
 
 
 def main() -> None:
