@@ -9,8 +9,9 @@ RUN    := PATH="$(BIN):$$PATH"
 # Compiled modules are cached under the venv, not beside the sources, and written even where the
 # environment sets PYTHONDONTWRITEBYTECODE (this CI image does). Without a cache every stage,
 # server and worker process compiled each module it imported again: importing torch, mlflow and
-# a stage took 8.3 s instead of 3.7, and the tests' micro pipeline 133 s instead of 77 (one after
-# the other, idle 2-core machine). Every recipe, and what it starts, inherits the two variables.
+# a stage took 6.8-12.8 s instead of 2.9-5.7, and the tests' micro pipeline 91.6 s instead of
+# 49.4 (benchmarks/bytecode_cache.py, idle 2-core machine). Every recipe, and what it starts,
+# inherits the two variables.
 export PYTHONPYCACHEPREFIX := $(CURDIR)/$(VENV)/pycache
 unexport PYTHONDONTWRITEBYTECODE
 
