@@ -2,7 +2,8 @@
 
 Without a bytecode cache every stage, server and worker process compiles each module it imports
 again (this CI image sets PYTHONDONTWRITEBYTECODE); with Python's default cache beside the
-sources, a stage whose deps include a source folder would be stale after its first run.
+sources, a stage whose deps include a source folder went stale once another process imported
+from that folder (and in a clone without the bytecode).
 """
 
 from __future__ import annotations
