@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # only for annotations: data.py imports this module, which stays light
+if TYPE_CHECKING:  # only for annotations: this module needs neither torch nor those modules to run
     from nirgan.training.checkpoint import Checkpoint
     from nirgan.training.distributed import DistInfo
 
