@@ -8,6 +8,7 @@ the same way" (thesis 3.1.5) under one definition of the transform.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -96,6 +97,43 @@ def transform_points(points: torch.Tensor, params: dict[str, torch.Tensor], size
     return ((out + 1) * size - 1) / 2
 
 
+def _grid_axis(n: int, device: torch.device) -> torch.Tensor:
+    """``affine_grid``'s pixel centres on -1..1 (align_corners=False), float32: ATen's
+    ``linspace(-1, 1, n)``, whose vector kernels fuse its multiply-add (its scalar kernel, on a
+    CPU without AVX2, does not), rebuilt from float64 steps that are exact, times (n - 1) / n."""
+    if n == 1:
+        return torch.zeros(1, device=device)
+    i = torch.arange(n, dtype=torch.float64, device=device)
+    step = float(np.float32(2.0 / (n - 1)))
+    line = torch.where(i < n // 2, -1.0 + step * i, 1.0 - step * (n - 1 - i)).float()
+    return line * (n - 1) / n
+
+
+def sampling_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, C, height, width), align_corners=False)``, with the same bits on
+    every CPU.
+
+    ``affine_grid`` multiplies its base grid by ``theta`` in a batched matrix product, which MKL
+    computes with kernels chosen by the CPU: here its AVX-512 and AVX2 paths (``MKL_CBWR=AVX2``)
+    gave different last bits, and through the augment stage's preview ``data/prepared`` hashed
+    differently on an AMD Zen 4 than on an Intel Xeon. Each value here is what the AVX-512 path
+    computes, round(round(round(a x) + b y) + c), the middle step fused, taken in float64 (where
+    a product of float32 numbers is exact) and rounded to float32 where that path rounds: IEEE
+    operations that no CPU does differently. Equal to that path on 15.6 million values at 64, 100
+    and 128 px (MKL's kernels for tiny images differ again). ``theta`` is (B, 2, 3) float32;
+    returns (B, height, width, 2).
+    """
+    x = _grid_axis(width, theta.device).double()[None, None, :]
+    y = _grid_axis(height, theta.device).double()[None, :, None]
+    t = theta.double()[..., None, None]  # (B, 2, 3, 1, 1)
+
+    def coordinate(k: int) -> torch.Tensor:
+        ax = (t[:, k, 0] * x).float().double()  # (B, 1, W): the rows share it
+        return (t[:, k, 1] * y + ax).float() + theta[:, k, 2, None, None]  # the last add in float32
+
+    return torch.stack([coordinate(0), coordinate(1)], dim=-1)
+
+
 def apply_params(
     source: torch.Tensor | None, target: torch.Tensor, labels: torch.Tensor | None, params: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
@@ -103,8 +141,7 @@ def apply_params(
     ``source`` only the target (and labels) are transformed, by the same draws."""
     target = _as_unit(target)
     both = target if source is None else torch.cat([_as_unit(source), target], dim=1)
-    theta = affine_theta(params).to(both.dtype)
-    grid = F.affine_grid(theta, list(both.shape), align_corners=False)
+    grid = sampling_grid(affine_theta(params).to(both.dtype), both.shape[-2], both.shape[-1])
     both = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     source, target = (None, both) if source is None else (both[:, :3], both[:, 3:])
     # Gamma on the target only: it models the NIR camera's response, a photometric property
