@@ -2,11 +2,12 @@
 
 ``F.affine_grid`` computes its grid in a batched matrix product, and MKL picks that product's
 kernel by CPU: on an Intel Xeon its AVX-512 path and its AVX2 path (``MKL_CBWR=AVX2``) differ in
-the last bits, which is why ``data/prepared`` (through the augment stage's preview) hashed
-differently on an AMD Zen 4. ``nirgan.augmentation.sampling_grid`` replaces it with float64
-steps that every CPU rounds alike. These tests run the same draws under other MKL and ATen
-kernel choices in child processes and compare the bytes, and pin a digest that follows from
-IEEE arithmetic alone, so it holds on any x86-64 machine. (Measured here: the grid's digest is
+the last bits, and so does the augment stage's preview in ``data/prepared`` (the likely reason
+that folder hashed differently on an AMD Zen 4; not checked there).
+``nirgan.augmentation.sampling_grid`` replaces it with float64 steps that every CPU rounds
+alike. These tests run the same draws under other MKL and ATen kernel choices in child
+processes and compare the bytes, and pin a digest that follows from IEEE arithmetic alone, so
+it holds on any x86-64 machine. (Measured here: the grid's digest is
 the same under ATen's scalar kernels too, ``ATEN_CPU_CAPABILITY=default``, as on a CPU without
 AVX2; the augmented pair's is not there, through ``grid_sample`` or ``pow``, so that case is
 not tested.)
