@@ -181,7 +181,10 @@ def test_kill9_mid_run_then_rerun_gives_the_uninterrupted_bytes(dataset, model_d
         time.sleep(0.05)
     assert not any(Path(f"/proc/{c}").exists() for c in children), "a worker outlived the kill"
     assert not (killed / "labels.parquet").exists()
-    assert len(list((killed / "shards").glob("*.parquet"))) in (1, 2)
+    # Usually one or two of the three shards: on a loaded machine this poll can see the first
+    # shard only after the others (seen once in a fresh clone's make test: all three, killed
+    # before the labels table), and the rerun must then only finish the table.
+    assert 1 <= len(list((killed / "shards").glob("*.parquet"))) <= 3
 
     rerun = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
