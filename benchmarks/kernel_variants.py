@@ -9,7 +9,7 @@ first column with the committed one: the variants say which library a difference
 
     .venv/bin/python benchmarks/kernel_variants.py [--variant NAME=VALUE ...]
 
-Found with it (2026-12-05, Intel Xeon with AMX): before `nirgan.augmentation.sampling_grid`,
+Found this way (2026-12-05, Intel Xeon with AMX): before `nirgan.augmentation.sampling_grid`,
 every MKL variant changed `preview.png` (``F.affine_grid``'s batched product); after it, none.
 """
 
