@@ -115,8 +115,9 @@ def sampling_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
     ``affine_grid`` multiplies its base grid by ``theta`` in a batched matrix product, which MKL
     computes with kernels chosen by the CPU: here its AVX-512 and AVX2 paths (``MKL_CBWR=AVX2``)
-    gave different last bits, and through the augment stage's preview ``data/prepared`` hashed
-    differently on an AMD Zen 4 than on an Intel Xeon. Each value here is what the AVX-512 path
+    gave different last bits, which most likely is why ``data/prepared`` (through the augment
+    stage's preview) hashed differently on an AMD Zen 4 than on an Intel Xeon (no Zen 4 was at
+    hand to confirm it). Each value here is what the AVX-512 path
     computes, round(round(round(a x) + b y) + c), the middle step fused, taken in float64 (where
     a product of float32 numbers is exact) and rounded to float32 where that path rounds: IEEE
     operations that no CPU does differently. Equal to that path on 15.6 million values at 64, 100

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import uuid
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ class Checkpoint:
                 old.unlink(missing_ok=True)
 
 
-class ResumableSession:
+class ResumableSession(ABC):
     """What the NIR and the expression sessions share of their state: networks, EMA networks,
     optimisers, schedulers, random sources, step and data order, as one dict for :class:`Checkpoint`.
 
@@ -164,8 +165,9 @@ class ResumableSession:
     _perm_epoch: int
     device: torch.device
 
+    @abstractmethod
     def ema_networks(self) -> dict[str, nn.Module]:
-        raise NotImplementedError
+        ...
 
     def state_dict(self) -> dict[str, Any]:
         return {
