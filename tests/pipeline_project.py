@@ -57,6 +57,8 @@ EXPRESSION_MICRO_PARAMS: dict = {
                          "checkpoint_every": 2, "sample_inputs": 2},
     "evaluate": {"feature_epochs": 1, "judge_seeds": 1, "judge_epochs": 1, "judge_few_shot_draws": 1,
                  "judge_few_shot_steps": 5},
+    "expression_evaluate": {"classifier_epochs": 1, "classifier_min_steps": 10, "auditor_epochs": 1,
+                            "auditor_min_steps": 10},
 }
 
 

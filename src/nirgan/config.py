@@ -415,6 +415,17 @@ class EvaluateConfig(Section):
     judge_few_shot_steps: int = Field(120, ge=1, description="few-shot judges: training steps of each")
 
 
+class ExpressionEvaluateConfig(Section):
+    """The readers evaluate_expression trains on the real train split to read translated faces
+    (``evaluate`` holds the keys it shares with the NIR evaluate). A small split needs more
+    passes than its epochs give, hence the floors on the steps."""
+
+    classifier_epochs: int = Field(15, ge=1, description="expression classifier (expr_target_accuracy): passes")
+    classifier_min_steps: int = Field(150, ge=1, description="expression classifier: training steps at least")
+    auditor_epochs: int = Field(20, ge=1, description="auditor (expr_audit_*): passes over the train split")
+    auditor_min_steps: int = Field(200, ge=1, description="auditor: training steps at least")
+
+
 # ------------------------------------------------------------------------------ generate
 class LabelRange(Section):
     """A label's requested distribution: uniform on [low, high], degrees."""
@@ -503,6 +514,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     expression_train: ExpressionTrainConfig = ExpressionTrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    expression_evaluate: ExpressionEvaluateConfig = ExpressionEvaluateConfig()
     generate: GenerateConfig = GenerateConfig()
     orchestrate: OrchestrateConfig = OrchestrateConfig()
 

@@ -132,7 +132,7 @@ def run(cfg: Config, prepared_dir: Path, split_dir: Path, model_dir: Path, metri
 def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: ExpressionTranslator,
                         device: torch.device) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(metrics with a ``_confusion`` entry for plots/confusion.json, {figure name: RGB image})."""
-    e = cfg.evaluate
+    e, x = cfg.evaluate, cfg.expression_evaluate
     names, c = list(split.names), split.n_labels
     t = _Laps()
     out: dict[str, Any] = {"expr_model": translator.kind, "expr_labels": ",".join(names),
@@ -142,7 +142,8 @@ def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: Express
 
     # 1. the classifier, on real test faces and on every test face sent to every other label; then
     # the auditor, a reader the generator never saw (issue 25), and both after a blur and a resize
-    clf = m.train_expression_classifier(split.train_images, split.train_labels, c, seed=e.seed, device=device)
+    clf = m.train_expression_classifier(split.train_images, split.train_labels, c, epochs=x.classifier_epochs,
+                                        seed=e.seed, min_steps=x.classifier_min_steps, device=device)
     t("classifier")
     rows, targets = m.translation_targets(split.test_labels, c)
     translated = translator.translate(split.test_images[rows], targets, z=_uniform_z(translator, len(rows), e.seed))
@@ -158,7 +159,8 @@ def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: Express
     out["_confusion"] = {"translated": conf.tolist(), "real_test": real_conf.tolist()}
     t(f"target-label accuracy ({len(targets)} translations)")
     auditor = audit.train_expression_auditor(split.train_images, split.train_labels, c,
-                                             seed=e.seed + audit.AUDIT_SEED_OFFSET, device=device)
+                                             seed=e.seed + audit.AUDIT_SEED_OFFSET, epochs=x.auditor_epochs,
+                                             min_steps=x.auditor_min_steps, device=device)
     auditor_reading, audit_conf, _ = audit.reading(
         auditor, real_test, split.test_labels, translated, targets, names, "expr_audit_real_accuracy",
         "expr_audit_target_accuracy", "expr_audit_relative_accuracy")
