@@ -35,7 +35,6 @@ so a rerun with the same inputs writes the same figures.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from nirgan.metrics.figures import SWEEPS, draw_figures, write_plot_data
 from nirgan.metrics.identity import code_scale, holdout_accuracy, reconstruction_cosines, reconstruction_l1, reconstructions
 from nirgan.metrics.instrument import estimator_recipe, estimator_resolution
 from nirgan.metrics.judge import realism_judge
+from nirgan.metrics.laps import Laps
 from nirgan.metrics.pose import angle_errors
 from nirgan.metrics.realism import RealismReference, imagenet_networks, measure_draws, realism_protocol
 from nirgan.metrics.utility import tstr, with_ratios
@@ -74,23 +74,6 @@ log = logging.getLogger("nirgan.evaluate")
 
 __all__ = ["SWEEPS", "run"]
 
-class _Laps:
-    """Logs how long each part of the stage took, and keeps it as ``evaluate_seconds_<phase>``."""
-
-    def __init__(self) -> None:
-        self.started = self.last = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, phase: str, what: str) -> None:
-        now = time.perf_counter()
-        log.info("evaluate: %s (%.1f s)", what, now - self.last)
-        self.seconds[f"evaluate_seconds_{phase}"] = round(now - self.last, 2)
-        self.last = now
-
-    def total(self) -> float:
-        return time.perf_counter() - self.started
-
-
 def run(
     cfg: Config,
     raw_dir: Path,
@@ -105,7 +88,7 @@ def run(
     raw_dir, crops_dir, clean_dir = Path(raw_dir), Path(crops_dir), Path(clean_dir)
     prepared_dir, split_dir, model_dir = Path(prepared_dir), Path(split_dir), Path(model_dir)
     e = cfg.evaluate
-    lap = _Laps()
+    lap = Laps(log, "evaluate")
 
     train, test = load_train_test(prepared_dir, split_dir)
 

@@ -58,6 +58,10 @@ Keys (a figure that cannot be computed is "unavailable" with a ``<key>_reason``)
                               (latent models; near 1 = mode collapse); _real: real test faces of one
                               label; expr_diversity_translations_within_label: translations of
                               different inputs to one label
+Wall seconds (not figures: they differ from run to run): evaluate_seconds_<phase> for classifier,
+  target_accuracy, auditor, identity, realism, diversity, figures, and evaluate_seconds_total
+  (their sum: loading and MLflow logging are in the stage log).
+
 Everything random is seeded by ``evaluate.seed``: the same inputs give the same file.
 """
 
@@ -82,6 +86,7 @@ from nirgan.expression import audit
 from nirgan.expression.figures import confusion_png, first_of_each_label, samples_grid, translation_grid
 from nirgan.metrics.features import frechet_distance, sliced_wasserstein_laplacian
 from nirgan.metrics.fid import inception_features, load_fid_inception, resolve_fid
+from nirgan.metrics.laps import Laps
 from nirgan.metrics.identity import (
     instrument_verdict,
     paired_cosine,
@@ -134,7 +139,7 @@ def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: Express
     """(metrics with a ``_confusion`` entry for plots/confusion.json, {figure name: RGB image})."""
     e, x = cfg.evaluate, cfg.expression_evaluate
     names, c = list(split.names), split.n_labels
-    t = _Laps()
+    t = Laps(log, "evaluate_expression")
     out: dict[str, Any] = {"expr_model": translator.kind, "expr_labels": ",".join(names),
                            "expr_test_faces": len(split.test_labels), "expr_train_faces": len(split.train_labels),
                            "expr_translation_input": ("ignored: cgan draws G(z, label), so its translations are samples"
@@ -144,7 +149,7 @@ def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: Express
     # the auditor, a reader the generator never saw (issue 25), and both after a blur and a resize
     clf = m.train_expression_classifier(split.train_images, split.train_labels, c, epochs=x.classifier_epochs,
                                         seed=e.seed, min_steps=x.classifier_min_steps, device=device)
-    t("classifier")
+    t("classifier", "classifier")
     rows, targets = m.translation_targets(split.test_labels, c)
     translated = translator.translate(split.test_images[rows], targets, z=_uniform_z(translator, len(rows), e.seed))
     real_test = to_model_input(split.test_images)
@@ -157,7 +162,7 @@ def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: Express
     out.update(expr_label_coverage=coverage, expr_label_coverage_threshold=COVERAGE_THRESHOLD,
                expr_labels_not_covered=",".join(names[i] for i in missed) or "none")
     out["_confusion"] = {"translated": conf.tolist(), "real_test": real_conf.tolist()}
-    t(f"target-label accuracy ({len(targets)} translations)")
+    t("target_accuracy", f"target-label accuracy ({len(targets)} translations)")
     auditor = audit.train_expression_auditor(split.train_images, split.train_labels, c,
                                              seed=e.seed + audit.AUDIT_SEED_OFFSET, epochs=x.auditor_epochs,
                                              min_steps=x.auditor_min_steps, device=device)
@@ -168,19 +173,19 @@ def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: Express
                f"{e.seed + audit.AUDIT_SEED_OFFSET}, trained here on the real train split with blur, resize and noise")
     out["_confusion"]["translated_audit"] = audit_conf.tolist()
     out.update(audit.high_frequency(real_test, translated, targets, names, real_train=to_model_input(split.train_images)))
-    t("auditor, perturbations and high-frequency share")
+    t("auditor", "auditor, perturbations and high-frequency share")
 
     # 2. identity preservation
     out.update(_identity(cfg, split, translator, rows, translated, device))
-    t("identity")
+    t("identity", "identity")
 
     # 3. realism: the judge, and FID-style distances with their real baselines
     out.update(_realism(cfg, split, translator, clf, translated, device))
-    t("realism")
+    t("realism", "realism")
 
     # 4. mode collapse: diversity within a label
     out.update(_diversity(cfg, split, translator, rows, targets, translated))
-    t("diversity")
+    t("diversity", "diversity")
 
     # 5. figures
     pick = first_of_each_label(split.test_labels)
@@ -194,21 +199,12 @@ def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: Express
         "confusion": confusion_png(conf, names, f"{translator.kind}: target label vs classifier"),
         "samples_per_label": samples_grid(_per_label_outputs(split, translator, e.seed, 8), names),
     }
-    t("figures")
+    t("figures", "figures")
+    out.update(t.seconds, evaluate_seconds_total=round(t.total(), 2))
     return out, figures
 
 
 # -------------------------------------------------------------------------------- parts
-class _Laps:
-    def __init__(self) -> None:
-        self.last = time.perf_counter()
-
-    def __call__(self, what: str) -> None:
-        now = time.perf_counter()
-        log.info("evaluate_expression: %s (%.1f s)", what, now - self.last)
-        self.last = now
-
-
 def _uniform_z(translator: ExpressionTranslator, n: int, seed: int) -> torch.Tensor | None:
     """Independent z per row (uniform in [-1, 1], the papers' prior) for latent models, else None."""
     return translator.draw_z(n, seed) if translator.latent_dim else None
