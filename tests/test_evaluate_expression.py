@@ -139,6 +139,12 @@ def test_stage_on_files_after_a_real_cgan_run(files, split, store, tmp_path):
         metrics["expr_judge_auc_blurred_real"] >= evaluate_expression.JUDGE_BLUR_FLOOR)
     assert {p.name for p in plots.iterdir()} >= {"translation_grid.png", "confusion.png", "samples_per_label.png",
                                                   "confusion.json"}
+    # each phase's wall seconds, as the NIR evaluate keeps them; the phases add up to the total
+    phases = {k: v for k, v in metrics.items() if k.startswith("evaluate_seconds_") and k != "evaluate_seconds_total"}
+    assert set(phases) == {f"evaluate_seconds_{p}" for p in ("classifier", "target_accuracy", "auditor", "identity",
+                                                             "realism", "diversity", "figures")}
+    assert all(v >= 0 for v in phases.values()) and phases["evaluate_seconds_auditor"] > 0
+    assert sum(phases.values()) == pytest.approx(metrics["evaluate_seconds_total"], abs=0.1)
 
     run_id = json.loads((models / "mlflow_run.json").read_text())["run_id"]
     run = client.get_run(run_id)
