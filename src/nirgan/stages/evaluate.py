@@ -74,6 +74,7 @@ log = logging.getLogger("nirgan.evaluate")
 
 __all__ = ["SWEEPS", "run"]
 
+
 def run(
     cfg: Config,
     raw_dir: Path,
