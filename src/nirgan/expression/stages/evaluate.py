@@ -86,7 +86,6 @@ from nirgan.expression import audit
 from nirgan.expression.figures import confusion_png, first_of_each_label, samples_grid, translation_grid
 from nirgan.metrics.features import frechet_distance, sliced_wasserstein_laplacian
 from nirgan.metrics.fid import inception_features, load_fid_inception, resolve_fid
-from nirgan.metrics.laps import Laps
 from nirgan.metrics.identity import (
     instrument_verdict,
     paired_cosine,
@@ -95,6 +94,7 @@ from nirgan.metrics.identity import (
     verification_auc,
 )
 from nirgan.metrics.judge import realism_judge
+from nirgan.metrics.laps import Laps
 from nirgan.expression.artifacts import load_expression_translator
 from nirgan.expression.models.translator import ExpressionTranslator, to_model_input
 from nirgan.training.identity import train_identity_net
