@@ -52,11 +52,22 @@ def test_check_params_refuses_a_cuda_device_that_is_not_there(tmp_path: Path):
         return
     from nirgan.devices import check_devices
 
-    _assert_one_line_error(_check(tmp_path, {"train": {"device": "cuda"}}), "params.yaml: train.device",
-                           "no CUDA device")
+    for key in ("train", "evaluate"):  # check-params asks torch only when some section names cuda
+        _assert_one_line_error(_check(tmp_path, {key: {"device": "cuda"}}), f"params.yaml: {key}.device",
+                               "no CUDA device")
     for key in ("detect", "expression_train", "evaluate"):
         with pytest.raises(ConfigError, match=rf"params: {key}\.device is 'cuda' but no CUDA device"):
             check_devices(parse_config({key: {"device": "cuda"}}))
+
+
+def test_check_params_on_cpu_params_does_not_load_torch_or_pandas(tmp_path: Path):
+    # Importing them was most of check-params' 2 s, which every train-nir workspace pays.
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"device": "auto"}, "evaluate": {"device": "cpu"}}))
+    code = ("import sys; from nirgan.cli import main; assert main(['check-params']) == 0; "
+            "print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1] == "[]", proc.stdout
 
 
 def test_check_params_finds_a_section_the_pipeline_declares_but_the_file_lacks(tmp_path: Path):

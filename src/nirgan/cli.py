@@ -139,14 +139,14 @@ STAGES: dict[str, Callable[[Config], dict[str, Any]]] = {
 def _check_table_columns(cfg: Config, origin: str) -> None:
     """collect.labels has the columns collect needs, by its header alone (nothing else is read),
     so a wrong table stops check-params rather than collect."""
+    c = cfg.collect
+    if c.labels is None or c.path is None or c.source in ("twin", "expression_twin", "fer2013"):
+        return
     import pandas as pd
     import pyarrow.parquet as pq
 
     from nirgan.labels import LABELS
 
-    c = cfg.collect
-    if c.labels is None or c.path is None or c.source in ("twin", "expression_twin", "fer2013"):
-        return
     path = c.labels if c.labels.exists() or c.labels.is_absolute() else c.path / c.labels
     source = c.source
     needed = ("file", "subject") if source == "label_folders" else ("pair_id", *LABELS)
@@ -262,11 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if args.command == "check-params":
-            from nirgan.devices import check_devices
-
             check_data_paths(cfg, origin=args.params)
             _check_table_columns(cfg, args.params)
-            check_devices(cfg, origin=args.params)
+            # 'auto' and 'cpu' are always there; only 'cuda' needs torch to answer, whose import
+            # is most of this command's 2 s (and a train-nir run calls it for every workspace).
+            if any(getattr(section, "device", None) == "cuda" for _, section in cfg):
+                from nirgan.devices import check_devices
+
+                check_devices(cfg, origin=args.params)
             _check_declared_params(Path(args.params))
             print(f"{args.params}: ok")
             return 0
