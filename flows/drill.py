@@ -39,8 +39,9 @@ def kill_stage_when(workspace: Path, stage: str, when: str | None, timeout_s: fl
     workspace = workspace.resolve()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        pid = stage_process(workspace, stage)
-        if pid is not None and (when is None or (workspace / when).exists()):
+        # the file first: a stat, where a look for the stage reads every process in /proc
+        pid = stage_process(workspace, stage) if when is None or (workspace / when).exists() else None
+        if pid is not None:
             try:
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
             except ProcessLookupError:

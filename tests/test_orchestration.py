@@ -189,7 +189,7 @@ def _kill_the_stack_during_train(orchestra: Orchestra, workspace: Path, timeout_
         if time.monotonic() > deadline:
             out["error"] = f"train never ran in {workspace} within {timeout_s:.0f} s"
             return
-        time.sleep(0.1)
+        time.sleep(0.5)  # each look reads all of /proc; a micro train lasts seconds
     names = sorted(p.stem for p in (orchestra.stack.state / "pids").glob("*.pid"))
     out["killed"] = {n: stack_record.read(stack_services.pid_path(orchestra.stack, n))["pid"] for n in names}
     for pid in out["killed"].values():
