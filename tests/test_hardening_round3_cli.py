@@ -50,10 +50,12 @@ def test_check_params_refuses_a_cuda_device_that_is_not_there(tmp_path: Path):
     if torch.cuda.is_available():
         assert _check(tmp_path, {"train": {"device": "cuda"}}).returncode == 0
         return
-    from nirgan.devices import check_devices
+    from nirgan.devices import DEVICE_KEYS, check_devices
 
-    for key in ("train", "evaluate"):  # check-params asks torch only when some section names cuda
-        _assert_one_line_error(_check(tmp_path, {key: {"device": "cuda"}}), f"params.yaml: {key}.device",
+    # through the command for every device key: it asks torch only when a section's `device` is cuda
+    for key in DEVICE_KEYS:
+        section, field = key.split(".")
+        _assert_one_line_error(_check(tmp_path, {section: {field: "cuda"}}), f"params.yaml: {key}",
                                "no CUDA device")
     for key in ("detect", "expression_train", "evaluate"):
         with pytest.raises(ConfigError, match=rf"params: {key}\.device is 'cuda' but no CUDA device"):
