@@ -166,15 +166,15 @@ def run(
         with atomic_dir(plots_dir) as tmp:
             draw_figures(tmp, test, train, sampler, encoder, estimator, first_fakes, est_pred_real, labelled, e.seed)
             write_plot_data(tmp, metrics, labelled, judge_curve)
-        lap("figures", "figures")
+        lap("figures")
         # JSON has no NaN: an undefined figure (e.g. the precision of a rule that flagged nothing) is null.
         metrics = {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in metrics.items()}
         # Wall seconds per phase; MLflow's come after this file is written and logged with the
         # run, so they are in the stage log only.
-        metrics.update(lap.seconds, evaluate_seconds_total=round(lap.total(), 2))
+        metrics.update(lap.metrics())
         write_json(metrics_path, metrics)
         run_id = tracking.log_evaluation(model_dir / "mlflow_run.json", metrics, Path(plots_dir), Path(metrics_path))
-        lap("mlflow", "mlflow")
+        lap("mlflow")
         counts.update(keys=len(metrics), mlflow_run=run_id or "none", seconds=round(lap.total(), 1),
                       **({"encoder_from": encoder_from} if encoder is not None else {}))
     return dict(counts)

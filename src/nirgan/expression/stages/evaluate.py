@@ -149,7 +149,7 @@ def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: Express
     # the auditor, a reader the generator never saw (issue 25), and both after a blur and a resize
     clf = m.train_expression_classifier(split.train_images, split.train_labels, c, epochs=x.classifier_epochs,
                                         seed=e.seed, min_steps=x.classifier_min_steps, device=device)
-    t("classifier", "classifier")
+    t("classifier")
     rows, targets = m.translation_targets(split.test_labels, c)
     translated = translator.translate(split.test_images[rows], targets, z=_uniform_z(translator, len(rows), e.seed))
     real_test = to_model_input(split.test_images)
@@ -177,15 +177,15 @@ def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: Express
 
     # 2. identity preservation
     out.update(_identity(cfg, split, translator, rows, translated, device))
-    t("identity", "identity")
+    t("identity")
 
     # 3. realism: the judge, and FID-style distances with their real baselines
     out.update(_realism(cfg, split, translator, clf, translated, device))
-    t("realism", "realism")
+    t("realism")
 
     # 4. mode collapse: diversity within a label
     out.update(_diversity(cfg, split, translator, rows, targets, translated))
-    t("diversity", "diversity")
+    t("diversity")
 
     # 5. figures
     pick = first_of_each_label(split.test_labels)
@@ -199,8 +199,8 @@ def evaluate_translator(cfg: Config, split: ExpressionSplit, translator: Express
         "confusion": confusion_png(conf, names, f"{translator.kind}: target label vs classifier"),
         "samples_per_label": samples_grid(_per_label_outputs(split, translator, e.seed, 8), names),
     }
-    t("figures", "figures")
-    out.update(t.seconds, evaluate_seconds_total=round(t.total(), 2))
+    t("figures")
+    out.update(t.metrics())
     return out, figures
 
 
