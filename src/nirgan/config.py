@@ -133,6 +133,12 @@ class CollectConfig(Section):
         "(JPEG decoded at 1/2, 1/4 or 1/8 by libjpeg), so detect and later stages work on at most "
         "2048 x 2048 (4 Mpx) whatever the camera; MTCNN still sees faces of 40 px or more in such frames",
     )
+    bit_depth: int = Field(
+        16, ge=9, le=16,
+        description="significant bits in 16-bit input images: NIR cameras store 10, 12 or 14-bit samples in "
+        "16-bit files, which are scaled by 2^(8 - bit_depth); a 16-bit file above that range is rejected as "
+        "above_bit_depth, one whose values all lie below 1/16 of it as low_bit_depth (it would be nearly black)",
+    )
     twin: TwinConfig = TwinConfig()
     expression_twin: ExpressionTwinConfig = ExpressionTwinConfig()
 
@@ -140,6 +146,13 @@ class CollectConfig(Section):
     def _path_for_external_sources(self) -> CollectConfig:
         if self.source not in ("twin", "expression_twin") and self.path is None:
             raise ValueError(f"collect.path is required when collect.source is {self.source!r}")
+        if self.source in ("twin", "expression_twin"):
+            # A user who sets a path and forgets the source would otherwise train on the twin.
+            given = [k for k in ("path", "labels") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"collect.{given[0]} is set but collect.source is {self.source!r}, which reads no "
+                                 "files: set collect.source (folder, videos, label_folders, fer2013) or remove "
+                                 f"collect.{' and collect.'.join(given)}")
         if self.label_map is not None and len(set(self.label_map)) != len(self.label_map):
             raise ValueError("collect.label_map repeats a name")
         return self
@@ -569,7 +582,9 @@ def check_data_paths(cfg: Config, origin: str = "params") -> None:
     if c.source in ("twin", "expression_twin") or c.path is None:
         return
     if not c.path.exists():
-        raise ConfigError(f"{origin}: collect.path: {c.path} does not exist")
+        hint = " (a leading ~ is not expanded: write the full path)" if str(c.path).startswith("~") else ""
+        raise ConfigError(f"{origin}: collect.path: {c.path} does not exist{hint}")
+    _check_not_an_output(c.path, "collect.path", origin, reads=(".",) if c.source == "label_folders" else DOMAINS)
     if c.source == "fer2013":
         if not c.path.is_file():
             raise ConfigError(f"{origin}: collect.path: {c.path} is not a file; collect.source=fer2013 needs the CSV")
@@ -583,6 +598,34 @@ def check_data_paths(cfg: Config, origin: str = "params") -> None:
         labels = c.labels if c.labels.exists() or c.labels.is_absolute() else c.path / c.labels
         if not labels.is_file():
             raise ConfigError(f"{origin}: collect.labels: {c.labels} does not exist (looked here and under {c.path})")
+        _check_not_an_output(labels, "collect.labels", origin, reads=())
+
+
+DOMAINS = ("target", "source")
+
+
+def _check_not_an_output(path: Path, key: str, origin: str, reads: tuple[str, ...]) -> None:
+    """Refuse input inside a stage output of the pipeline in the working directory (its
+    dvc.yaml): DVC deletes a stage's outputs before running it, and collect replaces its own,
+    so such data would be gone before it was read. An output inside the folders collect reads
+    (``reads``, relative to ``path``) would be read back as input on the next run."""
+    dvc_yaml = Path("dvc.yaml")
+    if not dvc_yaml.is_file():
+        return
+    try:
+        stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError):
+        return  # DVC itself reports a broken dvc.yaml, naming it
+    real = path.resolve()
+    for name, stage in stages.items():
+        for out in (stage or {}).get("outs") or []:
+            out_path = Path(next(iter(out)) if isinstance(out, dict) else str(out)).resolve()
+            if real == out_path or out_path in real.parents:
+                raise ConfigError(f"{origin}: {key}: {path} is inside {out_path}, an output of stage {name!r}, "
+                                  "which DVC and the stage delete before they write it: keep your data elsewhere")
+            if any(real / part == out_path or real / part in out_path.parents for part in reads):
+                raise ConfigError(f"{origin}: {key}: {path} holds {out_path}, an output of stage {name!r}, where "
+                                  "collect reads its input: it would be read back as input")
 
 
 def stage_params(cfg: Config, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -56,6 +56,7 @@ def read_label_table(
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{path}: cannot read the labels table: {str(exc).splitlines()[0]}") from None
+    check_row_width(table, path, first_row)
     required = [*(["pair_id"] if pair_ids else []), *LABELS, *(["glasses"] if glasses else [])]
     missing = [c for c in required if c not in table.columns]
     if missing:
@@ -63,6 +64,7 @@ def read_label_table(
     rows = pd.RangeIndex(first_row, first_row + len(table))
 
     def where(i: int, column: str, value: object) -> str:
+        value = value.item() if isinstance(value, np.generic) else value  # 0, not np.int64(0)
         return f"{path}, row {rows[i]}, {column} {value!r}"
 
     if pair_ids:
@@ -81,6 +83,9 @@ def read_label_table(
     else:
         out = pd.DataFrame(index=pd.RangeIndex(len(table)))
     for column in LABELS:
+        flags = [i for i, v in enumerate(table[column]) if isinstance(v, (bool, np.bool_))]
+        if flags:  # to_numeric would read true/false as 1/0 degrees
+            raise DataError(f"{where(flags[0], column, table[column].iloc[flags[0]])}: not a number (degrees)")
         values = pd.to_numeric(table[column], errors="coerce").to_numpy("float64")
         text = np.flatnonzero(np.isnan(values) & table[column].notna().to_numpy())
         if len(text):
@@ -91,6 +96,24 @@ def read_label_table(
         try:
             out["glasses"] = table["glasses"].astype("boolean").to_numpy()
         except (TypeError, ValueError):
-            bad = next(i for i, v in enumerate(table["glasses"]) if pd.notna(v) and not isinstance(v, (bool, np.bool_)))
+            bad = next(i for i, v in enumerate(table["glasses"]) if not _bool_like(v))
             raise DataError(f"{where(bad, 'glasses', table['glasses'].iloc[bad])}: not true/false") from None
     return out, pd.Series(rows, index=out.index)
+
+
+def _bool_like(value: object) -> bool:
+    """What pandas' ``boolean`` dtype takes: true/false, 0/1 or missing."""
+    try:
+        pd.array([value], dtype="boolean")
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def check_row_width(table: pd.DataFrame, path: Path, first_row: int) -> None:
+    """A CSV whose every row has one field more than its header reads without an error: pandas
+    takes the first field as the row index and shifts every value one column left."""
+    if not isinstance(table.index, pd.RangeIndex):
+        raise DataError(f"{path}, row {first_row}: more fields than the header's {len(table.columns)} columns "
+                        f"({', '.join(map(str, table.columns))}): add the missing column name or remove the "
+                        "extra field")

@@ -12,12 +12,14 @@ file is bad, so the caller can put it in a rejects table and go on:
     ``link_loop``; a name starting with ``.`` (macOS ``._*`` AppleDouble files, ``.DS_Store``),
     or anything inside such a folder, ``hidden_file``; a path that is not valid UTF-8 (a folder
     copied from an old file system) ``undecodable_name``, named in rejects with ``\\xNN`` escapes.
-``inspect_image(path, mode, max_pixels, max_side)``
+``inspect_image(path, mode, max_pixels, max_side, bit_depth)``
     checks the magic bytes (``zero_byte``, ``not_an_image``, ``truncated``: a PNG whose chunks
     stop before IEND, a JPEG whose segments stop before its end marker; bytes *after* the end,
     as some cameras and editors append, are ignored), reads width and
     height from the header without decoding (``too_large`` over ``max_pixels``), decodes (JPEG at
-    1/2, 1/4 or 1/8 when that still leaves ``max_side``), drops alpha, converts 16-bit to 8-bit,
+    1/2, 1/4 or 1/8 when that still leaves ``max_side``; pixels as stored, EXIF orientation
+    ignored at every size), drops alpha, converts 16-bit to 8-bit by ``bit_depth``
+    (``above_bit_depth``: a value past it; ``low_bit_depth``: all values below 1/16 of it),
     checks or converts channels for ``mode`` (``grey``: 1-channel NIR, a colour image is
     ``wrong_channels`` unless R = G = B; ``rgb``: a grey image is ``wrong_channels``;
     ``to_grey``: any image becomes grey, as expression sets of colour photos need) and
@@ -49,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from nirgan.config import DataError
-from nirgan.label_table import read_label_table
+from nirgan.label_table import check_row_width, read_label_table
 from nirgan.labels import LABEL_BOUNDS, LABELS
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -103,7 +105,9 @@ def read_user_table(path: Path, root: Path | None, what: str) -> tuple[pd.DataFr
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return pd.read_csv(path), 2, name, path  # row 1 is the header line
+            table = pd.read_csv(path)
+            check_row_width(table, path, 2)
+            return table, 2, name, path  # row 1 is the header line
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path), 1, name, path
     except (OSError, ValueError, pd.errors.ParserError) as exc:
@@ -251,7 +255,9 @@ def header_size(data: bytes) -> tuple[int, int, str] | str:
 def reduced_flag(kind: str, mode: str, factor: int) -> int:
     """libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 directly: peak memory follows the reduced size."""
     grey = mode in ("L", "I;16", "1")
-    return {
+    # IMREAD_UNCHANGED keeps the stored pixel order; the reduced flags would apply EXIF
+    # orientation, turning only the large images of a folder against their partners.
+    return cv2.IMREAD_IGNORE_ORIENTATION | {
         2: cv2.IMREAD_REDUCED_GRAYSCALE_2 if grey else cv2.IMREAD_REDUCED_COLOR_2,
         4: cv2.IMREAD_REDUCED_GRAYSCALE_4 if grey else cv2.IMREAD_REDUCED_COLOR_4,
         8: cv2.IMREAD_REDUCED_GRAYSCALE_8 if grey else cv2.IMREAD_REDUCED_COLOR_8,
@@ -307,7 +313,7 @@ def _jpeg_complete(data: bytes) -> bool:
     return data[pos:pos + 2] == b"\xff\xd9"
 
 
-def inspect_image(path: Path, mode: Mode, max_pixels: int, max_side: int) -> Image | str:
+def inspect_image(path: Path, mode: Mode, max_pixels: int, max_side: int, bit_depth: int = 16) -> Image | str:
     """Decode one input image as ``mode`` says (module docstring); a reject reason string when it is bad."""
     try:
         data = path.read_bytes()
@@ -340,7 +346,12 @@ def inspect_image(path: Path, mode: Mode, max_pixels: int, max_side: int) -> Ima
         return "unreadable"
     converted = flag != cv2.IMREAD_UNCHANGED
     if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
+        top = int(img.max())
+        if top >= 1 << bit_depth:
+            return "above_bit_depth"
+        if top < 1 << (bit_depth - 4):  # 12-bit samples read as 16-bit: 0-15 grey levels, black
+            return "low_bit_depth"
+        img = (img >> (bit_depth - 8)).astype(np.uint8)
         converted = True
     elif img.dtype != np.uint8:
         return "unreadable"

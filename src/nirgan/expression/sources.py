@@ -92,7 +92,7 @@ def label_folder_samples(root: Path, ccfg: CollectConfig, rejects: Rejects) -> l
             rejects.add(path, None, "unsupported_file")
         elif sid in samples:
             rejects.add(path, sid, "duplicate_sample")
-        elif isinstance(image := inspect_image(entry.path, "to_grey", ccfg.max_pixels, ccfg.max_side), str):
+        elif isinstance(image := inspect_image(entry.path, "to_grey", ccfg.max_pixels, ccfg.max_side, ccfg.bit_depth), str):
             rejects.add(path, sid, image)
         else:
             samples[sid] = Sample(sid, "", rel.parts[0], "", image.data)

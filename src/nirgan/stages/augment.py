@@ -100,8 +100,9 @@ def run(cfg: Config, crops_dir: Path, clean_dir: Path, out_dir: Path) -> dict[st
         raise DataError(f"{clean_dir / 'manifest.parquet'}: missing columns {missing}")
 
     if clean.empty:  # every pair went at detect or clean: say so, not a reshape error
-        raise DataError(f"{clean_dir / 'manifest.parquet'}: no pair left to prepare (0 rows; the rejects tables of "
-                        "data/raw, data/crops and data/clean say why)")
+        raise DataError(f"{clean_dir / 'manifest.parquet'}: no pair left to prepare (0 rows; "
+                        "data/raw/rejects.parquet, data/crops/rejects.parquet and data/clean/outliers.parquet say "
+                        "why)")
     with stage_log("augment", pairs=len(clean)) as counts, atomic_dir(out_dir) as tmp:
         rows = list(clean.itertuples(index=False))
         sources = np.zeros((len(rows), size, size, 3), dtype=np.uint8)

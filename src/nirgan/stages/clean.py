@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nirgan.config import Config, require_task
+from nirgan.config import Config, DataError, require_task
 from nirgan.io import atomic_dir, read_image, read_table, stage_log, write_table
 from nirgan.iqr import iqr_outliers
 
@@ -63,6 +63,7 @@ _MIN_CHANNEL = 60
 _DOMINANCE = 1.5
 # Fewer eye pixels than this in a whole crop is no visible eye.
 _MIN_EYE_PIXELS = 4
+NO_EYES = "no visible eye pixels in the source"
 # Along the eye line, two clusters separated by less than this many pixels are one eye split
 # in two by 2-means, not two eyes.
 _MIN_EYE_GAP_PX = 2.0
@@ -95,7 +96,7 @@ def source_eye_centres(
     eye, iris = eye_masks(source)
     ys, xs = np.nonzero(eye)
     if xs.size < _MIN_EYE_PIXELS:
-        return None, f"no visible eye pixels in the source ({xs.size} green/blue pixels)"
+        return None, f"{NO_EYES} ({xs.size} green/blue pixels)"
     # detect's landmarks put pixel centres at +0.5 (pixel j spans j..j+1); so do these
     pts = np.stack([xs, ys], axis=1).astype(np.float64) + 0.5
     is_iris = iris[ys, xs]
@@ -248,6 +249,13 @@ def run(cfg: Config, crops_dir: Path, out_dir: Path) -> dict[str, Any]:
         unmeasurable = {
             pid: m[3] for pid, m, bad in zip(df["pair_id"], measured, unreadable, strict=True) if m[3] and not bad
         }
+        if cfg.clean.misalignment and len(readable) and sum(
+                why.startswith(NO_EYES) for why in unmeasurable.values()) == len(readable):
+            # Sources without the rig's colour code: the rule would remove every pair.
+            raise DataError(
+                f"{crops_dir / 'manifest.parquet'}: none of the {len(readable)} source crops shows the rig's eye "
+                "colour code (green eye whites, blue irises), so no pair's alignment can be measured: bring rig "
+                "renders with that code (docs/data.md) or set clean.misalignment: false")
         judged = find_outliers(readable, cfg, unmeasurable)
         outliers = pd.concat([bad_rows, judged], ignore_index=True) if len(bad_rows) else judged
         kept = df[~df["pair_id"].isin(outliers["pair_id"])].reset_index(drop=True)

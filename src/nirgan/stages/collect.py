@@ -58,8 +58,12 @@ Outputs (``out_dir``, written atomically)
                            its end marker (bytes after the end are ignored, not a reason)
     ``unreadable``         a file that cannot be read (e.g. a dangling link) or an image
                            OpenCV cannot decode
+    ``above_bit_depth``    a 16-bit image with a value at or past 2^``collect.bit_depth``
+    ``low_bit_depth``      a 16-bit image whose values all lie below 2^(``collect.bit_depth`` - 4):
+                           12-bit samples read as 16-bit would be 0-15 grey levels (set bit_depth)
     ``wrong_channels``     a colour target (NIR is 1-channel) or a grey source (the rig is RGB);
-                           a target stored as equal R, G, B or with alpha is converted and kept
+                           a target stored as equal R, G, B or with alpha is converted and kept.
+                           Video frames, which lossy codecs store as colour, within a tolerance
     ``size_mismatch``      target and source of a pair differ in size
     ``unpaired``           no partner in the other domain (for videos: frames past the end of
                            the shorter video)
@@ -69,11 +73,15 @@ Outputs (``out_dir``, written atomically)
     ``hidden_file``        a name starting with ``.`` (``._*`` AppleDouble, ``.DS_Store``) or a
                            file in such a folder; never opened
     ``undecodable_name``   a file or folder name that is not UTF-8 (``path`` shows ``\\xNN``)
-    ``duplicate_frame``    a second file with the same frame number in the same directory
+    ``duplicate_frame``    two or more files with the same frame number in the same directory
+                           (``12.png`` and ``012.png``): every one of them
+    ``duplicate_recording`` two or more videos of one ``<subject>_<camera>`` (another extension)
     ``unexpected_location`` not at ``<domain>/<subject>_<camera>/<file>`` (folder) or
                            ``<domain>/<file>`` (videos)
     ``unsupported_file``   an extension that is no image (folder) or video (videos)
     ``unreadable_video``   OpenCV cannot open the video or read a frame from it
+    ``truncated_video``    a video that ends before the frame count its header gives (one row for
+                           the file; the partner's frames past its end are ``partner_truncated``)
     ``too_large``          more than ``collect.max_pixels`` pixels by its header (images or video frames)
     ``outside_root``       resolves outside ``collect.path`` (a link); never opened
     ``special_file``       a FIFO, socket or device file; never opened
@@ -271,6 +279,9 @@ def _collect_folder(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
         key = (*parsed, int(m.group(1)))
         if key in found[domain]:
             rejects.add(rel.as_posix(), pair_id(*key), entry.rejected or "duplicate_frame")
+            if not isinstance(first := found[domain][key], tuple):
+                # 12.png and 012.png: neither can be told to be the frame, so neither is paired
+                found[domain][key] = (first, "duplicate_frame")
             continue
         found[domain][key] = (path, entry.rejected) if entry.rejected else path
 
@@ -291,7 +302,8 @@ def _collect_folder(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
             # a pair with a pre-rejected side is never opened (it may lie outside the root)
             images = {d: items[d][1] if isinstance(items[d], tuple) else None for d in DOMAINS}
             if not any(images.values()):
-                images = {d: inspect_image(items[d], MODES[d], ccfg.max_pixels, ccfg.max_side) for d in DOMAINS}
+                images = {d: inspect_image(items[d], MODES[d], ccfg.max_pixels, ccfg.max_side, ccfg.bit_depth)
+                          for d in DOMAINS}
             bad = {d: r for d, r in images.items() if isinstance(r, str)}
             if bad:
                 for d in DOMAINS:
@@ -334,6 +346,7 @@ def _open_video(path: Path, max_pixels: int) -> cv2.VideoCapture | str:
 def _collect_videos(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: CollectConfig) -> dict[str, Any]:
     rejects = Rejects()
     found: dict[str, dict[tuple[str, str], Path]] = {d: {} for d in DOMAINS}
+    duplicated: set[tuple[str, tuple[str, str]]] = set()  # (domain, recording)
     entries = input_files(root, DOMAINS)
     for entry in entries:
         path = entry.path
@@ -346,11 +359,21 @@ def _collect_videos(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
             rejects.add(rel.as_posix(), None, "unsupported_file")
         elif (parsed := parse_recording(path.stem)) is None:
             rejects.add(rel.as_posix(), None, "bad_directory_name")
+        elif parsed in found[rel.parts[0]]:
+            # alice_cam0.mp4 and alice_cam0.avi: neither can be told to be the recording
+            rejects.add(rel.as_posix(), None, "duplicate_recording")
+            duplicated.add((rel.parts[0], parsed))
         else:
             found[rel.parts[0]][parsed] = path
     for domain, other in (("target", "source"), ("source", "target")):
         for key in sorted(set(found[domain]) - set(found[other])):
-            rejects.add(found[domain][key].relative_to(root).as_posix(), None, "unpaired")
+            reason = "duplicate_recording" if (domain, key) in duplicated else "unpaired"
+            rejects.add(found[domain][key].relative_to(root).as_posix(), None, reason)
+    for domain, key in sorted(duplicated):
+        if key in found["target"] and key in found["source"]:
+            for d in DOMAINS:
+                reason = "duplicate_recording" if (d, key) in duplicated else "partner_rejected"
+                rejects.add(found[d].pop(key).relative_to(root).as_posix(), None, reason)
     keys = sorted(set(found["target"]) & set(found["source"]))
 
     with stage_log("collect", source="videos", videos=len(entries)) as log, atomic_dir(out_dir) as out:
@@ -382,11 +405,17 @@ def _pair_videos(
             rejects.add(rels[d], None, bad.get(d, "partner_rejected"))
         return
     streams = {d: iter(_frames(caps[d])) for d in DOMAINS}
+    # The container's frame count: a stream that ends before it was cut short, and it, not its
+    # healthy partner, is to blame for the frames left over.
+    declared = {d: _declared_frames(caps[d], rels[d]) for d in DOMAINS}
+    read = dict.fromkeys(DOMAINS, 0)
     index = 0
     while True:
         frames = {d: next(streams[d], None) for d in DOMAINS}
         if frames["target"] is None and frames["source"] is None:
             break
+        for d in DOMAINS:
+            read[d] += frames[d] is not None
         if index == 0 and any(f is None for f in frames.values()):
             # A video that yields no frame at all cannot be read, whatever its header says.
             for d in DOMAINS:
@@ -396,14 +425,47 @@ def _pair_videos(
             pid = pair_id(*key, index)
             missing = [d for d in DOMAINS if frames[d] is None]
             if missing:
+                reason = "partner_truncated" if declared[missing[0]] > index else "unpaired"
                 for d in DOMAINS:
                     if frames[d] is not None:
-                        rejects.add(rels[d], pid, "unpaired")
+                        rejects.add(rels[d], pid, reason)
             elif frames["target"].shape[:2] != frames["source"].shape[:2]:
                 for d in DOMAINS:
                     rejects.add(rels[d], pid, "size_mismatch")
+            elif bad := _wrong_channels(frames):
+                for d in DOMAINS:
+                    rejects.add(rels[d], pid, "wrong_channels" if d in bad else "partner_rejected")
             else:
                 target = fit(cv2.cvtColor(frames["target"], cv2.COLOR_BGR2GRAY), ccfg.max_side)
                 source = fit(cv2.cvtColor(frames["source"], cv2.COLOR_BGR2RGB), ccfg.max_side)
                 writer.add(*key, index, {"target": target, "source": source})
         index += 1
+    for d in DOMAINS:
+        if declared[d] > read[d]:
+            rejects.add(rels[d], None, "truncated_video")
+
+
+# Spread (std) of B - G plus that of G - R over a decoded frame, in grey levels, up to which it
+# is grey. Lossy codecs store a grey video as colour with a constant offset between channels
+# (4-5 grey levels through OpenCV's mp4v and MJPEG writers) but no spread (0.0 there); the
+# colour-coded rig renders measured 120-140.
+GREY_TOLERANCE = 4.0
+
+
+def _wrong_channels(frames: dict[str, np.ndarray]) -> list[str]:
+    """The domains whose frame is of the wrong kind: a colour target, a grey source."""
+    def colour(frame: np.ndarray) -> float:
+        f = frame.astype(np.int16)
+        return float((f[..., 0] - f[..., 1]).std() + (f[..., 1] - f[..., 2]).std())
+
+    return [d for d in DOMAINS if (colour(frames[d]) > GREY_TOLERANCE) == (d == "target")]
+
+
+# Containers whose header counts the frames; others (mkv, webm, mpeg) give FFmpeg's estimate from
+# the duration, which a healthy file may not reach.
+COUNTED_CONTAINERS = {".mp4", ".m4v", ".mov", ".avi"}
+
+
+def _declared_frames(cap: cv2.VideoCapture, rel: str) -> int:
+    """The frame count the container's header gives; 0 where it only estimates one."""
+    return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if Path(rel).suffix.lower() in COUNTED_CONTAINERS else 0
