@@ -249,3 +249,20 @@ def test_sources_without_the_eye_colour_code_stop_clean_saying_so(tmp_path: Path
     assert not (tmp_path / "clean").exists()
     counts = clean.run(parse_config({"clean": {"misalignment": False}}), crops, tmp_path / "clean")
     assert counts["kept"] == 6
+
+
+def test_a_table_naming_no_kept_pair_is_an_error_not_a_warning(tmp_path: Path):
+    # ids spelled with the domain folder: every label used to be dropped, with exit 0
+    proc = _labels_case(tmp_path, HEADER + "target/s00_cam0/0.png,1,2,3,4,5,true\n"
+                                           "target/s00_cam0/1.png,1,2,3,4,5,false\n")
+    _one_line_error(proc, "labels.csv", "none of its 2 usable rows names a kept pair", "'s00_cam0/00000'")
+
+
+def test_a_latin1_table_says_to_save_it_as_utf8(tmp_path: Path):
+    root = tmp_path / "in"
+    _pairs(root, frames=1)
+    (root / "labels.csv").write_bytes((HEADER + "s00_cam0/0,1,2,3,4,5,true\n").replace("glasses", "glässes")
+                                      .encode("latin-1"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"collect": {"source": "folder", "path": str(root), "labels": "labels.csv"}}))
+    _one_line_error(_cli(tmp_path, "stage", "collect"), "labels.csv", "save it as UTF-8")

@@ -55,7 +55,8 @@ def read_label_table(
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         if isinstance(exc, DataError):
             raise
-        raise DataError(f"{path}: cannot read the labels table: {str(exc).splitlines()[0]}") from None
+        hint = "; save it as UTF-8" if isinstance(exc, UnicodeDecodeError) else ""
+        raise DataError(f"{path}: cannot read the labels table: {str(exc).splitlines()[0]}{hint}") from None
     check_row_width(table, path, first_row)
     required = [*(["pair_id"] if pair_ids else []), *LABELS, *(["glasses"] if glasses else [])]
     missing = [c for c in required if c not in table.columns]

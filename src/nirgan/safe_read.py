@@ -149,6 +149,11 @@ class PairLabels:
 
     def finish(self, kept: set[str], rejects: Rejects, log: dict[str, Any]) -> None:
         """Rows that labelled no kept pair become rejects rows too; counts go to the stage log."""
+        if len(self.table) and not set(self.table.index) & kept:
+            # Every label would be dropped: the ids are spelled otherwise than the pairs, not absent.
+            raise DataError(f"{self.name}: none of its {len(self.table)} usable rows names a kept pair (its first is "
+                            f"{self.table.index[0]!r}; the pairs are named like {min(kept)!r}, "
+                            "<subject>_<camera>/<frame> under target/ and source/)")
         for pid in sorted(set(self.table.index) - kept, key=lambda p: self.rows[p]):
             self.rejected.append((f"{self.name}:{self.rows[pid]}", pid, "label_without_pair"))
         for path, pid, reason in sorted(self.rejected, key=lambda r: self.rows[r[1]]):
