@@ -43,7 +43,7 @@ TINY = {
 PIPELINES = {"nir": ROOT, "expression": ROOT / "pipelines" / "expression"}
 
 _OTHER_SOURCES = ("collect.path", "collect.labels", "collect.label_map", "collect.video_frame_step",
-                  "collect.max_pixels", "collect.max_side")
+                  "collect.max_pixels", "collect.max_side", "collect.bit_depth")
 _WHOLE_COLLECT = ("collect is declared whole: a params file for own data replaces the section (README), so only "
                   "collect.source is always there for DVC to find, and collect.source picks which keys are read")
 # Declared keys a stage does not read in this test's run, and why it declares them: it reads them
