@@ -110,6 +110,10 @@ def test_stage_on_files_after_a_real_cgan_run(files, split, store, tmp_path):
     from mlflow.tracking import MlflowClient
 
     cfg = config(model="cgan")
+    # FID on: a weights file other than the reference one must give no figure (it used to give one)
+    other_weights = tmp_path / "inception.pth"
+    other_weights.write_bytes(b"not the reference weights" * 100)
+    cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"fid": True, "fid_weights": other_weights})})
     prepared, split_dir = files
     models = tmp_path / "models"
     train_expression(cfg, split, models, tmp_path / "metrics" / "train_expression.json")
@@ -127,7 +131,8 @@ def test_stage_on_files_after_a_real_cgan_run(files, split, store, tmp_path):
             assert metrics.get(f"{key}_reason"), key
     assert metrics["expr_identity_cos_translated"] == "unavailable"
     assert "never sees the input" in metrics["expr_identity_cos_translated_reason"]
-    assert metrics["expr_fid"] == "unavailable" and "disabled" in metrics["expr_fid_reason"]
+    assert metrics["expr_fid"] == "unavailable" and "is not the reference" in metrics["expr_fid_reason"]
+    assert metrics["expr_fid_weights_verified"] is False
     # cgan ignores its input, so its translations to a label are draws of G(z, label) as its samples
     # are: the two MS-SSIM figures measure one distribution (0.763 and 0.756 when this was written)
     assert metrics["expr_diversity_within_label"] == pytest.approx(

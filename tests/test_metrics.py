@@ -4,11 +4,16 @@ always-available distances, MS-SSIM, the pose estimator, and cleaning precision/
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from nirgan.config import Config, EvaluateConfig
 from nirgan.labels import LABELS
@@ -114,6 +119,130 @@ def test_missing_weights_are_unavailable_with_reason(torch_home):
     cfg = Config(evaluate=EvaluateConfig(fid_weights=torch_home / "nope.pth", lpips=False))
     _, _, info = imagenet_networks(cfg, torch.device("cpu"))
     assert "nope.pth" in info["fid_reason"] and "disabled" in info["lpips_reason"]
+
+
+def _write_corrupt(path) -> None:
+    """Bytes that are no torch file at all, as a truncated or mangled download leaves."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+def _write_squeezenet_weights(path, drop: str | None = None, reshape: str | None = None) -> None:
+    """A random-init squeezenet1_1 state dict (LPIPS's smallest backbone: 5 MB, not alexnet's 244),
+    optionally without the key ``drop`` or with ``reshape`` given a wrong shape."""
+    import torchvision
+
+    torch.manual_seed(2)
+    sd = torchvision.models.squeezenet1_1(weights=None).state_dict()
+    if drop:
+        del sd[drop]
+    if reshape:
+        sd[reshape] = torch.zeros(3, *sd[reshape].shape[1:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, path)
+
+
+def _assert_unavailable(info: dict, key: str, reference_name: str) -> None:
+    """``key`` is "unavailable"; its reason names the file, its hash and the hash the reference
+    name promises; the record still says which file was looked at."""
+    from nirgan.io import file_sha256
+
+    path = info[f"{key}_weights"]
+    sha = file_sha256(path)
+    promised = reference_name.rsplit("-", 1)[-1].split(".")[0]
+    assert info[key] == "unavailable", info
+    reason = info[f"{key}_reason"]
+    assert path in reason and sha[:8] in reason and promised in reason and reference_name in reason, reason
+    assert info[f"{key}_weights_verified"] is False and info[f"{key}_weights_sha256"] == sha[:16]
+
+
+def test_corrupt_weights_are_unavailable_with_reason(torch_home, tmp_path):
+    # configured explicitly (evaluate.*_weights)...
+    bad = tmp_path / "downloads" / "weights.pth"
+    _write_corrupt(bad)
+    cfg = Config(evaluate=EvaluateConfig(fid_weights=bad, lpips_weights=bad))
+    inception, lp, info = imagenet_networks(cfg, torch.device("cpu"))
+    assert inception is None and lp is None
+    assert info["fid_weights"] == info["lpips_weights"] == str(bad.resolve())
+    _assert_unavailable(info, "fid", FID_WEIGHTS_NAME)
+    _assert_unavailable(info, "lpips", BACKBONE_FILES["alex"])
+    # ...and under the standard names in the torch hub cache
+    hub = torch_home / "hub" / "checkpoints"
+    _write_corrupt(hub / FID_WEIGHTS_NAME)
+    _write_corrupt(hub / BACKBONE_FILES["alex"])
+    inception, lp, info = imagenet_networks(Config(evaluate=EvaluateConfig()), torch.device("cpu"))
+    assert inception is None and lp is None
+    assert info["fid_weights"].endswith(FID_WEIGHTS_NAME)
+    _assert_unavailable(info, "fid", FID_WEIGHTS_NAME)
+    _assert_unavailable(info, "lpips", BACKBONE_FILES["alex"])
+
+
+def test_weights_other_than_the_reference_give_no_figure(torch_home):
+    """The right architecture with other (here random) weights loads fine, and would give numbers
+    that are not FID or LPIPS: the figures are "unavailable", only the loaders still take them."""
+    hub = torch_home / "hub" / "checkpoints"
+    _write_fid_weights(hub / FID_WEIGHTS_NAME)
+    _write_squeezenet_weights(hub / BACKBONE_FILES["squeeze"])
+    cfg = Config(evaluate=EvaluateConfig(lpips_net="squeeze"))
+    inception, lp, info = imagenet_networks(cfg, torch.device("cpu"))
+    assert inception is None and lp is None
+    _assert_unavailable(info, "fid", FID_WEIGHTS_NAME)
+    _assert_unavailable(info, "lpips", BACKBONE_FILES["squeeze"])
+    weights, _ = resolve_lpips("squeeze")
+    assert lpips_pairwise_mean(load_lpips("squeeze", "0.1", weights, torch.device("cpu")), _faces(2, 0)) > 0
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing_key", "wrong_shape"])
+def test_a_file_that_passes_the_hash_but_cannot_be_loaded_is_unavailable(tmp_path, damage):
+    """The hash check comes first, so only a file whose sha256 begins as its standard name
+    promises reaches a loader; no real file fails there by chance (a 32-bit prefix), so the
+    standard name here is made to promise this file's own hash."""
+    from nirgan.io import file_sha256
+    from nirgan.metrics.weights import WeightsFile, load_reference
+
+    path = tmp_path / "squeeze.pth"
+    if damage == "corrupt":
+        _write_corrupt(path)
+    else:
+        _write_squeezenet_weights(path, **({"drop": "features.3.squeeze.bias"} if damage == "missing_key"
+                                           else {"reshape": "features.0.weight"}))
+    sha = file_sha256(path)
+    weights = WeightsFile(path=path, sha256=sha, standard_name=f"squeezenet1_1-{sha[:8]}.pth")
+    assert weights.verified
+    model, info = load_reference("lpips", weights, lambda w: load_lpips("squeeze", "0.1", w, torch.device("cpu")))
+    assert model is None and info["lpips"] == "unavailable" and info["lpips_weights_verified"] is True
+    reason = info["lpips_reason"]
+    assert str(path) in reason and sha[:8] in reason and "cannot be loaded" in reason, reason
+
+
+def test_check_params_warns_about_configured_weights_evaluate_cannot_use(tmp_path):
+    """FID and LPIPS are optional: check-params says which configured file evaluate will not use,
+    one line each, and still passes (exit 0), without importing torch."""
+    import nirgan
+
+    bad = tmp_path / "corrupt.pth"
+    _write_corrupt(bad)
+    params = {"evaluate": {"fid_weights": str(bad), "lpips_weights": str(tmp_path / "nowhere.pth")}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    code = ("import sys; from nirgan.cli import main; rc = main(['check-params']); "
+            "print(rc, sorted(m for m in ('torch', 'pandas') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(Path(nirgan.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.splitlines()[-1] == "0 []", proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("nirgan:")]
+    assert len(lines) == 2, proc.stderr
+    fid, lpips = sorted(lines)
+    assert "warning" in fid and "evaluate.fid_weights" in fid and str(bad) in fid and "6726825d" in fid, fid
+    assert "unavailable" in fid
+    assert "evaluate.lpips_weights" in lpips and "nowhere.pth" in lpips and "does not exist" in lpips, lpips
+    # a disabled figure needs no file
+    params["evaluate"].update(fid=False, lpips=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.splitlines()[-1] == "0 []" and "nirgan:" not in proc.stderr, proc.stdout + proc.stderr
 
 
 # ------------------------------------------------------------------ always-available measures

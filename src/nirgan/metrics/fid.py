@@ -6,7 +6,9 @@ implementation, with its FID-specific blocks), which is what FID numbers in pape
 thesis's included, are computed with; torchvision's own Inception-V3 weights give different
 numbers. It loads the file through ``torch.hub.load_state_dict_from_url``, i.e. from
 ``$TORCH_HOME/hub/checkpoints`` when it is there. :func:`load_fid_inception` checks for the
-file first (see :mod:`nirgan.metrics.weights`) so nothing is ever downloaded.
+file first (see :mod:`nirgan.metrics.weights`) so nothing is ever downloaded. It loads any file
+it is given; evaluate reports a figure only from the reference file
+(:func:`nirgan.metrics.weights.load_reference`).
 
 Grey NIR images are repeated to 3 channels; pytorch-fid resizes them bilinearly to 299x299.
 The test split holds far fewer images than Inception's 2048 feature dimensions, so the
@@ -20,9 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nirgan.metrics.weights import WeightsFile, as_hub_cache, locate
-
-FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+from nirgan.metrics.weights import FID_WEIGHTS_NAME, WeightsFile, as_hub_cache, locate
 
 
 def load_fid_inception(weights: WeightsFile, device: torch.device) -> torch.nn.Module:

@@ -10,7 +10,9 @@ error once removed), and it would download when the file is missing. So the back
 here instead: lpips constructs its network with a random trunk (``pnet_rand=True``) and its
 packaged linear heads, then the trunk's conv layers receive the AlexNet ``features`` weights
 read from the located file through the same torch.hub loader torchvision uses. The result is
-the same network as ``lpips.LPIPS(net="alex", version="0.1")``.
+the same network as ``lpips.LPIPS(net="alex", version="0.1")``. It loads any file it is given
+(with ``weights_only``: tensors, no pickled code); evaluate reports a figure only from the
+reference file (:func:`nirgan.metrics.weights.load_reference`).
 """
 
 from __future__ import annotations
@@ -20,14 +22,7 @@ from pathlib import Path
 
 import torch
 
-from nirgan.metrics.weights import WeightsFile, locate
-
-# torchvision's weight files for the lpips trunks (torchvision.models.*_Weights.IMAGENET1K_V1).
-BACKBONE_FILES = {
-    "alex": "alexnet-owt-7be5be79.pth",
-    "vgg": "vgg16-397923af.pth",
-    "squeeze": "squeezenet1_1-b8a52dc0.pth",
-}
+from nirgan.metrics.weights import BACKBONE_FILES, WeightsFile, locate
 
 
 def resolve_lpips(net: str, explicit: Path | None = None) -> tuple[WeightsFile | None, str]:
@@ -56,6 +51,7 @@ def load_lpips(net: str, version: str, weights: WeightsFile, device: torch.devic
         model_dir=str(weights.path.parent),
         map_location="cpu",
         file_name=weights.path.name,
+        weights_only=True,
     )
     features = _backbone_features(net, state)
     # lpips' slices hold the torchvision ``features`` layers under their original indices.

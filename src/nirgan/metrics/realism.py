@@ -34,6 +34,7 @@ from nirgan.metrics.data import Split
 from nirgan.metrics.fid import inception_features, load_fid_inception, resolve_fid
 from nirgan.metrics.lpips_diversity import load_lpips, lpips_pairwise_mean, resolve_lpips
 from nirgan.metrics.pose import angle_errors
+from nirgan.metrics.weights import load_reference
 from nirgan.models.pose_estimator import PoseEstimator, predict
 from nirgan.models.pose_estimator import features as estimator_features
 
@@ -47,7 +48,12 @@ def latents(n: int, dim: int, seed: int) -> torch.Tensor:
 
 
 def imagenet_networks(cfg: Config, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
-    """(FID Inception or None, LPIPS or None, keys describing what was used or why not)."""
+    """(FID Inception or None, LPIPS or None, keys describing what was used or why not).
+
+    A network comes only from the reference weights file; any other file (corrupt, or other
+    weights of the right architecture) or one that fails to load leaves it None and its figure
+    "unavailable" with the reason (:func:`nirgan.metrics.weights.load_reference`). Never raises
+    over a weights file."""
     e = cfg.evaluate
     info: dict[str, Any] = {}
     inception = lp = None
@@ -58,8 +64,8 @@ def imagenet_networks(cfg: Config, device: torch.device) -> tuple[Any, Any, dict
         if weights is None:
             info.update(fid="unavailable", fid_reason=why)
         else:
-            inception = load_fid_inception(weights, device)
-            info.update(weights.describe("fid"))
+            inception, found = load_reference("fid", weights, lambda w: load_fid_inception(w, device))
+            info.update(found)
     if not e.lpips:
         info.update(lpips="unavailable", lpips_reason="disabled (evaluate.lpips: false)")
     else:
@@ -67,9 +73,9 @@ def imagenet_networks(cfg: Config, device: torch.device) -> tuple[Any, Any, dict
         if weights is None:
             info.update(lpips="unavailable", lpips_reason=why)
         else:
-            lp = load_lpips(e.lpips_net, e.lpips_version, weights, device)
-            info.update(weights.describe("lpips"))
-            info["lpips_net"] = f"{e.lpips_net} v{e.lpips_version}"
+            lp, found = load_reference("lpips", weights,
+                                       lambda w: load_lpips(e.lpips_net, e.lpips_version, w, device))
+            info.update(found, lpips_net=f"{e.lpips_net} v{e.lpips_version}")
     return inception, lp, info
 
 

@@ -95,6 +95,7 @@ from nirgan.metrics.identity import (
 )
 from nirgan.metrics.judge import realism_judge
 from nirgan.metrics.laps import Laps
+from nirgan.metrics.weights import load_reference
 from nirgan.expression.artifacts import load_expression_translator
 from nirgan.expression.models.translator import ExpressionTranslator, to_model_input
 from nirgan.training.identity import train_identity_net
@@ -285,10 +286,13 @@ def _realism(cfg: Config, split: ExpressionSplit, translator: ExpressionTranslat
         why = f"SWD compares equal counts: {n} test faces, {len(translated)} translations, {len(split.train_images)} train faces"
         out.update(expr_swd_laplacian="unavailable", expr_swd_laplacian_reason=why)
     weights, why = resolve_fid(e.fid_weights) if e.fid else (None, "disabled (evaluate.fid: false)")
+    inception = None
     if weights is None:
         out.update(expr_fid="unavailable", expr_fid_reason=why)
-    else:
-        inception = load_fid_inception(weights, device)
+    else:  # only the reference file gives a figure called FID (metrics/weights.py)
+        inception, record = load_reference("expr_fid", weights, lambda w: load_fid_inception(w, device))
+        out.update(record)
+    if inception is not None:
         real_f = inception_features(inception, real_test, e.batch_size)
         out["expr_fid"] = frechet_distance(real_f, inception_features(inception, translated, e.batch_size))
         out["expr_fid_real_baseline"] = frechet_distance(
