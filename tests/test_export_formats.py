@@ -106,3 +106,41 @@ def test_export_errors_are_one_line(tmp_path: Path, capsys):
     assert main(["--params", str(params), "export", "--model", str(tmp_path), "--format", "onnx,tflite"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--format: tflite is not one of onnx, torchscript, pt2" in err
+
+
+def _generator(root: Path) -> tuple[Path, Path]:
+    """(params.yaml at 64 px, generator.pt of the default architecture, untrained)."""
+    cfg = small_config()
+    sampler = untrained_sampler(cfg.train, 0)
+    save_generator(root / "models" / "generator.pt", sampler.generator, cfg.train, 0, sampler.mapping)
+    return write_params(root / "params.yaml", cfg), root / "models" / "generator.pt"
+
+
+@pytest.mark.parametrize("size", ["100", "-64", "7", "0"])
+def test_export_refuses_an_image_size_the_generators_cannot_take(tmp_path: Path, capsys, size: str):
+    """The params' rule (augment.image_size, generate.image_size): a multiple of 32 from 64. At 100
+    the generator returns 96 px, which an export.json declaring 100 would hide."""
+    params, model = _generator(tmp_path)
+    out = tmp_path / "export"
+    assert main(["--params", str(params), "export", "--model", str(model), "--out", str(out), "--format",
+                 "torchscript", "--image-size", size]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("nirgan: ") and f"--image-size {size}" in err, err
+    assert "multiple of 32" in err and "64" in err, err
+    assert not out.exists()
+
+
+def test_export_checks_the_output_shape_it_declares(tmp_path: Path):
+    """export_generator itself (no CLI check in between) at a size the generator cannot keep."""
+    from nirgan.config import DataError
+    from nirgan.models.export_formats import export_generator
+
+    _, model = _generator(tmp_path)
+    with pytest.raises(DataError, match=r"generator\.pt.*\(2, 1, 96, 96\).*\['n', 1, 100, 100\]"):
+        export_generator(model, tmp_path / "export", ["torchscript"], 100)
+    assert not (tmp_path / "export").exists()
+    card = export_generator(model, tmp_path / "export", ["torchscript"], 96)
+    assert card["output"]["image"]["shape"] == ["n", 1, 96, 96]
+    run = load_exported("torchscript", tmp_path / "export" / FILES["torchscript"])
+    with torch.no_grad():
+        assert run(*example_inputs(load_sampler(model), 96, 3)).shape == (3, 1, 96, 96)

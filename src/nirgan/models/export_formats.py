@@ -11,7 +11,12 @@ style mapping L when the run has one, the label scaling), in eval mode, on the C
                      when the generator is label-conditioned (``label_dim`` > 0)
     output   image   (n, 1, S, S) float32 in [-1, 1]: the NIR face, (y + 1) * 127.5 in 0..255
 
-The batch n is dynamic; S is fixed at export (``augment.image_size`` of the run). Files:
+The batch n is dynamic; S is fixed at export (``augment.image_size`` of the run, or ``nirgan
+export --image-size``: a multiple of 32 from 64, as the generators halve it five times). The
+output shape export.json declares is checked against what the model returns: the eager sampler
+before any export, and each exported file at the parity batches. At another S (100, say) the
+generator returns another size (96), and the export stops with a
+:class:`~nirgan.config.DataError` instead of declaring a shape no file produces. Files:
 
     generator.onnx            ONNX (torch.onnx's dynamo exporter; onnxruntime runs it)
     generator.torchscript.pt  TorchScript (``torch.jit.load``, also from C++ libtorch)
@@ -40,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nirgan.config import OutputError
+from nirgan.config import DataError, OutputError
 from nirgan.io import atomic_dir, file_sha256, write_json
 from nirgan.labels import LABELS
 from nirgan.models.artifacts import Sampler, load_sampler
@@ -111,15 +116,28 @@ def load_exported(fmt: str, path: Path):
     raise ValueError(f"unknown export format {fmt!r}")
 
 
-def parity(sampler: Sampler, fmt: str, path: Path, image_size: int) -> dict[str, float]:
-    """max |exported - eager| per batch size of :data:`PARITY_BATCHES`, on fresh random inputs."""
+def check_output(declared: Sequence[Any], got: torch.Tensor, batch: int, what: str) -> None:
+    """``got`` (the output of ``what`` at ``batch``) has the shape export.json declares, or a
+    :class:`DataError`: a parity measured on the wrong shape would pass and say nothing."""
+    want = tuple(batch if d == "n" else d for d in declared)
+    if tuple(got.shape) != want:
+        raise DataError(f"{what} returns {tuple(got.shape)} at batch {batch}, not the declared "
+                        f"{list(declared)} (output.image.shape of export.json); nothing was exported")
+
+
+def parity(sampler: Sampler, fmt: str, path: Path, image_size: int,
+           declared: Sequence[Any] | None = None) -> dict[str, float]:
+    """max |exported - eager| per batch size of :data:`PARITY_BATCHES`, on fresh random inputs;
+    with ``declared``, each exported output's shape is checked against it first."""
     run = load_exported(fmt, path)
     out = {}
     for i, batch in enumerate(PARITY_BATCHES):
         args = example_inputs(sampler, image_size, batch, seed=100 + i)
         with torch.no_grad():
-            diff = (run(*args).float() - sampler(*args)).abs().max()
-        out[f"batch_{batch}"] = float(diff)
+            got, want = run(*args).float(), sampler(*args)
+        if declared is not None:
+            check_output(declared, got, batch, f"the exported {path.name}")
+        out[f"batch_{batch}"] = float((got - want).abs().max())
     return out
 
 
@@ -175,6 +193,9 @@ def export_generator(model_path: Path, out_dir: Path, formats: Sequence[str], im
         "files": {}, "parity_max_abs_diff": {},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
+    with torch.no_grad():  # before the minutes of exporting
+        check_output(card["output"]["image"]["shape"], module(*args), len(args[0]),
+                     f"{model_path} at {image_size} px sources")
     try:
         _write(sampler, module, names, args, card, out_dir, formats, image_size)
     except OSError as exc:
@@ -195,7 +216,8 @@ def _write(sampler: Sampler, module: nn.Module, names: list[str], args: tuple[to
                 _pt2(module, args, path)
             card["files"][fmt] = FILES[fmt]
             try:
-                card["parity_max_abs_diff"][fmt] = parity(sampler, fmt, path, image_size)
+                card["parity_max_abs_diff"][fmt] = parity(sampler, fmt, path, image_size,
+                                                          card["output"]["image"]["shape"])
             except ImportError as exc:
                 card["parity_max_abs_diff"][fmt] = f"unavailable: {exc}"
         write_json(tmp / "export.json", card)
