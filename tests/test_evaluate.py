@@ -184,6 +184,11 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
     run = MlflowClient().get_run(run_id)
     assert run.data.metrics["eval.realism_fid_nirfeat"] == pytest.approx(m["realism_fid_nirfeat"])
     assert run.data.tags["eval.fid"] == "unavailable"
+    # which generator the figures are of, for generate's dataset cards (eval.json and the run's tag)
+    from nirgan.io import file_sha256
+
+    assert m["generator_sha256"] == file_sha256(dirs["models"] / "generator.pt")
+    assert run.data.tags["eval.generator_sha256"] == m["generator_sha256"]
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluate")}
     assert {"evaluate/samples.png", "evaluate/eval.json"} <= artifacts
 

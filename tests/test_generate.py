@@ -327,22 +327,29 @@ def test_bf16_precision_writes_the_same_layout_and_the_card_says_what_ran(model_
     fp32 = plan_dataset(gen_config(count=8, precision="fp32"), tmp_path / "fp32", {"generator": model_dir / "generator.pt"})
     assert fp32.precision == "fp32"
     if ran == "bf16":  # the same spec in fp32 is another dataset: its shards are not reused
-        generate.run(gen_config(count=8, precision="fp32"), out, str(model_dir), metrics_path=None)
+        with pytest.raises(OutputError, match="generate.precision bf16 -> fp32"):
+            generate.run(gen_config(count=8, precision="fp32"), out, str(model_dir), metrics_path=None)
+        generate.run(gen_config(count=8, precision="fp32"), out, str(model_dir), metrics_path=None, overwrite=True)
         assert json.loads((out / "dataset.json").read_text())["precision"] == "fp32"
         again = pd.read_parquet(out / "labels.parquet")
         assert not np.array_equal(again[[f"estimated_{c}" for c in LABELS]].to_numpy(),
                                   labels[[f"estimated_{c}" for c in LABELS]].to_numpy())
 
 
-def test_another_spec_in_the_same_folder_replaces_the_dataset_never_mixes(model_dir, tmp_path):
+def test_another_spec_in_the_same_folder_is_refused_or_replaced_never_mixed(model_dir, tmp_path):
     out = tmp_path / "ds"
     generate.run(gen_config(count=12, shard_size=5, seed=1), out, str(model_dir), metrics_path=None)
-    generate.run(gen_config(count=7, shard_size=5, seed=2), out, str(model_dir), metrics_path=None)
+    with pytest.raises(OutputError, match=r"holds another dataset \(generate.seed 1 -> 2\)"):
+        generate.run(gen_config(count=7, shard_size=5, seed=2), out, str(model_dir), metrics_path=None)
+    assert len(pd.read_parquet(out / "labels.parquet")) == 12
+    generate.run(gen_config(count=7, shard_size=5, seed=2), out, str(model_dir), metrics_path=None, overwrite=True)
     labels = pd.read_parquet(out / "labels.parquet")
     assert len(labels) == 7 and len(list((out / "images").rglob("*.png"))) == 7
     assert len(list((out / "shards").glob("*.parquet"))) == 2
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("not a dataset")
-    with pytest.raises(OutputError, match="not a nirgan dataset"):
-        generate.run(gen_config(count=4), tmp_path / "mine", str(model_dir), metrics_path=None)
-    assert (tmp_path / "mine" / "notes.txt").exists()
+    for overwrite in (False, True):  # never someone else's folder
+        with pytest.raises(OutputError, match="not a nirgan dataset"):
+            generate.run(gen_config(count=4), tmp_path / "mine", str(model_dir), metrics_path=None,
+                         overwrite=overwrite)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]

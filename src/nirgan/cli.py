@@ -4,13 +4,17 @@ dvc.yaml calls these commands; the paths here are the ones declared there as dep
 outs. ``nirgan check-params`` validates params.yaml without running anything: types, ranges
 and finiteness, that the data paths it names exist and the labels table has the columns collect
 needs, that every device it asks for is on this machine, and that every params key the
-dvc.yaml beside it declares is in the file (DVC would otherwise stop at that stage, late).
+dvc.yaml beside it declares is in the file (DVC would otherwise stop at that stage, late). A
+configured evaluate.fid_weights / lpips_weights file that is missing or not the reference file is
+a warning line on stderr, not an error (exit 0): those figures are optional.
 ``nirgan export`` writes the trained generator for use outside Python
-(:mod:`nirgan.models.export_formats`; it never replaces a file or folder that is not an export).
+(:mod:`nirgan.models.export_formats`; it never replaces a file or folder that is not an export);
+``--image-size`` follows augment.image_size's rule.
 ``nirgan promote`` outside a project needs ``MLFLOW_TRACKING_URI``: it never creates a new
-``mlflow.db`` where it happens to run. ``nirgan generate [--count N] [--model REF] [--out DIR]
-[--spec YAML]`` writes a labelled dataset (params ``generate``, overridden by the spec file's
-keys and then by the flags).
+``mlflow.db`` where it happens to run (nor does generate). ``nirgan generate [--count N]
+[--model REF] [--out DIR] [--spec YAML] [--overwrite]`` writes a labelled dataset (params
+``generate``, overridden by the spec file's keys and then by the flags; an error about a
+``generate`` key names the file or flags it came from).
 
 A params error (:class:`ConfigError`), a data error (:class:`DataError`) or a missing input
 file ends the command with one line on stderr, naming the file, row and key, and exit code 2;
@@ -20,6 +24,7 @@ no traceback, which is kept for real bugs.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -130,8 +135,10 @@ STAGES: dict[str, Callable[[Config], dict[str, Any]]] = {
         metrics_path=METRICS / "eval.json",
         plots_dir=PLOTS,
     ),
+    # data/generated is DVC's output: dvc repro deletes it before this stage, and DVC's cache keeps
+    # every version, so a run by hand after a params change replaces it as dvc repro would
     "generate": lambda cfg: _stage("generate")(
-        cfg, out_dir=GENERATED, model_ref=cfg.generate.model, metrics_path=METRICS / "eval.json"
+        cfg, out_dir=GENERATED, model_ref=cfg.generate.model, metrics_path=METRICS / "eval.json", overwrite=True
     ),
 }
 
@@ -192,16 +199,42 @@ def _check_declared_params(params: Path) -> None:
                                       f"(write the section, even as '{key.split('.')[-1]}: {{}}' for its defaults)")
 
 
+def _weights_warnings(cfg: Config, origin: str) -> list[str]:
+    """One line per configured evaluate.*_weights file that evaluate will not use. A warning, not
+    an error: FID and LPIPS are optional figures that evaluate reports as "unavailable" with this
+    same reason, and ``make repro`` runs check-params first, so an error would stop the whole
+    pipeline (training included) over one optional figure."""
+    from nirgan.metrics.weights import configured_problems
+
+    return [f"{origin}: {key}: {why}; evaluate will report {key.split('.')[1].removesuffix('_weights')} as "
+            '"unavailable" with this reason (the figure is optional: nothing else is held up)'
+            for key, why in configured_problems(cfg.evaluate)]
+
+
+def _export_image_size(cfg: Config, value: int | None) -> int:
+    """--image-size by the rule of augment.image_size (the generators halve it five times), or
+    augment.image_size itself when it is not given."""
+    if value is None:
+        return cfg.augment.image_size
+    try:
+        parse_config({"augment": {"image_size": value}})
+    except ConfigError as exc:
+        rule = str(exc).rsplit("augment.image_size: ", 1)[-1]
+        raise ConfigError(f"--image-size {value}: {rule} (the generators halve the size five times: a multiple "
+                          "of 32 from 64, as augment.image_size and generate.image_size)") from None
+    return value
+
+
 def _export(cfg: Config, args: argparse.Namespace) -> int:
     from nirgan.models import export_formats
 
+    size = _export_image_size(cfg, args.image_size)  # before the model is read: a typo costs nothing
     try:
         formats = export_formats.parse_formats(args.format)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     model = Path(args.model)
     model = model / "generator.pt" if model.is_dir() else model
-    size = args.image_size or cfg.augment.image_size
     card = export_formats.export_generator(model, Path(args.out), formats, size)
     for fmt, name in card["files"].items():
         print(f"{Path(args.out) / name}: max |{fmt} - eager| {card['parity_max_abs_diff'][fmt]}")
@@ -209,10 +242,13 @@ def _export(cfg: Config, args: argparse.Namespace) -> int:
 _GENERATE_FLAGS = {"count": "--count", "model": "--model", "out_dir": "--out"}
 
 
-def _generate_config(cfg: Config, args: argparse.Namespace) -> Config:
-    """params.yaml's ``generate``, then the spec file's keys, then the flags; validated as one section."""
+def _generate_config(cfg: Config, args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
+    """params.yaml's ``generate``, then the spec file's keys, then the flags; validated as one
+    section. Also returns where each key came from (the params file, the spec file or the flags),
+    so that a later error about a key can name it."""
     section = cfg.generate.model_dump(mode="json")
     origin = args.params
+    origins = dict.fromkeys(section, args.params)
     if args.spec:
         origin = args.spec
         try:
@@ -223,13 +259,28 @@ def _generate_config(cfg: Config, args: argparse.Namespace) -> Config:
             raise ConfigError(f"{args.spec}: not valid YAML: {exc}") from None
         if not isinstance(spec, dict):
             raise ConfigError(f"{args.spec}: a spec is a mapping of generate keys")
-        section.update(spec["generate"] if set(spec) == {"generate"} else spec)  # with or without the header
+        if set(spec) == {"generate"}:  # with or without the header
+            spec = spec["generate"]
+            if not isinstance(spec, dict):
+                held = "nothing" if spec is None else f"{spec!r:.40}"
+                raise ConfigError(f"{args.spec}: generate: holds {held}, not a mapping of generate keys "
+                                  "(count: 2000, seed: 0, ...)")
+        section.update(spec)
+        origins.update(dict.fromkeys(map(str, spec), args.spec))
     parse_config({"generate": section}, origin=origin)  # so a bad file is blamed on the file
     flags = {key: getattr(args, key) for key in _GENERATE_FLAGS if getattr(args, key) is not None}
     if flags:
         section.update(flags)
         origin = "the command line (" + " ".join(f"{_GENERATE_FLAGS[k]} {v}" for k, v in flags.items()) + ")"
-    return cfg.model_copy(update={"generate": parse_config({"generate": section}, origin=origin).generate})
+        origins.update(dict.fromkeys(flags, origin))
+    return cfg.model_copy(update={"generate": parse_config({"generate": section}, origin=origin).generate}), origins
+
+
+def _blamed(exc: ConfigError, origins: dict[str, str]) -> ConfigError:
+    """``exc`` naming the file (or flags) its ``generate.<key>`` came from: the checks after
+    parsing (the rig's ranges, the labels table, the model) know the key, not the file."""
+    match = re.match(r"generate\.(\w+)", str(exc))
+    return ConfigError(f"{origins[match[1]]}: {exc}") if match and match[1] in origins else exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,13 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--out", default=str(MODELS / "export"), help="output folder (default: %(default)s)")
     export.add_argument("--format", default="onnx,torchscript", help="comma-separated: onnx, torchscript, pt2 "
                         "(default: %(default)s)")
-    export.add_argument("--image-size", type=int, default=None, help="S of the inputs (default: augment.image_size)")
+    export.add_argument("--image-size", type=int, default=None,
+                        help="S of the inputs and output: a multiple of 32 from 64, as augment.image_size "
+                        "(default: augment.image_size; 0 or any other value is refused)")
     _add_promote(sub)
     gen = sub.add_parser("generate", help="write a labelled NIR dataset (params generate, README)")
     gen.add_argument("--count", type=int, help="images (default: generate.count)")
     gen.add_argument("--model", help="model folder or models:/nirgan-generator@<alias> (default: generate.model)")
     gen.add_argument("--out", dest="out_dir", help="dataset folder (default: generate.out_dir)")
     gen.add_argument("--spec", help="YAML with generate keys (ranges, labels_table, seed, ...)")
+    gen.add_argument("--overwrite", action="store_true", help="delete a dataset of another spec or model in --out "
+                     "(default: refuse, naming the settings that differ)")
     args = parser.parse_args(argv)
 
     try:
@@ -271,14 +326,21 @@ def main(argv: list[str] | None = None) -> int:
 
                 check_devices(cfg, origin=args.params)
             _check_declared_params(Path(args.params))
-            print(f"{args.params}: ok")
+            warnings = _weights_warnings(cfg, args.params)
+            for line in warnings:
+                print(f"nirgan: warning: {line}", file=sys.stderr)
+            print(f"{args.params}: ok" + (f" ({len(warnings)} warning{'s' * (len(warnings) > 1)} on stderr)"
+                                          if warnings else ""))
             return 0
         if args.command == "export":
             return _export(cfg, args)
         if args.command == "generate":
-            cfg = _generate_config(cfg, args)
-            _stage("generate")(cfg, out_dir=Path(cfg.generate.out_dir), model_ref=cfg.generate.model,
-                               metrics_path=METRICS / "eval.json")
+            cfg, origins = _generate_config(cfg, args)
+            try:
+                _stage("generate")(cfg, out_dir=Path(cfg.generate.out_dir), model_ref=cfg.generate.model,
+                                   metrics_path=METRICS / "eval.json", overwrite=args.overwrite)
+            except ConfigError as exc:
+                raise _blamed(exc, origins) from None
             return 0
         from nirgan.io import sweep_stale
 
@@ -304,17 +366,10 @@ def _add_promote(sub: Any) -> None:
 
 def _promote(args: argparse.Namespace) -> int:
     """``nirgan promote``: one line ``nirgan-generator@champion: 2 -> 3`` (``none`` when unset)."""
-    import os
-
     from nirgan import tracking
 
-    root = tracking.repo_root()
-    if not os.environ.get("MLFLOW_TRACKING_URI") and not any(
-            (root / name).exists() for name in ("params.yaml", "dvc.yaml", "mlflow.db")):
-        # the default store is the project's mlflow.db: here it would be a new, empty one
-        raise ConfigError(f"{root}: not inside a nirgan project (no params.yaml or dvc.yaml here or above) and "
-                          "MLFLOW_TRACKING_URI is not set; run promote in the project, or point "
-                          "MLFLOW_TRACKING_URI at its tracking server")
+    if reason := tracking.missing_store():  # the default store would be a new, empty mlflow.db here
+        raise ConfigError(f"{reason}; run promote in the project, or point MLFLOW_TRACKING_URI at its tracking server")
     old = tracking.alias_version(args.alias)
     new = tracking.promote(args.from_alias, args.alias, args.version)
     print(f"{tracking.REGISTERED_MODEL}@{args.alias}: {old or 'none'} -> {new}"

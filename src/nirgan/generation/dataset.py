@@ -7,8 +7,10 @@ Layout of ``out_dir``::
     labels.parquet                       all rows (``finalize``), columns below
     dataset.json                         the card: model, git commit, spec, counts, eval metrics
     contact_sheet.png, label_distributions.png
-    .plan.json                           the spec and model the shards were made with
+    .plan.json                           the spec and model the shards were made with (its identity:
+                                         nirgan.generation.output)
     .framing.json                        the rig framing's calibration (made once, read by every shard)
+    .lock                                held (flock) by the run writing the folder, empty
 
 Columns: ``file`` (relative to out_dir), ``index``, ``shard``, the requested ``LABELS`` (degrees)
 and ``glasses`` (null where a folder rig's labels are unknown: the card's ``labels`` says how many),
@@ -35,8 +37,6 @@ bounded by one shard: ``finalize`` streams the shard tables into labels.parquet.
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import logging
 import multiprocessing
 import os
@@ -54,6 +54,7 @@ import torch
 from nirgan.config import Config, ConfigError, DetectConfig, GenerateConfig, OutputError, TwinConfig
 from nirgan.cores import die_with_parent
 from nirgan.devices import effective_precision
+from nirgan.generation.output import FRAMING_CACHE, MARKER, claimed, writing
 from nirgan.generation.rig import RIG_LIMITS, SourceRig, built_in_rig, calibrate, check_spec, folder_rig
 from nirgan.generation.report import contact_sheet, dataset_card, label_distributions
 from nirgan.generation.spec import LabelRows, read_label_table, validate_rows
@@ -88,12 +89,23 @@ class DatasetPlan:
 
 
 # --------------------------------------------------------------------------------- plan
-def plan_dataset(cfg: Config, out_dir: Path, model: dict, device: str = "cpu") -> DatasetPlan:
-    """Validate everything a shard will need (spec, rig, labels table, model files, out_dir) before
-    any work, and record the plan in ``out_dir/.plan.json``. An out_dir holding shards of another
-    plan is cleared first (only the dataset layout's own entries); a non-empty folder that is not
-    a nirgan dataset is refused. ``device``: the kind of device the shards run on, which decides
-    what ``generate.precision`` runs as (bf16 only where it is native), a part of the bytes."""
+def plan_dataset(cfg: Config, out_dir: Path, model: dict, device: str = "cpu",
+                 overwrite: bool = False) -> DatasetPlan:
+    """:func:`open_dataset`, releasing the folder's lock at once (a caller that writes shards
+    afterwards, such as the generate-nir flow's tasks, is then the folder's only writer itself)."""
+    with open_dataset(cfg, out_dir, model, device, overwrite) as plan:
+        return plan
+
+
+@contextlib.contextmanager
+def open_dataset(cfg: Config, out_dir: Path, model: dict, device: str = "cpu",
+                 overwrite: bool = False) -> Iterator[DatasetPlan]:
+    """Validate everything a shard will need (spec, rig, labels table, model files) before any
+    work, then claim ``out_dir`` (:func:`nirgan.generation.output.claimed`: its lock is held until
+    the block ends; a folder of the same dataset keeps its complete shards, one of another
+    dataset is refused unless ``overwrite``, a non-empty folder that is no dataset always).
+    ``device``: the kind of device the shards run on, which decides what ``generate.precision``
+    runs as (bf16 only where it is native), a part of the bytes."""
     spec, out_dir = cfg.generate, Path(out_dir)
     check_spec(spec)
     plan = DatasetPlan(out_dir=out_dir, count=spec.count, shard_size=spec.shard_size,
@@ -108,21 +120,24 @@ def plan_dataset(cfg: Config, out_dir: Path, model: dict, device: str = "cpu") -
                           f"the baselines stage) beside the generator; {model['generator']} has none")
     if spec.rig == "folder":
         _refuse_unknown_labels(spec, _folder(plan)[1], model)
-    # what the bytes depend on: not where the dataset or the model file lies
+    # what the bytes depend on: not where the dataset or the model file lies (output.NOT_IDENTITY
+    # says which of these keys do not decide the dataset's identity)
     fingerprint = {"spec": spec.model_dump(mode="json", exclude={"out_dir", "model"}), "precision": plan.precision,
                    # the built-in rig's framing follows detect's crop and the twin's cameras
                    "rig": ({"detect": cfg.detect.model_dump(mode="json", include=RIG_DETECT_KEYS),
                             "twin": cfg.collect.twin.model_dump(mode="json")}
                            if spec.rig == "twin" or spec.rig_framing != "none" else None),
                    "generator_sha256": file_sha256(model["generator"]),
-                   "estimator_sha256": file_sha256(model["label_estimator"]) if model.get("label_estimator") else None}
-    with _writing(out_dir):
-        _claim(out_dir, fingerprint)
-    if spec.rig == "twin":
-        _rig(plan)  # calibrate once here, into FRAMING_CACHE, so shard workers read it, not redo it
-    elif spec.rig_framing != "none":  # the folder rig's framing, the same way (in-process it is cached already)
-        calibrate(plan.detect, plan.twin, cache=out_dir / FRAMING_CACHE)
-    return plan
+                   "estimator_sha256": file_sha256(model["label_estimator"]) if model.get("label_estimator") else None,
+                   # a table edited in place asks for other rows under the same path
+                   **{f"{key}_sha256": file_sha256(getattr(spec, key)) for key in ("labels_table", "rig_labels")
+                      if getattr(spec, key) is not None and Path(getattr(spec, key)).is_file()}}
+    with claimed(out_dir, fingerprint, [len(plan.shard_range(k)) for k in range(plan.n_shards)], overwrite):
+        if spec.rig == "twin":
+            _rig(plan)  # calibrate once here, into FRAMING_CACHE, so shard workers read it, not redo it
+        elif spec.rig_framing != "none":  # the folder rig's framing, the same way (in-process it is cached already)
+            calibrate(plan.detect, plan.twin, cache=out_dir / FRAMING_CACHE)
+        yield plan
 
 
 def _refuse_unknown_labels(spec: GenerateConfig, rows: pd.DataFrame, model: dict) -> None:
@@ -142,52 +157,8 @@ def _refuse_unknown_labels(spec: GenerateConfig, rows: pd.DataFrame, model: dict
                           f"{label_dim} pose/gaze labels; give them in generate.rig_labels")
 
 
-FRAMING_CACHE = ".framing.json"
 # the detect keys the built-in rig reads (generation/rig.py): the dataset fingerprint holds these
 RIG_DETECT_KEYS = {"margin", "crop_size", "min_face_size", "min_probability"}
-
-
-def _claim(out_dir: Path, fingerprint: dict) -> None:
-    marker = out_dir / ".plan.json"
-    if marker.exists():
-        if json.loads(marker.read_text()) == json.loads(json.dumps(fingerprint)):
-            return
-        log.warning("generate: %s holds a dataset of another spec or model; clearing it", out_dir)
-        for name in ("shards", "images"):
-            _remove_tree(out_dir / name)
-        for name in ("labels.parquet", "dataset.json", "contact_sheet.png", "label_distributions.png", FRAMING_CACHE):
-            (out_dir / name).unlink(missing_ok=True)
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        raise OutputError(f"{out_dir}: exists and is not a nirgan dataset (no .plan.json); choose an empty or "
-                          "new --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(marker, fingerprint)
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-class _writing:
-    """Turns the OS's write failures into one line naming the path (disk full, no permission)."""
-
-    def __init__(self, path: Path, what: str = "writing the dataset") -> None:
-        self.path, self.what = path, what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
-                                                      errno.EROFS, errno.ENOTDIR):
-            why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                   errno.EROFS: "read-only file system",
-                   errno.ENOTDIR: "a path in it is a file, not a folder"}.get(exc.errno, "permission denied")
-            raise OutputError(f"{self.path}: {why} while {self.what} ({exc.filename or self.path}); completed "
-                              "shards are kept, free space or fix the folder and rerun") from None
-        return False
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -219,8 +190,8 @@ def _folder(plan: DatasetPlan) -> tuple[SourceRig, pd.DataFrame]:
     def make() -> tuple[SourceRig, pd.DataFrame]:
         framing = None
         if spec.rig_framing != "none":  # the box comes from the built-in rig's calibration (generation.framing)
-            claimed = (plan.out_dir / ".plan.json").is_file()  # never write into a folder before _claim
-            framing = calibrate(plan.detect, plan.twin, cache=plan.out_dir / FRAMING_CACHE if claimed else None
+            ours = (plan.out_dir / MARKER).is_file()  # never write into a folder before it is claimed
+            framing = calibrate(plan.detect, plan.twin, cache=plan.out_dir / FRAMING_CACHE if ours else None
                                 ).for_renders(spec.rig_framing, plan.detect)
         labels = Path(spec.rig_labels) if spec.rig_labels is not None else None
         rig, frame = folder_rig(Path(spec.rig_path), labels, spec.image_size, framing)
@@ -282,7 +253,7 @@ def write_shard(plan: DatasetPlan, index: int, device: str = "cpu") -> dict:
     sampler, estimator = _networks(plan.model, device)
     rig, rows = _rig(plan), _label_rows(plan)
     slots = plan.shard_range(index)
-    with _writing(plan.out_dir, f"writing shard {index}"), _one_cpu_thread(device):
+    with writing(plan.out_dir, f"writing shard {index}"), _one_cpu_thread(device):
         with atomic_dir(plan.out_dir / "images" / f"{index:05d}") as tmp:
             records = _fill(plan, index, slots, rows, rig, sampler, estimator, device, tmp, timer)
         table = pd.DataFrame(records).sort_values("index", kind="stable").reset_index(drop=True)
@@ -424,6 +395,27 @@ def _batch(plan: DatasetPlan, shard: int, batch: pd.DataFrame, rig: SourceRig, s
 
 
 # ----------------------------------------------------------------------------- finalize
+def _table_use(plan: DatasetPlan, used: int) -> dict | None:
+    """How many rows of the labels table (or the folder rig's renders) the dataset used, logged
+    and returned for the card; None when the rows are drawn from the ranges. A row the count
+    never reached is said, never dropped in silence."""
+    table = _label_rows(plan).table
+    if table is None:
+        return None
+    spec = plan.spec
+    what = (f"the folder rig {spec.rig_path}'s renders" if spec.rig == "folder" else
+            f"the labels table {spec.labels_table}")
+    use = {"table": str(spec.rig_labels or spec.rig_path) if spec.rig == "folder" else str(spec.labels_table),
+           "rows": len(table), "used": used, "unused": len(table) - used}
+    if use["unused"]:
+        log.warning("generate: %d of the %d rows of %s were used, %d were not (count %d, latents_per_source %d: "
+                    "--count %d uses every row)", used, len(table), what, use["unused"], plan.count,
+                    spec.latents_per_source, len(table) * spec.latents_per_source)
+    else:
+        log.info("generate: all %d rows of %s were used, 0 were not", len(table), what)
+    return use
+
+
 _BINS = {name: np.linspace(-60.0, 60.0, 49) for name in LABELS}
 
 
@@ -441,7 +433,8 @@ def finalize(plan: DatasetPlan) -> dict:
     hist = {kind: {c: np.zeros(len(_BINS[c]) - 1, np.int64) for c in LABELS} for kind in ("requested", "estimated")}
     abs_error, known = dict.fromkeys(LABELS, 0.0), dict.fromkeys(LABELS, 0)
     glasses, unknown = 0, 0  # unknown: images whose requested labels are unknown (a folder rig without them)
-    with _writing(plan.out_dir, "writing labels.parquet"), atomic_file(plan.out_dir / "labels.parquet") as tmp:
+    used = np.zeros(0, np.int64)  # the table rows (labels table or folder rig) the images were made from
+    with writing(plan.out_dir, "writing labels.parquet"), atomic_file(plan.out_dir / "labels.parquet") as tmp:
         writer = None
         try:
             for k in range(plan.n_shards):
@@ -453,6 +446,7 @@ def finalize(plan: DatasetPlan) -> dict:
                 counts["images"] += len(shard)
                 counts["dropped"] += int(shard["rejected"].sum())
                 counts["overflow"] += int((shard["overflow"] >= 0).sum())
+                used = np.union1d(used, shard["table_row"][shard["table_row"] >= 0].to_numpy(np.int64))
                 glasses += int((shard["glasses"] == True).sum())  # noqa: E712 - null is unknown, not False
                 unknown += int(shard[[*LABELS, "glasses"]].isna().any(axis=1).sum())
                 for c in LABELS:
@@ -469,9 +463,9 @@ def finalize(plan: DatasetPlan) -> dict:
     checked = plan.model.get("label_estimator") is not None
     mean_error = {c: abs_error[c] / known[c] if known[c] else None for c in LABELS} if checked else None
     card = dataset_card(plan.spec, plan.model, plan.n_shards, counts, glasses, mean_error, unknown,
-                        precision=plan.precision)
+                        precision=plan.precision, table_rows=_table_use(plan, len(used)))
     first = pd.read_parquet(plan.shard_table(0), columns=["file"])["file"]
-    with _writing(plan.out_dir, "writing the card and figures"):
+    with writing(plan.out_dir, "writing the card and figures"):
         contact_sheet([plan.out_dir / f for f in first.head(64)], plan.spec.image_size,
                       plan.out_dir / "contact_sheet.png")
         label_distributions(hist, _BINS, plan.spec.glasses_fraction, glasses / counts["images"],

@@ -13,11 +13,14 @@ from nirgan.labels import LABELS
 
 
 def dataset_card(spec: GenerateConfig, model: dict, shards: int, counts: dict, glasses: int,
-                 mean_error: dict[str, float | None] | None, unknown: int = 0, *, precision: str) -> dict:
+                 mean_error: dict[str, float | None] | None, unknown: int = 0, *, precision: str,
+                 table_rows: dict | None = None) -> dict:
     """dataset.json: the model (name, version, run id), git commit, spec, the precision that ran
-    (``spec.precision`` where native, else fp32), counts and the model's eval metrics;
+    (``spec.precision`` where native, else fp32), counts and the model's eval metrics (only those
+    measured on this very generator: :func:`nirgan.stages.generate.resolve_model` checks);
     ``mean_error`` None when the model has no label estimator (a label None when no image had it
-    known); ``unknown``: images whose labels are unknown (a folder rig without them)."""
+    known); ``unknown``: images whose labels are unknown (a folder rig without them);
+    ``table_rows``: {table, rows, used, unused} of a labels table or folder rig, else absent."""
     from nirgan.tracking import git_commit
 
     n = counts["images"]
@@ -41,6 +44,7 @@ def dataset_card(spec: GenerateConfig, model: dict, shards: int, counts: dict, g
                         if mean_error is not None else
                         {"estimator": "unavailable",
                          "reason": model.get("label_estimator_reason") or "the model has no label_estimator.pt"}),
+        **({"table_rows": table_rows} if table_rows is not None else {}),
         "eval_metrics": metrics if metrics else "unavailable",
         **({} if metrics else {"eval_metrics_reason": model.get("metrics_reason", "the model carries no eval metrics")}),
         "layout": {"images": "images/<shard:05d>/<index:08d>.png (8-bit grey)", "labels": "labels.parquet",

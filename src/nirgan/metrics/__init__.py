@@ -25,9 +25,13 @@ Realism, ImageNet (thesis 3.3.1.1; pytorch-fid, see :mod:`nirgan.metrics.fid`)
   fid, fid_std                 A's real targets vs G(B's sources, z), one z per source
   fid_untrained[_std]          same, for an untrained generator (same architecture and init seed)
   fid_real_baseline[_std]      A's real targets vs B's real targets
-  fid_weights, fid_weights_sha256, fid_weights_verified   the file used, its hash, and whether
-                               the hash matches the one its standard name promises
-  fid_reason                   only when fid is "unavailable"
+  fid_weights, fid_weights_sha256, fid_weights_verified   the file looked at (whenever one was
+                               found), the first 16 hex digits of its sha256, and whether that
+                               begins with the 8 its standard name promises (6726825d): fid is a
+                               number only from such a file (:mod:`nirgan.metrics.weights`)
+  fid_reason                   only when fid is "unavailable": disabled, no file, a file that is
+                               not the reference (corrupt, other or random weights: named, with its
+                               hash and the promised one), or one that cannot be loaded
 Diversity, ImageNet (thesis 3.3.1.2, eq. 3.8; lpips package, see :mod:`nirgan.metrics.lpips_diversity`)
   lpips, lpips_std             N test sources x M latents, mean pairwise LPIPS, averaged; higher =
                                more diverse; lpips_net, lpips_weights*, lpips_reason as for FID
@@ -90,7 +94,9 @@ Identity reconstruction, unseen test subjects (:mod:`nirgan.metrics.identity`)
                                identity reconstruction taught it
 Cleaning quality on the twin (:mod:`nirgan.metrics.cleaning`): clean_precision, clean_recall,
   clean_iqr_*, clean_misalignment_*, clean_rules_*, clean_recall_<type>, counts.
-Bookkeeping: eval_test_pairs, eval_train_pairs, eval_seeds; baselines_from: where the instrument
+Bookkeeping: eval_test_pairs, eval_train_pairs, eval_seeds; generator_sha256: the sha256 of the
+  generator.pt these figures measured (generate puts them on a dataset's card only when its own
+  generator has that hash; also the MLflow tag eval.generator_sha256); baselines_from: where the instrument
   and the figures that do not read the trained generator (utility's trtr and tstr_untrained arms,
   the judge's real_vs_real, blurred_real and untrained arms, the feature check) came from: the
   baselines stage's record (:mod:`nirgan.metrics.baselines`), or "computed by evaluate: <why>".

@@ -45,7 +45,7 @@ from nirgan import tracking
 from nirgan.augmentation import to_model_range
 from nirgan.config import Config, DataError
 from nirgan.devices import effective_precision, resolve_device
-from nirgan.io import atomic_dir, stage_log, write_json
+from nirgan.io import atomic_dir, file_sha256, stage_log, write_json
 from nirgan.metrics import aggregate_draws, baselines
 from nirgan.metrics.cleaning import evaluate_cleaning
 from nirgan.metrics.data import Split, has_labels, load_train_test
@@ -101,7 +101,9 @@ def run(
         encoder, encoder_from = load_encoder(model_dir / "encoder.pt", map_location=device)
         inception, lp, metrics = imagenet_networks(cfg, device)
         metrics.update(eval_test_pairs=len(test), eval_train_pairs=len(train), eval_seeds=e.seeds,
-                       evaluate_precision=effective_precision(e.precision, device))
+                       evaluate_precision=effective_precision(e.precision, device),
+                       # which generator these figures are of: generate attaches them only to its datasets
+                       generator_sha256=file_sha256(model_dir / "generator.pt"))
         lap("load", "inputs and networks loaded")
         real_test = test.targets()
         labelled = has_labels(train, test)

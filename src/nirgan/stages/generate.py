@@ -4,12 +4,18 @@ labelled dataset"; the writer is :mod:`nirgan.generation.dataset`).
 Inputs: the model, either a folder (``models/``: ``generator.pt``, ``label_estimator.pt`` from
 the baselines stage, ``mlflow_run.json``; its eval metrics from ``metrics/eval.json``) or a registry
 reference ``models:/nirgan-generator@<alias>`` / ``models:/nirgan-generator/<version>``
-(fetched through :func:`nirgan.tracking.fetch_model`), and params ``generate``.
-Output: ``out_dir`` in the dataset layout, logged to the model's MLflow run.
+(fetched through :func:`nirgan.tracking.fetch_model`), and params ``generate``. Eval metrics
+reach the card only when they were measured on this very generator (evaluate records its
+sha256), else the card says whose they were.
+Output: ``out_dir`` in the dataset layout, recorded as a run in MLflow; outside a project with
+no ``MLFLOW_TRACKING_URI`` a local model's dataset is not recorded (no mlflow.db is made where
+the command runs) and a registry reference is refused.
 
 ``nirgan stage generate`` (the DVC stage) builds the small demo dataset of params.yaml into
 ``data/generated``; ``nirgan generate --count N --model REF --out DIR --spec YAML`` any other.
-A rerun continues where a killed run stopped (complete shards are kept).
+A rerun continues where a killed run stopped (complete shards are kept); one run at a time
+writes a folder, and a folder holding another dataset is refused unless ``overwrite``
+(:mod:`nirgan.generation.output`).
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from nirgan import tracking
-from nirgan.config import Config, ConfigError, stage_params
+from nirgan.config import Config, ConfigError, DataError, stage_params
 from nirgan.cores import available_cores
 from nirgan.devices import resolve_device
-from nirgan.generation.dataset import PHASES, finalize, plan_dataset, write_shards
+from nirgan.generation.dataset import PHASES, finalize, open_dataset, write_shards
 from nirgan.io import file_sha256, stage_log
 from nirgan.models.artifacts import absent_reason, load_sampler
 
@@ -37,7 +43,9 @@ PARAMS = ("generate", "detect.margin", "detect.crop_size", "detect.min_face_size
 
 
 def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
-        metrics_path: Path | None = Path("metrics/eval.json")) -> dict[str, Any]:
+        metrics_path: Path | None = Path("metrics/eval.json"), overwrite: bool = False) -> dict[str, Any]:
+    """``overwrite``: delete a dataset of another spec or model found in ``out_dir`` instead of
+    refusing to (``nirgan generate --overwrite``)."""
     out_dir, ref = Path(out_dir), model_ref or cfg.generate.model
     with stage_log("generate", count=cfg.generate.count, shard_size=cfg.generate.shard_size) as counts:
         # shards run one CPU thread each, in parallel processes (nirgan.generation.dataset.write_shards)
@@ -46,16 +54,22 @@ def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
             model = resolve_model(ref, Path(fetched), metrics_path)
             load_sampler(model["generator"])  # a bad file stops here, before the out folder or the rig exist
             announce(cfg, model)
-            plan = plan_dataset(cfg, out_dir, model, device)
-            seconds = dict.fromkeys(PHASES, 0.0)
-            workers = cfg.generate.workers or (available_cores() if device == "cpu" else 1)
-            for shard in write_shards(plan, device, workers):
-                for phase, s in shard.get("seconds", {}).items():
-                    seconds[phase] += s
-                log.info("generate: shard %d/%d %s (%d images, %d dropped)", shard["shard"] + 1, plan.n_shards,
-                         "already complete" if shard["skipped"] else "written", shard["images"], shard["dropped"])
-            card = finalize(plan)
-        tracking.log_dataset(model.get("run_id"), out_dir, card, params=stage_params(cfg, PARAMS))
+            # the folder stays locked until the dataset is recorded: another run into it stops at once
+            with open_dataset(cfg, out_dir, model, device, overwrite) as plan:
+                seconds = dict.fromkeys(PHASES, 0.0)
+                workers = cfg.generate.workers or (available_cores() if device == "cpu" else 1)
+                for shard in write_shards(plan, device, workers):
+                    for phase, s in shard.get("seconds", {}).items():
+                        seconds[phase] += s
+                    log.info("generate: shard %d/%d %s (%d images, %d dropped)", shard["shard"] + 1, plan.n_shards,
+                             "already complete" if shard["skipped"] else "written", shard["images"],
+                             shard["dropped"])
+                card = finalize(plan)
+                if reason := tracking.missing_store():
+                    log.warning("generate: the dataset is not recorded in MLflow: %s (set it to record the "
+                                "dataset there)", reason)
+                else:
+                    tracking.log_dataset(model.get("run_id"), out_dir, card, params=stage_params(cfg, PARAMS))
         counts.update(images=card["counts"]["images"], dropped=card["counts"]["dropped"],
                       model_version=model["version"], **{f"{p}_s": round(s, 2) for p, s in seconds.items()
                                                          if p != "label_check" or model.get("label_estimator")})
@@ -91,9 +105,16 @@ def announce(cfg: Config, model: dict) -> list[str]:
 
 
 def resolve_model(ref: str, dest: Path, metrics_path: Path | None = None) -> dict:
-    """The model files and identity of ``ref``, as :func:`nirgan.tracking.fetch_model` returns them."""
+    """The model files and identity of ``ref``, as :func:`nirgan.tracking.fetch_model` returns them,
+    with eval metrics only where they were measured on this generator (:func:`_own_metrics`)."""
     if ref.startswith(REGISTRY_PREFIX):
+        if reason := tracking.missing_store():  # the default store would be a new, empty mlflow.db here
+            raise ConfigError(f"generate.model: {ref} needs the MLflow registry, but {reason}; run generate in "
+                              "the project, point MLFLOW_TRACKING_URI at its tracking server, or give a models folder")
         model = tracking.fetch_model(ref, dest)
+        _own_metrics(model, model.pop("metrics_generator_sha256", None),
+                     f"the eval metrics of version {model['version']}'s run {model['run_id']}",
+                     f"the generator of version {model['version']}")
         if model["label_estimator"] is None:
             model["label_estimator_reason"] = f"version {model['version']} logged no label_estimator.pt"
         elif reason := absent_reason(model["label_estimator"]):
@@ -112,8 +133,34 @@ def resolve_model(ref: str, dest: Path, metrics_path: Path | None = None) -> dic
              "name": str(generator), "version": f"local:{file_sha256(generator)[:12]}", "run_id": info.get("run_id"),
              "metrics": {}}
     if metrics_path is not None and Path(metrics_path).is_file():
-        model["metrics"] = json.loads(Path(metrics_path).read_text())
+        try:
+            metrics = json.loads(Path(metrics_path).read_text())
+        except ValueError as exc:
+            metrics = f"not readable JSON ({exc})"
+        if not isinstance(metrics, dict):
+            raise DataError(f"{metrics_path}: {metrics if isinstance(metrics, str) else 'not a JSON object'}; rerun "
+                            "the evaluate stage")
+        model["metrics"] = metrics
+        _own_metrics(model, metrics.get("generator_sha256"), f"the eval metrics in {metrics_path}", str(generator))
     else:
         model["metrics_reason"] = (f"{metrics_path} is missing (run the evaluate stage)" if metrics_path else
                                    "no eval metrics file was given")
     return model
+
+
+def _own_metrics(model: dict, measured: str | None, whose: str, this: str) -> None:
+    """Keep ``model["metrics"]`` (``whose``: where they come from) only when they were measured
+    on ``model["generator"]`` (``this``, in words), by the sha256 evaluate recorded
+    (``measured``); else drop them and say whose they were: an untrained or retrained
+    generator's card must not carry another generator's figures."""
+    if not model.get("metrics"):
+        return
+    ours = file_sha256(model["generator"])
+    if measured == ours:
+        return
+    model["metrics"] = {}
+    model["metrics_reason"] = (
+        f"{whose} do not say which generator they measured (evaluated before evaluate recorded generator_sha256); "
+        "rerun the evaluate stage on this model" if measured is None else
+        f"{whose} are those of another generator (sha256 {str(measured)[:12]}), not of {this} "
+        f"(sha256 {ours[:12]}); evaluate this model to have its own")

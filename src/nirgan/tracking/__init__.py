@@ -51,6 +51,7 @@ from nirgan.tracking.store import (
     experiment_name,
     flatten,
     git_commit,
+    missing_store,
     repo_root,
     run_name,
     run_tags,
@@ -61,7 +62,7 @@ __all__ = [
     "CANDIDATE", "CHAMPION", "EXPERIMENT", "EXPERIMENTS", "GENERATOR_URI_TAG", "HTTP_DEFAULTS", "LABEL_ESTIMATOR",
     "MODEL_FILES", "REGISTERED_MODEL", "REGISTERED_MODELS", "RunTerminated", "TrackingUnavailable", "alias_version", "end_stale_run", "ensure_store",
     "experiment_name", "fetch_model", "flatten", "git_commit", "log_artifact", "log_dataset", "log_evaluation",
-    "log_generator_model", "log_metrics", "log_model_files", "log_sample_grid", "parse_ref", "promote",
+    "log_generator_model", "log_metrics", "log_model_files", "log_sample_grid", "missing_store", "parse_ref", "promote",
     "read_run_info", "reconcile_runs", "register_generator", "repo_root", "resume_run", "run_name", "run_tags", "set_alias",
     "set_tag", "start_run", "tracking_uri", "write_run_info",
 ]

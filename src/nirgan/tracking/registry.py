@@ -185,7 +185,9 @@ def fetch_model(ref: str, dest: Path) -> dict[str, Any]:
     """Download the model files of the registry version ``ref`` names into ``dest``.
 
     Returns {"generator": Path, "label_estimator": Path | None, "name", "version", "run_id",
-    "metrics": the run's ``eval.*`` metrics without the prefix}. An unknown model, alias or
+    "metrics": the run's ``eval.*`` metrics without the prefix, "metrics_generator_sha256": the
+    sha256 of the generator those metrics measured (evaluate's tag ``eval.generator_sha256``;
+    None when it predates that tag)}. An unknown model, alias or
     version is a ConfigError naming ``generate.model`` and the ref; a version whose run has no
     ``files/generator.pt`` (logged before train logged the files) too. An unreachable store is
     a ServiceError (exit 3). Each file is checked against the sha256 logged with it and moved
@@ -207,7 +209,8 @@ def fetch_model(ref: str, dest: Path) -> dict[str, Any]:
              for key, f in (("generator", "generator.pt"), ("label_estimator", LABEL_ESTIMATOR))}
     metrics = {k.removeprefix("eval."): v for k, v in run.data.metrics.items() if k.startswith("eval.")}
     log.info("fetched %s: version %s of %s (run %s) into %s", ref, mv.version, name, mv.run_id, dest)
-    return {**files, "name": name, "version": str(mv.version), "run_id": mv.run_id, "metrics": metrics}
+    return {**files, "name": name, "version": str(mv.version), "run_id": mv.run_id, "metrics": metrics,
+            "metrics_generator_sha256": run.data.tags.get("eval.generator_sha256")}
 
 
 def _download(client: Any, run: Any, filename: str, dest: Path) -> Path:

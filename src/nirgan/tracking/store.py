@@ -72,6 +72,19 @@ def repo_root(start: Path | None = None) -> Path:
     return start
 
 
+def missing_store() -> str | None:
+    """Why there is no tracking store to use from here, or None. Outside a project (no
+    params.yaml or dvc.yaml here or above, no mlflow.db here) with ``MLFLOW_TRACKING_URI`` unset, the
+    default store would be a new, empty mlflow.db (and mlartifacts/) in the current directory:
+    promote and generate refuse to make one there."""
+    root = repo_root()
+    if os.environ.get("MLFLOW_TRACKING_URI") or any((root / n).exists()
+                                                     for n in ("params.yaml", "dvc.yaml", "mlflow.db")):
+        return None
+    return (f"{root}: not inside a nirgan project (no params.yaml or dvc.yaml here or above) and "
+            "MLFLOW_TRACKING_URI is not set")
+
+
 def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
