@@ -1,7 +1,7 @@
 """The ``generate-nir`` flow: a labelled NIR dataset as many small, retry-safe task runs.
 
 Thin over :mod:`nirgan.generation.dataset`: resolve the model (a models folder of the checkout,
-or ``models:/nirgan-generator@<alias>`` fetched from the registry), ``plan_dataset``, one task
+or ``models:/nirgan-generator@<alias>`` fetched from the registry), ``open_dataset``, one task
 run ``shard-<k>`` per shard calling ``write_shard``, then ``finalize`` and
 :func:`nirgan.tracking.log_dataset` (a ``generate-...`` run in MLflow with the dataset as an
 input). Deployed as ``generate-nir/gpu`` on the process pool ``gpu`` (prefect.yaml); the worker
@@ -20,6 +20,7 @@ folder, the model, the counts and the seconds per phase.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -43,7 +44,7 @@ from flows.report import dataset_markdown
 from flows.workspace import set_dotted
 from nirgan import tracking
 from nirgan.config import Config, OrchestrateConfig, parse_config
-from nirgan.generation.dataset import PHASES, DatasetPlan, finalize, plan_dataset, write_shard
+from nirgan.generation.dataset import PHASES, DatasetPlan, finalize, open_dataset, write_shard
 from nirgan.stages.generate import resolve_model
 
 RUNS_DIR = Path("data/generate-nir")
@@ -145,13 +146,14 @@ def generate_nir(overrides: dict[str, Any] | None = None, count: int | None = No
         cfg = load_params(checkout, dict(overrides or {}), count, model)
     except Exception as exc:  # noqa: BLE001 - every failure ends as one line
         raise _fail("params", exc) from exc
-    with tempfile.TemporaryDirectory(prefix="nirgan-model-") as fetched:
+    with tempfile.TemporaryDirectory(prefix="nirgan-model-") as fetched, contextlib.ExitStack() as claim:
         try:
             resolved = resolve_model(cfg.generate.model, Path(fetched))
             named = "generate.out_dir" in (overrides or {})
             out_dir = Path(cfg.generate.out_dir) if named else default_out_dir(cfg, resolved)
             devs = devices()
-            plan = plan_dataset(cfg, checkout / out_dir, resolved, devs[0])
+            # the folder's lock is held until the dataset is recorded: another run into it stops at once
+            plan = claim.enter_context(open_dataset(cfg, checkout / out_dir, resolved, devs[0]))
         except Exception as exc:  # noqa: BLE001
             raise _fail("plan", exc) from exc
         logger.info("%d images in %d shards of %d into %s, model %s version %s, on %s", plan.count, plan.n_shards,
@@ -161,10 +163,10 @@ def generate_nir(overrides: dict[str, Any] | None = None, count: int | None = No
             card = finalize(plan)
         except Exception as exc:  # noqa: BLE001
             raise _fail("finalize", exc) from exc
-    try:
-        mlflow_run = tracking.log_dataset(resolved.get("run_id"), plan.out_dir, card)
-    except Exception as exc:  # noqa: BLE001
-        raise _fail("log-dataset", exc) from exc
+        try:
+            mlflow_run = tracking.log_dataset(resolved.get("run_id"), plan.out_dir, card)
+        except Exception as exc:  # noqa: BLE001
+            raise _fail("log-dataset", exc) from exc
     seconds = time.monotonic() - start
     logger.info("dataset %s: %d images (%d shards already complete), %.1f images/s; MLflow run %s", plan.out_dir,
                 totals["images"], totals["skipped"], totals["images"] / max(seconds, 1e-9), mlflow_run)
