@@ -266,3 +266,8 @@ def test_a_latin1_table_says_to_save_it_as_utf8(tmp_path: Path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
         {"collect": {"source": "folder", "path": str(root), "labels": "labels.csv"}}))
     _one_line_error(_cli(tmp_path, "stage", "collect"), "labels.csv", "save it as UTF-8")
+
+
+def test_a_header_only_table_is_an_error(tmp_path: Path):
+    # it used to warn that every pair had no labels "(see rejects.parquet)", where nothing was
+    _one_line_error(_labels_case(tmp_path, HEADER), "labels.csv", "a header and no rows")

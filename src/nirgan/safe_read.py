@@ -149,6 +149,8 @@ class PairLabels:
 
     def finish(self, kept: set[str], rejects: Rejects, log: dict[str, Any]) -> None:
         """Rows that labelled no kept pair become rejects rows too; counts go to the stage log."""
+        if not self.total:  # a table given on purpose: a header alone is a mistake, not "no labels"
+            raise DataError(f"{self.name}: has a header and no rows; give the labels or drop collect.labels")
         if len(self.table) and not set(self.table.index) & kept:
             # Every label would be dropped: the ids are spelled otherwise than the pairs, not absent.
             raise DataError(f"{self.name}: none of its {len(self.table)} usable rows names a kept pair (its first is "
