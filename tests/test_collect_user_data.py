@@ -7,9 +7,7 @@ with a reason that names the actual fault, and a table or params mistake is one 
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -22,8 +20,9 @@ from PIL import Image
 from nirgan import twin
 from nirgan.config import DataError, TwinConfig, parse_config
 from nirgan.io import read_image, read_table, write_image
-from nirgan.labels import LABELS
 from nirgan.stages import clean, collect
+from test_collect import _write_video
+from test_collect_hardening import _cli
 
 
 def _pairs(root: Path, subjects: int = 1, frames: int = 3, size: int = 128) -> list:
@@ -46,19 +45,12 @@ def _files(root: Path) -> int:
     return sum(1 for d in ("target", "source") for p in (root / d).rglob("*") if p.is_file())
 
 
-def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(Path(collect.__file__).parents[2])}
-    return subprocess.run([sys.executable, "-m", "nirgan.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
 def _one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
+    """The one ``nirgan:`` line of a command that failed with exit 2 and no traceback (collect's
+    progress lines, INFO logs, also name nirgan)."""
     lines = [line for line in proc.stderr.splitlines() if line.startswith("nirgan:")]
-    assert len(lines) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    assert (proc.returncode, len(lines), "Traceback" in proc.stderr) == (2, 1, False), proc.stderr
+    assert all(f in lines[0] for f in fragments), (fragments, lines[0])
     return lines[0]
 
 
@@ -158,32 +150,23 @@ def test_16_bit_samples_are_read_at_the_configured_bit_depth(tmp_path: Path):
 
 
 # ----------------------------------------------------------------------------------- videos
-def _video(path: Path, frames: list[np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR) if f.ndim == 2 else cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
-
-
 def test_videos_check_channels_duplicates_and_truncation(tmp_path: Path):
     root = tmp_path / "videos"
     pairs = list(twin.render_dataset(TwinConfig(subjects=4, cameras=1, frames=4, width=128, height=128,
                                                 disturbance_fraction=0)))
     by = {s: [p for p in pairs if p.subject == s] for s in ("s00", "s01", "s02", "s03")}
-    _video(root / "target/s00_cam0.avi", [p.target for p in by["s00"]])
-    _video(root / "source/s00_cam0.avi", [p.source for p in by["s00"]])
+    _write_video(root / "target/s00_cam0.avi", [p.target for p in by["s00"]])
+    _write_video(root / "source/s00_cam0.avi", [p.source for p in by["s00"]])
     # s01: a colour render under target/ (the folder source rejects it; videos did not)
-    _video(root / "target/s01_cam0.avi", [p.source for p in by["s01"]])
-    _video(root / "source/s01_cam0.avi", [p.source for p in by["s01"]])
+    _write_video(root / "target/s01_cam0.avi", [p.source for p in by["s01"]])
+    _write_video(root / "source/s01_cam0.avi", [p.source for p in by["s01"]])
     # s02: a second recording of the same name, another container
     for ext in (".avi", ".mkv"):
-        _video(root / f"target/s02_cam0{ext}", [p.target for p in by["s02"]])
-        _video(root / f"source/s02_cam0{ext}", [p.source for p in by["s02"]])
+        _write_video(root / f"target/s02_cam0{ext}", [p.target for p in by["s02"]])
+        _write_video(root / f"source/s02_cam0{ext}", [p.source for p in by["s02"]])
     # s03: the target cut short mid-file: its header still counts 4 frames
-    _video(root / "target/s03_cam0.avi", [p.target for p in by["s03"]])
-    _video(root / "source/s03_cam0.avi", [p.source for p in by["s03"]])
+    _write_video(root / "target/s03_cam0.avi", [p.target for p in by["s03"]])
+    _write_video(root / "source/s03_cam0.avi", [p.source for p in by["s03"]])
     data = (root / "target/s03_cam0.avi").read_bytes()
     (root / "target/s03_cam0.avi").write_bytes(data[: int(len(data) * 0.6)])
 
