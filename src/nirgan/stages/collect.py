@@ -101,7 +101,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +116,8 @@ from nirgan.labels import LABELS
 from nirgan.safe_read import (
     FRAME, IMAGE_EXTS, SKIPPED, Mode, PairLabels, Rejects, fit, input_files, inspect_image,
 )
+from nirgan.video_read import VIDEO_EXTS, declared_frames, is_grey, open_video
+from nirgan.video_read import frames as video_frames
 
 MANIFEST_COLUMNS = [
     "pair_id", "subject", "camera", "frame", "source_path", "target_path", "source_sha256", "target_sha256",
@@ -126,7 +127,6 @@ REJECT_COLUMNS = ["path", "pair_id", "reason"]
 EXPRESSION_COLUMNS = ["sample_id", "subject", "label", "image_path", "usage", "sha256"]
 DOMAINS = ("target", "source")
 MODES: dict[str, Mode] = {"target": "grey", "source": "rgb"}
-VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 _DIR_NAME = re.compile(r"(.+)_([^_]+)")
 
 
@@ -320,29 +320,6 @@ def _collect_folder(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
 
 
 # --------------------------------------------------------------------------------- videos
-def _frames(cap: cv2.VideoCapture) -> Iterable[np.ndarray]:
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            return
-        yield frame
-
-
-def _open_video(path: Path, max_pixels: int) -> cv2.VideoCapture | str:
-    if not path.exists():
-        return "unreadable_video"
-    if path.stat().st_size == 0:
-        return "zero_byte"
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        return "unreadable_video"
-    # the container's frame size, before any frame is decoded
-    if cap.get(cv2.CAP_PROP_FRAME_WIDTH) * cap.get(cv2.CAP_PROP_FRAME_HEIGHT) > max_pixels:
-        cap.release()
-        return "too_large"
-    return cap
-
-
 def _collect_videos(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: CollectConfig) -> dict[str, Any]:
     rejects = Rejects()
     found: dict[str, dict[tuple[str, str], Path]] = {d: {} for d in DOMAINS}
@@ -381,7 +358,7 @@ def _collect_videos(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
         for key in progress(keys, desc="collect videos", unit="video"):
             paths = {d: found[d][key] for d in DOMAINS}
             rels = {d: paths[d].relative_to(root).as_posix() for d in DOMAINS}
-            caps = {d: _open_video(paths[d], ccfg.max_pixels) for d in DOMAINS}
+            caps = {d: open_video(paths[d], ccfg.max_pixels) for d in DOMAINS}
             try:
                 _pair_videos(key, caps, rels, ccfg, writer, rejects)
             finally:
@@ -404,10 +381,10 @@ def _pair_videos(
         for d in DOMAINS:
             rejects.add(rels[d], None, bad.get(d, "partner_rejected"))
         return
-    streams = {d: iter(_frames(caps[d])) for d in DOMAINS}
+    streams = {d: video_frames(caps[d]) for d in DOMAINS}
     # The container's frame count: a stream that ends before it was cut short, and it, not its
     # healthy partner, is to blame for the frames left over.
-    declared = {d: _declared_frames(caps[d], rels[d]) for d in DOMAINS}
+    declared = {d: declared_frames(caps[d], rels[d]) for d in DOMAINS}
     read = dict.fromkeys(DOMAINS, 0)
     index = 0
     while True:
@@ -445,27 +422,6 @@ def _pair_videos(
             rejects.add(rels[d], None, "truncated_video")
 
 
-# Spread (std) of B - G plus that of G - R over a decoded frame, in grey levels, up to which it
-# is grey. Lossy codecs store a grey video as colour with a constant offset between channels
-# (4-5 grey levels through OpenCV's mp4v and MJPEG writers) but no spread (0.0 there); the
-# colour-coded rig renders measured 120-140.
-GREY_TOLERANCE = 4.0
-
-
 def _wrong_channels(frames: dict[str, np.ndarray]) -> list[str]:
     """The domains whose frame is of the wrong kind: a colour target, a grey source."""
-    def colour(frame: np.ndarray) -> float:
-        f = frame.astype(np.int16)
-        return float((f[..., 0] - f[..., 1]).std() + (f[..., 1] - f[..., 2]).std())
-
-    return [d for d in DOMAINS if (colour(frames[d]) > GREY_TOLERANCE) == (d == "target")]
-
-
-# Containers whose header counts the frames; others (mkv, webm, mpeg) give FFmpeg's estimate from
-# the duration, which a healthy file may not reach.
-COUNTED_CONTAINERS = {".mp4", ".m4v", ".mov", ".avi"}
-
-
-def _declared_frames(cap: cv2.VideoCapture, rel: str) -> int:
-    """The frame count the container's header gives; 0 where it only estimates one."""
-    return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if Path(rel).suffix.lower() in COUNTED_CONTAINERS else 0
+    return [d for d in DOMAINS if is_grey(frames[d]) != (d == "target")]
