@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from nirgan.config import parse_config
-from nirgan.generation.dataset import PHASES, _worker_init, finalize, plan_dataset, write_shard
+from nirgan.cores import die_with_parent
+from nirgan.generation.dataset import PHASES, finalize, plan_dataset, write_shard
 from nirgan.models.artifacts import absent_reason
 
 
@@ -45,7 +46,7 @@ def run_variant(model: dict, out: Path, count: int, size: int, batch: int, preci
     plan = plan_dataset(parse_config({"generate": spec}), out / "timed", model, device)
     seconds, cpu = dict.fromkeys(PHASES, 0.0), 0.0
     start = time.perf_counter()
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
                              initargs=(os.getpid(),)) as pool:
         list(pool.map(write_shard, [warm] * workers, range(workers), [device] * workers))
         warmup = time.perf_counter() - start

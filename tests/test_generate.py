@@ -197,6 +197,30 @@ def test_kill9_mid_run_then_rerun_gives_the_uninterrupted_bytes(dataset, model_d
     assert all((killed / f).read_bytes() == (dataset / f).read_bytes() for f in files)
 
 
+@pytest.mark.timeout(300)
+def test_a_shard_worker_killed_mid_run_is_an_error_naming_generate_not_a_hang(model_dir, tmp_path):
+    """Shard workers shared one result pipe (a ProcessPoolExecutor): one killed halfway through
+    sending its summary could leave the reader waiting forever. Each now has its own
+    (nirgan.workers), so a kill raises at once, naming the work."""
+    import multiprocessing
+
+    from nirgan.generation.dataset import write_shards
+    from nirgan.workers import WorkerDied
+
+    plan = plan_dataset(gen_config(count=240, shard_size=40), tmp_path / "ds",
+                        {"generator": model_dir / "generator.pt", "name": "g", "version": "v"})
+    shards = write_shards(plan, "cpu", workers=2)
+    assert next(shards)["shard"] == 0
+    for child in multiprocessing.active_children():
+        os.kill(child.pid, signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(WorkerDied, match="generate's shard writing: a worker process died"):
+        list(shards)
+    assert time.monotonic() - started < 30
+    assert not multiprocessing.active_children()
+    assert not (tmp_path / "ds" / "labels.parquet").exists()
+
+
 # ------------------------------------------------------------------------- bad input
 def _main(model_dir: Path, params: Path, out: Path, count: int, *extra: str) -> int:
     from nirgan.cli import main

@@ -38,11 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
-import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +49,6 @@ import pandas as pd
 import torch
 
 from nirgan.config import Config, ConfigError, DetectConfig, GenerateConfig, OutputError, TwinConfig
-from nirgan.cores import die_with_parent
 from nirgan.devices import effective_precision
 from nirgan.generation.output import FRAMING_CACHE, MARKER, claimed, writing
 from nirgan.generation.rig import RIG_LIMITS, SourceRig, built_in_rig, calibrate, check_spec, folder_rig
@@ -62,6 +58,7 @@ from nirgan.io import atomic_dir, atomic_file, file_sha256, write_json, write_ta
 from nirgan.labels import LABELS
 from nirgan.models.artifacts import Sampler, load_pose_estimator, load_sampler
 from nirgan.models.pose_estimator import PoseEstimator, predict
+from nirgan.workers import ordered_map
 
 log = logging.getLogger("nirgan.generate")
 
@@ -281,20 +278,15 @@ def _one_cpu_thread(device: str) -> Iterator[None]:
 def write_shards(plan: DatasetPlan, device: str = "cpu", workers: int = 1) -> Iterator[dict]:
     """:func:`write_shard` for every shard in order, in ``workers`` processes (each one CPU thread
     on the CPU); yields each summary as its shard completes in order. Workers die with this process
-    (a kill -9 leaves no orphan writing on), and a rerun skips the shards they completed."""
+    (a kill -9 leaves no orphan writing on), a worker's death raises instead of hanging
+    (:mod:`nirgan.workers`), and a rerun skips the shards they completed."""
     workers = max(1, min(workers, plan.n_shards))
     if workers == 1:
         for k in range(plan.n_shards):
             yield write_shard(plan, k, device)
         return
-    context = multiprocessing.get_context("spawn")  # forking a process with OpenMP threads can hang
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             initargs=(os.getpid(),)) as pool:
-        yield from pool.map(write_shard, [plan] * plan.n_shards, range(plan.n_shards), [device] * plan.n_shards)
-
-
-def _worker_init(parent: int) -> None:
-    die_with_parent(parent)
+    yield from ordered_map(write_shard, [(plan, k, device) for k in range(plan.n_shards)], workers,
+                           what="generate's shard writing")
 
 
 def _summary(table: pd.DataFrame, index: int) -> dict:

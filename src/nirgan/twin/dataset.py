@@ -7,26 +7,20 @@ decides which frames get which of ``DISTURBANCES`` and ``_occlude``, ``_blur`` a
 
 from __future__ import annotations
 
-import contextlib
 import math
-import multiprocessing as mp
-import multiprocessing.connection
-import os
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 
 import cv2
 import numpy as np
 
 from nirgan.config import TwinConfig
-from nirgan.cores import die_with_parent
 from nirgan.labels import LABELS
 from nirgan.twin import exact
 from nirgan.twin.geometry import _View, iris_centres
 from nirgan.twin.render import _camera, render_source, render_target
 from nirgan.twin.scene import Camera, Pose, Subject, make_cameras, make_subjects, make_trajectory
+from nirgan.workers import ordered_map
 
 DISTURBANCES: tuple[str, ...] = ("none", "occlusion", "blur", "overexposure", "underexposure", "misaligned")
 
@@ -144,104 +138,17 @@ def render_dataset(twin_cfg: TwinConfig, workers: int = 1,
         for rec in recordings:
             yield from _render_recording(*rec)
         return
-    yield from _render_in_workers(recordings, min(workers, len(recordings)))
+    # One recording per job; the order of the pairs, and their bytes, do not depend on the workers.
+    for pairs in ordered_map(_recording_pairs, recordings, workers, what="twin rendering", setup=_worker_setup):
+        yield from pairs
 
 
-def _render_in_workers(recordings: list[tuple], workers: int) -> Iterator[TwinPair]:
-    """The recordings' pairs rendered by ``workers`` processes, in the recordings' order.
-
-    Fresh worker processes (spawn), not forks: a fork of a process whose OpenCV or OpenMP
-    thread pool has run inherits locks held by threads that do not exist in the child, and
-    hangs (it did, under pytest). Each worker has a pipe of its own, one recording in flight:
-    a worker killed from outside (the OOM killer, a kill -9) closes only its own pipe, so the
-    death is seen at once and raises. Neither a multiprocessing.Pool (which starts another
-    worker and waits forever for the lost recording) nor a ProcessPoolExecutor (whose workers
-    share one result pipe: one killed halfway through sending its result left the reader
-    waiting for the rest and the others blocked on the pipe's lock, forever; it happened under
-    pytest) can promise that. At most ``2 * workers`` recordings are rendered ahead of the one
-    being read, so a slow reader holds a bounded number of frames in memory.
-    """
-    ctx = mp.get_context("spawn")
-    procs, conns = [], []
-    busy: dict[int, int] = {}  # worker -> the recording it renders
-    try:
-        for _ in range(workers):
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_worker_loop, args=(theirs, os.getpid()), daemon=True)
-            proc.start()
-            theirs.close()  # so a dead worker's pipe reads as closed here
-            procs.append(proc)
-            conns.append(ours)
-        idle, done, sent, nxt = list(range(workers)), {}, 0, 0
-        while nxt < len(recordings):
-            while idle and sent < min(len(recordings), nxt + 2 * workers):
-                w = idle.pop()
-                _send(conns[w], (sent, recordings[sent]))
-                busy[w], sent = sent, sent + 1
-            if nxt in done:
-                yield from done.pop(nxt)
-                nxt += 1
-                continue
-            ready = mp.connection.wait([conns[w] for w in busy] + [procs[w].sentinel for w in busy])
-            for w in [w for w in busy if conns[w] in ready]:
-                try:
-                    k, pairs = conns[w].recv()
-                except (EOFError, OSError) as exc:
-                    raise _died(exc) from exc
-                if isinstance(pairs, str):
-                    raise RuntimeError(f"twin rendering failed in a worker process:\n{pairs}")
-                done[k] = pairs
-                del busy[w]
-                idle.append(w)
-            if any(procs[w].sentinel in ready for w in busy):  # gone without its recording
-                raise _died(f"exit code {next(procs[w].exitcode for w in busy if procs[w].sentinel in ready)}")
-    finally:
-        for w, conn in enumerate(conns):
-            if w not in busy:
-                with contextlib.suppress(OSError):
-                    conn.send(None)  # an idle worker's signal to exit
-            conn.close()
-        for w, proc in enumerate(procs):
-            if w in busy:  # mid-render: its recording is no longer wanted
-                proc.kill()
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-
-
-def _send(conn: Connection, job: tuple) -> None:
-    try:
-        conn.send(job)
-    except OSError as exc:  # the worker died since its last recording
-        raise _died(exc) from exc
-
-
-def _died(cause: object) -> RuntimeError:
-    return RuntimeError(f"twin rendering: a worker process died ({cause}): killed from outside, e.g. by the "
-                        "out-of-memory killer? (each worker renders one recording at a time; NIRGAN_CPUS sets "
-                        "how many workers run)")
-
-
-def _worker_loop(conn: Connection, parent: int) -> None:
-    """A worker: render each recording it is sent and send its pairs back, until told to stop."""
-    _worker_init(parent)
-    while (job := conn.recv()) is not None:
-        k, rec = job
-        try:
-            pairs = _render_recording_star(rec)
-        except Exception:  # noqa: BLE001 - a bug, not a death: the parent raises it with this traceback
-            pairs = traceback.format_exc()
-        conn.send((k, pairs))
-
-
-def _worker_init(parent: int) -> None:
-    die_with_parent(parent)  # a kill -9 of the stage leaves no worker behind
+def _worker_setup() -> None:
     cv2.setNumThreads(1)  # one process per core already
 
 
-def _render_recording_star(args: tuple) -> list[TwinPair]:
-    return list(_render_recording(*args))
+def _recording_pairs(*recording: object) -> list[TwinPair]:
+    return list(_render_recording(*recording))
 
 
 def _render_recording(twin_cfg: TwinConfig, subj: Subject, cam: Camera, kinds: dict[int, str], i: int,
