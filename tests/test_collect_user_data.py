@@ -69,6 +69,26 @@ def test_a_data_folder_inside_a_stage_output_is_refused_before_anything_is_delet
     assert sorted(p for p in (project / inside).rglob("*") if p.is_file()) == files
 
 
+def test_the_outputs_checked_are_those_of_the_dvc_yaml_beside_the_params_file(tmp_path: Path):
+    """``--params project/params.yaml`` from another folder: the outputs check read the working
+    directory's dvc.yaml (none here) and passed, and collect's errors said ``params:``."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"collect": {"cmd": "nirgan stage collect", "outs": ["data/raw"]}}}))
+    _pairs(project / "data/raw/mine", frames=2)
+    mine = str(project / "data/raw/mine")
+    (project / "params.yaml").write_text(yaml.safe_dump({"collect": {"source": "folder", "path": mine}}))
+    for command in (["check-params"], ["stage", "collect"]):
+        _one_line_error(_cli(tmp_path, "--params", "project/params.yaml", *command),
+                        "nirgan: project/params.yaml: collect.path", "output of stage 'collect'",
+                        "of project/dvc.yaml")
+    assert not (tmp_path / "data").exists()
+    (project / "params.yaml").write_text(yaml.safe_dump({"collect": {"source": "folder", "path": str(tmp_path / "no")}}))
+    _one_line_error(_cli(tmp_path, "--params", "project/params.yaml", "stage", "collect"),
+                    "nirgan: project/params.yaml: collect.path", "does not exist")
+
+
 def test_an_output_inside_the_folders_collect_reads_is_refused(tmp_path: Path):
     project = tmp_path / "project"
     (project / "target").mkdir(parents=True)

@@ -101,7 +101,7 @@ def _run_pipeline(pipeline: str, root: Path) -> dict[str, set[str]]:
         try:
             for stage in declared(pipeline):
                 cfg, reads[stage] = recording_reads(base)
-                cli.STAGES[stage](cfg)
+                cli.STAGES[stage](cfg, Path("params.yaml"))
         finally:
             torch.set_num_threads(before)
     return reads

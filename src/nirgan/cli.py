@@ -38,11 +38,11 @@ from nirgan.config import (
     DataError,
     OutputError,
     ServiceError,
-    check_data_paths,
     load_config,
     parse_config,
 )
 from nirgan.cores import size_threads
+from nirgan.data_paths import check_data_paths, pipeline_stages
 
 RAW = Path("data/raw")
 CROPS = Path("data/crops")
@@ -101,30 +101,31 @@ def _stage(module: str) -> Callable[..., dict[str, Any]]:
     return stage.run
 
 
-STAGES: dict[str, Callable[[Config], dict[str, Any]]] = {
-    "collect": lambda cfg: _stage("collect")(cfg, out_dir=RAW),
-    "detect": lambda cfg: _stage("detect")(cfg, raw_dir=RAW, out_dir=CROPS),
-    "clean": lambda cfg: _stage("clean")(cfg, crops_dir=CROPS, out_dir=CLEAN),
-    "augment": lambda cfg: _stage("augment")(cfg, crops_dir=CROPS, clean_dir=CLEAN, out_dir=PREPARED),
-    "split": lambda cfg: _stage("split")(cfg, prepared_dir=PREPARED, out_dir=SPLIT),
-    "baselines": lambda cfg: _stage("baselines")(cfg, prepared_dir=PREPARED, split_dir=SPLIT, model_dir=MODELS),
-    "train": lambda cfg: _stage("train")(
+# Each stage's entry, given the config and the params file it came from.
+STAGES: dict[str, Callable[[Config, Path], dict[str, Any]]] = {
+    "collect": lambda cfg, params: _stage("collect")(cfg, out_dir=RAW, params=params),
+    "detect": lambda cfg, _: _stage("detect")(cfg, raw_dir=RAW, out_dir=CROPS),
+    "clean": lambda cfg, _: _stage("clean")(cfg, crops_dir=CROPS, out_dir=CLEAN),
+    "augment": lambda cfg, _: _stage("augment")(cfg, crops_dir=CROPS, clean_dir=CLEAN, out_dir=PREPARED),
+    "split": lambda cfg, _: _stage("split")(cfg, prepared_dir=PREPARED, out_dir=SPLIT),
+    "baselines": lambda cfg, _: _stage("baselines")(cfg, prepared_dir=PREPARED, split_dir=SPLIT, model_dir=MODELS),
+    "train": lambda cfg, _: _stage("train")(
         cfg, prepared_dir=PREPARED, split_dir=SPLIT, out_dir=MODELS, metrics_path=METRICS / "train.json"
     ),
-    "collect_expression": lambda cfg: _stage("collect_expression")(cfg, out_dir=RAW),
-    "detect_expression": lambda cfg: _stage("detect_expression")(cfg, raw_dir=RAW, out_dir=CROPS),
-    "clean_expression": lambda cfg: _stage("clean_expression")(cfg, crops_dir=CROPS, out_dir=CLEAN),
-    "augment_expression": lambda cfg: _stage("augment_expression")(cfg, crops_dir=CROPS, clean_dir=CLEAN,
+    "collect_expression": lambda cfg, params: _stage("collect_expression")(cfg, out_dir=RAW, params=params),
+    "detect_expression": lambda cfg, _: _stage("detect_expression")(cfg, raw_dir=RAW, out_dir=CROPS),
+    "clean_expression": lambda cfg, _: _stage("clean_expression")(cfg, crops_dir=CROPS, out_dir=CLEAN),
+    "augment_expression": lambda cfg, _: _stage("augment_expression")(cfg, crops_dir=CROPS, clean_dir=CLEAN,
                                                                    out_dir=PREPARED),
-    "split_expression": lambda cfg: _stage("split_expression")(cfg, prepared_dir=PREPARED, out_dir=SPLIT),
-    "train_expression": lambda cfg: _stage("train_expression")(
+    "split_expression": lambda cfg, _: _stage("split_expression")(cfg, prepared_dir=PREPARED, out_dir=SPLIT),
+    "train_expression": lambda cfg, _: _stage("train_expression")(
         cfg, prepared_dir=PREPARED, split_dir=SPLIT, out_dir=MODELS, metrics_path=METRICS / "train_expression.json"
     ),
-    "evaluate_expression": lambda cfg: _stage("evaluate_expression")(
+    "evaluate_expression": lambda cfg, _: _stage("evaluate_expression")(
         cfg, prepared_dir=PREPARED, split_dir=SPLIT, model_dir=MODELS, metrics_path=METRICS / "eval_expression.json",
         plots_dir=PLOTS,
     ),
-    "evaluate": lambda cfg: _stage("evaluate")(
+    "evaluate": lambda cfg, _: _stage("evaluate")(
         cfg,
         raw_dir=RAW,
         crops_dir=CROPS,
@@ -137,7 +138,7 @@ STAGES: dict[str, Callable[[Config], dict[str, Any]]] = {
     ),
     # data/generated is DVC's output: dvc repro deletes it before this stage, and DVC's cache keeps
     # every version, so a run by hand after a params change replaces it as dvc repro would
-    "generate": lambda cfg: _stage("generate")(
+    "generate": lambda cfg, _: _stage("generate")(
         cfg, out_dir=GENERATED, model_ref=cfg.generate.model, metrics_path=METRICS / "eval.json", overwrite=True
     ),
 }
@@ -181,11 +182,8 @@ def _check_declared_params(params: Path) -> None:
     """Every params key that the dvc.yaml beside ``params`` declares for a stage is in the file.
     DVC itself checks a stage's keys only when it reaches that stage: a params file without
     ``detect:`` would otherwise fail at detect, after collect's work, however valid it is."""
-    pipeline = params.parent / "dvc.yaml"
-    if not pipeline.is_file():
-        return
+    pipeline, stages = pipeline_stages(params)
     data = yaml.safe_load(params.read_text()) or {}
-    stages = (yaml.safe_load(pipeline.read_text()) or {}).get("stages") or {}
     for name, stage in stages.items():
         for entry in (stage or {}).get("params") or []:
             # "section" or "section.key" in params.yaml, or {file: [keys]} in another file
@@ -317,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if args.command == "check-params":
-            check_data_paths(cfg, origin=args.params)
+            check_data_paths(cfg, Path(args.params))
             _check_table_columns(cfg, args.params)
             # 'auto' and 'cpu' are always there; only 'cuda' needs torch to answer, whose import
             # is most of this command's 2 s (and a train-nir run calls it for every workspace).
@@ -345,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         from nirgan.io import sweep_stale
 
         sweep_stale(*OUTPUT_PARENTS)  # a stage DVC restored from its cache ran no code to clean its own
-        STAGES[args.name](cfg)
+        STAGES[args.name](cfg, Path(args.params))
     except (ConfigError, DataError, OutputError, FileNotFoundError) as exc:  # a missing input names its file
         print(f"nirgan: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

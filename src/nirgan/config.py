@@ -574,60 +574,6 @@ def require_task(cfg: Config, task: str, stage: str) -> None:
                           f"a {cfg.task} run uses `nirgan stage {other}`")
 
 
-def check_data_paths(cfg: Config, origin: str = "params") -> None:
-    """The files params point at exist: run by ``nirgan check-params`` (so ``make repro`` fails
-    before any stage) and by collect. Not part of :func:`load_config`: later stages load the
-    same params where the raw folder may be absent (DVC restored collect's output)."""
-    c = cfg.collect
-    if c.source in ("twin", "expression_twin") or c.path is None:
-        return
-    if not c.path.exists():
-        hint = " (a leading ~ is not expanded: write the full path)" if str(c.path).startswith("~") else ""
-        raise ConfigError(f"{origin}: collect.path: {c.path} does not exist{hint}")
-    _check_not_an_output(c.path, "collect.path", origin, reads=(".",) if c.source == "label_folders" else DOMAINS)
-    if c.source == "fer2013":
-        if not c.path.is_file():
-            raise ConfigError(f"{origin}: collect.path: {c.path} is not a file; collect.source=fer2013 needs the CSV")
-        return
-    if not c.path.is_dir():
-        raise ConfigError(f"{origin}: collect.path: {c.path} is a file; collect.source={c.source} needs a folder")
-    for domain in ("target", "source") if c.source != "label_folders" else ():
-        if not (c.path / domain).is_dir():
-            raise ConfigError(f"{origin}: collect.path: {c.path} has no {domain}/ folder (thesis layout)")
-    if c.labels is not None:
-        labels = c.labels if c.labels.exists() or c.labels.is_absolute() else c.path / c.labels
-        if not labels.is_file():
-            raise ConfigError(f"{origin}: collect.labels: {c.labels} does not exist (looked here and under {c.path})")
-        _check_not_an_output(labels, "collect.labels", origin, reads=())
-
-
-DOMAINS = ("target", "source")
-
-
-def _check_not_an_output(path: Path, key: str, origin: str, reads: tuple[str, ...]) -> None:
-    """Refuse input inside a stage output of the pipeline in the working directory (its
-    dvc.yaml): DVC deletes a stage's outputs before running it, and collect replaces its own,
-    so such data would be gone before it was read. An output inside the folders collect reads
-    (``reads``, relative to ``path``) would be read back as input on the next run."""
-    dvc_yaml = Path("dvc.yaml")
-    if not dvc_yaml.is_file():
-        return
-    try:
-        stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
-    except (OSError, yaml.YAMLError):
-        return  # DVC itself reports a broken dvc.yaml, naming it
-    real = path.resolve()
-    for name, stage in stages.items():
-        for out in (stage or {}).get("outs") or []:
-            out_path = Path(next(iter(out)) if isinstance(out, dict) else str(out)).resolve()
-            if real == out_path or out_path in real.parents:
-                raise ConfigError(f"{origin}: {key}: {path} is inside {out_path}, an output of stage {name!r}, "
-                                  "which DVC and the stage delete before they write it: keep your data elsewhere")
-            if any(real / part == out_path or real / part in out_path.parents for part in reads):
-                raise ConfigError(f"{origin}: {key}: {path} holds {out_path}, an output of stage {name!r}, where "
-                                  "collect reads its input: it would be read back as input")
-
-
 def stage_params(cfg: Config, keys: tuple[str, ...]) -> dict[str, Any]:
     """The params a stage declares in dvc.yaml (sections or dotted keys, e.g. ``("train",
     "augment.image_size")``), nested as in params.yaml: what it logs to MLflow as its params.

@@ -108,8 +108,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from nirgan.config import CollectConfig, Config, ConfigError, DataError, check_data_paths
+from nirgan.config import CollectConfig, Config, ConfigError, DataError
 from nirgan.cores import available_cores
+from nirgan.data_paths import check_data_paths
 from nirgan.io import atomic_dir, encode_png, file_sha256, progress, stage_log, write_image, write_table
 from nirgan.io import log as io_log
 from nirgan.labels import LABELS
@@ -130,7 +131,7 @@ MODES: dict[str, Mode] = {"target": "grey", "source": "rgb"}
 _DIR_NAME = re.compile(r"(.+)_([^_]+)")
 
 
-def run(cfg: Config, out_dir: Path) -> dict[str, Any]:
+def run(cfg: Config, out_dir: Path, params: Path = Path("params.yaml")) -> dict[str, Any]:
     source = cfg.collect.source
     if source == "twin":
         return _collect_twin(cfg, Path(out_dir))
@@ -138,7 +139,7 @@ def run(cfg: Config, out_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"collect.source: {source!r} is an expression source; this is the NIR pipeline's collect "
                           "(the expression pipeline runs `nirgan stage collect_expression`)")
     try:
-        check_data_paths(cfg)
+        check_data_paths(cfg, params)
     except ConfigError as exc:
         raise DataError(str(exc)) from None
     root = Path(cfg.collect.path)

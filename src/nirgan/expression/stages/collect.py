@@ -24,7 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from nirgan.config import FER2013_LABELS, CollectConfig, Config, ConfigError, DataError, check_data_paths
+from nirgan.config import FER2013_LABELS, CollectConfig, Config, ConfigError, DataError
+from nirgan.data_paths import check_data_paths
 from nirgan.expression import sources
 from nirgan.expression.twin import count_frames, preview_grid
 from nirgan.io import atomic_dir, file_sha256, progress, stage_log, write_image, write_table
@@ -33,14 +34,14 @@ from nirgan.safe_read import Rejects
 COLUMNS = ["sample_id", "subject", "label", "image_path", "usage", "sha256"]
 
 
-def run(cfg: Config, out_dir: Path) -> dict[str, Any]:
+def run(cfg: Config, out_dir: Path, params: Path = Path("params.yaml")) -> dict[str, Any]:
     if not cfg.collect.is_expression:
         raise ConfigError(f"collect.source: {cfg.collect.source!r} is a NIR source; this is the expression "
                           "pipeline's collect (the NIR pipeline runs `nirgan stage collect`)")
     if cfg.collect.source == "expression_twin":
         return _collect(cfg.collect, Path(out_dir))
     try:
-        check_data_paths(cfg)
+        check_data_paths(cfg, params)
     except ConfigError as exc:
         raise DataError(str(exc)) from None
     return _collect(cfg.collect, Path(out_dir), Path(cfg.collect.path))
