@@ -129,6 +129,36 @@ def test_two_files_of_one_frame_are_both_rejected_never_paired(tmp_path: Path):
     assert 2 * len(manifest) + len(_reasons(out)) == _files(root)
 
 
+def test_a_name_spelled_composed_in_one_domain_and_decomposed_in_the_other_is_one_recording(tmp_path: Path):
+    """``José`` copied from macOS is decomposed (NFD) and its partner written on Linux composed
+    (NFC): both were ``unpaired``, and a labels table in either spelling matched only one."""
+    import unicodedata
+
+    nfc, nfd = (unicodedata.normalize(form, "José") for form in ("NFC", "NFD"))
+    assert nfc != nfd
+    root = tmp_path / "in"
+    pairs = _pairs(tmp_path / "made", frames=2)
+    for p in pairs:
+        write_image(root / "target" / f"{nfc}_cam0" / f"{p.frame:05d}.png", p.target)
+        write_image(root / "source" / f"{nfd}_cam0" / f"{p.frame:05d}.png", p.source)
+    (root / "labels.csv").write_text(HEADER + "".join(f"{nfd}_cam0/{f},1,2,3,4,5,false\n" for f in (0, 1)),
+                                     encoding="utf-8")
+    out = tmp_path / "raw"
+    collect.run(parse_config({"collect": {"source": "folder", "path": str(root), "labels": "labels.csv"}}), out)
+    manifest = read_table(out / "manifest.parquet")
+    assert list(manifest["pair_id"]) == [f"{nfc}_cam0/00000", f"{nfc}_cam0/00001"]
+    assert list(manifest["head_yaw"]) == [1.0, 1.0]
+    assert not (out / "rejects.parquet").exists() or read_table(out / "rejects.parquet").empty
+
+    # both spellings in one domain: two files of one frame, neither paired
+    write_image(root / "target" / f"{nfd}_cam0" / "00000.png", pairs[0].target)
+    collect.run(parse_config({"collect": {"source": "folder", "path": str(root), "labels": "labels.csv"}}),
+                tmp_path / "raw2")
+    assert list(read_table(tmp_path / "raw2" / "manifest.parquet")["pair_id"]) == [f"{nfc}_cam0/00001"]
+    assert sorted(r for *_, r in _reasons(tmp_path / "raw2")) == [
+        "duplicate_frame", "duplicate_frame", "label_without_pair", "partner_rejected"]
+
+
 def test_exif_orientation_is_ignored_at_every_size(tmp_path: Path):
     """A large JPEG used to be decoded reduced, which applies EXIF orientation, and a small one
     as stored: the large pair's target ended up rotated against its source."""

@@ -14,6 +14,7 @@ generation refuses them.
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ _FRAME = re.compile(r"(?<!\d)(\d{1,18})$")  # as collect reads file names: an in
 
 
 def canonical_pair_id(raw: str) -> str | None:
-    """``alice_cam1/frame_12.png`` -> ``alice_cam1/00012``; None when it names no frame."""
-    name, _, frame = raw.rpartition("/")
+    """``alice_cam1/frame_12.png`` -> ``alice_cam1/00012``; None when it names no frame. In NFC, as
+    collect reads folder names (:func:`nirgan.stages.collect.parse_recording`)."""
+    name, _, frame = unicodedata.normalize("NFC", raw).rpartition("/")
     m = _FRAME.search(Path(frame).stem)
     return f"{name}/{int(m.group(1)):05d}" if name and m is not None else None
 

@@ -101,6 +101,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +156,11 @@ def pair_id(subject: str, camera: str, frame: int) -> str:
 
 
 def parse_recording(name: str) -> tuple[str, str] | None:
-    """``<subject>_<camera>`` -> (subject, camera); None when it does not parse."""
-    m = _DIR_NAME.fullmatch(name)
+    """``<subject>_<camera>`` -> (subject, camera); None when it does not parse. The name is read
+    in Unicode's composed form (NFC): a folder copied from macOS spells ``José`` decomposed (NFD),
+    and its partner written on Linux composed; they are one recording. (Both spellings in one
+    domain are then two files of one frame: ``duplicate_frame``.)"""
+    m = _DIR_NAME.fullmatch(unicodedata.normalize("NFC", name))
     return (m.group(1), m.group(2)) if m else None
 
 
