@@ -69,6 +69,20 @@ def test_exported_generator_matches_eager_at_two_batch_sizes(exported, fmt: str,
         assert diff <= TOLERANCE
 
 
+def test_parity_checks_each_exported_files_shape_against_the_declared_one(exported, one_torch_thread):
+    """The export's own parity step: an exported file whose output is not the shape export.json
+    declares is an error, not a small max-abs-diff measured on the wrong shape."""
+    from nirgan.config import DataError
+    from nirgan.models.export_formats import parity
+
+    _, model, out = exported
+    sampler = load_sampler(model)
+    assert max(parity(sampler, "torchscript", out / FILES["torchscript"], 64, ["n", 1, 64, 64]).values()) <= TOLERANCE
+    with pytest.raises(DataError, match=r"the exported generator\.torchscript\.pt returns \(1, 1, 64, 64\) at batch 1, "
+                                        r"not the declared \['n', 1, 96, 96\]"):
+        parity(sampler, "torchscript", out / FILES["torchscript"], 64, ["n", 1, 96, 96])
+
+
 def test_onnx_signature_and_card(exported):
     name, model, out = exported
     conditioned = MODELS[name].get("condition_on_labels", False)
