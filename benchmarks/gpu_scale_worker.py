@@ -65,9 +65,9 @@ def stage(name: str, root: Path, args: dict) -> dict:
     extra = {}
     if name == "evaluate":  # its references first (dvc.yaml's baselines stage, which needs no trained model)
         started = time.perf_counter()
-        STAGES["baselines"](_config(root))
+        STAGES["baselines"](_config(root), root / "params.yaml")
         extra["baselines_s"] = round(time.perf_counter() - started, 1)
-    result = STAGES[name](_config(root))
+    result = STAGES[name](_config(root), root / "params.yaml")
     return {**{k: v for k, v in result.items() if k != "card"}, **extra}
 
 
@@ -213,7 +213,7 @@ def expression(root: Path, args: dict) -> dict:
         cfg = load_config("params.yaml")
         for name in yaml.safe_load(Path("dvc.yaml").read_text())["stages"]:
             t = time.perf_counter()
-            STAGES[name](cfg)
+            STAGES[name](cfg, Path("params.yaml"))
             seconds[name] = round(time.perf_counter() - t, 1)
             print(f"gpu_scale: expression {name} done in {seconds[name]} s", flush=True)
         figures = json.loads(Path("metrics/eval_expression.json").read_text())
