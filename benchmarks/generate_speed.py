@@ -31,7 +31,8 @@ import torch
 
 from nirgan.config import parse_config
 from nirgan.cores import die_with_parent
-from nirgan.generation.dataset import PHASES, finalize, plan_dataset, write_shard
+from nirgan.generation.dataset import PHASES, plan_dataset, write_shard
+from nirgan.generation.finalize import finalize
 from nirgan.models.artifacts import absent_reason
 
 

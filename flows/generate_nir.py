@@ -44,7 +44,8 @@ from flows.report import dataset_markdown
 from flows.workspace import set_dotted
 from nirgan import tracking
 from nirgan.config import Config, OrchestrateConfig, parse_config
-from nirgan.generation.dataset import PHASES, DatasetPlan, finalize, open_dataset, write_shard
+from nirgan.generation.dataset import PHASES, DatasetPlan, open_dataset, write_shard
+from nirgan.generation.finalize import finalize
 from nirgan.stages.generate import resolve_model
 
 RUNS_DIR = Path("data/generate-nir")

@@ -23,7 +23,8 @@ from train_helpers import make_dataset, small_config, write_params
 
 from nirgan.config import ConfigError, DataError, OutputError, parse_config
 from nirgan.devices import native_bf16
-from nirgan.generation.dataset import finalize, plan_dataset, write_shard
+from nirgan.generation.dataset import plan_dataset, write_shard
+from nirgan.generation.finalize import finalize
 from nirgan.labels import LABELS
 from nirgan.stages import generate
 

@@ -1,4 +1,4 @@
-"""What :func:`nirgan.generation.dataset.finalize` writes besides labels.parquet: the dataset card
+"""What :func:`nirgan.generation.finalize.finalize` writes besides labels.parquet: the dataset card
 (dataset.json), the contact sheet and the requested-vs-estimated label histograms."""
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ from nirgan import tracking
 from nirgan.config import Config, ConfigError, DataError, stage_params
 from nirgan.cores import available_cores
 from nirgan.devices import resolve_device
-from nirgan.generation.dataset import PHASES, finalize, open_dataset, write_shards
+from nirgan.generation.dataset import PHASES, open_dataset, write_shards
+from nirgan.generation.finalize import finalize
 from nirgan.io import file_sha256, stage_log
 from nirgan.models.artifacts import absent_reason, load_sampler
 
