@@ -222,11 +222,11 @@ def _faces(n: int) -> list[np.ndarray]:
 def test_label_folders_take_names_from_the_data_and_split_by_subject(tmp_path):
     """A set with "contempt" and no "neutral", colour and small images, bad files and a subject table."""
     root = tmp_path / "faces"
-    faces = _faces(6)
+    faces = _faces(18)  # one face per file: one image under two labels is rejected (conflicting_labels)
     table = []
     for k in range(18):
         label = ("contempt", "happy", "sad")[k % 3]
-        face = faces[k // 3]
+        face = faces[k]
         (root / label).mkdir(parents=True, exist_ok=True)
         if k % 4 == 1:  # a colour JPEG (tinted: R, G and B differ) becomes grey
             tinted = np.stack([face, np.clip(face * 0.9, 0, 255), np.clip(face * 1.1, 0, 255)], -1).astype(np.uint8)

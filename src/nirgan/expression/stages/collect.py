@@ -59,7 +59,7 @@ def _collect(ccfg: CollectConfig, out_dir: Path, root: Path | None = None) -> di
     else:
         samples = sources.fer2013_samples(root, ccfg.label_map or FER2013_LABELS, rejects)
     with stage_log("collect", source=ccfg.source) as log, atomic_dir(out_dir) as out:
-        rows, truth, first = [], [], {}
+        rows, truth, first, origins = [], [], {}, {}
         for s in progress(samples, total=total, desc=f"collect {ccfg.source}", unit="image"):
             rel = f"images/{s.sample_id}.png"
             dest = out / rel
@@ -70,9 +70,11 @@ def _collect(ccfg: CollectConfig, out_dir: Path, root: Path | None = None) -> di
                 write_image(dest, s.image)
             rows.append(dict(sample_id=s.sample_id, subject=s.subject, label=s.label, image_path=rel, usage=s.usage,
                              sha256=file_sha256(dest)))
+            origins[s.sample_id] = s.origin
             if s.truth:
                 truth.append({"sample_id": s.sample_id, **s.truth})
                 first.setdefault((s.subject, s.label), s.image)
+        rows = _drop_conflicting_labels(rows, origins, out, rejects)
         if not rows:
             reasons = pd.Series([r["reason"] for r in rejects.rows], dtype=object).value_counts().to_dict()
             raise DataError(f"{root or ccfg.source}: no usable image ({len(rejects.rows)} rejected: {reasons})")
@@ -85,3 +87,20 @@ def _collect(ccfg: CollectConfig, out_dir: Path, root: Path | None = None) -> di
         log.update(images=len(rows), rejected=len(rejects.rows), labels=int(manifest["label"].nunique()),
                    subjects=len(set(manifest["subject"]) - {""}))
         return dict(log)
+
+
+def _drop_conflicting_labels(rows: list[dict], origins: dict[str, str], out: Path, rejects: Rejects) -> list[dict]:
+    """The same image (the same PNG bytes) under two labels, say a face copied into ``happy/`` and
+    ``sad/``: which label is right cannot be told, so every copy is rejected, ``conflicting_labels``.
+    Copies under one label stay: split keeps a copy out of the test set when one is in training."""
+    labels: dict[str, set[str]] = {}
+    for row in rows:
+        labels.setdefault(row["sha256"], set()).add(row["label"])
+    kept = []
+    for row in rows:
+        if len(labels[row["sha256"]]) > 1:
+            (out / row["image_path"]).unlink()
+            rejects.add(origins[row["sample_id"]] or row["sample_id"], row["sample_id"], "conflicting_labels")
+        else:
+            kept.append(row)
+    return kept
