@@ -130,3 +130,21 @@ def test_one_image_under_two_emotions_is_rejected_on_both_lines(tmp_path: Path):
     collect.run(_cfg({"source": "fer2013", "path": str(csv)}), tmp_path / "raw")
     assert _rejects(tmp_path / "raw") == {"fer.csv:2": "conflicting_labels", "fer.csv:4": "conflicting_labels"}
     assert len(pd.read_parquet(tmp_path / "raw" / "manifest.parquet")) == 3
+
+
+# ---------------------------------------------------------------------------------- params
+@pytest.mark.parametrize("label_map, says", [
+    (["", "ok"], "'' is not a label name"), (["happy ", "sad"], "'happy ' is not a label name"),
+    (["a/b", "c"], "'a/b' is not a label name"), (["Happy", "happy"], "'Happy' and 'happy' name one label twice"),
+])
+def test_label_map_names_are_label_names(label_map: list[str], says: str):
+    with pytest.raises(ValueError, match=f"collect.label_map: {says}"):
+        _cfg({"source": "fer2013", "path": "faces.csv", "label_map": label_map})
+
+
+def test_a_setting_the_source_does_not_read_is_refused():
+    """Both were ignored without a word: the run went on as if they were not there."""
+    with pytest.raises(ValueError, match="collect.label_map is set but collect.source is 'label_folders'"):
+        _cfg({"source": "label_folders", "path": "faces", "label_map": ["a", "b"]})
+    with pytest.raises(ValueError, match="collect.labels is set but collect.source is 'fer2013'"):
+        _cfg({"source": "fer2013", "path": "faces.csv", "labels": "subjects.csv"})

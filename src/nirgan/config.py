@@ -153,8 +153,15 @@ class CollectConfig(Section):
                 raise ValueError(f"collect.{given[0]} is set but collect.source is {self.source!r}, which reads no "
                                  "files: set collect.source (folder, videos, label_folders, fer2013) or remove "
                                  f"collect.{' and collect.'.join(given)}")
-        if self.label_map is not None and len(set(self.label_map)) != len(self.label_map):
-            raise ValueError("collect.label_map repeats a name")
+        # Keys the chosen source does not read would be ignored without a word.
+        if self.label_map is not None and self.source != "fer2013":
+            raise ValueError(f"collect.label_map is set but collect.source is {self.source!r}: only fer2013 reads it "
+                             "(it names the CSV's integer emotions); remove collect.label_map")
+        if self.labels is not None and self.source == "fer2013":
+            raise ValueError("collect.labels is set but collect.source is 'fer2013', which reads no table beside the "
+                             "CSV (subject tables are for label_folders); remove collect.labels")
+        if self.label_map is not None:
+            _check_label_names(self.label_map)
         return self
 
     @property
@@ -163,6 +170,21 @@ class CollectConfig(Section):
 
 
 EXPRESSION_SOURCES = ("expression_twin", "label_folders", "fer2013")
+
+
+def _check_label_names(names: tuple[str, ...]) -> None:
+    """Label names become class names in labels.json, the plots and MLflow: blank ones, path-like
+    ones, and two that differ only in case or spaces (two classes of one expression) are refused."""
+    for name in names:
+        if not name.strip() or name != name.strip() or "/" in name or "\\" in name:
+            raise ValueError(f"collect.label_map: {name!r} is not a label name (not blank, no surrounding spaces, "
+                             "no / or \\)")
+    folded: dict[str, str] = {}
+    for name in names:
+        if name.casefold() in folded:
+            raise ValueError(f"collect.label_map: {folded[name.casefold()]!r} and {name!r} name one label twice "
+                             "(names are compared without regard to case)")
+        folded[name.casefold()] = name
 
 
 # ------------------------------------------------------------------------------ detect
