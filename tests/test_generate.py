@@ -222,6 +222,17 @@ def test_a_shard_worker_killed_mid_run_is_an_error_naming_generate_not_a_hang(mo
     assert not (tmp_path / "ds" / "labels.parquet").exists()
 
 
+def test_automatic_workers_are_one_per_core_but_only_where_they_pay_for_their_start():
+    # A worker's start costs about 180 images' work, so a small dataset stays in the stage's own
+    # process whatever the cores; an explicit generate.workers is used as given (the kill -9 test).
+    from nirgan.generation.dataset import IMAGES_PER_WORKER, auto_workers
+
+    sizes = (20, IMAGES_PER_WORKER - 1, 2 * IMAGES_PER_WORKER, 10**6)
+    assert [auto_workers(n, "cpu", cores=4) for n in sizes] == [1, 1, 2, 4]
+    assert [auto_workers(n, "cpu", cores=1) for n in sizes] == [1, 1, 1, 1]
+    assert auto_workers(10**6, "cuda", cores=16) == 1
+
+
 # ------------------------------------------------------------------------- bad input
 def _main(model_dir: Path, params: Path, out: Path, count: int, *extra: str) -> int:
     from nirgan.cli import main

@@ -80,3 +80,32 @@ def test_a_generator_that_returns_real_faces_scores_the_real_baseline_not_better
     for blurred, real_baseline in zip(draws["realism_swd_laplacian_untrained"],
                                       draws["realism_swd_laplacian_real_baseline"], strict=True):
         assert blurred > 1.15 * real_baseline, (blurred, real_baseline)
+
+
+def test_frechet_distance_with_fewer_images_than_features_is_exact_and_silent():
+    # The default run compares 36 images on 128 features: singular covariances, where scipy's sqrtm
+    # warns "might be inaccurate". The distance must equal the one a symmetric eigendecomposition
+    # gives (exact for singular matrices), and evaluate's log must not carry the warning.
+    import warnings
+
+    from nirgan.metrics.features import frechet_distance
+
+    def by_eigh(a: np.ndarray, b: np.ndarray) -> float:
+        s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        w, v = np.linalg.eigh(s1)
+        root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        inner = root @ s2 @ root
+        trace = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+        return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace)
+
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(128, 128)) * 0.3
+    # ReLU features with dead units, as the estimator's are: exactly singular, and sqrtm warns
+    a = np.maximum(rng.normal(size=(36, 128)) @ mix, 0)
+    b = np.maximum(rng.normal(size=(36, 128)) @ mix * 1.1 + 0.2, 0)
+    a[:, :40] = b[:, :40] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = frechet_distance(a, b)
+    assert got == pytest.approx(by_eigh(a, b), rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6 * got)

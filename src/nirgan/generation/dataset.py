@@ -275,6 +275,21 @@ def _one_cpu_thread(device: str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# A shard worker's start (spawn, import torch, load the models) costs about what 180 images do on
+# one CPU thread, so a worker must have some hundreds of images to pay for itself. The default
+# model on the 2-core Xeon, the whole stage: 200 images took 14.2 s in this process against
+# 16.7 s in two workers; 600 images 20.2 s against 18.3-19.0 (benchmarks/results/cpu_2026-12-06s15/).
+IMAGES_PER_WORKER = 300
+
+
+def auto_workers(count: int, device: str, cores: int) -> int:
+    """``generate.workers: 0``: one shard process per CPU core, but no more than one per
+    :data:`IMAGES_PER_WORKER` images (under that, the shards run in this process); 1 on a GPU."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(cores, count // IMAGES_PER_WORKER))
+
+
 def write_shards(plan: DatasetPlan, device: str = "cpu", workers: int = 1) -> Iterator[dict]:
     """:func:`write_shard` for every shard in order, in ``workers`` processes (each one CPU thread
     on the CPU); yields each summary as its shard completes in order. Workers die with this process

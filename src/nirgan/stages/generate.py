@@ -30,7 +30,7 @@ from nirgan import tracking
 from nirgan.config import Config, ConfigError, DataError, stage_params
 from nirgan.cores import available_cores
 from nirgan.devices import resolve_device
-from nirgan.generation.dataset import PHASES, open_dataset, write_shards
+from nirgan.generation.dataset import PHASES, auto_workers, open_dataset, write_shards
 from nirgan.generation.finalize import finalize
 from nirgan.io import file_sha256, stage_log
 from nirgan.models.artifacts import absent_reason, load_sampler
@@ -49,7 +49,8 @@ def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
     refusing to (``nirgan generate --overwrite``)."""
     out_dir, ref = Path(out_dir), model_ref or cfg.generate.model
     with stage_log("generate", count=cfg.generate.count, shard_size=cfg.generate.shard_size) as counts:
-        # shards run one CPU thread each, in parallel processes (nirgan.generation.dataset.write_shards)
+        # shards run one CPU thread each, in parallel processes where there are enough images
+        # (nirgan.generation.dataset.write_shards, auto_workers)
         device = str(resolve_device("auto", "generate"))
         with tempfile.TemporaryDirectory(prefix="nirgan-model-") as fetched:
             model = resolve_model(ref, Path(fetched), metrics_path)
@@ -58,7 +59,10 @@ def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
             # the folder stays locked until the dataset is recorded: another run into it stops at once
             with open_dataset(cfg, out_dir, model, device, overwrite) as plan:
                 seconds = dict.fromkeys(PHASES, 0.0)
-                workers = cfg.generate.workers or (available_cores() if device == "cpu" else 1)
+                workers = min(cfg.generate.workers or auto_workers(cfg.generate.count, device, available_cores()),
+                              plan.n_shards)
+                log.info("generate: %d shard(s) in %s", plan.n_shards,
+                         f"{workers} worker processes" if workers > 1 else "this process")
                 for shard in write_shards(plan, device, workers):
                     for phase, s in shard.get("seconds", {}).items():
                         seconds[phase] += s
