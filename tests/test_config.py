@@ -149,3 +149,21 @@ def test_check_params_accepts_an_existing_folder(tmp_path: Path):
         (tmp_path / "data_in" / domain).mkdir(parents=True)
     proc = _check_params(tmp_path, {"collect": {"source": "folder", "path": "data_in"}})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_check_params_says_a_missing_vgg19_file_before_any_stage_runs(tmp_path: Path):
+    # The train stage checks the file before its first step, but under make repro collect to
+    # baselines run first; check-params, which make repro runs before them, says it at once.
+    home = tmp_path / "torch-home"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TORCH_HOME": str(home)}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"perceptual": "vgg19"}}))
+    command = [sys.executable, "-m", "nirgan.cli", "check-params"]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert "params.yaml: train.perceptual: vgg19" in line and "vgg19-dcbb9e9d.pth" in line, line
+
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    (home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth").write_bytes(b"check-params looks for the file, not into it")
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -197,6 +197,26 @@ def _check_declared_params(params: Path) -> None:
                                       f"(write the section, even as '{key.split('.')[-1]}: {{}}' for its defaults)")
 
 
+def _check_train_needs(cfg: Config, origin: str) -> None:
+    """The train stage's own checks before its first step (:func:`nirgan.training.resume.check_config`:
+    the VGG-19 file a vgg19 loss needs, the discriminator layers a perceptual loss reads), made here
+    too: under ``make repro`` the train stage starts only after collect to baselines have run.
+    They import torch, so only where such a loss is configured."""
+    t = cfg.train
+    if not {t.perceptual, t.sd_image_distance, t.ir_distance} & {"vgg19", "discriminator"}:
+        return
+    from nirgan.models.vgg19 import MissingWeightsError
+    from nirgan.training.resume import check_config
+
+    try:
+        check_config(cfg, world_size=1)
+    except MissingWeightsError as exc:
+        keys = [f"train.{k}" for k in ("perceptual", "sd_image_distance", "ir_distance") if getattr(t, k) == "vgg19"]
+        raise ConfigError(f"{origin}: {' / '.join(keys)}: vgg19: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+
+
 def _weights_warnings(cfg: Config, origin: str) -> list[str]:
     """One line per configured evaluate.*_weights file that evaluate will not use. A warning, not
     an error: FID and LPIPS are optional figures that evaluate reports as "unavailable" with this
@@ -324,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 check_devices(cfg, origin=args.params)
             _check_declared_params(Path(args.params))
+            _check_train_needs(cfg, args.params)
             warnings = _weights_warnings(cfg, args.params)
             for line in warnings:
                 print(f"nirgan: warning: {line}", file=sys.stderr)
