@@ -199,6 +199,30 @@ def test_16_bit_samples_are_read_at_the_configured_bit_depth(tmp_path: Path):
     assert ("target/s00_cam0/00001.png", "s00_cam0/00001", "above_bit_depth") in _reasons(tmp_path / "r")
 
 
+def test_14_bit_samples_at_the_default_bit_depth_stop_collect_instead_of_reading_dark(tmp_path: Path):
+    # Each 14-bit frame passes the per-file check (only values below 1/16 of the range are
+    # low_bit_depth) and would be read at a quarter of its brightness; the dataset as a whole says
+    # what it is, and collect stops naming the fix.
+    root = tmp_path / "in"
+    pairs = _pairs(root, frames=2)
+    for p in pairs:
+        cv2.imwrite(str(root / f"target/s00_cam0/{p.frame:05d}.png"), p.target.astype(np.uint16) << 6)
+    with pytest.raises(DataError, match=r"collect.bit_depth is 16, but no value in the 2 16-bit image\(s\) reaches "
+                                        r"2\^14 .* set collect.bit_depth to the camera's sample depth"):
+        collect.run(parse_config({"collect": {"source": "folder", "path": str(root)}}), tmp_path / "raw16")
+    assert not (tmp_path / "raw16").exists()
+    out = tmp_path / "raw"
+    collect.run(parse_config({"collect": {"source": "folder", "path": str(root), "bit_depth": 14}}), out)
+    manifest = read_table(out / "manifest.parquet")
+    assert np.array_equal(read_image(out / manifest.iloc[0]["target_path"], 1), pairs[0].target)
+
+    # one frame that reaches the top two bits: the data is 16-bit, the dark frames are only dark
+    bright = np.full((128, 128), 60000, np.uint16)
+    cv2.imwrite(str(root / "target/s00_cam0/00001.png"), bright)
+    collect.run(parse_config({"collect": {"source": "folder", "path": str(root)}}), tmp_path / "raw16b")
+    assert len(read_table(tmp_path / "raw16b" / "manifest.parquet")) == 2
+
+
 # ----------------------------------------------------------------------------------- videos
 def test_videos_check_channels_duplicates_and_truncation(tmp_path: Path):
     root = tmp_path / "videos"

@@ -60,6 +60,21 @@ def test_names_are_read_composed_so_both_spellings_are_one_label_and_one_file(tm
     assert list(_rejects(tmp_path / "raw").values()) == ["duplicate_sample"]  # which café cannot be told
 
 
+def test_14_bit_photos_at_the_default_bit_depth_stop_collect_instead_of_reading_dark(tmp_path: Path):
+    import cv2
+
+    faces = _faces(2)
+    for folder, face in zip(("happy", "sad"), faces):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        grey = face if face.ndim == 2 else cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)
+        cv2.imwrite(str(tmp_path / "in" / folder / "a.png"), grey.astype(np.uint16) << 6)
+    with pytest.raises(DataError, match=r"collect.bit_depth is 16, but no value in the 2 16-bit image"):
+        collect.run(_cfg({"source": "label_folders", "path": str(tmp_path / "in")}), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+    collect.run(_cfg({"source": "label_folders", "path": str(tmp_path / "in"), "bit_depth": 14}), tmp_path / "raw")
+    assert len(pd.read_parquet(tmp_path / "raw" / "manifest.parquet")) == 2
+
+
 def test_one_image_under_two_labels_is_rejected_under_both(tmp_path: Path):
     faces = _faces(3)
     for folder, name, face in (("happy", "a", faces[0]), ("happy", "b", faces[1]), ("sad", "c", faces[2])):

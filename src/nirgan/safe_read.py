@@ -19,7 +19,8 @@ file is bad, so the caller can put it in a rejects table and go on:
     height from the header without decoding (``too_large`` over ``max_pixels``), decodes (JPEG at
     1/2, 1/4 or 1/8 when that still leaves ``max_side``; pixels as stored, EXIF orientation
     ignored at every size), drops alpha, converts 16-bit to 8-bit by ``bit_depth``
-    (``above_bit_depth``: a value past it; ``low_bit_depth``: all values below 1/16 of it),
+    (``above_bit_depth``: a value past it; ``low_bit_depth``: all values below 1/16 of it; and
+    :func:`check_bit_depth` stops a dataset whose 16-bit files all stay below 1/4 of it),
     checks or converts channels for ``mode`` (``grey``: 1-channel NIR, a colour image is
     ``wrong_channels`` unless R = G = B; ``rgb``: a grey image is ``wrong_channels``;
     ``to_grey``: any image becomes grey, as expression sets of colour photos need) and
@@ -242,6 +243,22 @@ class Image:
 
     shape: tuple[int, int]  # (height, width) as stored, before any downscaling
     data: np.ndarray | Path
+    top: int | None = None  # a 16-bit file's largest sample, before scaling (check_bit_depth)
+
+
+def check_bit_depth(tops: list[int | None], bit_depth: int, origin: str) -> None:
+    """Stop where every 16-bit image of a dataset stays below a quarter of ``collect.bit_depth``'s
+    range: 14-bit samples in 16-bit files at the default 16 pass each file's check (only values
+    below 1/16 of the range are ``low_bit_depth``) and would all be read at a quarter of their
+    brightness. One frame may be dark; a whole dataset that never reaches the top two bits was
+    written with fewer bits, and ``bit_depth`` two less reads it in full (none is then above it)."""
+    tops = [top for top in tops if top is not None]  # the kept images' Image.top
+    if tops and max(tops) < 1 << (bit_depth - 2):
+        bits = max(tops).bit_length()
+        raise DataError(f"{origin}: collect.bit_depth is {bit_depth}, but no value in the {len(tops)} 16-bit "
+                        f"image(s) reaches 2^{bit_depth - 2} (the largest is {max(tops)}, {bits} bits): they would "
+                        f"be read at 1/{1 << (bit_depth - bits)} of their brightness or less; set collect.bit_depth "
+                        f"to the camera's sample depth ({bits} or more)")
 
 
 def header_size(data: bytes) -> tuple[int, int, str] | str:
@@ -352,11 +369,12 @@ def inspect_image(path: Path, mode: Mode, max_pixels: int, max_side: int, bit_de
     if img is None or img.size == 0:
         return "unreadable"
     converted = flag != cv2.IMREAD_UNCHANGED
+    top = None
     if img.dtype == np.uint16:
         top = int(img.max())
         if top >= 1 << bit_depth:
             return "above_bit_depth"
-        if top < 1 << (bit_depth - 4):  # 12-bit samples read as 16-bit: 0-15 grey levels, black
+        if top < 1 << (bit_depth - 4):  # 12-bit samples read as 16-bit: 0-15 grey levels, black (14-bit: check_bit_depth)
             return "low_bit_depth"
         img = (img >> (bit_depth - 8)).astype(np.uint8)
         converted = True
@@ -386,6 +404,6 @@ def inspect_image(path: Path, mode: Mode, max_pixels: int, max_side: int, bit_de
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     fitted = fit(img, max_side)
     if kind == "png" and not converted and fitted is img:
-        return Image((height, width), path)
-    return Image((height, width), fitted)
+        return Image((height, width), path, top)
+    return Image((height, width), fitted, top)
 

@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from nirgan.config import CollectConfig, DataError, ExpressionTwinConfig
-from nirgan.safe_read import IMAGE_EXTS, Rejects, input_files, inspect_image, read_user_table
+from nirgan.safe_read import IMAGE_EXTS, Rejects, check_bit_depth, input_files, inspect_image, read_user_table
 
 FER2013_SIDE = 48
 FER2013_USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -84,6 +84,7 @@ def twin_samples(cfg: ExpressionTwinConfig) -> Iterator[Sample]:
 def label_folder_samples(root: Path, ccfg: CollectConfig, rejects: Rejects) -> list[Sample]:
     samples: dict[str, Sample] = {}
     sources: dict[str, str] = {}  # sample_id -> the file's relative path
+    tops: list[int | None] = []  # 16-bit files' largest samples (check_bit_depth)
     table = _table_path(ccfg.labels, root)
     for entry in input_files(root):
         if table is not None and entry.path.resolve() == table:
@@ -105,6 +106,8 @@ def label_folder_samples(root: Path, ccfg: CollectConfig, rejects: Rejects) -> l
         else:
             samples[sid] = Sample(sid, "", sid.split("/")[0], "", image.data, origin=path)
             sources[sid] = path
+            tops.append(image.top)
+    check_bit_depth(tops, ccfg.bit_depth, str(root))
     _refuse_clashing_labels(root, [s.label for s in samples.values()])
     if ccfg.labels is not None:
         _apply_subject_table(ccfg.labels, root, samples, sources, rejects)

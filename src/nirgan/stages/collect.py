@@ -116,7 +116,7 @@ from nirgan.io import atomic_dir, encode_png, file_sha256, progress, stage_log, 
 from nirgan.io import log as io_log
 from nirgan.labels import LABELS
 from nirgan.safe_read import (
-    FRAME, IMAGE_EXTS, SKIPPED, Mode, PairLabels, Rejects, fit, input_files, inspect_image,
+    FRAME, IMAGE_EXTS, SKIPPED, Mode, PairLabels, Rejects, check_bit_depth, fit, input_files, inspect_image,
 )
 from nirgan.video_read import VIDEO_EXTS, declared_frames, is_grey, open_video
 from nirgan.video_read import frames as video_frames
@@ -301,7 +301,7 @@ def _collect_folder(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
 
     with stage_log("collect", source="folder", files=len(entries)) as log, atomic_dir(out_dir) as out:
         writer = _Writer(out, labels)
-        downscaled = 0
+        downscaled, tops = 0, []
         for key in progress(keys, desc="collect folder", unit="pair"):
             items = {d: found[d][key] for d in DOMAINS}
             # a pair with a pre-rejected side is never opened (it may lie outside the root)
@@ -320,6 +320,8 @@ def _collect_folder(root: Path, out_dir: Path, labels: PairLabels | None, ccfg: 
                 continue
             downscaled += max(images["target"].shape) > ccfg.max_side
             writer.add(*key, {d: images[d].data for d in DOMAINS})
+            tops.extend(images[d].top for d in DOMAINS)
+        check_bit_depth(tops, ccfg.bit_depth, str(root))
         log["downscaled"] = downscaled
         return _finish(out, writer, rejects, log, labels=labels, root=root)
 
