@@ -157,3 +157,15 @@ def test_stage_on_files_after_a_real_cgan_run(files, split, store, tmp_path):
     assert run.data.tags["eval.expr_identity_cos_translated"] == "unavailable"
     versions = client.search_model_versions("name='nirgan-expression-generator'")
     assert [v.run_id for v in versions] == [run_id]
+
+
+def test_a_judge_below_its_blur_floor_says_so_in_figures_that_read_true():
+    # The committed run's reason read "0.75 < 0.75" (0.7454 rounded): the comparison it states
+    # must hold as printed.
+    from nirgan.expression.stages.evaluate import JUDGE_BLUR_FLOOR, _judge_informative
+
+    out = _judge_informative({"expr_judge_auc_blurred_real": 0.997,
+                              "expr_judge_auc_blurred_real_few_shot": JUDGE_BLUR_FLOOR - 0.0046})
+    assert out["expr_judge_full_informative"] and not out["expr_judge_few_shot_informative"]
+    shown, floor = out["expr_judge_few_shot_informative_reason"].split(" = ")[1].split(":")[0].split(" < ")
+    assert float(shown) < float(floor), out

@@ -310,7 +310,7 @@ def _judge_informative(judge: dict[str, Any]) -> dict[str, Any]:
             out[name], out[f"{name}_reason"] = False, f"{key} is unavailable: no baseline to read it against"
         elif value < JUDGE_BLUR_FLOOR:
             out[name] = False
-            out[f"{name}_reason"] = (f"{key} = {value:.2f} < {JUDGE_BLUR_FLOOR}: this judge cannot tell blurred real "
+            out[f"{name}_reason"] = (f"{key} = {value:.3f} < {JUDGE_BLUR_FLOOR}: this judge cannot tell blurred real "
                                      "faces from real ones, so its reading of translations is not informative")
             log.warning("evaluate_expression: %s", out[f"{name}_reason"])
         else:
