@@ -40,3 +40,16 @@ def test_the_budget_stops_an_expression_run_at_its_first_check_with_a_checkpoint
     assert Checkpoint(tmp_path / "models" / "checkpoints").load()["step"] == 2
     assert (tmp_path / "models" / MODEL_FILE).exists()
     assert sorted(p.name for p in (tmp_path / "models" / "samples").iterdir()) == ["step_00000002.png"]
+
+
+def test_epoch_grids_are_every_epoch_unless_epochs_are_shorter_than_log_every():
+    from nirgan.training.loop import epoch_grid_due
+
+    def grid_steps(steps_per_epoch: int, every: int, end: int) -> list[int]:
+        return [s for s in range(1, end + 1) if epoch_grid_due(s, steps_per_epoch, every)]
+
+    # the CPU default: 165 steps an epoch, losses every 10: a grid at every epoch's end, as before
+    assert grid_steps(165, 10, 1320) == [165 * k for k in range(1, 9)]
+    # a GPU's batch on a small set: 10 steps an epoch, losses every 50: one grid per 50 steps
+    assert grid_steps(10, 50, 300) == [50, 100, 150, 200, 250, 300]
+    assert grid_steps(30, 50, 300) == [60, 120, 150, 210, 270, 300]

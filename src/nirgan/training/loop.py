@@ -183,6 +183,16 @@ class RunRecord:
 
 
 # ------------------------------------------------------------------------------ loop
+def epoch_grid_due(step: int, steps_per_epoch: int, every: int) -> bool:
+    """Whether the epoch ending at ``step`` gets a sample grid: when a multiple of ``every``
+    (train.log_every) falls within it. So every epoch where epochs are that long or longer (the
+    CPU default: 165 steps an epoch, every 10), and one grid per ``every`` steps where they are
+    shorter: a small set at a GPU's batch has epochs of a few steps, and a grid (a host sync, two
+    PNGs and an MLflow image each) after every one of them slowed training. A function of the step
+    alone, so a resumed run draws the grids an uninterrupted one does."""
+    return step % steps_per_epoch == 0 and step // every > (step - steps_per_epoch) // every
+
+
 def run_loop(session: Session, ckpt: Checkpoint, record: RunRecord, spec: LoopSpec, info: DistInfo) -> dict[str, Any]:
     """Train ``session`` from its step to ``spec.end_step`` (or the budget); returns counts and timings."""
     meter = LossMeter(session.device, spec.mean_on_device)
@@ -200,7 +210,8 @@ def run_loop(session: Session, ckpt: Checkpoint, record: RunRecord, spec: LoopSp
         elif session.step % spec.log_every == 0:
             means = _record(session, meter, record, spec, ckpt, info)
             bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k.endswith("total")})
-        if info.is_main and spec.grid_at == "epoch" and (session.step % session.steps_per_epoch == 0 or at_end):
+        if info.is_main and spec.grid_at == "epoch" and (
+                at_end or epoch_grid_due(session.step, session.steps_per_epoch, spec.log_every)):
             spec.grid()
         if over:
             log.info("the wall budget (%.1f min) is spent at step %d", spec.max_minutes, session.step)
