@@ -3,7 +3,8 @@
 # .git/info/exclude): the packages gpu_scale.py imports that the device image lacks, at the
 # versions this checkout's .venv holds. The list is the import closure of `gpu_scale.py --smoke`
 # (importlib.metadata.packages_distributions over sys.modules) minus the image's own packages;
-# mlflow, pydantic and facenet-pytorch with what they import.
+# mlflow, pydantic and facenet-pytorch with what they import, plus typing_extensions and anyio:
+# the image has both, at versions not known here, and pydantic_core and starlette need recent ones.
 #   bash benchmarks/device_wheels.sh
 # then, as the device command (carry: [".whl"]; gpu_scale.sh installs them into /tmp/site as its
 # first phase, inside its deadline):
@@ -18,7 +19,7 @@ names=(GitPython Mako SQLAlchemy alembic annotated-types cachetools cffi cryptog
        facenet-pytorch fastapi gitdb google-auth importlib_metadata mlflow mlflow-skinny mlflow-tracing
        opentelemetry-api opentelemetry-proto opentelemetry-sdk opentelemetry-semantic-conventions orjson
        pydantic pydantic-extra-types pydantic_core pydot pytz smmap sniffio sqlparse starlette wcwidth
-       typing-inspection)
+       typing-inspection typing_extensions anyio)
 pins=$(.venv/bin/python - "${names[@]}" <<'PY'
 import importlib.metadata as md, sys
 print(" ".join(f"{n}=={md.version(n)}" for n in sys.argv[1:]))

@@ -34,6 +34,7 @@ gpu_scale_process.py (the worker's process), gpu_scale_figures.py (TFLOP/s and t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -123,6 +124,11 @@ class Check:
                          ("plots/samples.png", "samples.png")):
             if (self.root / src).exists():
                 shutil.copy2(self.root / src, self.out / dst)
+        # the baselines stage runs first in the evaluate phase: its figures survive a cut evaluate
+        record = self.root / "models/baselines/record.json"
+        if record.exists() and not (self.root / "metrics/eval.json").exists():
+            with contextlib.suppress(OSError, ValueError):
+                self.summary["baselines"] = json.loads(record.read_text())
         grids = sorted((self.root / "models/samples").glob("*.png"))
         if grids:
             shutil.copy2(grids[-1], self.out / "train_grid.png")
@@ -335,7 +341,9 @@ def run(check: Check) -> None:
             cut.append(f"train {sizes.train_s:.0f} s of the {sizes.train_fixed:.0f} s asked for")
         elif name == "train" and 0 < sizes.train_s < r.train_min:
             cut.append(f"train {sizes.train_s:.0f} s, below the {r.train_min:.0f} s a run needs to show anything")
-        if (sizes.train_s <= 0 if name == "train" else left < 0.5 * budget):
+        # evaluate writes its figures only as it ends, so it starts only with its whole estimate left;
+        # another phase may start on half of it (a cut one still leaves what it wrote)
+        if (sizes.train_s <= 0 if name == "train" else left < (1.0 if name == "evaluate" else 0.5) * budget):
             what = (f"{budget:.0f} s" if name != "train"
                     else f"{r.train_overhead + r.train_min:.0f} s and evaluate after it")
             check.report(name, "skipped", reason=f"no time left: needs about {what}, {max(left, 0):.0f} s remain")
@@ -370,7 +378,8 @@ def main() -> None:
     ap.add_argument("--expression-minutes", type=float, default=0.0,
                     help="expression_train.max_minutes of an expression run after the NIR one; 0 skips it")
     ap.add_argument("--compile", choices=["none", "default", "reduce-overhead"], default=None,
-                    help="train.compile (default: default on CUDA, none in --smoke)")
+                    help="train.compile (default: none, eager: a first compile on a device's cold cache "
+                         "takes minutes of a short call)")
     ap.add_argument("--batch", type=int, default=None, help="train.batch_size per card (default 128, smoke 4)")
     ap.add_argument("--keep", type=Path, default=None, help="build the pipeline here and keep it")
     args = ap.parse_args()

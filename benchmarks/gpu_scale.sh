@@ -38,7 +38,7 @@ if "$PYTHON" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is
         "$(since)" > "$install_json"
 elif compgen -G ".whl/*.whl" > /dev/null; then
     limit="$(( ${deadline%.*} / 6 ))"
-    if timeout "$limit" "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl; then
+    if timeout "$limit" "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl; then
         status=ok reason="$(ls .whl/*.whl | wc -l) wheels from .whl/ into /tmp/site"
     else
         status=failed reason="pip install of .whl/ failed or passed ${limit} s"

@@ -62,7 +62,7 @@ def train_figures(s: dict, root: Path, train_params: dict, result: dict, smoke: 
     gflop = s.get("flops", {}).get("gflop_per_pair")
     if gflop and steady:
         train["gflop_per_pair"] = round(gflop, 3)
-        train["tflops"] = round(steady * gflop / 1e3, 3)
+        train["tflops"] = float(f"{steady * gflop / 1e3:.3g}")  # 3 significant digits: a CPU smoke reads ~1e-4
         peak, where = (None, "smoke mode runs on the CPU") if smoke else peak_bf16_tflops(hw.get("device", ""))
         train["peak_bf16_tflops_per_card"] = peak
         train["peak_fraction"] = round(train["tflops"] / (peak * cards), 4) if peak else "unavailable"
