@@ -223,8 +223,9 @@ def test_a_shard_worker_killed_mid_run_is_an_error_naming_generate_not_a_hang(mo
 
 
 def test_automatic_workers_are_one_per_core_but_only_where_they_pay_for_their_start():
-    # A worker's start costs about 180 images' work, so a small dataset stays in the stage's own
-    # process whatever the cores; an explicit generate.workers is used as given (the kill -9 test).
+    # A worker pays for its start only over some hundreds of images, so a small dataset stays in the
+    # stage's own process whatever the cores; an explicit generate.workers is used as given (the
+    # kill -9 test).
     from nirgan.generation.dataset import IMAGES_PER_WORKER, auto_workers
 
     sizes = (20, IMAGES_PER_WORKER - 1, 2 * IMAGES_PER_WORKER, 10**6)

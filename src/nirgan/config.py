@@ -489,8 +489,8 @@ class GenerateConfig(Section):
         16, ge=1, description="images per generator and label-check batch (16: fastest fp32 on one CPU thread)"
     )
     workers: int = Field(
-        0, ge=0, description="processes writing shards in parallel; 0 = one per CPU core on the CPU "
-        "but at most one per 300 images (fewer run in the stage's own process), 1 on a GPU"
+        0, ge=0, description="processes writing shards in parallel; 0 = one per CPU core on the CPU, but "
+        "none with fewer images than pay for its start (nirgan.generation.dataset.auto_workers), 1 on a GPU"
     )
     precision: Literal["fp32", "bf16"] = Field(
         "bf16", description="bf16 autocast for the generator and the label check where bf16 is native (CUDA; CPUs "

@@ -275,11 +275,12 @@ def _one_cpu_thread(device: str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-# A shard worker's start (spawn, import torch, load the models) costs about what 180 images do on
-# one CPU thread, so a worker must have some hundreds of images to pay for itself. The default
-# model on the 2-core Xeon, the whole stage: 200 images took 14.2 s in this process against
-# 16.7 s in two workers; 600 images 20.2 s against 18.3-19.0 (benchmarks/results/cpu_2026-12-06s15/).
-IMAGES_PER_WORKER = 300
+# A shard worker's start (spawn, import torch, load the models) and the stage's own work beside
+# two workers on two cores cost what some hundreds of images do on one CPU thread (about 17 ms
+# each). The whole stage, the default model, 2-core Xeon, 2 workers against 1 (medians,
+# benchmarks/generate_workers.py): 200 images 1.12x the time, 600 1.10x (0.93x in a run by hand),
+# 1,500 0.78x, 4,000 0.62x (benchmarks/results/cpu_2026-12-06s15/).
+IMAGES_PER_WORKER = 500
 
 
 def auto_workers(count: int, device: str, cores: int) -> int:
