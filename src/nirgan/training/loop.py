@@ -187,9 +187,9 @@ def epoch_grid_due(step: int, steps_per_epoch: int, every: int) -> bool:
     """Whether the epoch ending at ``step`` gets a sample grid: when a multiple of ``every``
     (train.log_every) falls within it. So every epoch where epochs are that long or longer (the
     CPU default: 165 steps an epoch, every 10), and one grid per ``every`` steps where they are
-    shorter: a small set at a GPU's batch has epochs of a few steps, and a grid (a host sync, two
-    PNGs and an MLflow image each) after every one of them slowed training. A function of the step
-    alone, so a resumed run draws the grids an uninterrupted one does."""
+    shorter: a small set at a GPU's batch has epochs of a few steps, and each grid costs a host
+    sync, two PNGs and an MLflow image (what that costs on a GPU has not been measured). A function
+    of the step alone, so a resumed run draws the grids an uninterrupted one does."""
     return step % steps_per_epoch == 0 and step // every > (step - steps_per_epoch) // every
 
 
