@@ -297,6 +297,8 @@ def write_shards(plan: DatasetPlan, device: str = "cpu", workers: int = 1) -> It
     (a kill -9 leaves no orphan writing on), a worker's death raises instead of hanging
     (:mod:`nirgan.workers`), and a rerun skips the shards they completed."""
     workers = max(1, min(workers, plan.n_shards))
+    log.info("generate: %d shard(s) in %s", plan.n_shards, f"{workers} worker processes" if workers > 1 else
+             "this process")
     if workers == 1:
         for k in range(plan.n_shards):
             yield write_shard(plan, k, device)

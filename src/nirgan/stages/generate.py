@@ -59,10 +59,7 @@ def run(cfg: Config, out_dir: Path, model_ref: str | None = None,
             # the folder stays locked until the dataset is recorded: another run into it stops at once
             with open_dataset(cfg, out_dir, model, device, overwrite) as plan:
                 seconds = dict.fromkeys(PHASES, 0.0)
-                workers = min(cfg.generate.workers or auto_workers(cfg.generate.count, device, available_cores()),
-                              plan.n_shards)
-                log.info("generate: %d shard(s) in %s", plan.n_shards,
-                         f"{workers} worker processes" if workers > 1 else "this process")
+                workers = cfg.generate.workers or auto_workers(cfg.generate.count, device, available_cores())
                 for shard in write_shards(plan, device, workers):
                     for phase, s in shard.get("seconds", {}).items():
                         seconds[phase] += s
