@@ -15,6 +15,10 @@ An arm is a name, then ``key=value`` params overrides separated by spaces (as ``
 -S``). A cell whose folder already holds ``metrics/eval.json`` from the same params is reused,
 so an interrupted comparison resumes and a new arm costs only its own runs. Each cell takes
 about 6.5 minutes on a 2-core CPU with the default params.
+
+``--spread-file PATH`` also writes the first arm's sample std over seeds of every figure of
+eval.json (not only the table's), with the machine and revision it came from:
+``figures_vs_committed.py`` reads it to judge a rerun whose trained generator differs.
 """
 
 from __future__ import annotations
@@ -120,6 +124,19 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, f
     return out
 
 
+def spread_file(runs: list[dict], seeds: list[int], root: Path) -> dict:
+    """The sample std over seeds of every float figure the runs share (timings and spreads aside)."""
+    shared = set.intersection(*(set(r) for r in runs))
+    names = sorted(n for n in shared if not n.startswith("evaluate_seconds_") and not n.endswith("_std")
+                   and all(isinstance(r[n], float) for r in runs))
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    return {"seeds": seeds, "cpu": cpu, "threads": os.cpu_count(), "revision": rev,
+            "precision_ran": sorted({str(r.get("evaluate_precision")) for r in runs}),
+            "std": {n: float(np.std([r[n] for r in runs], ddof=1)) for n in names}}
+
+
 def print_table(summary: dict[str, dict[str, dict[str, float]]]) -> None:
     arms = list(summary)
     print(f"{'figure':32}" + "".join(f"{a:>24}" for a in arms))
@@ -144,6 +161,7 @@ def main() -> None:
     ap.add_argument("--arm", action="append", required=True, help='"name key=value ..."; the first is the reference')
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=Path("seed_spread_out"))
+    ap.add_argument("--spread-file", type=Path, help="write the first arm's spread of every figure here")
     args = ap.parse_args()
     base = yaml.safe_load((args.root / "params.yaml").read_text())
     missing = [s for s in DATA_STAGES if not (args.root / "data" / s).is_dir()]
@@ -167,6 +185,11 @@ def main() -> None:
     (args.out / "summary.json").write_text(json.dumps({"seeds": args.seeds, "arms": dict(arms), "figures": summary},
                                                       indent=1))
     print_table(summary)
+    if args.spread_file:
+        first = results[arms[0][0]]
+        if len(first) < 2:
+            raise SystemExit("--spread-file needs at least two seeds")
+        args.spread_file.write_text(json.dumps(spread_file(first, args.seeds, args.root), indent=1) + "\n")
 
 
 if __name__ == "__main__":
