@@ -16,7 +16,9 @@ Compares each number of the working copy's metrics file with the one committed a
   within ``k`` times its spread over training seeds (``--training-spread``, written by
   ``seed_spread.py --spread-file``), where that is larger.
 - What names the run rather than measures it (the generator's digest, the precision that ran:
-  :data:`RUN_FACTS`) is printed when it differs and never counted as a figure.
+  :data:`RUN_FACTS`), and the sentences that explain a figure (``*_reason``, which quote numbers
+  compared on their own, such as "0.745 < 0.75"), are printed when they differ and never counted
+  as figures.
 
 Spreads (``*_std``) and timings (``evaluate_seconds_*``) are not compared. Prints one line per
 figure that is not identical and a summary; exits 1 if any figure is outside its tolerance. Use
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # and code it was measured on are in the file).
 TRAINING_SPREAD = ROOT / "benchmarks" / "results" / "training_seed_spread.json"
 RUN_FACTS = ("generator_sha256", "evaluate_precision")  # what ran, not what was measured
+NOT_COUNTED = "  --- "  # the prefix of a line shown but not counted
 
 
 def compare(old: dict, new: dict, k: float, rel: float,
@@ -49,9 +52,10 @@ def compare(old: dict, new: dict, k: float, rel: float,
         if name.startswith("evaluate_seconds_") or name.endswith("_std"):
             continue  # timings, and spreads (a spread over 3 seeds is itself too noisy to compare)
         a, b = old.get(name), new.get(name)
-        if name in RUN_FACTS:
+        if name in RUN_FACTS or name.endswith("_reason"):
             if a != b:
-                lines.append(f"  run {name}: {a!r} -> {b!r}  (what ran, not a figure)")
+                what = "what ran" if name in RUN_FACTS else "explains a figure compared on its own"
+                lines.append(f"{NOT_COUNTED}{name}: {a!r} -> {b!r}  ({what}, not a figure)")
             continue
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
             if a != b:
@@ -106,7 +110,7 @@ def main() -> int:
         return 2
     old, new = json.loads(committed.stdout), json.loads(path.read_text())
     lines, identical, outside = compare(old, new, args.k, args.rel, load_training_spread(args.training_spread))
-    figures = len([line for line in lines if not line.startswith("  run ")])
+    figures = len([line for line in lines if not line.startswith(NOT_COUNTED)])
     print(f"{args.file} against {args.rev}: {identical} identical, {figures - outside} within tolerance, {outside} outside")
     if "generator_sha256" in old:
         same = old.get("generator_sha256") == new.get("generator_sha256")
