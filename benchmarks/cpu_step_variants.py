@@ -22,10 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CODE = """
-import json, sys, time
+import json, sys
 import torch, yaml
 sys.path.insert(0, sys.argv[4])
-from train_speed import synthetic_data
+from train_speed import synthetic_data, timed
 import nirgan.devices as devices
 variant = json.loads(sys.argv[2])
 if variant.get("layout") == "contiguous":
@@ -40,14 +40,8 @@ raw["train"].update(log_model=False, device="cpu")
 cfg = parse_config(raw)
 session = session_mod.TrainSession(cfg, synthetic_data(64, cfg.augment.image_size, torch.device("cpu")),
                                    torch.device("cpu"))
-for _ in range(5):
-    session.train_step()
-steps = int(sys.argv[3])
-t = time.perf_counter()
-for _ in range(steps):
-    session.train_step()
-sec = time.perf_counter() - t
-print(json.dumps({"steps_per_s": steps / sec, "threads": torch.get_num_threads(),
+sec = timed(session.train_step, int(sys.argv[3]), 5, torch.device("cpu"))
+print(json.dumps({"steps_per_s": 1 / sec, "threads": torch.get_num_threads(),
                   "ran_as": getattr(session, "precision", "?"), "layout": str(session.memory_format)}))
 """
 
