@@ -40,6 +40,9 @@ raw["train"].update(log_model=False, device="cpu")
 cfg = parse_config(raw)
 session = session_mod.TrainSession(cfg, synthetic_data(64, cfg.augment.image_size, torch.device("cpu")),
                                    torch.device("cpu"))
+# the patches above reach into the session's imports: a variant that did not take is an error
+assert (session.memory_format == torch.contiguous_format) == (variant.get("layout") == "contiguous"), variant
+assert (session.precision == "bf16") == (variant.get("bf16") == "forced" or devices.native_bf16(torch.device("cpu")))
 sec = timed(session.train_step, int(sys.argv[3]), 5, torch.device("cpu"))
 print(json.dumps({"steps_per_s": 1 / sec, "threads": torch.get_num_threads(),
                   "ran_as": getattr(session, "precision", "?"), "layout": str(session.memory_format)}))

@@ -44,9 +44,10 @@ NOT_COUNTED = "  --- "  # the prefix of a line shown but not counted
 
 
 def compare(old: dict, new: dict, k: float, rel: float,
-            training_spread: dict[str, float] | None = None) -> tuple[list[str], int, int]:
-    """(a line per value that is not identical, how many are identical, how many are outside)."""
-    lines, identical, outside = [], 0, 0
+            training_spread: dict[str, float] | None = None) -> tuple[list[str], int, int, int]:
+    """(a line per value that is not identical; how many figures are identical, within tolerance,
+    outside it)."""
+    lines, identical, within, outside = [], 0, 0, 0
     retrained = old.get("generator_sha256") != new.get("generator_sha256")
     for name in sorted(set(old) | set(new)):
         if name.startswith("evaluate_seconds_") or name.endswith("_std"):
@@ -79,9 +80,9 @@ def compare(old: dict, new: dict, k: float, rel: float,
         else:
             tol, how = rel * max(abs(a), abs(b)), f"relative {rel:g}"
         ok = abs(b - a) <= tol
-        outside += not ok
+        within, outside = within + ok, outside + (not ok)
         lines.append(f"  {'ok ' if ok else 'OUT'} {name}: {a:.6g} -> {b:.6g}  (|diff| {abs(b - a):.3g}, tolerance {how})")
-    return lines, identical, outside
+    return lines, identical, within, outside
 
 
 def load_training_spread(path: Path) -> dict[str, float]:
@@ -109,9 +110,8 @@ def main() -> int:
         print(f"{path} does not exist: run the pipeline first (make repro)", file=sys.stderr)
         return 2
     old, new = json.loads(committed.stdout), json.loads(path.read_text())
-    lines, identical, outside = compare(old, new, args.k, args.rel, load_training_spread(args.training_spread))
-    figures = len([line for line in lines if not line.startswith(NOT_COUNTED)])
-    print(f"{args.file} against {args.rev}: {identical} identical, {figures - outside} within tolerance, {outside} outside")
+    lines, identical, within, outside = compare(old, new, args.k, args.rel, load_training_spread(args.training_spread))
+    print(f"{args.file} against {args.rev}: {identical} identical, {within} within tolerance, {outside} outside")
     if "generator_sha256" in old:
         same = old.get("generator_sha256") == new.get("generator_sha256")
         print(f"the trained generator: {'bit for bit the committed one' if same else 'differs from the committed one'}")

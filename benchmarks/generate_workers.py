@@ -6,7 +6,8 @@ For each ``--count`` it runs ``nirgan stage generate`` in a scratch folder (this
 params.yaml with ``generate.count`` and ``generate.workers`` set, ``models/`` and
 ``metrics/eval.json`` of this checkout), alternating the worker counts ``--repeats`` times, and
 prints each run's wall seconds and CPU seconds (the stage and its workers) as it lands, then the
-medians' ratios. One run before them, not counted, creates the MLflow store. The images are the same bytes whatever the workers (tests/test_generate.py).
+medians' ratios. One run before them, not counted, creates the MLflow store. The images are the
+same bytes whatever the workers (tests/test_generate.py).
 
     .venv/bin/python benchmarks/generate_workers.py --count 200 600 --workers 1 2 --repeats 3
 

@@ -129,8 +129,8 @@ def spread_file(runs: list[dict], seeds: list[int], root: Path) -> dict:
     shared = set.intersection(*(set(r) for r in runs))
     names = sorted(n for n in shared if not n.startswith("evaluate_seconds_") and not n.endswith("_std")
                    and all(isinstance(r[n], float) for r in runs))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown")
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     return {"seeds": seeds, "cpu": cpu, "threads": os.cpu_count(), "revision": rev,
             "precision_ran": sorted({str(r.get("evaluate_precision")) for r in runs}),

@@ -23,24 +23,24 @@ def rerun(**changes) -> dict:
 
 
 def test_a_bit_identical_rerun_is_identical_whatever_its_timings():
-    lines, identical, outside = compare(COMMITTED, rerun(evaluate_seconds_total=91.0), 3, 0.25, SPREAD)
+    lines, identical, _, outside = compare(COMMITTED, rerun(evaluate_seconds_total=91.0), 3, 0.25, SPREAD)
     assert (lines, outside) == ([], 0) and identical == 5
 
 
 def test_another_cpus_generator_is_judged_by_the_training_seed_spread():
     other = rerun(generator_sha256="bb", evaluate_precision="fp32", utility_tstr_gaze_deg=4.37)
-    lines, _, outside = compare(COMMITTED, other, 3, 0.25, SPREAD)
+    lines, _, _, outside = compare(COMMITTED, other, 3, 0.25, SPREAD)
     assert outside == 0, lines
     assert any("training-seed spread 0.6" in line for line in lines)
     assert sum(line.startswith(NOT_COUNTED) for line in lines) == len(RUN_FACTS)  # shown, not counted
     # without the spread file the evaluation seeds' spread is all there is, and it under-reads it
-    _, _, outside = compare(COMMITTED, other, 3, 0.25, {})
+    _, _, _, outside = compare(COMMITTED, other, 3, 0.25, {})
     assert outside == 1
 
 
 def test_the_same_generator_gets_no_training_seed_allowance():
     # same weights, different figure: something in evaluate moved; another training seed is no excuse
-    _, _, outside = compare(COMMITTED, rerun(utility_tstr_gaze_deg=4.37), 3, 0.25, SPREAD)
+    _, _, _, outside = compare(COMMITTED, rerun(utility_tstr_gaze_deg=4.37), 3, 0.25, SPREAD)
     assert outside == 1
 
 
@@ -49,22 +49,22 @@ def test_a_reason_is_shown_but_the_figure_and_verdict_it_quotes_are_what_is_comp
            "expr_judge_few_shot_informative_reason": "expr_judge_auc_blurred_real_few_shot = 0.745 < 0.75: ..."}
     new = {**old, "expr_judge_auc_blurred_real_few_shot": 0.7444,
            "expr_judge_few_shot_informative_reason": "expr_judge_auc_blurred_real_few_shot = 0.744 < 0.75: ..."}
-    lines, _, outside = compare(old, new, 3, 0.25)
+    lines, _, _, outside = compare(old, new, 3, 0.25)
     assert outside == 0 and any(line.startswith(NOT_COUNTED) and "_reason" in line for line in lines)
-    _, _, outside = compare(old, {**new, "expr_judge_few_shot_informative": True}, 3, 0.25)
+    _, _, _, outside = compare(old, {**new, "expr_judge_few_shot_informative": True}, 3, 0.25)
     assert outside == 1
 
 
 def test_counts_and_text_must_match_exactly_even_after_retraining():
     for changed in ({"pairs_test": 71}, {"realism_halves": "random"}):
-        _, _, outside = compare(COMMITTED, rerun(generator_sha256="bb", **changed), 3, 0.25, SPREAD)
+        _, _, _, outside = compare(COMMITTED, rerun(generator_sha256="bb", **changed), 3, 0.25, SPREAD)
         assert outside == 1, changed
 
 
 def test_single_fit_readings_match_to_a_relative_tolerance():
-    _, _, outside = compare(COMMITTED, rerun(identity_cosine=0.9), 3, 0.25, SPREAD)
+    _, _, _, outside = compare(COMMITTED, rerun(identity_cosine=0.9), 3, 0.25, SPREAD)
     assert outside == 0
-    _, _, outside = compare(COMMITTED, rerun(identity_cosine=0.7), 3, 0.25, SPREAD)
+    _, _, _, outside = compare(COMMITTED, rerun(identity_cosine=0.7), 3, 0.25, SPREAD)
     assert outside == 1
 
 
