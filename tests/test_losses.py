@@ -214,3 +214,45 @@ def test_every_generator_loss_sends_gradient_to_the_generator(loss_name):
     assert all(p.grad is None for p in d.parameters())  # frozen networks stay untouched
     if loss_name in ("latent_reconstruction", "identity_reconstruction", "identity_reconstruction_kl"):
         assert _grad_norm(e) > 0
+
+
+@pytest.mark.parametrize("kl", [0.0, 0.5], ids=["ir", "ir_kl"])
+def test_the_generator_step_draws_its_images_in_one_call_with_unchanged_losses(kl):
+    """compute_g_loss asks the generator once for the sample, the style-diversity draw and the
+    identity reconstruction (they share the sources, so the multinorm's SPADE maps are computed
+    once): every loss part equals, bit for bit, what one generator call per image gives."""
+    import copy
+
+    from torch import nn
+
+    from nirgan.config import TrainConfig
+    from nirgan.models.networks import build_networks
+    from nirgan.training.core import Batch, StepNets, compute_g_loss
+
+    class OneCallPerImage(nn.Module):
+        def __init__(self, generator: nn.Module):
+            super().__init__()
+            self.generator = generator
+
+        def forward(self, source, style, labels=None):
+            if isinstance(style, tuple):
+                return tuple(self.generator(source, s, labels) for s in style)
+            return self.generator(source, style, labels)
+
+    tc = TrainConfig(generator="multinorm", width=0.125, latent_dim=8, lambda_sd=1.0, lambda_ir=10.0, lambda_kl=kl,
+                     perceptual="discriminator")
+    torch.manual_seed(0)
+    nets = build_networks(tc)
+    batch = Batch(source=torch.rand(2, 3, 64, 64) * 2 - 1, target=torch.rand(2, 1, 64, 64) * 2 - 1)
+    z1, z2, z_ir = torch.randn(2, 8), torch.randn(2, 8), torch.randn(2, 8)
+    calls: list[int] = []
+    reference = OneCallPerImage(copy.deepcopy(nets.generator))
+    nets.generator.register_forward_hook(lambda *_: calls.append(1))
+
+    _, parts = compute_g_loss(StepNets(nets.generator, nets.discriminator, nets.encoder), batch, z1, z2, tc, z_ir)
+    _, expected = compute_g_loss(StepNets(reference, nets.discriminator, nets.encoder), batch, z1, z2, tc, z_ir)
+
+    assert len(calls) == 1
+    assert {"g_adv", "g_p", "g_lr", "g_sd", "g_ir"} <= set(parts) and ("g_kl" in parts) == (kl > 0)
+    assert parts.keys() == expected.keys()
+    assert all(torch.equal(parts[k], expected[k]) for k in parts), {k: (parts[k], expected[k]) for k in parts}

@@ -159,6 +159,42 @@ def test_style_changes_the_image_and_source_too(cls):
     assert (g(src, z) - g(_images(1, 64), z)).abs().mean() > 1e-3
 
 
+@pytest.mark.parametrize("cls", GENERATORS, ids=["encoder_decoder", "multinorm"])
+def test_a_tuple_of_styles_draws_what_separate_calls_draw(cls, monkeypatch):
+    """The training step asks for the sample and the identity reconstruction in one call. In train
+    mode (batch statistics, running statistics updated) the images and the buffers are bit for
+    bit those of one call per style, the gradients the same up to summation order; the multinorm
+    computes each SPADE layer's maps once for both styles."""
+    import copy
+
+    from nirgan.models.layers import SPADE
+
+    g = init_weights(cls(latent_dim=16, width=0.125, label_dim=2), "xavier").train()
+    separate = copy.deepcopy(g)
+    src, labels = _images(3, 64), torch.randn(3, 2)
+    styles = (torch.randn(3, 16), torch.randn(3, 16))
+    computed = []
+    modulation = SPADE.modulation
+    monkeypatch.setattr(SPADE, "modulation", lambda self, *a: computed.append(self) or modulation(self, *a))
+
+    together = g(src, styles, labels)
+    n_spade = len(computed)
+    apart = tuple(separate(src, s, labels) for s in styles)
+
+    assert isinstance(together, tuple) and len(together) == 2
+    assert all(torch.equal(a, b) for a, b in zip(together, apart))
+    assert all(torch.equal(a, b) for a, b in zip(g.buffers(), separate.buffers()))
+    spades = [m for m in g.modules() if isinstance(m, SPADE)]
+    assert n_spade == len(spades) and len(computed) == n_spade + 2 * len(spades)  # once, against once per style
+    sum(x.square().mean() for x in together).backward()
+    sum(x.square().mean() for x in apart).backward()
+    # some gradients are zero but for rounding (a bias that a later instance norm removes): the
+    # tolerance is on the scale of the network's largest gradient
+    scale = max(float(q.grad.abs().max()) for q in separate.parameters())
+    for (name, p), q in zip(g.named_parameters(), separate.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5 * scale), name
+
+
 def test_init_weights_schemes():
     net = EncoderDecoderGenerator(latent_dim=16, width=0.125)
     init_weights(net, "xavier")

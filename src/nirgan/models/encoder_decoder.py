@@ -34,7 +34,12 @@ class EncoderDecoderGenerator(nn.Module):
         self.decoder = nn.ModuleList(AdaINResBlock(a, b, style_dim) for a, b in zip(dec[:-1], dec[1:]))
         self.to_image = nn.Conv2d(dec[-1], 1, 3, padding=1)
 
-    def forward(self, source: torch.Tensor, style: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, source: torch.Tensor, style: torch.Tensor | tuple[torch.Tensor, ...],
+                labels: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """One image per source and style; a tuple of styles gives a tuple of images. Each is a
+        call of its own: the encoder's batch norm updates its running statistics once per call."""
+        if isinstance(style, tuple):
+            return tuple(self(source, s, labels) for s in style)
         style = style_with_labels(style, labels, self.label_dim)
         x = F.relu(self.stem(source))
         for block in self.encoder:

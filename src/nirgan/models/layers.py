@@ -97,11 +97,25 @@ class SPADE(nn.Module):
         self.gamma = nn.Conv2d(hidden, channels, 3, padding=1)
         self.beta = nn.Conv2d(hidden, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        if source.shape[-2:] != x.shape[-2:]:
-            source = F.interpolate(source, size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=False)
+    def modulation(self, source: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-pixel (gamma, beta) for a feature map of ``size``."""
+        if source.shape[-2:] != size:
+            source = F.interpolate(source, size=size, mode="bilinear", align_corners=False, antialias=False)
         h = self.shared(source)
-        return (1 + self.gamma(h)) * self.norm(x) + self.beta(h)
+        return self.gamma(h), self.beta(h)
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor, maps: dict | None = None) -> torch.Tensor:
+        """``maps``: a cache shared by calls over one source batch. gamma and beta depend on the
+        source alone, so images drawn from the same sources with other styles reuse them; in a
+        training step that draws two (the sample and the identity reconstruction) this was a
+        tenth of the step (benchmarks/spade_maps.py)."""
+        gamma_beta = None if maps is None else maps.get(self)
+        if gamma_beta is None:
+            gamma_beta = self.modulation(source, tuple(x.shape[-2:]))
+            if maps is not None:
+                maps[self] = gamma_beta
+        gamma, beta = gamma_beta
+        return (1 + gamma) * self.norm(x) + beta
 
 
 class ResBlock(nn.Module):
@@ -183,13 +197,14 @@ class MultinormResBlock(nn.Module):
     def _up(self, x: torch.Tensor) -> torch.Tensor:
         return upsample2x(x) if self.upsample else x
 
-    def forward(self, x: torch.Tensor, source: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, source: torch.Tensor, style: torch.Tensor,
+                maps: dict | None = None) -> torch.Tensor:
         shortcut = self._up(x)
         if self.skip is not None:
             shortcut = self.skip(shortcut)
-        h = self.adain1(self.spade1(x, source), style)
+        h = self.adain1(self.spade1(x, source, maps), style)
         h = self.conv1(self._up(F.leaky_relu(h, LEAK)))
-        h = self.adain2(self.spade2(h, source), style)
+        h = self.adain2(self.spade2(h, source, maps), style)
         h = self.conv2(F.leaky_relu(h, LEAK))
         return (shortcut + h) * _INV_SQRT2
 

@@ -41,7 +41,17 @@ class MultinormGenerator(nn.Module):
         )
         self.to_image = nn.Conv2d(dec[-1], 1, 3, padding=1)
 
-    def forward(self, source: torch.Tensor, style: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, source: torch.Tensor, style: torch.Tensor | tuple[torch.Tensor, ...],
+                labels: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """One image per source and style. A tuple of styles gives a tuple of images, each what its
+        own call would give, with the SPADE maps (which depend on the source alone) computed once."""
+        if isinstance(style, tuple):
+            maps: dict = {}
+            return tuple(self._draw(source, s, labels, maps) for s in style)
+        return self._draw(source, style, labels, None)
+
+    def _draw(self, source: torch.Tensor, style: torch.Tensor, labels: torch.Tensor | None,
+              maps: dict | None) -> torch.Tensor:
         style = style_with_labels(style, labels, self.label_dim)
         size = (source.shape[-2] // 32, source.shape[-1] // 32)
         # repeat, not expand: a view of a parameter made under no_grad would claim requires_grad
@@ -50,5 +60,5 @@ class MultinormGenerator(nn.Module):
         if size != (4, 4):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         for block in self.decoder:
-            x = block(x, source, style)
+            x = block(x, source, style, maps)
         return torch.tanh(self.to_image(F.leaky_relu(x, LEAK)))

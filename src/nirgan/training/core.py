@@ -119,7 +119,24 @@ def compute_g_loss(
     """
     source, target, labels = batch.source, batch.target, batch.labels
     s1 = style_of(nets, z1)
-    fake = nets.generator(source, s1, labels)
+    s2 = style_of(nets, z2) if train_cfg.lambda_sd > 0 else None
+    code = None
+    if train_cfg.lambda_ir > 0:
+        # Identity reconstruction redraws the target from its own style, E(target).
+        if train_cfg.lambda_kl > 0:
+            if z_ir is None:
+                raise ValueError("train.lambda_kl > 0: compute_g_loss needs z_ir, the draw that samples E's posterior")
+            mu, logvar = nets.encoder(target, posterior=True)
+            code = mu + z_ir.to(mu.dtype) * torch.exp(0.5 * logvar)
+        else:
+            code = nets.encoder(target)
+    # Every image of this step from one generator call: the styles share the sources, and the
+    # generator computes what depends on the source alone once (the SPADE maps).
+    styles = tuple(s for s in (s1, s2, code) if s is not None)
+    drawn = iter(nets.generator(source, styles, labels))
+    fake = next(drawn)
+    fake2 = next(drawn) if s2 is not None else None
+    rec = next(drawn) if code is not None else None
 
     use_d_features = train_cfg.perceptual == "discriminator"
     # The perceptual features compare the pair as it is; only the adversarial term sees D's view.
@@ -159,7 +176,6 @@ def compute_g_loss(
             )
 
     if train_cfg.lambda_sd > 0:
-        fake2 = nets.generator(source, style_of(nets, z2), labels)
         sd = style_diversity_loss(fake, fake2, z1, z2, distance(train_cfg.sd_image_distance),
                                   train_cfg.sd_latent_distance)
         loss = loss + train_cfg.lambda_sd * sd
@@ -167,16 +183,9 @@ def compute_g_loss(
 
     if train_cfg.lambda_ir > 0:
         if train_cfg.lambda_kl > 0:
-            if z_ir is None:
-                raise ValueError("train.lambda_kl > 0: compute_g_loss needs z_ir, the draw that samples E's posterior")
-            mu, logvar = nets.encoder(target, posterior=True)
-            code = mu + z_ir.to(mu.dtype) * torch.exp(0.5 * logvar)
             kl = kl_to_standard_normal(mu, logvar)
             loss = loss + train_cfg.lambda_kl * kl
             parts["g_kl"] = kl.detach()
-        else:
-            code = nets.encoder(target)
-        rec = nets.generator(source, code, labels)
         ir = identity_reconstruction_loss(target, rec, distance(train_cfg.ir_distance))
         loss = loss + train_cfg.lambda_ir * ir
         parts["g_ir"] = ir.detach()
