@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CODE = """
 import json, sys
-import torch, yaml
+import torch
 sys.path.insert(0, sys.argv[4])
-from train_speed import synthetic_data, timed
+from train_speed import default_session, timed
 import nirgan.devices as devices
 variant = json.loads(sys.argv[2])
 if variant.get("layout") == "contiguous":
@@ -34,12 +34,7 @@ if variant.get("bf16") == "forced":
     devices.native_bf16 = lambda device: True
 import nirgan.training.session as session_mod
 session_mod.memory_format, session_mod.effective_precision = devices.memory_format, devices.effective_precision
-from nirgan.config import parse_config
-raw = {k: v for k, v in yaml.safe_load(open(sys.argv[1])).items() if k in ("augment", "train")}
-raw["train"].update(log_model=False, device="cpu")
-cfg = parse_config(raw)
-session = session_mod.TrainSession(cfg, synthetic_data(64, cfg.augment.image_size, torch.device("cpu")),
-                                   torch.device("cpu"))
+session = default_session(sys.argv[1], torch.device("cpu"))  # its TrainSession reads the patched names
 # the patches above reach into the session's imports: a variant that did not take is an error
 assert (session.memory_format == torch.contiguous_format) == (variant.get("layout") == "contiguous"), variant
 assert (session.precision == "bf16") == (variant.get("bf16") == "forced" or devices.native_bf16(torch.device("cpu")))

@@ -24,17 +24,14 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_speed import synthetic_data, timed  # noqa: E402  (the benchmarks' pairs and timer)
+from train_speed import default_session, timed  # noqa: E402  (the benchmarks' step and timer)
 
-from nirgan.config import parse_config  # noqa: E402
 from nirgan.devices import resolve_device  # noqa: E402
 from nirgan.models.multinorm import MultinormGenerator  # noqa: E402
-from nirgan.training.session import TrainSession  # noqa: E402
 
 SHARED_FORWARD = MultinormGenerator.forward
 
@@ -60,12 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device, "--device")
-    raw = {k: v for k, v in yaml.safe_load(open(args.params)).items() if k in ("augment", "train")}
-    raw["train"].update(log_model=False, device=device.type)
-    cfg = parse_config(raw)
-    if cfg.train.generator != "multinorm":
-        raise SystemExit(f"{args.params}: train.generator is {cfg.train.generator}; the SPADE maps are the multinorm's")
-    session = TrainSession(cfg, synthetic_data(64, cfg.augment.image_size, device), device)
+    session = default_session(args.params, device)
+    if session.tc.generator != "multinorm":
+        raise SystemExit(f"{args.params}: train.generator is {session.tc.generator}; the SPADE maps are the multinorm's")
     for _ in range(args.warmup):
         session.train_step()
     seconds: dict[str, list[float]] = {name: [] for name in ARMS}

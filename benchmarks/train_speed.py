@@ -25,9 +25,11 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from gpu_scale_figures import peak_bf16_tflops
@@ -46,6 +48,15 @@ def synthetic_data(pairs: int, size: int, device: torch.device) -> TrainData:
     grid_src = src[:2].permute(0, 3, 1, 2).float() / 127.5 - 1
     return TrainData(src, tgt, labels, np.array([f"s{i % 4}" for i in range(pairs)]), grid_src,
                      tgt[:2, None].float() / 127.5 - 1, labels[:2])
+
+
+def default_session(params: str | Path, device: torch.device, **train_overrides) -> TrainSession:
+    """The step a params file trains (its augment and train sections, plus ``train_overrides``)
+    on 64 synthetic pairs, without MLflow: the step benchmarks' common subject."""
+    raw = {k: v for k, v in yaml.safe_load(Path(params).read_text()).items() if k in ("augment", "train")}
+    raw["train"].update(train_overrides, log_model=False, device=device.type)
+    cfg = parse_config(raw)
+    return TrainSession(cfg, synthetic_data(64, cfg.augment.image_size, device), device)
 
 
 def make_config(args: argparse.Namespace, batch: int, fast: bool, compile_: str = "none"):

@@ -24,15 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CODE = """
 import json, sys
-import torch, yaml
+import torch
 sys.path.insert(0, sys.argv[4])
-from train_speed import synthetic_data, timed  # the benchmarks' pairs and timer (nirgan from PYTHONPATH)
-from nirgan.config import parse_config
-from nirgan.training.session import TrainSession
-raw = {k: v for k, v in yaml.safe_load(open(sys.argv[1])).items() if k in ("augment", "train")}  # what the step reads
-raw["train"].update(json.loads(sys.argv[2]), log_model=False, device="cpu")
-cfg = parse_config(raw)
-session = TrainSession(cfg, synthetic_data(64, cfg.augment.image_size, torch.device("cpu")), torch.device("cpu"))
+from train_speed import default_session, timed  # the benchmarks' step and timer (nirgan from PYTHONPATH)
+session = default_session(sys.argv[1], torch.device("cpu"), **json.loads(sys.argv[2]))
 sec = timed(session.train_step, int(sys.argv[3]), 5, torch.device("cpu"))
 print(json.dumps({"steps_per_s": 1 / sec, "threads": torch.get_num_threads(),
                   "ran_as": getattr(session, "precision", "fp32")}))
