@@ -92,6 +92,14 @@ def raw_twin_dir(twin_cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> 
     return built_once(tmp_path_factory, "twin", lambda root: collect.run(twin_cfg, root / "raw")) / "raw"
 
 
+@pytest.fixture(scope="session")
+def prefect_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Prefect database at the pinned Prefect's schema, for :func:`prefect_db.seed_prefect_home` (read-only)."""
+    import prefect_db as db
+
+    return built_once(tmp_path_factory, "prefect-db", db.build) / db.DB
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory):
     """A fresh SQLite MLflow store for one test module, as MLFLOW_TRACKING_URI (created once: the

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+from prefect_db import seed_prefect_home
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,10 +114,11 @@ def make_project(dest: Path, params: dict | None = None) -> Path:
 
 
 @contextmanager
-def running_stack(base: Path) -> Iterator:
+def running_stack(base: Path, prefect_db: Path | None = None) -> Iterator:
     """A micro project (:func:`make_project`) under ``base`` and its stack (flows/stack.py: Prefect
     and MLflow servers, one CPU worker on a one-slot pool) on free loopback ports; everything is
-    stopped by PID on exit."""
+    stopped by PID on exit. ``prefect_db``: a migrated Prefect database to start from
+    (tests/prefect_db.py), else the server migrates a new one as on a fresh clone."""
     from flows import stack as stack_mod
     from flows.stack_services import free_port
 
@@ -124,6 +126,8 @@ def running_stack(base: Path) -> Iterator:
     st = stack_mod.Stack(root=root, state=base / "state", prefect_port=free_port(),
                          mlflow_port=free_port(), gpus=[None], pool_limit=1, worker_poll_seconds=1.0,
                          ui=False)
+    if prefect_db is not None:
+        seed_prefect_home(Path(st.env()["PREFECT_HOME"]), prefect_db)
     try:
         stack_mod.up(st)
         yield st

@@ -33,6 +33,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prefect_api import prefect_client
+from prefect_db import seed_prefect_home
 
 from pipeline_project import make_project, project_env, run
 
@@ -128,7 +129,7 @@ def timing(flow_run: dict) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def orchestra(tmp_path_factory):
+def orchestra(tmp_path_factory, prefect_db):
     base = tmp_path_factory.mktemp("orchestration")
     root = make_project(base / "project")
     stack = stack_mod.Stack(
@@ -141,6 +142,8 @@ def orchestra(tmp_path_factory):
         worker_poll_seconds=1.0,
         ui=False,
     )
+    # the servers' restarts are this test's subject, not a first start on a new database
+    seed_prefect_home(Path(stack.env()["PREFECT_HOME"]), prefect_db)
     try:
         timings = stack_mod.up(stack)
         print(f"\nstack up: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")

@@ -41,8 +41,8 @@ FLOW_TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with running_stack(tmp_path_factory.mktemp("registry")) as st, pytest.MonkeyPatch.context() as mp:
+def stack(tmp_path_factory, prefect_db):
+    with running_stack(tmp_path_factory.mktemp("registry"), prefect_db) as st, pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", st.mlflow_uri)
         mp.setenv("MLFLOW_TRACKING_TOKEN", st.mlflow_token())  # the stack's MLflow gate wants it
         yield st

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prefect_api import prefect_client
+from prefect_db import seed_prefect_home
 
 from pipeline_project import running_stack
 
@@ -430,7 +431,7 @@ def _wait_for(tools, expression: str, what: str, timeout: float = 90.0):
         time.sleep(0.5)
 
 
-def test_the_logged_flow_run_link_opens_the_run_in_a_fresh_browser_through_login(tmp_path):
+def test_the_logged_flow_run_link_opens_the_run_in_a_fresh_browser_through_login(tmp_path, prefect_db):
     """Issue 24: the flow-run link opened "Authentication failed" and no login form in a fresh
     browser. The link the flows log (flows.names.flow_run_link) opens Prefect's login page; the
     stack's password there leads on to the flow run's own page. A real Prefect server with its UI
@@ -443,6 +444,7 @@ def test_the_logged_flow_run_link_opens_the_run_in_a_fresh_browser_through_login
 
     chromium_binary()  # fails at once, saying how to install it, where there is none
     st = stack_mod.Stack(root=REPO, state=tmp_path / "ui-stack", prefect_port=free_port(), mlflow_port=free_port())
+    seed_prefect_home(Path(st.env()["PREFECT_HOME"]), prefect_db)
     try:
         start_prefect(st)
         api = prefect_client(st)

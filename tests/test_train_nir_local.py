@@ -16,19 +16,23 @@ import pytest
 import yaml
 
 from pipeline_project import make_project, project_env, run
+from prefect_db import seed_prefect_home
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.timeout(900)
-def test_local_train_nir_pushes_the_experiment_to_the_dvc_and_git_remotes(tmp_path):
-    root = make_project(tmp_path / "project")
+def test_local_train_nir_pushes_the_experiment_to_the_dvc_and_git_remotes(tmp_path, prefect_db):
+    # No MLflow model (its export and registration are tested where they are the subject): the
+    # remotes are.
+    root = make_project(tmp_path / "project", {"train": {"log_model": False}})
     env = project_env(root)
     dvc_remote, git_remote = tmp_path / "dvc-remote", tmp_path / "experiments.git"
     run(["dvc", "remote", "add", "-d", "shared", str(dvc_remote)], root, env)
     run(["git", "commit", "-qam", "a shared DVC remote"], root, env)
     run(["git", "init", "-q", "--bare", str(git_remote)], tmp_path, env)
     env.update(NIRGAN_EXP_GIT_REMOTE=str(git_remote), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    seed_prefect_home(tmp_path / "prefect-home", prefect_db)
     env.pop("PREFECT_API_URL", None)  # ephemeral mode: the flow runs in this process
 
     out = run([sys.executable, "flows/train_nir.py", "-S", "train.seed=3", "-n", "remote-exp"], root, env)
@@ -68,13 +72,14 @@ def test_local_train_nir_pushes_the_experiment_to_the_dvc_and_git_remotes(tmp_pa
 
 
 @pytest.mark.timeout(600)
-def test_a_failed_run_says_why_in_one_line_in_its_final_state(tmp_path):
+def test_a_failed_run_says_why_in_one_line_in_its_final_state(tmp_path, prefect_db):
     # Issue 12 item 14: `prefect deployment run --watch` and the UI show the final state's
     # message; it must carry the cause (here check-params refusing a size the generator cannot
     # take), in one line, not a multi-line dump or only "Failed".
     root = make_project(tmp_path / "project")
     env = project_env(root)
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"))
+    seed_prefect_home(tmp_path / "prefect-home", prefect_db)
     env.pop("PREFECT_API_URL", None)
     out = run([sys.executable, "flows/train_nir.py", "-S", "augment.image_size=100", "-n", "bad-size"], root, env,
               check=False)

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.mark.timeout(1500)
 def test_unlabelled_folder_gives_every_plot_and_an_honest_feature_net(tmp_path):
-    root = make_project(tmp_path / "project")
+    # No MLflow model: its export (torch.export, about 8 CPU seconds) and registration are tested
+    # where they are the subject (tests/test_train.py, tests/test_registry.py, the orchestration).
+    root = make_project(tmp_path / "project", {"train": {"log_model": False}})
     env = project_env(root)
     # The faces: the twin's rendered pairs, copied out as a plain folder with no labels table.
     run(["dvc", "repro", "--single-item", "collect"], root, env)
