@@ -40,7 +40,8 @@ repro: check-params
 # part of their time waiting on servers and DVC, which a third worker fills on 2 cores: with the
 # bytecode cache, 11 min 23 s of pytest with 3 workers against 12 min 54 s with 2, the cores busy
 # 88 % of the time against 79 % (one run each, idle 2-core machine; without the cache, when
-# compiling kept the cores busy, 3 workers had been slower: 16:06 against 14:43).
+# compiling kept the cores busy, 3 workers had been slower: 16:06 against 14:43). Four workers kept
+# the cores no busier (175 %): 17:58 against 16:32 and 18:05 for three (docs/benchmarks.md, s18).
 # --no-loadscope-reorder: the files go out in conftest's longest-first order; xdist's own order
 # (most tests first) sends the two-test end-to-end files last (a simulation of its scheduler with
 # measured durations: 750 s of wall time against 723 s longest first; not measured side by side).
