@@ -2,9 +2,10 @@
 a fresh server's first start.
 
 A Prefect server (or a flow's temporary server) on a new SQLite database first runs every
-migration: measured on an idle 2-core machine, a server took 15.6 s and 14 CPU seconds to answer
-on a new database, and 4.8 s and 4 CPU seconds on a copy of one that ``prefect server database
-upgrade`` had migrated. That command builds the copy once per test session (:func:`build`, run by
+migration: on an idle 2-core machine a server took 13.2 s and 12.5 CPU seconds to answer on a new
+database, and 5.2 s and 5.1 CPU seconds on a copy of one that ``prefect server database upgrade``
+had migrated (benchmarks/prefect_first_start.py, medians of 4 interleaved rounds). That command
+builds the copy once per test session (:func:`build`, run by
 conftest's ``prefect_db`` fixture); a test puts it into its PREFECT_HOME before it starts anything
 (:func:`seed_prefect_home`).
 
