@@ -5,9 +5,8 @@ A Prefect server (or a flow's temporary server) on a new SQLite database first r
 migration: on an idle 2-core machine a server took 13.2 s and 12.5 CPU seconds to answer on a new
 database, and 5.2 s and 5.1 CPU seconds on a copy of one that ``prefect server database upgrade``
 had migrated (benchmarks/prefect_first_start.py, medians of 4 interleaved rounds). That command
-builds the copy once per test session (:func:`build`, run by
-conftest's ``prefect_db`` fixture); a test puts it into its PREFECT_HOME before it starts anything
-(:func:`seed_prefect_home`).
+builds the copy once per test session (:func:`build`, run by conftest's ``prefect_db`` fixture);
+a test puts it into its PREFECT_HOME before it starts anything (:func:`seed_prefect_home`).
 
 The first start on a new machine stays tested where it is the subject: the stack of
 tests/test_stack.py (``make stack`` on a fresh clone) and the temporary server of
