@@ -59,7 +59,8 @@ def kind(argv: list[str], mods: list[str]) -> str:
         return "pytest (workers and main)"
     if "stage" in argv and "nirgan" in words and argv.index("stage") + 1 < len(argv):
         return f"nirgan stage {argv[argv.index('stage') + 1]}"
-    program = Path(argv[0]).name if argv else ""
+    program = Path(argv[0]) if argv else Path()
+    program = "nirgan" if program.parts[-2:] == ("nirgan", "cli.py") else program.name  # python -m nirgan.cli
     for tool in ("nirgan", "dvc", "prefect", "mlflow"):
         if tool in program:
             return f"{tool} {' '.join(argv[1:3])}".strip()
