@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
+from flows.stack_services import run_command
 from flows.stack_settings import BIN
 
 DB = "prefect.db"
@@ -29,9 +29,8 @@ def build(folder: Path) -> None:
     """``folder/prefect.db``, migrated by Prefect's own command."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(folder), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    done = subprocess.run([str(BIN / "prefect"), "server", "database", "upgrade", "-y"], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and (folder / DB).is_file(), done.stdout[-2000:] + done.stderr[-2000:]
+    run_command([str(BIN / "prefect"), "server", "database", "upgrade", "-y"], env, folder)
+    assert (folder / DB).is_file(), f"prefect server database upgrade wrote no {folder / DB}"
 
 
 def seed_prefect_home(prefect_home: Path, template: Path) -> None:
