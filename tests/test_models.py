@@ -345,6 +345,35 @@ def test_resampling_rewrites_compute_the_torch_functions(shape):
         torch.testing.assert_close(downsample2x_reshape(x.to(memory_format=torch.channels_last)), F.avg_pool2d(x, 2))
 
 
+@pytest.mark.parametrize("affine", [False, True])
+def test_instance_norm_is_torchs_instance_norm_with_its_parameter_names(affine):
+    """The networks' instance norm (a one-channel-per-group GroupNorm on the CPU, for its faster
+    kernel) computes nn.InstanceNorm2d's function, forward and backward, in both memory layouts,
+    and keeps its state_dict keys, so generators saved before it load unchanged."""
+    from nirgan.models.layers import InstanceNorm
+
+    ours, torchs = InstanceNorm(6, affine), nn.InstanceNorm2d(6, affine=affine)
+    assert list(ours.state_dict()) == list(torchs.state_dict())
+    if affine:
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 1.5)
+            ours.bias.uniform_(-0.5, 0.5)
+        torchs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 6, 9, 7, generator=torch.Generator().manual_seed(0)) * 4 + 2
+    for t in (x, x.to(memory_format=torch.channels_last)):
+        a, b = t.clone().requires_grad_(), t.clone().requires_grad_()
+        grad = torch.randn_like(t)
+        ya, yb = ours(a), torchs(b)
+        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+        ya.backward(grad)
+        yb.backward(grad)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
+        if affine:
+            torch.testing.assert_close(ours.weight.grad, torchs.weight.grad, rtol=1e-4, atol=1e-4)
+            ours.zero_grad()
+            torchs.zero_grad()
+
+
 def test_sampler_inference_draws_in_its_precision_and_keeps_a_callers_autocast():
     """evaluate draws its images through ``Sampler.inference``: channels_last in fp32 is the same
     picture (summation order only), bf16 runs only where it is native, and a sampler left in fp32

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nirgan.models.layers import LEAK, scaled
+from nirgan.models.layers import LEAK, InstanceNorm, scaled
 
 CHANNELS = (32, 64, 128, 256, 512)
 STRIDES = (2, 2, 2, 2, 1)
@@ -37,7 +37,7 @@ class PatchDiscriminator(nn.Module):
         for i, stride in enumerate(STRIDES):
             layers: list[nn.Module] = [nn.Conv2d(chans[i], chans[i + 1], 4, stride, 2, bias=i == 0)]
             if i > 0:
-                layers.append(nn.InstanceNorm2d(chans[i + 1], affine=True))
+                layers.append(InstanceNorm(chans[i + 1], affine=True))
             layers.append(nn.LeakyReLU(LEAK))
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.ModuleList(blocks)
