@@ -24,9 +24,9 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     """``F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)``.
 
     On CUDA, for input that is not channels_last (AdaIN's instance norm returns contiguous NCHW
-    there even from channels_last input), interpolate's bf16 kernel took 9-25 ms forward + backward at
-    batch 256 on an H100, 1.1-20x the time of the same function written as two blends with the
-    edge-clamped neighbours (:func:`upsample2x_blend`), and 46% of an eager training step. On
+    there even from channels_last input), interpolate's bf16 kernel took 9-25 ms forward +
+    backward at batch 256 on an H100, 1.1-20x the time of the same function written as two blends
+    with the edge-clamped neighbours (:func:`upsample2x_blend`), and 46% of an eager training step. On
     channels_last input and on the CPU the kernel is the faster one (benchmarks/resample_speed.py).
     """
     if x.is_cuda and not x.is_contiguous(memory_format=torch.channels_last):
