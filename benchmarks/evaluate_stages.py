@@ -106,19 +106,25 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nbest of {args.repeats}: before {best('before'):.1f} s; fresh (baselines + evaluate) {best('fresh'):.1f} s "
           f"({best('before') / best('fresh'):.2f}x); reuse (evaluate with the record) {best('reuse'):.1f} s "
           f"({best('before') / best('reuse'):.2f}x)")
-    result = {"before": args.before, "seconds": rows, "figures_vs_before": {}}
-    for arm in ("fresh", "reuse"):
-        lines, identical, outside = compare(figures["before"], figures[arm], 3.0, 0.25)
-        print(f"\n{arm} against before: {identical} identical, {len(lines) - outside} within tolerance, "
-              f"{outside} outside")
-        print("\n".join(lines))
-        result["figures_vs_before"][arm] = {"identical": identical, "outside": outside, "lines": lines}
-    lines, identical, outside = compare(figures["fresh"], figures["reuse"], 3.0, 0.25)
-    print(f"\nreuse against fresh: {identical} identical, {outside} outside" + ("\n" + "\n".join(lines) if lines else ""))
-    result["reuse_vs_fresh"] = {"identical": identical, "lines": lines}
+    result = {"before": args.before, "seconds": rows, **compare_arms(figures)}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def compare_arms(figures: dict[str, dict]) -> dict[str, object]:
+    """Each arm's figures against before's, and reuse's against fresh's (figures_vs_committed's
+    tolerance), printed and returned."""
+    out: dict[str, object] = {"figures_vs_before": {}}
+    for arm in ("fresh", "reuse"):
+        lines, identical, within, outside = compare(figures["before"], figures[arm], 3.0, 0.25)
+        print(f"\n{arm} against before: {identical} identical, {within} within tolerance, {outside} outside")
+        print("\n".join(lines))
+        out["figures_vs_before"][arm] = {"identical": identical, "within": within, "outside": outside, "lines": lines}
+    lines, identical, within, outside = compare(figures["fresh"], figures["reuse"], 3.0, 0.25)
+    print(f"\nreuse against fresh: {identical} identical, {outside} outside" + ("\n" + "\n".join(lines) if lines else ""))
+    out["reuse_vs_fresh"] = {"identical": identical, "within": within, "outside": outside, "lines": lines}
+    return out
 
 
 if __name__ == "__main__":
