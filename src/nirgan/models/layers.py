@@ -26,8 +26,9 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     On CUDA, for input that is not channels_last (AdaIN's instance norm returns contiguous NCHW
     there even from channels_last input), interpolate's bf16 kernel took 9-25 ms forward +
     backward at batch 256 on an H100, 1.1-20x the time of the same function written as two blends
-    with the edge-clamped neighbours (:func:`upsample2x_blend`), and 46% of an eager training step. On
-    channels_last input and on the CPU the kernel is the faster one (benchmarks/resample_speed.py).
+    with the edge-clamped neighbours (:func:`upsample2x_blend`), and 46% of an eager training
+    step. On channels_last input and on the CPU the kernel is the faster one
+    (benchmarks/resample_speed.py).
     """
     if x.is_cuda and not x.is_contiguous(memory_format=torch.channels_last):
         return upsample2x_blend(x)
@@ -71,9 +72,9 @@ class InstanceNorm(nn.GroupNorm):
 
     On the CPU it runs as a group norm with one channel per group, the same function with a
     faster kernel: ``nn.InstanceNorm2d`` there runs batch norm on a reshaped NCHW copy and returns
-    NCHW even for channels_last input. On 2 CPU cores the trained default generator drew 1.17x
-    faster and the default step trained 1.04x faster (benchmarks/instance_norm.py, 24 interleaved
-    rounds). On CUDA it stays torch's instance norm, the kernel the GPU measurements were made
+    NCHW even for channels_last input. On 2 CPU cores the trained default generator drew 1.05 to
+    1.17x faster and the default step trained 1.02 to 1.04x faster (benchmarks/instance_norm.py,
+    two runs). On CUDA it stays torch's instance norm, the kernel the GPU measurements were made
     with (:func:`upsample2x` copes with its NCHW output).
     """
 
