@@ -31,8 +31,9 @@ def lookup_generator(sources: torch.Tensor, images: torch.Tensor) -> Callable:
     for the model-range version of uint8 ``sources[i]``; an unknown source is an error."""
     table = {bytes(s.numpy().tobytes()): i for i, s in enumerate(sources)}
 
-    def generate(src: torch.Tensor, z: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    def generate(src: torch.Tensor, z: torch.Tensor | tuple, labels: np.ndarray) -> torch.Tensor | tuple:
         keys = ((src.permute(0, 2, 3, 1) + 1) * 127.5).round().to(torch.uint8)
-        return images[[table[bytes(k.numpy().tobytes())] for k in keys]]
+        found = images[[table[bytes(k.numpy().tobytes())] for k in keys]]
+        return tuple(found for _ in z) if isinstance(z, tuple) else found  # one per latent set, as a sampler
 
     return generate

@@ -397,3 +397,21 @@ def test_sampler_inference_draws_in_its_precision_and_keeps_a_callers_autocast()
     assert (outer - plain).abs().max() > 1e-4, "the caller's bf16 autocast was switched off"
     if bf16.bf16:
         assert torch.equal(bf16.generate(sources, z, labels), outer)
+
+
+@pytest.mark.parametrize("generator,mapping", [("multinorm", False), ("multinorm", True), ("encoder_decoder", False)])
+def test_sampler_draws_a_tuple_of_latents_as_separate_calls_would(generator, mapping):
+    """evaluate's TSTR draws every seed's latents over the same sources in one call (the multinorm
+    computes its SPADE maps once per batch): each image set is bit for bit its own call's, with
+    labels, a style mapping and a batch size that splits the sources unevenly."""
+    from nirgan.models.artifacts import untrained_sampler
+
+    cfg = TrainConfig(generator=generator, width=0.25, latent_dim=8, style_mapping=mapping)
+    sampler = untrained_sampler(cfg, 5).inference("fp32", "cpu")
+    sources = torch.rand(7, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    labels = np.random.default_rng(0).uniform(-20, 20, (7, 5)).astype(np.float32)
+    zs = tuple(torch.randn(7, 8, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    together = sampler.generate(sources, zs, labels, batch_size=3)
+    assert isinstance(together, tuple) and len(together) == 3
+    for z, images in zip(zs, together, strict=True):
+        assert torch.equal(images, sampler.generate(sources, z, labels, batch_size=3))

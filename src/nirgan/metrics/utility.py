@@ -44,8 +44,10 @@ from nirgan.metrics.pose import angle_errors
 from nirgan.models.pose_estimator import PoseEstimator, predict
 from nirgan.training.auxiliary import EstimatorTraining, train_pose_estimator, train_pose_estimators
 
-# (sources (n, 3, S, S) on [-1, 1], z (n, d), labels (n, 5) degrees) -> images (n, 1, S, S) on [-1, 1]
-GenerateFn = Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
+# (sources (n, 3, S, S) on [-1, 1], z, labels (n, 5) degrees) -> images (n, 1, S, S) on [-1, 1]. Here z
+# is a tuple of (n, d) latents, one per seed, and the images a tuple too, one per latent: the seeds
+# draw over the same sources, and a generator computes what depends on the source alone once.
+GenerateFn = Callable[[torch.Tensor, tuple[torch.Tensor, ...], np.ndarray], tuple[torch.Tensor, ...]]
 
 ARMS = ("tstr", "trtr", "tstr_untrained")
 FIGURES = tuple(f"utility_{arm}_{what}_deg{std}" for arm in ARMS for what in ("head", "gaze") for std in ("", "_std"))
@@ -68,17 +70,20 @@ def _model_range(x: torch.Tensor) -> torch.Tensor:
 
 
 def generate_for_sources(generate: GenerateFn, sources: torch.Tensor, labels: np.ndarray, latents: int,
-                         latent_dim: int, z_seed: int, batch_size: int = 50) -> torch.Tensor:
-    """uint8 (n * latents, S, S): ``latents`` images per uint8 (n, S, S, 3) source, source-major."""
+                         latent_dim: int, z_seeds: Sequence[int], batch_size: int = 50) -> list[torch.Tensor]:
+    """For each of ``z_seeds``, uint8 (n * latents, S, S): ``latents`` images per uint8 (n, S, S, 3)
+    source, source-major, from that seed's latents; each what a draw of its own would give."""
     reps = sources.repeat_interleave(latents, 0)
     labs = np.repeat(labels, latents, 0)
-    z = torch.randn(len(reps), latent_dim, generator=torch.Generator().manual_seed(z_seed))
-    out = []
+    zs = [torch.randn(len(reps), latent_dim, generator=torch.Generator().manual_seed(s)) for s in z_seeds]
+    out: list[list[torch.Tensor]] = [[] for _ in zs]
     with torch.no_grad():
         for i in range(0, len(reps), batch_size):
             src = _model_range(reps[i : i + batch_size].permute(0, 3, 1, 2))
-            out.append(to_uint8(generate(src, z[i : i + batch_size], labs[i : i + batch_size]).cpu()))
-    return torch.cat(out)
+            drawn = generate(src, tuple(z[i : i + batch_size] for z in zs), labs[i : i + batch_size])
+            for images, batch in zip(out, drawn, strict=True):
+                images.append(to_uint8(batch.cpu()))
+    return [torch.cat(images) for images in out]
 
 
 def _use_bank(bank: bool | None, device: torch.device | str) -> bool:
@@ -162,18 +167,19 @@ def tstr(
         codes = torch.as_tensor(np.unique(np.asarray(train_subjects).astype(str), return_inverse=True)[1])
     test_images = _model_range(test_targets[:, None])
     # every fit of every seed and arm: (arm, images, recipe); TRTR's first seed is the instrument
+    drawn = {arm: generate_for_sources(generator, train_sources, train_labels, latents, latent_dim,
+                                       [z_seed + s for s in range(seeds)], batch_size)
+             for arm, generator in (("tstr", generate), ("tstr_untrained", generate_untrained)) if arm in arms}
     fits: list[tuple[str, torch.Tensor, EstimatorTraining | None]] = []
     for s in range(seeds):
         recipe = replace(settings, seed=settings.seed + s)
-        for arm, generator in (("tstr", generate), ("trtr", None), ("tstr_untrained", generate_untrained)):
+        for arm in ("tstr", "trtr", "tstr_untrained"):
             if arm not in arms:
                 continue
             if arm == "trtr" and s == 0 and trtr_first is not None:
                 fits.append((arm, train_targets, None))
                 continue
-            images = train_targets if generator is None else generate_for_sources(
-                generator, train_sources, train_labels, latents, latent_dim, z_seed + s, batch_size)
-            fits.append((arm, images, recipe))
+            fits.append((arm, train_targets if arm == "trtr" else drawn[arm][s], recipe))
     models = _fit_all([(images, recipe) for _, images, recipe in fits if recipe is not None], train_sources,
                       train_labels, codes, resolution, device, _use_bank(bank, device))
     draws: dict[str, list[float]] = {}

@@ -85,7 +85,9 @@ class Sampler(nn.Module):
         """Algorithm 2's note: with L, z is replaced by s = L(z)."""
         return self.mapping(z) if self.mapping is not None else z
 
-    def from_style(self, source: torch.Tensor, style: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def from_style(self, source: torch.Tensor, style: torch.Tensor | tuple[torch.Tensor, ...],
+                   labels: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """G(source, style); a tuple of styles gives a tuple of images (the generators' own rule)."""
         scaled = labels / self.label_scale if self.label_dim and labels is not None else None
         return self.generator(source, style, scaled)
 
@@ -93,22 +95,30 @@ class Sampler(nn.Module):
         return self.from_style(source, self.style(z), labels)
 
     @torch.no_grad()
-    def generate(self, sources: torch.Tensor, z: torch.Tensor, labels: np.ndarray | torch.Tensor | None = None,
-                 batch_size: int = 50, style: bool = False) -> torch.Tensor:
-        """Images (n, 1, S, S) in [-1, 1] on the CPU; ``style=True`` means z is already a style."""
+    def generate(self, sources: torch.Tensor, z: torch.Tensor | tuple[torch.Tensor, ...],
+                 labels: np.ndarray | torch.Tensor | None = None, batch_size: int = 50,
+                 style: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Images (n, 1, S, S) in [-1, 1] on the CPU; ``style=True`` means z is already a style. A
+        tuple of latents gives a tuple of images, each what its own call would give, drawn together
+        so that what depends on the source alone is computed once per batch."""
+        many = isinstance(z, tuple)
+        zs = z if many else (z,)
         device = next(self.generator.parameters()).device
         # no autocast context unless bf16: a caller's own (the generate stage's) stays in force
         in_bf16 = torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-        out = []
+        out: list[list[torch.Tensor]] = [[] for _ in zs]
         for i in range(0, len(sources), batch_size):
-            zb = z[i : i + batch_size].to(device)
             lab = None
             if self.label_dim:
                 lab = torch.as_tensor(labels[i : i + batch_size], dtype=torch.float32, device=device)
+            batch_z = [zk[i : i + batch_size].to(device) for zk in zs]
             with in_bf16:
-                s = zb if style else self.style(zb)
-                out.append(self.from_style(sources[i : i + batch_size].to(device), s, lab).float().cpu())
-        return torch.cat(out)
+                styles = tuple(zb if style else self.style(zb) for zb in batch_z)
+                drawn = self.from_style(sources[i : i + batch_size].to(device), styles if many else styles[0], lab)
+            for images, batch in zip(out, drawn if many else (drawn,), strict=True):
+                images.append(batch.float().cpu())
+        cat = tuple(torch.cat(images) for images in out)
+        return cat if many else cat[0]
 
     @torch.no_grad()
     def style_of(self, z: torch.Tensor) -> torch.Tensor:
