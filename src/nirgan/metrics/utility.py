@@ -45,8 +45,9 @@ from nirgan.models.pose_estimator import PoseEstimator, predict
 from nirgan.training.auxiliary import EstimatorTraining, train_pose_estimator, train_pose_estimators
 
 # (sources (n, 3, S, S) on [-1, 1], z, labels (n, 5) degrees) -> images (n, 1, S, S) on [-1, 1]. Here z
-# is a tuple of (n, d) latents, one per seed, and the images a tuple too, one per latent: the seeds
-# draw over the same sources, and a generator computes what depends on the source alone once.
+# is a tuple of (n, d) latents, one per seed, and the images a tuple too, one set per seed: the seeds
+# draw over the same sources, and a generator computes what depends on the source alone once
+# (Sampler.generate does both).
 GenerateFn = Callable[[torch.Tensor, tuple[torch.Tensor, ...], np.ndarray], tuple[torch.Tensor, ...]]
 
 ARMS = ("tstr", "trtr", "tstr_untrained")
@@ -166,10 +167,10 @@ def tstr(
     if train_subjects is not None:
         codes = torch.as_tensor(np.unique(np.asarray(train_subjects).astype(str), return_inverse=True)[1])
     test_images = _model_range(test_targets[:, None])
-    # every fit of every seed and arm: (arm, images, recipe); TRTR's first seed is the instrument
     drawn = {arm: generate_for_sources(generator, train_sources, train_labels, latents, latent_dim,
                                        [z_seed + s for s in range(seeds)], batch_size)
              for arm, generator in (("tstr", generate), ("tstr_untrained", generate_untrained)) if arm in arms}
+    # every fit of every seed and arm: (arm, images, recipe); TRTR's first seed is the instrument
     fits: list[tuple[str, torch.Tensor, EstimatorTraining | None]] = []
     for s in range(seeds):
         recipe = replace(settings, seed=settings.seed + s)
