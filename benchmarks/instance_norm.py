@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     session = default_session(args.params, device)
     for _ in range(args.warmup):
         session.train_step()
-    step = rounds(lambda: timed(session.train_step, args.steps, 1, device),
-                  swaps(list(session.raw.values())), args.rounds)
+    step_table = swaps(list(session.raw.values()))
+    step = rounds(lambda: timed(session.train_step, args.steps, 1, device), step_table, args.rounds)
 
     if Path(args.generator).is_file():
         sampler, drew_with = load_sampler(args.generator), args.generator
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     drawing = rounds(draw, table, args.rounds)
     result = {"device": "cpu", "threads": torch.get_num_threads(), "precision": session.precision,
               "rounds": args.rounds, "steps_per_round": args.steps, "images_per_round": args.images,
-              "generator": drew_with, "instance_norms_swapped": {"training": len(swaps(list(session.raw.values()))),
+              "generator": drew_with, "instance_norms_swapped": {"training": len(step_table),
                                                                  "generator": len(table)},
               "training_step": summary(step, "steps", 1.0), "drawing": summary(drawing, "images", args.images),
               "drawn_images_max_abs_difference": float((images["today"] - images["before"]).abs().max())}
