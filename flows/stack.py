@@ -35,6 +35,8 @@ NIRGAN_MLFLOW_PORT=5000 (the recorded ports win while the stack runs), NIRGAN_GP
 (comma-separated GPU ids, one worker pinned to each with CUDA_VISIBLE_DEVICES; default: every GPU
 nvidia-smi lists, or one unpinned worker without GPUs),
 NIRGAN_POOL_LIMIT (the work pool's concurrency limit; default: the number of workers),
+NIRGAN_CPUS (the cores the stack's runs share; default: this process's, as nirgan.cores counts
+them; each worker gets an equal share for the runs it takes, as many as run at once),
 NIRGAN_HEARTBEAT_SECONDS=30 (flow run heartbeats; a run silent for 3 beats is marked Crashed).
 """
 
@@ -112,7 +114,8 @@ def up(stack: Stack) -> dict[str, float]:
     (stack.state / "stack.json").write_text(
         json.dumps(
             {"prefect_api": stack.prefect_api, "mlflow": stack.mlflow_uri, "root": str(stack.root),
-             "workers": len(stack.gpus), "pool_limit": limit, "started": started, "timings": timings,
+             "workers": len(stack.gpus), "pool_limit": limit, "cores_per_run": stack.cores_per_run(),
+             "started": started, "timings": timings,
              "ended_stale_mlflow_runs": ended, "heartbeat_windows_renewed": renewed},
             indent=2,
         )
@@ -248,7 +251,7 @@ NEXT_STEPS = """\
 nirgan stack is up (state, logs and PIDs in {state}):
   Prefect UI  {prefect_ui}/login   (password: the whole line in {state}/prefect-auth)
   MLflow UI   {mlflow}   (log in: any user name, password in {state}/mlflow-token)
-  workers     {workers} on pool '{pool}' (limit {limit})
+  workers     {workers} on pool '{pool}' (limit {limit}), each run on {cores} CPU core(s) (NIRGAN_CPUS)
 
 1. environment for your shell (both APIs want the stack's secrets; the UIs ask for them):
      source .venv/bin/activate; export PREFECT_API_URL={api} MLFLOW_TRACKING_URI={mlflow}
@@ -303,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             NEXT_STEPS.format(
                 state=stack.state, prefect_ui=stack.prefect_api.removesuffix("/api"), api=stack.prefect_api,
                 mlflow=stack.mlflow_uri, workers=info["workers"], pool=POOL, limit=info["pool_limit"],
+                cores=info["cores_per_run"],
                 deployment=DEPLOYMENT,
             )
         )

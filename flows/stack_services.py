@@ -23,6 +23,7 @@ from flows import stack_record
 from flows.processes import alive as _alive
 from flows.stack_prefect import POOL, api_post
 from flows.stack_settings import BIN, MLFLOW_TOKEN_FILE, Stack, origins
+from nirgan.cores import ENV as CPUS_ENV
 from nirgan.tracking.store import ensure_store
 
 
@@ -142,20 +143,27 @@ def capture(fn, stack: Stack, out: list) -> None:
         out.append(exc)
 
 
-def start_worker(stack: Stack, index: int, gpu: str | None) -> int:
-    """A process worker taking one flow run at a time, pinned to ``gpu`` when given."""
-    worker_env = stack.env(
+def worker_env(stack: Stack, gpu: str | None) -> dict[str, str]:
+    """A worker's environment, which its flow runs and their stages inherit: pinned to ``gpu`` when
+    given, and given its share of the cores (``Stack.cores_per_run``) as ``NIRGAN_CPUS``."""
+    env = stack.env(
         NIRGAN_CHECKOUT=str(stack.root),
         NIRGAN_FLOW_LOG_DIR=str(stack.state / "logs" / "flow-runs"),  # flows/processes.py: detach_flow_run
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(stack.heartbeat_seconds),
         PREFECT_WORKER_QUERY_SECONDS=str(stack.worker_poll_seconds),
     )
+    env[CPUS_ENV] = str(stack.cores_per_run())
     if gpu is not None:
-        worker_env["CUDA_VISIBLE_DEVICES"] = gpu
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def start_worker(stack: Stack, index: int, gpu: str | None) -> int:
+    """A process worker taking one flow run at a time, pinned to ``gpu`` when given."""
     name = f"{socket.gethostname()}-{'gpu' + gpu if gpu is not None else f'cpu{index}'}"
     cmd = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--limit", "1",
            "--name", name]
-    return _spawn(stack, f"worker-{index}", cmd, worker_env)
+    return _spawn(stack, f"worker-{index}", cmd, worker_env(stack, gpu))
 
 
 # What a live process of each kind runs (guards against a PID file naming a reused PID).

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flows import stack_record
+from nirgan.cores import available_cores
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -61,6 +62,15 @@ class Stack:
     def api_auth(self) -> tuple[str, str]:
         user, _, password = self.auth_string().partition(":")
         return user, password
+
+    def cores_per_run(self, cores: int | None = None) -> int:
+        """Each flow run's share of the stack's ``cores`` (default: what ``nirgan.cores`` says this
+        process may use, ``NIRGAN_CPUS`` included) when as many runs as the pool allows run at once.
+        Every worker takes one run at a time, so that is the fewer of the workers and the pool limit.
+        Each run would otherwise start a thread per core: two default trains on 2 cores did 0.39x
+        the work of one alone, and 0.98x with a core each (benchmarks/concurrent_train.py)."""
+        at_once = max(1, min(len(self.gpus), self.pool_limit or len(self.gpus)))
+        return max(1, (available_cores() if cores is None else cores) // at_once)
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment of every stack process and of the prefect/mlflow CLI calls."""
