@@ -114,7 +114,7 @@ def up(stack: Stack) -> dict[str, float]:
     (stack.state / "stack.json").write_text(
         json.dumps(
             {"prefect_api": stack.prefect_api, "mlflow": stack.mlflow_uri, "root": str(stack.root),
-             "workers": len(stack.gpus), "pool_limit": limit, "cores_per_run": stack.cores_per_run(),
+             "workers": len(stack.gpus), "pool_limit": limit, "cpus": _worker_cpus(stack, workers),
              "started": started, "timings": timings,
              "ended_stale_mlflow_runs": ended, "heartbeat_windows_renewed": renewed},
             indent=2,
@@ -190,6 +190,12 @@ def _start_missing(
             raise RuntimeError(f"prefect deploy --all failed:\n{deploy_out[-3000:]}")
     timings["pool_and_deploy_s"] = time.monotonic() - t
     wait_workers(stack, env, len(stack.gpus))
+
+
+def _worker_cpus(stack: Stack, workers: list[str]) -> dict[str, int | None]:
+    """Each running worker's NIRGAN_CPUS, as recorded when it started (a worker started before
+    the stack recorded it: None)."""
+    return {name: stack_record.read(pid_path(stack, name)).get("cpus") for name in workers}
 
 
 def _stop_started(stack: Stack, started: list[str]) -> None:
@@ -306,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             NEXT_STEPS.format(
                 state=stack.state, prefect_ui=stack.prefect_api.removesuffix("/api"), api=stack.prefect_api,
                 mlflow=stack.mlflow_uri, workers=info["workers"], pool=POOL, limit=info["pool_limit"],
-                cores=info["cores_per_run"],
+                cores="/".join(sorted({str(c or "?") for c in info["cpus"].values()})),
                 deployment=DEPLOYMENT,
             )
         )

@@ -34,12 +34,13 @@ def pid_path(state: Path, name: str) -> Path:
 
 
 def write(state: Path, name: str, pid: int, port: int | None = None, health: str | None = None,
-          expect: str | None = None) -> None:
-    """Record a started process; written to a temporary file and renamed, so never half-written."""
+          expect: str | None = None, cpus: int | None = None) -> None:
+    """Record a started process (``cpus``: a worker's NIRGAN_CPUS); written to a temporary file and
+    renamed, so never half-written."""
     path = pid_path(state, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"name": name, "pid": pid, "pgid": pid, "port": port, "health": health, "expect": expect,
-              "started_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+              "cpus": cpus, "started_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record) + "\n")
     os.replace(tmp, path)
@@ -139,7 +140,8 @@ def describe(record: dict[str, Any]) -> tuple[str, bool]:
     leader, pgid, port = int(record["pid"]), int(record["pgid"]), record.get("port")
     members = [m for m in group_members(pgid) if m != leader]
     serving = healthy(record.get("health"), record.get("expect")) if record.get("health") else None
-    head = f"{record['name']:16s} pid {leader:7d}  group {pgid:7d}" + (f"  port {port}" if port else "")
+    head = f"{record['name']:16s} pid {leader:7d}  group {pgid:7d}" + (f"  port {port}" if port else "") + \
+        (f"  cpus {record['cpus']}" if record.get("cpus") else "")
     if alive(leader):
         if serving is False:
             return f"{head}  running, NOT answering {record['health']}", False

@@ -38,9 +38,9 @@ def pid_path(stack: Stack, name: str) -> Path:
 
 
 def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str], port: int | None = None,
-           health: tuple[str, str] | None = None) -> int:
+           health: tuple[str, str] | None = None, cpus: int | None = None) -> int:
     """Start ``cmd`` in a session of its own, its output in ``logs/<name>.log``, and record it
-    (PID, process group, port, health check: flows/stack_record.py)."""
+    (PID, process group, port, health check, a worker's cores: flows/stack_record.py)."""
     (stack.state / "logs").mkdir(parents=True, exist_ok=True)
     log = open(stack.state / "logs" / f"{name}.log", "ab")
     proc = subprocess.Popen(
@@ -48,7 +48,7 @@ def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str], port: i
     )
     log.close()
     url, expect = health or (None, None)
-    stack_record.write(stack.state, name, proc.pid, port, url, expect)
+    stack_record.write(stack.state, name, proc.pid, port, url, expect, cpus)
     return proc.pid
 
 
@@ -163,7 +163,8 @@ def start_worker(stack: Stack, index: int, gpu: str | None) -> int:
     name = f"{socket.gethostname()}-{'gpu' + gpu if gpu is not None else f'cpu{index}'}"
     cmd = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--limit", "1",
            "--name", name]
-    return _spawn(stack, f"worker-{index}", cmd, worker_env(stack, gpu))
+    env = worker_env(stack, gpu)
+    return _spawn(stack, f"worker-{index}", cmd, env, cpus=int(env[CPUS_ENV]))
 
 
 # What a live process of each kind runs (guards against a PID file naming a reused PID).

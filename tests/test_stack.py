@@ -291,7 +291,12 @@ def test_the_cli_on_a_running_stack_keeps_it_without_the_port_variables(stack):
     proc = _cli(stack, "up")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already running" in proc.stdout and f"127.0.0.1:{stack.mlflow_port}" in proc.stdout, proc.stdout
-    assert f"each run on {stack.cores_per_run()} CPU core(s)" in proc.stdout, proc.stdout
+    # what the running worker got, not what this shell (no NIRGAN_CPUS) would give a new one
+    cpus = json.loads((stack.state / "stack.json").read_text())["cpus"]
+    assert cpus == {"worker-0": stack.cores_per_run()}, cpus
+    assert f"each run on {cpus['worker-0']} CPU core(s)" in proc.stdout, proc.stdout
+    environ = Path(f"/proc/{before['worker-0']}/environ").read_bytes().split(b"\0")
+    assert f"NIRGAN_CPUS={cpus['worker-0']}".encode() in environ
     assert time.monotonic() - t0 < 50
     assert _pids(stack) == before and _all_alive(before)
     # a port variable that contradicts the running stack is one line, and changes nothing
