@@ -67,8 +67,8 @@ class Stack:
         """Each flow run's share of the stack's ``cores`` (default: what ``nirgan.cores`` says this
         process may use, ``NIRGAN_CPUS`` included) when as many runs as the pool allows run at once.
         Every worker takes one run at a time, so that is the fewer of the workers and the pool limit.
-        Each run would otherwise start a thread per core: two default trains on 2 cores did 0.39x
-        the work of one alone, and 0.98x with a core each (benchmarks/concurrent_train.py)."""
+        Each run would otherwise start a thread per core: two default trains on 2 cores did 0.30-0.39x
+        the work of one alone, and 0.98-1.35x with a core each (benchmarks/concurrent_train.py)."""
         at_once = max(1, min(len(self.gpus), self.pool_limit or len(self.gpus)))
         return max(1, (available_cores() if cores is None else cores) // at_once)
 

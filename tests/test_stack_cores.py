@@ -1,7 +1,7 @@
 """The stack's workers share the machine's cores (issue 22 item 5): each worker's environment,
 which its flow runs and their stages inherit, gives it NIRGAN_CPUS = its share when as many runs
 as the pool allows run at once. Without it two CPU runs on 2 cores each started two threads
-(benchmarks/concurrent_train.py: 0.39x the work of one run alone, 0.98x with a core each)."""
+(benchmarks/concurrent_train.py: 0.30-0.39x the work of one run alone, 0.98-1.35x with a core each)."""
 
 from __future__ import annotations
 
