@@ -299,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.command == "up":
         try:
+            stack.cores_per_run()  # a bad NIRGAN_CPUS is one line, before anything starts
+        except ValueError as exc:
+            print(f"stack: {exc}", file=sys.stderr)
+            return 1
+        try:
             timings = up(stack)  # on failure it has stopped what it started, and only that
         except RuntimeError as exc:
             print(f"stack: {exc}", file=sys.stderr)

@@ -297,6 +297,9 @@ def test_the_cli_on_a_running_stack_keeps_it_without_the_port_variables(stack):
     assert f"each run on {cpus['worker-0']} CPU core(s)" in proc.stdout, proc.stdout
     environ = Path(f"/proc/{before['worker-0']}/environ").read_bytes().split(b"\0")
     assert f"NIRGAN_CPUS={cpus['worker-0']}".encode() in environ
+    bad = _cli(stack, "up", NIRGAN_CPUS="zero")
+    assert bad.returncode == 1 and bad.stderr.strip() == "stack: NIRGAN_CPUS='zero' is not a whole number of CPUs", \
+        bad.stderr
     assert time.monotonic() - t0 < 50
     assert _pids(stack) == before and _all_alive(before)
     # a port variable that contradicts the running stack is one line, and changes nothing
