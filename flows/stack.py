@@ -97,7 +97,7 @@ def up(stack: Stack) -> dict[str, float]:
         check_free(stack.prefect_port, "Prefect")
     if "mlflow-server" in missing:
         check_free(stack.mlflow_port, "MLflow")
-    limit = stack.pool_limit or len(stack.gpus)
+    limit = stack.limit
     started: list[str] = []
     # Heartbeats sent while the Prefect server was down must not count against a live run.
     renewed = renew_heartbeat_windows(stack.state / "prefect", 3 * stack.heartbeat_seconds) \

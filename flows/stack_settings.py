@@ -63,13 +63,18 @@ class Stack:
         user, _, password = self.auth_string().partition(":")
         return user, password
 
+    @property
+    def limit(self) -> int:
+        """The work pool's concurrency limit: ``pool_limit``, by default one run per worker."""
+        return self.pool_limit or len(self.gpus)
+
     def cores_per_run(self, cores: int | None = None) -> int:
         """Each flow run's share of the stack's ``cores`` (default: what ``nirgan.cores`` says this
         process may use, ``NIRGAN_CPUS`` included) when as many runs as the pool allows run at once.
         Every worker takes one run at a time, so that is the fewer of the workers and the pool limit.
         Each run would otherwise start a thread per core: two default trains on 2 cores did 0.30-0.39x
         the work of one alone, and 0.98-1.35x with a core each (benchmarks/concurrent_train.py)."""
-        at_once = max(1, min(len(self.gpus), self.pool_limit or len(self.gpus)))
+        at_once = max(1, min(len(self.gpus), self.limit))
         return max(1, (available_cores() if cores is None else cores) // at_once)
 
     def env(self, **extra: str) -> dict[str, str]:
